@@ -1,0 +1,232 @@
+"""Command line: argument parsing and printing only; the work lives in the library.
+
+`ablate --help`, `ablate plan` and `ablate schema` import neither torch nor mlflow, so they
+answer at once; `run` and `report` import what they need when they start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import traceback
+from pathlib import Path
+
+import ablate
+from ablate.errors import AblateError
+
+EXIT_FAILED_TRIALS, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
+
+DESCRIPTION = """\
+ablate runs ablation studies of neural networks from one TOML file: it expands the
+study into trials, trains them, logs every run to MLflow and writes comparison tables.
+
+  ablate plan studies/linearity.toml      what would run (no training)
+  ablate run studies/linearity.toml       train every trial not already done
+  mlflow ui                               browse the runs (same folder)
+  ablate report --out results/table.md    the comparison table
+"""
+
+EPILOG = """\
+exit codes: 0 success; 1 some trial failed (the others are recorded); 2 bad input
+(study file, flags, store) with one message naming the problem; 130 interrupted (Ctrl-C);
+run the same command again to resume."""
+
+
+def _default_uri() -> str:
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ablate", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"ablate {ablate.__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    tracking = argparse.ArgumentParser(add_help=False)
+    tracking.add_argument(
+        "--tracking-uri",
+        default=None,
+        metavar="URI",
+        help="MLflow tracking URI (default: sqlite:///<current folder>/mlflow.db, which `mlflow ui` here shows)",
+    )
+
+    run = commands.add_parser(
+        "run", parents=[tracking], help="train every trial of a study not already done",
+        description="Validate the study, expand it into trials, train every trial that has no finished run "
+        "in the store yet, log each to MLflow, and print the comparison table.",
+    )
+    run.add_argument("study", metavar="STUDY.toml", help="the study file")
+    run.add_argument(
+        "--data-dir", default=None, metavar="DIR",
+        help="folder holding MNIST/raw/ (default: $ABLATE_DATA_DIR, else ./data)",
+    )
+    run.add_argument("--device", default="auto", help="auto (CUDA when visible, else CPU), cpu, cuda or cuda:N")
+    run.set_defaults(func=cmd_run)
+
+    plan = commands.add_parser(
+        "plan", help="list the trials a study expands into, without training",
+        description="Dry run: validate the study and list its trials (hash, stage, seed, the settings that "
+        "differ between trials, parameter count).",
+    )
+    plan.add_argument("study", metavar="STUDY.toml", help="the study file")
+    plan.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
+    plan.set_defaults(func=cmd_plan)
+
+    report = commands.add_parser(
+        "report", parents=[tracking], help="write the comparison table from the runs in MLflow",
+        description="Read the finished runs back from MLflow and write one comparison table per study.",
+    )
+    report.add_argument("--study", default=None, metavar="NAME", help="one study (default: every study in the store)")
+    report.add_argument("--out", default=None, metavar="FILE", help="write here instead of standard output")
+    report.add_argument("--format", choices=("md", "csv", "json"), default=None, help="default: from --out's suffix, else md")
+    report.set_defaults(func=cmd_report)
+
+    schema = commands.add_parser("schema", help="print every key a study file accepts, with defaults")
+    schema.set_defaults(func=cmd_schema)
+    return parser
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from ablate.design import expand, flatten, format_value, varying_settings
+    from ablate.spec import load_study
+
+    study = load_study(args.study)
+    trials = expand(study)
+    varying = varying_settings(trials)
+    if args.format == "json":
+        document = {
+            "study": study.name,
+            "design": study.info.design,
+            "count": len(trials),
+            "trials": [
+                {"hash": t.hash, "stage": t.stage, "seed": t.seed, "params_count": t.params_count,
+                 "settings": t.settings.to_dict()}
+                for t in trials
+            ],
+        }
+        print(json.dumps(document, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{study.name}: {study.info.design}", title_justify="left")
+    for column in ("#", "hash", "stage", "seed", *_short_names(varying), "params"):
+        table.add_column(column, justify="right" if column in ("#", "seed", "params") else "left")
+    for i, t in enumerate(trials, 1):
+        flat = flatten(t.settings.to_dict())
+        cells = [format_value(flat[k]) if k in flat else "" for k in varying]
+        table.add_row(str(i), t.hash, t.stage, str(t.seed), *cells, f"{t.params_count:,}")
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=240)  # a pipe or a log file: do not squeeze to 80 columns
+    console.print(table)
+    console.print(
+        f"{len(trials)} trials: {len(study.stages)} stages × {len(study.info.seeds)} seeds "
+        f"(seeds {', '.join(map(str, study.info.seeds))})"
+    )
+    return 0
+
+
+def _short_names(keys: list[str]) -> list[str]:
+    """'model.dropout' → 'dropout' where the last part alone is unambiguous."""
+    leaves = [k.rsplit(".", 1)[-1] for k in keys]
+    return [leaf if leaves.count(leaf) == 1 else key for key, leaf in zip(keys, leaves)]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ablate.design import expand
+    from ablate.spec import load_study
+
+    study = load_study(args.study)
+    trials = expand(study)  # every check on the spec happens before torch or mlflow load
+
+    from ablate.data import default_data_dir
+    from ablate.execute import run_study
+    from ablate.progress import ConsoleReporter
+    from ablate.report import build, markdown_table
+    from ablate.tracking import Tracker
+
+    uri = args.tracking_uri or _default_uri()
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    reporter = ConsoleReporter()
+    console = reporter.console
+    console.print(f"study [bold]{study.name}[/] ({args.study}), tracking {uri}")
+    try:
+        summary = run_study(study, trials, Tracker(uri), data_dir, args.device, reporter, command=args.command_line)
+    finally:
+        reporter.close()
+    if summary.interrupted:
+        console.print(
+            f"[yellow]Interrupted[/]: {len(summary.finished)} trials finished and recorded; the running one is "
+            f"marked KILLED. Resume with: {args.command_line}"
+        )
+        return EXIT_INTERRUPTED
+    if not summary.finished and not summary.failed:
+        console.print(f"All {summary.total} trials already done: nothing to train.")
+    else:
+        console.print(
+            f"Trained {len(summary.finished)} trials in {summary.wall_seconds:.0f} s; "
+            f"{len(summary.failed)} failed; {summary.skipped} were already done."
+        )
+    print()
+    print(markdown_table(build(uri, study.name)[0]))
+    print()
+    for trial, error in summary.failed:
+        console.print(f"[red]FAILED[/] {trial.stage} seed {trial.seed} ({trial.hash}): {error}")
+    ui = "mlflow ui" if uri == _default_uri() else f"mlflow ui --backend-store-uri {uri}"
+    console.print(f"See the runs: {ui}    The table: ablate report --study {study.name}")
+    return EXIT_FAILED_TRIALS if summary.failed else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ablate.report import build, render
+
+    fmt = args.format or (Path(args.out).suffix.lstrip(".") if args.out else "md")
+    if fmt not in ("md", "csv", "json"):
+        raise AblateError(f"--out {args.out}: cannot tell the format from '.{fmt}'; pass --format md, csv or json")
+    text = render(build(args.tracking_uri or _default_uri(), args.study), fmt)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        print(f"wrote {out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from ablate.spec import schema_rows, schema_tables
+
+    for title, cls in schema_tables().items():
+        print(f"\n{title}")
+        for key, kind, default, doc in schema_rows(cls):
+            print(f"  {key:<12} {kind:<40} default {default:<16} {doc}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.command_line = "ablate " + " ".join(shlex.quote(a) for a in argv if a != "--debug")
+    try:
+        return args.func(args)
+    except AblateError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"ablate: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("ablate: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

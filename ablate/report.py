@@ -1,0 +1,245 @@
+"""MLflow runs → pandas → per-stage statistics → markdown, CSV or JSON.
+
+The report shows the design of the latest `ablate run` of a study (its plan.json): runs of
+trials no longer in the spec are left out, and when a trial ran more than once the latest
+finished run counts. Summary values are explicit: test metrics are measured once after
+the last epoch; validation accuracy is the final epoch's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pandas as pd
+
+from ablate.errors import AblateError, did_you_mean
+from ablate.tracking import EXPERIMENT_TAG, ROLE, SEED, STAGE, STAGE_INDEX, TRIAL_HASH, Tracker, read_plan
+
+METRICS = ("test_accuracy", "test_loss", "val_accuracy", "train_seconds", "params_count")
+
+
+@dataclass
+class StudyReport:
+    name: str
+    description: str
+    table: pd.DataFrame  # one row per stage, numeric
+    runs: pd.DataFrame  # the finished runs the table is computed from, one per trial
+    planned: int  # trials in the latest spec
+    excluded: dict[str, int] = field(default_factory=dict)  # status → runs left out
+    invocations: list[dict[str, str]] = field(default_factory=list)
+
+
+def _check_store(uri: str) -> None:
+    """Refuse to read a SQLite store that does not exist (MLflow would silently create it)."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite":
+        path = Path(parsed.path[1:])
+        if not path.exists():
+            raise AblateError(
+                f"no MLflow store at {path} (tracking URI {uri}); run `ablate run STUDY.toml` first, "
+                "or pass --tracking-uri"
+            )
+
+
+def study_names(tracker: Tracker) -> list[str]:
+    experiments = tracker.client.search_experiments(max_results=10_000)
+    return sorted(e.name for e in experiments if EXPERIMENT_TAG in e.tags)
+
+
+def _run_rows(runs) -> pd.DataFrame:
+    rows = []
+    for run in runs:
+        tags, metrics = run.data.tags, run.data.metrics
+        row = {
+            "run_id": run.info.run_id,
+            "status": run.info.status,
+            "start_time": run.info.start_time,
+            "trial_hash": tags.get(TRIAL_HASH),
+            "stage": tags.get(STAGE),
+            "stage_index": int(tags.get(STAGE_INDEX, 0)),
+            "seed": int(tags.get(SEED, 0)),
+        }
+        row.update({m: metrics.get(m, math.nan) for m in METRICS})
+        rows.append(row)
+    columns = ["run_id", "status", "start_time", "trial_hash", "stage", "stage_index", "seed", *METRICS]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def load_study(tracker: Tracker, study: str) -> StudyReport:
+    experiment = tracker.client.get_experiment_by_name(study)
+    if experiment is None or EXPERIMENT_TAG not in experiment.tags:
+        known = study_names(tracker)
+        raise AblateError(
+            f"no study named '{study}' in {tracker.uri}{did_you_mean(study, known)}; "
+            f"studies there: {', '.join(known) or 'none'}"
+        )
+    exp_id = experiment.experiment_id
+    parents = sorted(tracker._search(exp_id, f"tags.{ROLE} = 'parent'"), key=lambda r: r.info.start_time, reverse=True)
+    plan = next((p for p in (read_plan(tracker, r.info.run_id) for r in parents) if p), None)
+    runs = _run_rows(tracker._search(exp_id, f"tags.{ROLE} = 'trial'"))
+    if plan is not None:
+        stage_of = {t["hash"]: t["stage"] for t in plan["trials"]}
+        runs = runs[runs["trial_hash"].isin(stage_of)].copy()
+        runs["stage"] = runs["trial_hash"].map(stage_of)  # the latest spec's stage names
+        stages = plan["stages"]
+    else:
+        stages = [{"name": s, "index": i} for s, i in runs.groupby("stage")["stage_index"].min().sort_values().items()]
+    finished = runs[runs["status"] == "FINISHED"].sort_values("start_time")
+    latest = finished.drop_duplicates("trial_hash", keep="last")
+    excluded = runs[runs["status"] != "FINISHED"]["status"].value_counts().to_dict()
+    return StudyReport(
+        name=study,
+        description=(plan or {}).get("description", ""),
+        table=summarise(latest, stages),
+        runs=latest.reset_index(drop=True),
+        planned=len(plan["trials"]) if plan else len(latest),
+        excluded={str(k): int(v) for k, v in excluded.items()},
+        invocations=[_invocation(r) for r in parents],
+    )
+
+
+def _invocation(run) -> dict[str, str]:
+    tags = run.data.tags
+    start, end = run.info.start_time, run.info.end_time
+    wall = tags.get("wall_seconds") or (f"{(end - start) / 1000:.1f}" if end else "")
+    return {
+        "command": tags.get("command", ""),
+        "hardware": tags.get("hardware", ""),
+        "status": run.info.status,
+        "wall_seconds": wall,
+        "trials_finished": tags.get("trials_finished", ""),
+        "trials_skipped": tags.get("trials_skipped", ""),
+        "git_commit": tags.get("git_commit", ""),
+        "started": pd.Timestamp(start, unit="ms").strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def summarise(runs: pd.DataFrame, stages: list[dict]) -> pd.DataFrame:
+    """Per stage: mean and sample std over seeds, n, and the difference from the first stage."""
+    rows = []
+    for stage in stages:
+        group = runs[runs["stage"] == stage["name"]]
+        acc = group["test_accuracy"] * 100
+        rows.append(
+            {
+                "stage": stage["name"],
+                "changes": stage.get("changes", ""),
+                "architecture": stage.get("architecture", ""),
+                "params_count": stage.get("params_count", group["params_count"].max()),
+                "n": len(group),
+                "test_accuracy_mean": acc.mean() if len(group) else math.nan,
+                "test_accuracy_std": acc.std(ddof=1) if len(group) > 1 else math.nan,
+                "val_accuracy_mean": (group["val_accuracy"] * 100).mean() if len(group) else math.nan,
+                "test_loss_mean": group["test_loss"].mean() if len(group) else math.nan,
+                "train_seconds_mean": group["train_seconds"].mean() if len(group) else math.nan,
+                "reference": stage.get("reference"),
+            }
+        )
+    table = pd.DataFrame(rows)
+    if len(table):
+        table["delta_vs_first"] = table["test_accuracy_mean"] - table["test_accuracy_mean"].iloc[0]
+    return table
+
+
+# ---------------------------------------------------------------------------- rendering
+
+
+def _fmt(value: float, digits: int, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def markdown_table(report: StudyReport) -> str:
+    table = report.table
+    first = table["stage"].iloc[0] if len(table) else "first"
+    has_reference = table["reference"].notna().any() if len(table) else False
+    shown = pd.DataFrame(
+        {
+            "Stage": table["stage"],
+            "Changes (vs previous stage)": table["changes"].str.replace("|", "\\|", regex=False),
+            "Model": table["architecture"],
+            "Params": table["params_count"].map(lambda v: f"{int(v):,}" if not pd.isna(v) else "—"),
+            "n": table["n"],
+            "Test acc (%)": [
+                _fmt(m, 2) + (f" ± {_fmt(s, 2)}" if not math.isnan(s) else "")
+                for m, s in zip(table["test_accuracy_mean"], table["test_accuracy_std"])
+            ],
+            f"Δ vs {first} (pts)": [("—" if i == 0 else _fmt(d, 2, True)) for i, d in enumerate(table["delta_vs_first"])],
+            "Val acc (%)": table["val_accuracy_mean"].map(lambda v: _fmt(v, 2)),
+            "Test loss": table["test_loss_mean"].map(lambda v: _fmt(v, 4)),
+            "Train time (s)": table["train_seconds_mean"].map(lambda v: _fmt(v, 1)),
+        }
+    )
+    if has_reference:
+        shown["Reference (%)"] = table["reference"].map(lambda v: _fmt(v, 1))
+        shown["Ours − ref (pts)"] = [
+            _fmt(m - r, 2, True) if r is not None and not pd.isna(r) else "—"
+            for m, r in zip(table["test_accuracy_mean"], table["reference"])
+        ]
+    return shown.to_markdown(index=False, disable_numparse=True)
+
+
+def markdown_section(report: StudyReport) -> str:
+    lines = [f"## {report.name}", ""]
+    if report.description:
+        lines += [report.description, ""]
+    lines += [
+        f"{len(report.runs)} of {report.planned} planned trials finished.",
+        "",
+        markdown_table(report),
+        "",
+        "Test accuracy and test loss: mean ± sample standard deviation over seeds (n), measured once after "
+        "the final epoch; each trial's loss is its own training loss. Val acc: validation accuracy after the "
+        "final epoch. Δ: difference of the stage's mean test accuracy from the first stage's, in percentage points. "
+        "Train time: training seconds per trial (evaluation included, MLflow logging excluded).",
+    ]
+    if report.excluded:
+        left_out = ", ".join(f"{n} {status}" for status, n in sorted(report.excluded.items()))
+        lines += ["", f"Left out of the statistics: {left_out} run(s)."]
+    if report.invocations:
+        lines += ["", "Runs:", ""]
+        for inv in reversed(report.invocations):
+            bits = [f"`{inv['command']}`" if inv["command"] else "(command not recorded)"]
+            if inv["hardware"]:
+                bits.append(f"on {inv['hardware']}")
+            bits.append(f"started {inv['started']}")
+            if inv["wall_seconds"]:
+                bits.append(f"wall time {float(inv['wall_seconds']):.0f} s")
+            if inv["trials_finished"]:
+                bits.append(f"{inv['trials_finished']} trials trained, {inv['trials_skipped']} already done")
+            if inv["git_commit"]:
+                bits.append(f"commit {inv['git_commit'][:12]}")
+            bits.append(inv["status"])
+            lines.append("- " + ", ".join(bits))
+    return "\n".join(lines) + "\n"
+
+
+def render(reports: list[StudyReport], fmt: str) -> str:
+    if fmt == "md":
+        return "\n".join(markdown_section(r) for r in reports)
+    tables = []
+    for r in reports:
+        t = r.table.copy()
+        t.insert(0, "study", r.name)
+        tables.append(t)
+    combined = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    if fmt == "csv":
+        return combined.to_csv(index=False)
+    if fmt == "json":
+        records = json.loads(combined.to_json(orient="records"))
+        return json.dumps(records, indent=2) + "\n"
+    raise AblateError(f"unknown report format {fmt!r}; allowed: md, csv, json")
+
+
+def build(uri: str, study: str | None = None) -> list[StudyReport]:
+    _check_store(uri)
+    tracker = Tracker(uri)
+    names = [study] if study else study_names(tracker)
+    if not names:
+        raise AblateError(f"no ablate studies in {uri}; run `ablate run STUDY.toml` first")
+    return [load_study(tracker, name) for name in names]

@@ -1,0 +1,159 @@
+"""Everything MLflow: experiments, parent and trial runs, what is already done.
+
+One experiment per study; one parent run per `ablate run`; one child run per trial,
+carrying the trial hash as a tag so resume and reports find work by identity. All calls
+go through an explicit MlflowClient with explicit run ids (no global active run), so the
+same code works from worker processes and against a remote tracking server.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_GIT_COMMIT
+
+import ablate
+from ablate.design import Trial
+
+# Tag names, shared with the report.
+STUDY, ROLE, STAGE, STAGE_INDEX, SEED, TRIAL_HASH = "study", "role", "stage", "stage_index", "seed", "trial_hash"
+CHANGES, ARCHITECTURE, ERROR = "changes", "architecture", "error"
+EXPERIMENT_TAG = "ablate.study"
+PLAN_ARTIFACT = "plan.json"  # the full trial list of the spec, on every parent run
+
+# MLflow draws a tqdm bar for every artifact it downloads; a report reads one per study.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+for noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking", "mlflow.store"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _artifact_root(uri: str) -> str | None:
+    """Keep artifacts beside a local SQLite store (mlartifacts/), not in whatever folder we run from."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite" and parsed.path not in ("", "/:memory:"):
+        database = Path(parsed.path[1:])  # sqlite:////abs/db → /abs/db; sqlite:///rel.db → rel.db
+        return (database.resolve().parent / "mlartifacts").as_uri()
+    return None
+
+
+def git_commit(folder: Path) -> str | None:
+    """The commit of the working tree holding the study, '+dirty' when it has uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}+dirty" if dirty else head
+
+
+class Tracker:
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+
+    # -- experiments -----------------------------------------------------------------
+
+    def experiment(self, study: str) -> str:
+        """The study's experiment id, created if needed (by the parent, before any worker starts)."""
+        found = self.client.get_experiment_by_name(study)
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                self.client.restore_experiment(found.experiment_id)
+            return found.experiment_id
+        root = _artifact_root(self.uri)
+        location = f"{root}/{study}" if root else None
+        return self.client.create_experiment(study, artifact_location=location, tags={EXPERIMENT_TAG: study})
+
+    def finished_hashes(self, experiment_id: str) -> set[str]:
+        """Hashes of trials with a FINISHED run: the work resume must not repeat."""
+        runs = self._search(experiment_id, f"tags.{ROLE} = 'trial' and attributes.status = 'FINISHED'")
+        return {run.data.tags[TRIAL_HASH] for run in runs if TRIAL_HASH in run.data.tags}
+
+    def _search(self, experiment_id: str, filter_string: str) -> list:
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs(
+                [experiment_id], filter_string=filter_string, max_results=1000, page_token=token
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    # -- runs ------------------------------------------------------------------------
+
+    def start_parent(self, experiment_id: str, study_name: str, spec_path: Path, trials: int) -> str:
+        tags = {STUDY: study_name, ROLE: "parent", "trials": str(trials), **environment_tags(spec_path.parent)}
+        run = self.client.create_run(experiment_id, tags=tags, run_name=f"{study_name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        self.client.log_artifact(run.info.run_id, str(spec_path))
+        return run.info.run_id
+
+    def start_trial(self, experiment_id: str, parent_id: str, trial: Trial, env_tags: dict[str, str]) -> str:
+        tags = {
+            MLFLOW_PARENT_RUN_ID: parent_id,
+            MLFLOW_RUN_NAME: f"{trial.stage}-s{trial.seed}",
+            STUDY: trial.study,
+            ROLE: "trial",
+            STAGE: trial.stage,
+            STAGE_INDEX: str(trial.stage_index),
+            SEED: str(trial.seed),
+            TRIAL_HASH: trial.hash,
+            CHANGES: trial.changes,
+            ARCHITECTURE: trial.architecture,
+            **env_tags,
+        }
+        run = self.client.create_run(experiment_id, tags=tags, run_name=tags[MLFLOW_RUN_NAME])
+        params = [Param(k, v) for k, v in trial.params().items()]
+        self.client.log_batch(run.info.run_id, params=params)
+        return run.info.run_id
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def finish(self, run_id: str, status: str = "FINISHED", error: str | None = None) -> None:
+        if error is not None:
+            self.client.log_batch(run_id, tags=[RunTag(ERROR, error[:5000])])
+        self.client.set_terminated(run_id, status=status)
+
+
+def environment_tags(folder: Path) -> dict[str, str]:
+    """Where and with what a run happened: versions, host, git commit of the study's tree."""
+    import torch  # only trial runs need it; the report path stays torch-free
+
+    tags = {
+        "ablate_version": ablate.__version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "host": platform.node(),
+        "pid": str(os.getpid()),
+    }
+    commit = git_commit(folder)
+    if commit:
+        tags["git_commit"] = commit
+        tags[MLFLOW_GIT_COMMIT] = commit.removesuffix("+dirty")
+    return tags
+
+
+def read_plan(tracker: Tracker, run_id: str) -> dict | None:
+    """The plan a parent run carries, or None when it has none (a run not made by ablate run)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = tracker.client.download_artifacts(run_id, PLAN_ARTIFACT, dst_path=tmp)
+        except Exception:  # MLflow raises several types for a missing artifact
+            return None
+        return json.loads(Path(path).read_text())
