@@ -85,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", choices=("md", "csv", "json"), default=None, help="default: from --out's suffix, else md")
     report.set_defaults(func=cmd_report)
 
-    schema = commands.add_parser("schema", help="print every key a study file accepts, with defaults")
+    schema = commands.add_parser(
+        "schema", help="print every key a study file accepts, with types and defaults (markdown)"
+    )
     schema.set_defaults(func=cmd_schema)
     return parser
 
@@ -203,12 +205,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from ablate.spec import schema_rows, schema_tables
+    from ablate.spec import schema_markdown
 
-    for title, cls in schema_tables().items():
-        print(f"\n{title}")
-        for key, kind, default, doc in schema_rows(cls):
-            print(f"  {key:<12} {kind:<40} default {default:<16} {doc}")
+    print(schema_markdown())
     return 0
 
 

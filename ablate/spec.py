@@ -183,8 +183,11 @@ def _describe(tp: Any) -> str:
     if origin in (types.UnionType, typing.Union):
         return " or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None))
     if origin is tuple:
-        return f"a list of {_describe(typing.get_args(tp)[0])}s"
+        return f"a list of {_PLURAL.get(typing.get_args(tp)[0], 'values')}"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+_PLURAL = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
 
 
 def _coerce(value: Any, tp: Any, file: str, path: str) -> Any:
@@ -286,14 +289,15 @@ def _resolve_model(default: dict, override: dict, file: str, path: str) -> Model
     return cls(**merged)
 
 
-def _check_limits(dataset: DatasetInfo, data: DataSettings, file: str, path: str) -> None:
+def _check_limits(dataset: DatasetInfo, data: DataSettings, file: str, where: Callable[[str], str]) -> None:
+    """Checks that span keys; `where` names the table a key was set in ([data] or the stage's)."""
     if data.val_size >= dataset.train_size:
-        raise SpecError(file, _join(path, "val_size"), f"must be < {dataset.train_size}, the training set's size")
+        raise SpecError(file, where("val_size"), f"must be < {dataset.train_size}, the training set's size")
     room = dataset.train_size - data.val_size
     if data.train_limit is not None and data.train_limit > room:
-        raise SpecError(file, _join(path, "train_limit"), f"must be ≤ {room} (training set minus validation)")
+        raise SpecError(file, where("train_limit"), f"must be ≤ {room} (training set minus validation)")
     if data.test_limit is not None and data.test_limit > dataset.test_size:
-        raise SpecError(file, _join(path, "test_limit"), f"must be ≤ {dataset.test_size}, the test set's size")
+        raise SpecError(file, where("test_limit"), f"must be ≤ {dataset.test_size}, the test set's size")
 
 
 STAGE_KEYS = ("name", "description", "reference", "model", "data", "train")
@@ -326,7 +330,11 @@ def _parse_stage(raw: Any, index: int, defaults: dict[str, dict], info: StudyInf
     for section, cls in SECTIONS.items():
         override = _check_table(raw.get(section, {}), cls, file, _join(path, section))
         built[section] = cls(**{**defaults[section], **override})
-    _check_limits(DATASETS[info.dataset], built["data"], file, _join(path, "data"))
+    stage_data = raw.get("data", {})
+    _check_limits(
+        DATASETS[info.dataset], built["data"], file,
+        lambda key: f"{path}.data.{key}" if key in stage_data else f"data.{key}",
+    )
     model = _resolve_model(defaults["model"], raw.get("model", {}), file, _join(path, "model"))
     return Stage(name=name, description=description, reference=reference, index=index, model=model, **built)
 
@@ -414,3 +422,14 @@ def schema_tables() -> dict[str, type]:
     for kind, cls in MODEL_KINDS.items():
         tables[f'[model] kind = "{kind}"'] = cls
     return tables
+
+
+def schema_markdown() -> str:
+    """The reference tables of README.md's spec section (a test keeps the two equal)."""
+    parts = []
+    for title, cls in schema_tables().items():
+        parts += [f"`{title}`", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        for key, kind, default, doc in schema_rows(cls):
+            parts.append(f"| `{key}` | {kind} | `{default}` | {doc} |")
+        parts.append("")
+    return "\n".join(parts).rstrip() + "\n"

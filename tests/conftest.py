@@ -1,0 +1,56 @@
+"""Shared fixtures: the committed MNIST files, throwaway MLflow stores, tiny studies."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = REPO / "data"
+
+TINY_STUDY = """
+[study]
+name = "tiny"
+seeds = [0, 1]
+
+[data]
+val_size = 500
+train_limit = 1000
+test_limit = 500
+
+[train]
+epochs = 2
+batch_size = 128
+
+[[stage]]
+name = "linear"
+model = { kind = "linear" }
+
+[[stage]]
+name = "mlp"
+model = { kind = "mlp", hidden = [32] }
+"""
+
+
+@pytest.fixture(autouse=True)
+def _data_dir(monkeypatch):
+    """Every test reads the MNIST files committed in data/, never the network."""
+    monkeypatch.setenv("ABLATE_DATA_DIR", str(DATA_DIR))
+
+
+@pytest.fixture
+def write_study(tmp_path):
+    def write(text: str, name: str = "study.toml") -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def store(tmp_path) -> str:
+    """A fresh SQLite MLflow store in a temporary folder."""
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"

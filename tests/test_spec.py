@@ -1,0 +1,146 @@
+"""Study files: what is accepted, and one clear message (exit code 2) for what is not."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from ablate.cli import main
+from ablate.errors import SpecError
+from ablate.spec import LinearModel, MLPModel, load_study, parse_study
+from tests.conftest import REPO, TINY_STUDY
+
+GOOD = """
+[study]
+name = "s"
+seeds = [0, 1, 2]
+
+[train]
+epochs = 3
+lr = 1
+
+[model]
+kind = "mlp"
+hidden = [64]
+
+[[stage]]
+name = "base"
+
+[[stage]]
+name = "wide"
+model = { hidden = [128, 64], dropout = 0.25 }
+train = { loss = "mse" }
+
+[[stage]]
+name = "lin"
+model = { kind = "linear" }
+"""
+
+
+def test_good_study_resolves_defaults_and_overrides():
+    study = parse_study(GOOD)
+    base, wide, lin = study.stages
+    assert study.info.seeds == (0, 1, 2)
+    assert base.model == MLPModel(hidden=(64,))
+    assert wide.model == MLPModel(hidden=(128, 64), dropout=0.25)
+    assert wide.train.loss == "mse" and base.train.loss == "cross_entropy"
+    assert base.train.lr == 1.0 and isinstance(base.train.lr, float)  # an int where a float goes is fine
+    assert base.train.batch_size == 256  # schema default
+    assert lin.model == LinearModel()  # another kind starts from scratch, not from [model]
+
+
+def test_committed_linearity_study_is_valid():
+    study = load_study(REPO / "studies" / "linearity.toml")
+    assert [s.name for s in study.stages] == ["linear-mse", "linear-ce", "mlp", "mlp-dropout", "mlp-bn"]
+    assert study.info.seeds == (0, 1, 2)
+    assert [s.reference for s in study.stages] == [92.6, 92.1, 97.5, 97.3, 97.7]
+
+
+def _error(text: str) -> SpecError:
+    with pytest.raises(SpecError) as info:
+        parse_study(text, "bad.toml")
+    return info.value
+
+
+BASE = TINY_STUDY
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "path", "needles"),
+    [
+        ('hidden = [32]', 'hiden = [32]', "stage[2].model.hiden", ["unknown key", "did you mean 'hidden'"]),
+        ("epochs = 2", "epoch = 2", "train.epoch", ["did you mean 'epochs'"]),
+        ("epochs = 2", 'epochs = "two"', "train.epochs", ["must be an integer", "'two'"]),
+        ("epochs = 2", "epochs = 0", "train.epochs", ["must be ≥ 1"]),
+        ("batch_size = 128", "batch_size = 1.5", "train.batch_size", ["must be an integer"]),
+        ("epochs = 2", 'epochs = 2\nloss = "cross_entropi"', "train.loss", ["did you mean 'cross_entropy'", "allowed:"]),
+        ("epochs = 2", 'epochs = 2\noptimizer = "adan"', "train.optimizer", ["did you mean 'adam'"]),
+        ('kind = "linear"', 'kind = "linaer"', "stage[1].model.kind", ["did you mean 'linear'", "mlp"]),
+        ("hidden = [32]", "hidden = [32], dropout = 1.0", "stage[2].model.dropout", ["[0, 1)"]),
+        ("hidden = [32]", "hidden = 32", "stage[2].model.hidden", ["a list of integers"]),
+        ("hidden = [32]", "hidden = [32], batchnorm = 1", "stage[2].model.batchnorm", ["true or false"]),
+        ('model = { kind = "linear" }', 'model = { kind = "linear", hidden = [3] }', "stage[1].model.hidden",
+         ["unknown key", "model kind 'linear' allows: kind"]),
+        ("seeds = [0, 1]", "seeds = [0, 0]", "study.seeds", ["must not repeat"]),
+        ("seeds = [0, 1]", "seeds = []", "study.seeds", ["at least one seed"]),
+        ('name = "tiny"', 'name = "has space"', "study.name", ["letters, digits"]),
+        ('name = "mlp"', 'name = "linear"', "stage[2].name", ["already the name of stage[1]"]),
+        ("val_size = 500", "val_size = 60000", "data.val_size", ["must be < 60000"]),
+        ("[data]", "[dat]", "dat", ["unknown section", "did you mean 'data'"]),
+        ("train_limit = 1000", "train_limit = 1000\nmystery = 1", "data.mystery", ["unknown key", "val_size"]),
+    ],
+)
+def test_bad_value_names_key_path_and_what_is_allowed(old, new, path, needles):
+    assert old in BASE
+    error = _error(BASE.replace(old, new, 1))
+    assert error.path == path
+    for needle in needles:
+        assert needle in str(error)
+    assert str(error).startswith("bad.toml: ")
+
+
+def test_missing_study_table_and_stages():
+    assert _error('[train]\nepochs = 1\n').path == "study"
+    assert "at least one [[stage]]" in str(_error('[study]\nname = "x"\n'))
+    assert "[[stage]]" in str(_error('[study]\nname = "x"\n[stage]\nname = "a"\n'))
+
+
+def test_model_kind_is_required_somewhere():
+    error = _error('[study]\nname = "x"\n[[stage]]\nname = "a"\n')
+    assert error.path == "stage[1].model.kind" and "is required" in str(error)
+
+
+def test_toml_syntax_error_has_file_line_and_column():
+    error = _error('[study]\nname = "x"\nseeds = = [0, 1]\n')
+    assert str(error) == "bad.toml:3:9: TOML syntax error: Invalid value"
+    assert "TOML syntax error" in str(_error('[study]\nname = "x"\nseeds = [0, 1\n'))  # at end of document
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ablate", *args], capture_output=True, text=True, cwd=REPO)
+
+
+def test_cli_bad_spec_exits_2_with_one_line_and_no_traceback(write_study):
+    path = write_study(BASE.replace("hidden = [32]", "hiden = [32]"))
+    for command in ("plan", "run"):
+        done = _cli(command, str(path))
+        assert done.returncode == 2
+        assert done.stderr.count("\n") == 1, done.stderr
+        assert "Traceback" not in done.stderr
+        assert f"{path}: stage[2].model.hiden: unknown key; did you mean 'hidden'?" in done.stderr
+
+
+def test_cli_missing_file_and_debug_traceback(tmp_path):
+    missing = tmp_path / "nope.toml"
+    done = _cli("plan", str(missing))
+    assert done.returncode == 2 and "no such study file" in done.stderr and "Traceback" not in done.stderr
+    debug = _cli("--debug", "plan", str(missing))
+    assert debug.returncode == 2 and "Traceback" in debug.stderr
+
+
+def test_run_with_bad_spec_touches_no_store(write_study, store, tmp_path):
+    path = write_study(BASE.replace("epochs = 2", "epochs = -1"))
+    assert main(["run", str(path), "--tracking-uri", store]) == 2
+    assert not (tmp_path / "mlflow.db").exists()
