@@ -207,7 +207,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_schema(args: argparse.Namespace) -> int:
     from ablate.spec import schema_markdown
 
-    print(schema_markdown())
+    sys.stdout.write(schema_markdown())
     return 0
 
 

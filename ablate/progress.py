@@ -10,7 +10,7 @@ from ablate.design import Trial
 
 class ConsoleReporter:
     def __init__(self, console: Console | None = None):
-        self.console = console or Console(highlight=False)
+        self.console = console or Console(highlight=False, soft_wrap=True)  # logs: no wrapping at 80 columns
         self.live = self.console.is_terminal
         self.progress: Progress | None = None
         self.task = None

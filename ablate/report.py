@@ -154,10 +154,13 @@ def _fmt(value: float, digits: int, signed: bool = False) -> str:
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
+def _has_reference(report: StudyReport) -> bool:
+    return bool(len(report.table)) and bool(report.table["reference"].notna().any())
+
+
 def markdown_table(report: StudyReport) -> str:
     table = report.table
     first = table["stage"].iloc[0] if len(table) else "first"
-    has_reference = table["reference"].notna().any() if len(table) else False
     shown = pd.DataFrame(
         {
             "Stage": table["stage"],
@@ -175,7 +178,7 @@ def markdown_table(report: StudyReport) -> str:
             "Train time (s)": table["train_seconds_mean"].map(lambda v: _fmt(v, 1)),
         }
     )
-    if has_reference:
+    if _has_reference(report):
         shown["Reference (%)"] = table["reference"].map(lambda v: _fmt(v, 1))
         shown["Ours − ref (pts)"] = [
             _fmt(m - r, 2, True) if r is not None and not pd.isna(r) else "—"
@@ -193,10 +196,12 @@ def markdown_section(report: StudyReport) -> str:
         "",
         markdown_table(report),
         "",
-        "Test accuracy and test loss: mean ± sample standard deviation over seeds (n), measured once after "
-        "the final epoch; each trial's loss is its own training loss. Val acc: validation accuracy after the "
-        "final epoch. Δ: difference of the stage's mean test accuracy from the first stage's, in percentage points. "
-        "Train time: training seconds per trial (evaluation included, MLflow logging excluded).",
+        "Test acc: mean ± sample standard deviation over the n seeds, measured once after the final epoch "
+        "(no std when n = 1). Val acc, test loss, train time: means over the seeds; val acc is the final "
+        "epoch's; each trial's test loss is its own training loss (MSE or cross-entropy). Δ: the stage's mean "
+        "test accuracy minus the first stage's, in percentage points. Train time: seconds of training and "
+        "per-epoch validation per trial, MLflow logging excluded."
+        + (" Reference: the published single-run figure the stage reproduces." if _has_reference(report) else ""),
     ]
     if report.excluded:
         left_out = ", ".join(f"{n} {status}" for status, n in sorted(report.excluded.items()))

@@ -186,3 +186,14 @@ def test_version_and_help():
     for argv, needle in ((["--version"], "ablate 0.1.0"), (["--help"], "exit codes")):
         done = subprocess.run([sys.executable, "-m", "ablate", *argv], capture_output=True, text=True, cwd=REPO)
         assert done.returncode == 0 and needle in done.stdout
+
+
+def test_readme_schema_and_results_are_current():
+    readme = (REPO / "README.md").read_text()
+    from ablate.spec import schema_markdown
+
+    documented = readme.split("<!-- schema -->\n", 1)[1].split("<!-- /schema -->", 1)[0]
+    assert documented == schema_markdown()
+    results = (REPO / "results" / "linearity.md").read_text()
+    for row in (line for line in results.splitlines() if line.startswith("|")):
+        assert row in readme
