@@ -75,7 +75,7 @@ def describe_changes(previous: Stage | None, stage: Stage) -> str:
     for key, value in after.items():
         if key in before and before[key] == value:
             continue
-        if key not in before and not value:
+        if key not in before and (not value or value in ("none", "default")):
             continue  # a new model kind's switch left off (dropout 0, batchnorm false) changes nothing
         changed.append(f"{key}={format_value(value)}")
     return ", ".join(changed) or "nothing (same settings)"
@@ -89,8 +89,11 @@ def expand(study: Study) -> list[Trial]:
     previous: Stage | None = None
     for stage in study.stages:
         changes = describe_changes(previous, stage)
+        try:
+            params = sizes.params_count(stage.model, dataset)
+        except sizes.ShapeError as exc:
+            raise SpecError(study.path, f"stage[{stage.index + 1}].model", str(exc)) from None
         architecture = sizes.describe(stage.model, dataset)
-        params = sizes.params_count(stage.model, dataset)
         for seed in study.info.seeds:
             settings = stage.settings(study.info.dataset, seed)
             trial_hash = settings_hash(settings)

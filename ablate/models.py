@@ -6,7 +6,8 @@ from math import prod
 
 from torch import nn
 
-from ablate.spec import DatasetInfo, LinearModel, MLPModel, ModelSpec
+from ablate.sizes import conv_shapes
+from ablate.spec import CNNModel, DatasetInfo, LinearModel, MLPModel, ModelSpec
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
@@ -17,6 +18,8 @@ def build_model(spec: ModelSpec, dataset: DatasetInfo) -> nn.Module:
         return nn.Sequential(nn.Flatten(), nn.Linear(inputs, dataset.classes))
     if isinstance(spec, MLPModel):
         return _mlp(spec, inputs, dataset.classes)
+    if isinstance(spec, CNNModel):
+        return _cnn(spec, dataset)
     raise TypeError(f"no builder for {type(spec).__name__}")
 
 
@@ -34,7 +37,53 @@ def _mlp(spec: MLPModel, inputs: int, classes: int) -> nn.Sequential:
             layers.append(nn.Dropout(spec.dropout))
         width = hidden
     layers.append(nn.Linear(width, classes))
+    if spec.output_activation == "relu":
+        layers.append(nn.ReLU())
     return nn.Sequential(*layers)
+
+
+def _cnn(spec: CNNModel, dataset: DatasetInfo) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    channels = dataset.shape[0]
+    for block in spec.blocks:
+        layers.append(nn.Conv2d(channels, block.out, block.kernel, padding=block.padding))
+        if block.batchnorm:
+            layers.append(nn.BatchNorm2d(block.out))
+        if block.activation != "none":
+            layers.append(ACTIVATIONS[block.activation]())
+        if block.dropout:
+            layers.append(nn.Dropout(block.dropout))
+        if block.pool:
+            layers.append(nn.MaxPool2d(2))
+        channels = block.out
+    last, height, width = conv_shapes(spec, dataset)[-1]
+    if spec.head == "linear":
+        layers += [nn.Flatten(), nn.Linear(last * height * width, dataset.classes)]
+    else:
+        if spec.head == "conv-gap":
+            layers.append(nn.Conv2d(last, dataset.classes, 1))
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers)
+
+
+INITS = {
+    "xavier_uniform": nn.init.xavier_uniform_,
+    "xavier_normal": nn.init.xavier_normal_,
+    "kaiming_uniform": lambda w: nn.init.kaiming_uniform_(w, nonlinearity="relu"),
+    "kaiming_normal": lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"),
+    "orthogonal": nn.init.orthogonal_,
+}
+
+
+def initialise(model: nn.Module, scheme: str) -> None:
+    """Re-initialise every linear and conv weight with the scheme, biases to zero; 'default' keeps PyTorch's."""
+    if scheme == "default":
+        return
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            INITS[scheme](module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
 
 
 def count_params(module: nn.Module) -> int:

@@ -56,6 +56,7 @@ def _run_rows(runs) -> pd.DataFrame:
         tags, metrics = run.data.tags, run.data.metrics
         row = {
             "run_id": run.info.run_id,
+            "parent_run_id": tags.get("mlflow.parentRunId"),
             "status": run.info.status,
             "start_time": run.info.start_time,
             "trial_hash": tags.get(TRIAL_HASH),
@@ -65,7 +66,7 @@ def _run_rows(runs) -> pd.DataFrame:
         }
         row.update({m: metrics.get(m, math.nan) for m in METRICS})
         rows.append(row)
-    columns = ["run_id", "status", "start_time", "trial_hash", "stage", "stage_index", "seed", *METRICS]
+    columns = ["run_id", "parent_run_id", "status", "start_time", "trial_hash", "stage", "stage_index", "seed", *METRICS]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -98,7 +99,8 @@ def load_study(tracker: Tracker, study: str) -> StudyReport:
         runs=latest.reset_index(drop=True),
         planned=len(plan["trials"]) if plan else len(latest),
         excluded={str(k): int(v) for k, v in excluded.items()},
-        invocations=[_invocation(r) for r in parents],
+        # The invocations that trained the runs in the table, not every run of an older design.
+        invocations=[_invocation(r) for r in parents if r.info.run_id in set(latest["parent_run_id"])],
     )
 
 

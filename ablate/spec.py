@@ -12,7 +12,7 @@ import re
 import tomllib
 import types
 import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -99,9 +99,17 @@ class DataSettings:
 class TrainSettings:
     epochs: int = option(5, "Passes over the training set.", at_least(1))
     batch_size: int = option(256, "Examples per optimiser step; the last batch of an epoch may be smaller.", at_least(1))
-    optimizer: Literal["adam"] = option("adam", "Optimiser (torch.optim.Adam, betas 0.9/0.999, eps 1e-8).")
+    optimizer: Literal["adam", "adamw", "sgd"] = option(
+        "adam", "torch.optim.Adam or AdamW (betas 0.9/0.999, eps 1e-8), or SGD."
+    )
     lr: float = option(1e-3, "Learning rate.", above(0.0))
-    weight_decay: float = option(0.0, "L2 penalty added by the optimiser.", at_least(0.0))
+    weight_decay: float = option(0.0, "Weight decay: L2 added to the gradient (adam, sgd), decoupled (adamw).", at_least(0.0))
+    momentum: float = option(0.0, "SGD momentum (sgd only).", fraction_below_one)
+    nesterov: bool = option(False, "Nesterov momentum (sgd only; needs momentum > 0).")
+    init: Literal["default", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "orthogonal"] = option(
+        "default",
+        "Weight initialisation of every linear and conv layer: PyTorch's own, or the named one with biases set to zero.",
+    )
     loss: Literal["cross_entropy", "mse"] = option(
         "cross_entropy", "`cross_entropy` on the logits, or `mse` between softmax(logits) and the one-hot target."
     )
@@ -119,10 +127,61 @@ class MLPModel:
     activation: Literal["relu", "gelu", "tanh", "none"] = option("relu", "Activation after each hidden layer.")
     dropout: float = option(0.0, "Dropout probability after each hidden activation; 0 turns it off.", fraction_below_one)
     batchnorm: bool = option(False, "BatchNorm1d after each hidden linear layer, before the activation.")
+    output_activation: Literal["none", "relu"] = option(
+        "none", "Activation on the logits; `relu` reproduces system N's V1 (a lesson, not a recommendation)."
+    )
 
 
-MODEL_KINDS: dict[str, type] = {"linear": LinearModel, "mlp": MLPModel}
-ModelSpec = LinearModel | MLPModel
+ACTIVATION_NAMES = ("relu", "gelu", "tanh", "none")
+
+
+@dataclass(frozen=True)
+class ConvBlock:
+    out: int = option(doc="Output channels of the 3×3 (or `kernel`) convolution.", check=at_least(1))
+    kernel: int = option(3, "Square kernel size.", at_least(1))
+    padding: int = option(0, "Zero padding on each side.", at_least(0))
+    batchnorm: bool | None = option(None, "BatchNorm2d after the conv; unset: the model's `batchnorm`.")
+    activation: Literal["relu", "gelu", "tanh", "none"] | None = option(
+        None, "Activation after the conv (and BN); unset: the model's `activation`."
+    )
+    dropout: float | None = option(
+        None, "Dropout after the activation; unset: the model's `dropout`.", fraction_below_one
+    )
+    pool: bool = option(False, "2×2 max-pool at the end of the block.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CNNModel:
+    kind: Literal["cnn"] = option("cnn", "Convolution blocks, then a head.")
+    blocks: tuple[ConvBlock, ...] = option(
+        doc="Conv blocks in order: conv → BN → activation → dropout → max-pool, each part as the block says.",
+        check=nonempty,
+    )
+    head: Literal["linear", "gap", "conv-gap"] = option(
+        "linear",
+        "`linear`: flatten → linear to the classes; `gap`: global average pool (the last block must output one "
+        "channel per class); `conv-gap`: 1×1 conv to the classes → global average pool.",
+    )
+    batchnorm: bool | None = option(False, "Default `batchnorm` of every block (folded into the blocks).")
+    activation: Literal["relu", "gelu", "tanh", "none"] | None = option("relu", "Default `activation` of every block.")
+    dropout: float | None = option(0.0, "Default `dropout` of every block.", fraction_below_one)
+
+    def resolved(self) -> "CNNModel":
+        """Fold the model-level defaults into every block, so equal networks hash equal."""
+        blocks = tuple(
+            replace(
+                b,
+                batchnorm=self.batchnorm if b.batchnorm is None else b.batchnorm,
+                activation=self.activation if b.activation is None else b.activation,
+                dropout=self.dropout if b.dropout is None else b.dropout,
+            )
+            for b in self.blocks
+        )
+        return replace(self, blocks=blocks, batchnorm=None, activation=None, dropout=None)
+
+
+MODEL_KINDS: dict[str, type] = {"linear": LinearModel, "mlp": MLPModel, "cnn": CNNModel}
+ModelSpec = LinearModel | MLPModel | CNNModel
 
 # Sections a trial's settings are made of, each overridable per stage.
 SECTIONS: dict[str, type] = {"data": DataSettings, "train": TrainSettings}
@@ -183,7 +242,8 @@ def _describe(tp: Any) -> str:
     if origin in (types.UnionType, typing.Union):
         return " or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None))
     if origin is tuple:
-        return f"a list of {_PLURAL.get(typing.get_args(tp)[0], 'values')}"
+        item = typing.get_args(tp)[0]
+        return "a list of tables" if is_dataclass(item) else f"a list of {_PLURAL.get(item, 'values')}"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
 
 
@@ -207,7 +267,9 @@ def _coerce(value: Any, tp: Any, file: str, path: str) -> Any:
         if not isinstance(value, list):
             raise wrong
         item = typing.get_args(tp)[0]
-        return tuple(_coerce(v, item, file, f"{path}[{i}]") for i, v in enumerate(value))
+        return tuple(_coerce(v, item, file, f"{path}[{i + 1}]") for i, v in enumerate(value))
+    if is_dataclass(tp):
+        return _build(tp, _check_table(value, tp, file, path), file, path)
     if tp is bool:
         if not isinstance(value, bool):
             raise wrong
@@ -286,7 +348,8 @@ def _resolve_model(default: dict, override: dict, file: str, path: str) -> Model
     if kind == default_kind:
         merged.update(_check_table(default, cls, file, "model", f"model kind '{kind}'"))
     merged.update(_check_table(override, cls, file, path, f"model kind '{kind}'"))
-    return cls(**merged)
+    model = _build(cls, merged, file, path)
+    return model.resolved() if isinstance(model, CNNModel) else model
 
 
 def _check_limits(dataset: DatasetInfo, data: DataSettings, file: str, where: Callable[[str], str]) -> None:
@@ -298,6 +361,16 @@ def _check_limits(dataset: DatasetInfo, data: DataSettings, file: str, where: Ca
         raise SpecError(file, where("train_limit"), f"must be ≤ {room} (training set minus validation)")
     if data.test_limit is not None and data.test_limit > dataset.test_size:
         raise SpecError(file, where("test_limit"), f"must be ≤ {dataset.test_size}, the test set's size")
+
+
+def _check_optimizer(train: TrainSettings, file: str, where: Callable[[str], str]) -> None:
+    """Settings that only mean something for SGD are contradictions with another optimiser."""
+    if train.optimizer != "sgd":
+        for key, off in (("momentum", 0.0), ("nesterov", False)):
+            if getattr(train, key) != off:
+                raise SpecError(file, where(key), f"applies only to optimizer 'sgd' (optimizer is '{train.optimizer}')")
+    elif train.nesterov and train.momentum == 0:
+        raise SpecError(file, where("nesterov"), "needs momentum > 0 (as torch.optim.SGD does)")
 
 
 STAGE_KEYS = ("name", "description", "reference", "model", "data", "train")
@@ -330,6 +403,8 @@ def _parse_stage(raw: Any, index: int, defaults: dict[str, dict], info: StudyInf
     for section, cls in SECTIONS.items():
         override = _check_table(raw.get(section, {}), cls, file, _join(path, section))
         built[section] = cls(**{**defaults[section], **override})
+    stage_train = raw.get("train", {})
+    _check_optimizer(built["train"], file, lambda key: f"{path}.train.{key}" if key in stage_train else f"train.{key}")
     stage_data = raw.get("data", {})
     _check_limits(
         DATASETS[info.dataset], built["data"], file,
@@ -421,6 +496,7 @@ def schema_tables() -> dict[str, type]:
     tables: dict[str, type] = {"[study]": StudyInfo, "[data]": DataSettings, "[train]": TrainSettings}
     for kind, cls in MODEL_KINDS.items():
         tables[f'[model] kind = "{kind}"'] = cls
+    tables['[model] kind = "cnn": each entry of `blocks`'] = ConvBlock
     return tables
 
 

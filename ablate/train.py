@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablate.data import DeviceData, Split
-from ablate.models import build_model, count_params
+from ablate.models import build_model, count_params, initialise
 from ablate.spec import DATASETS, TrainSettings, TrialSettings
 
 EVAL_BATCH = 4096
@@ -50,8 +50,15 @@ def make_loss(name: str, classes: int) -> Callable[[torch.Tensor, torch.Tensor],
 
 
 def make_optimizer(model: nn.Module, train: TrainSettings) -> torch.optim.Optimizer:
+    params = model.parameters()
     if train.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+        return torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay)
+    if train.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=train.lr, momentum=train.momentum, nesterov=train.nesterov, weight_decay=train.weight_decay
+        )
     raise ValueError(f"unknown optimizer {train.optimizer!r}")
 
 
@@ -98,7 +105,9 @@ def train_trial(
     """Train one trial from its seed; validate every epoch; test once at the end."""
     dataset = DATASETS[settings.dataset]
     torch.manual_seed(settings.seed)  # initial weights and dropout masks follow the trial's seed
-    model = build_model(settings.model, dataset).to(device)
+    model = build_model(settings.model, dataset)
+    initialise(model, settings.train.init)
+    model = model.to(device)
     optimizer = make_optimizer(model, settings.train)
     loss_fn = make_loss(settings.train.loss, dataset.classes)
     generator = torch.Generator(device=device).manual_seed(settings.seed)  # batch order
