@@ -30,7 +30,6 @@ def closest(name: str, allowed: Iterable[str]) -> str | None:
 
 
 def did_you_mean(name: str, allowed: Iterable[str]) -> str:
-    """' — did you mean 'x'?' when a close name exists, else ''."""
-    allowed = list(allowed)
-    match = closest(name, allowed)
-    return f"; did you mean '{match}'?" if match else ""
+    """" (did you mean 'x'?)" when a close name exists, else ''."""
+    match = closest(name, list(allowed))
+    return f" (did you mean '{match}'?)" if match else ""

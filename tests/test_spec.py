@@ -129,7 +129,7 @@ def test_cli_bad_spec_exits_2_with_one_line_and_no_traceback(write_study):
         assert done.returncode == 2
         assert done.stderr.count("\n") == 1, done.stderr
         assert "Traceback" not in done.stderr
-        assert f"{path}: stage[2].model.hiden: unknown key; did you mean 'hidden'?" in done.stderr
+        assert f"{path}: stage[2].model.hiden: unknown key (did you mean 'hidden'?); model kind 'mlp' allows:" in done.stderr
 
 
 def test_cli_missing_file_and_debug_traceback(tmp_path):
