@@ -137,11 +137,11 @@ def run_study(
     for settings in {(t.settings.dataset, t.settings.data) for t in todo}:
         datasets.load(*settings, data_dir, device)
     env_tags = {**environment_tags(Path(study.path).resolve().parent), "device": str(device), "hardware": hardware(device)}
-    parent_id = tracker.start_parent(experiment_id, study.name, Path(study.path), len(trials))
+    parent_id = tracker.start_parent(
+        experiment_id, study.name, Path(study.path), len(trials), {**env_tags, "command": command}
+    )
     summary.parent_run_id = parent_id
     tracker.client.log_dict(parent_id, plan_document(study, trials), PLAN_ARTIFACT)
-    tracker.client.set_tag(parent_id, "command", command)
-    tracker.client.set_tag(parent_id, "hardware", env_tags["hardware"])
     try:
         for trial in todo:
             try:

@@ -79,9 +79,9 @@ def load_study(tracker: Tracker, study: str) -> StudyReport:
             f"studies there: {', '.join(known) or 'none'}"
         )
     exp_id = experiment.experiment_id
-    parents = sorted(tracker._search(exp_id, f"tags.{ROLE} = 'parent'"), key=lambda r: r.info.start_time, reverse=True)
+    parents = sorted(tracker.search(exp_id, f"tags.{ROLE} = 'parent'"), key=lambda r: r.info.start_time, reverse=True)
     plan = next((p for p in (read_plan(tracker, r.info.run_id) for r in parents) if p), None)
-    runs = _run_rows(tracker._search(exp_id, f"tags.{ROLE} = 'trial'"))
+    runs = _run_rows(tracker.search(exp_id, f"tags.{ROLE} = 'trial'"))
     if plan is not None:
         stage_of = {t["hash"]: t["stage"] for t in plan["trials"]}
         runs = runs[runs["trial_hash"].isin(stage_of)].copy()

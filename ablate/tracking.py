@@ -80,10 +80,10 @@ class Tracker:
 
     def finished_hashes(self, experiment_id: str) -> set[str]:
         """Hashes of trials with a FINISHED run: the work resume must not repeat."""
-        runs = self._search(experiment_id, f"tags.{ROLE} = 'trial' and attributes.status = 'FINISHED'")
+        runs = self.search(experiment_id, f"tags.{ROLE} = 'trial' and attributes.status = 'FINISHED'")
         return {run.data.tags[TRIAL_HASH] for run in runs if TRIAL_HASH in run.data.tags}
 
-    def _search(self, experiment_id: str, filter_string: str) -> list:
+    def search(self, experiment_id: str, filter_string: str) -> list:
         runs, token = [], None
         while True:
             page = self.client.search_runs(
@@ -96,8 +96,10 @@ class Tracker:
 
     # -- runs ------------------------------------------------------------------------
 
-    def start_parent(self, experiment_id: str, study_name: str, spec_path: Path, trials: int) -> str:
-        tags = {STUDY: study_name, ROLE: "parent", "trials": str(trials), **environment_tags(spec_path.parent)}
+    def start_parent(
+        self, experiment_id: str, study_name: str, spec_path: Path, trials: int, tags: dict[str, str]
+    ) -> str:
+        tags = {STUDY: study_name, ROLE: "parent", "trials": str(trials), **tags}
         run = self.client.create_run(experiment_id, tags=tags, run_name=f"{study_name}-{time.strftime('%Y%m%d-%H%M%S')}")
         self.client.log_artifact(run.info.run_id, str(spec_path))
         return run.info.run_id
