@@ -12,12 +12,11 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pandas as pd
 
 from ablate.errors import AblateError, did_you_mean
-from ablate.tracking import EXPERIMENT_TAG, ROLE, SEED, STAGE, STAGE_INDEX, TRIAL_HASH, Tracker, read_plan
+from ablate.tracking import EXPERIMENT_TAG, ROLE, SEED, STAGE, STAGE_INDEX, TRIAL_HASH, Tracker, read_plan, sqlite_path
 
 METRICS = ("test_accuracy", "test_loss", "val_accuracy", "train_seconds", "params_count")
 
@@ -35,9 +34,8 @@ class StudyReport:
 
 def _check_store(uri: str) -> None:
     """Refuse to read a SQLite store that does not exist (MLflow would silently create it)."""
-    parsed = urlparse(uri)
-    if parsed.scheme == "sqlite":
-        path = Path(parsed.path[1:])
+    path = sqlite_path(uri)
+    if path is not None:
         if not path.exists():
             raise AblateError(
                 f"no MLflow store at {path} (tracking URI {uri}); run `ablate run STUDY.toml` first, "
@@ -133,11 +131,12 @@ def summarise(runs: pd.DataFrame, stages: list[dict]) -> pd.DataFrame:
                 "architecture": stage.get("architecture", ""),
                 "params_count": stage.get("params_count", group["params_count"].max()),
                 "n": len(group),
-                "test_accuracy_mean": acc.mean() if len(group) else math.nan,
-                "test_accuracy_std": acc.std(ddof=1) if len(group) > 1 else math.nan,
-                "val_accuracy_mean": (group["val_accuracy"] * 100).mean() if len(group) else math.nan,
-                "test_loss_mean": group["test_loss"].mean() if len(group) else math.nan,
-                "train_seconds_mean": group["train_seconds"].mean() if len(group) else math.nan,
+                # pandas gives NaN for the mean of no runs and the std of fewer than two
+                "test_accuracy_mean": acc.mean(),
+                "test_accuracy_std": acc.std(ddof=1),
+                "val_accuracy_mean": (group["val_accuracy"] * 100).mean(),
+                "test_loss_mean": group["test_loss"].mean(),
+                "train_seconds_mean": group["train_seconds"].mean(),
                 "reference": stage.get("reference"),
             }
         )

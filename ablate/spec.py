@@ -403,13 +403,13 @@ def _parse_stage(raw: Any, index: int, defaults: dict[str, dict], info: StudyInf
     for section, cls in SECTIONS.items():
         override = _check_table(raw.get(section, {}), cls, file, _join(path, section))
         built[section] = cls(**{**defaults[section], **override})
-    stage_train = raw.get("train", {})
-    _check_optimizer(built["train"], file, lambda key: f"{path}.train.{key}" if key in stage_train else f"train.{key}")
-    stage_data = raw.get("data", {})
-    _check_limits(
-        DATASETS[info.dataset], built["data"], file,
-        lambda key: f"{path}.data.{key}" if key in stage_data else f"data.{key}",
-    )
+    def where(section: str) -> Callable[[str], str]:
+        """The key path of a setting: the stage's table when the stage sets it, else the top-level one."""
+        overrides = raw.get(section, {})
+        return lambda key: f"{path}.{section}.{key}" if key in overrides else f"{section}.{key}"
+
+    _check_optimizer(built["train"], file, where("train"))
+    _check_limits(DATASETS[info.dataset], built["data"], file, where("data"))
     model = _resolve_model(defaults["model"], raw.get("model", {}), file, _join(path, "model"))
     return Stage(name=name, description=description, reference=reference, index=index, model=model, **built)
 

@@ -37,13 +37,18 @@ for noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking", "mlflow.sto
     logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _artifact_root(uri: str) -> str | None:
-    """Keep artifacts beside a local SQLite store (mlartifacts/), not in whatever folder we run from."""
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a sqlite:// URI (sqlite:////abs/db → /abs/db; sqlite:///rel.db → rel.db), else None."""
     parsed = urlparse(uri)
     if parsed.scheme == "sqlite" and parsed.path not in ("", "/:memory:"):
-        database = Path(parsed.path[1:])  # sqlite:////abs/db → /abs/db; sqlite:///rel.db → rel.db
-        return (database.resolve().parent / "mlartifacts").as_uri()
+        return Path(parsed.path[1:])
     return None
+
+
+def _artifact_root(uri: str) -> str | None:
+    """Keep artifacts beside a local SQLite store (mlartifacts/), not in whatever folder we run from."""
+    database = sqlite_path(uri)
+    return (database.resolve().parent / "mlartifacts").as_uri() if database else None
 
 
 def git_commit(folder: Path) -> str | None:
