@@ -97,17 +97,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from ablate.design import expand, flatten, format_value, varying_settings
+    from ablate.design import expand_design, flatten, format_value, varying_settings
     from ablate.spec import load_study
 
     study = load_study(args.study)
-    trials = expand(study)
+    design = expand_design(study)
+    trials = design.trials
     varying = varying_settings(trials)
     if args.format == "json":
         document = {
             "study": study.name,
             "design": study.info.design,
             "count": len(trials),
+            "arms": design.arms,
+            "excluded": study.excluded,
+            "merged": [{"arm": arm, "same_as": kept} for arm, kept in design.merged],
             "trials": [
                 {"hash": t.hash, "stage": t.stage, "seed": t.seed, "params_count": t.params_count,
                  "settings": t.settings.to_dict()}
@@ -130,16 +134,27 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if not console.is_terminal:
         console = Console(highlight=False, width=240)  # a pipe or a log file: do not squeeze to 80 columns
     console.print(table)
-    console.print(
-        f"{len(trials)} trials: {len(study.stages)} stages × {len(study.info.seeds)} seeds "
-        f"(seeds {', '.join(map(str, study.info.seeds))})"
-    )
+    console.print(plan_summary(study, design), markup=False)
     return 0
+
+
+def plan_summary(study, design) -> str:
+    """'48 trials: 24 arms × 2 seeds (seeds 0, 1); grid of 48 points, 12 excluded, 12 merged (...)'."""
+    word = {"ladder": "stages", "ablation": "arms (baseline + arms)", "grid": "arms"}[study.info.design]
+    seeds = study.info.seeds
+    line = f"{len(design.trials)} trials: {design.arms} {word} × {len(seeds)} seeds (seeds {', '.join(map(str, seeds))})"
+    if study.info.design == "grid":
+        points = len(study.stages) + study.excluded
+        line += f"; grid of {points} points, {study.excluded} excluded by [[exclude]], {len(design.merged)} merged"
+        if design.merged:
+            line += " (they resolve to the same settings as another point, e.g. " + \
+                f"'{design.merged[0][0]}' = '{design.merged[0][1]}')"
+    return line
 
 
 def _short_names(keys: list[str]) -> list[str]:
     """'model.dropout' → 'dropout' where the last part alone is unambiguous."""
-    leaves = [k.rsplit(".", 1)[-1] for k in keys]
+    leaves = [k.split(".")[-2] if k.endswith(".kind") and k.count(".") > 1 else k.rsplit(".", 1)[-1] for k in keys]
     return [leaf if leaves.count(leaf) == 1 else key for key, leaf in zip(keys, leaves)]
 
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields, is_dataclass
 from typing import Any
 
 from ablate import sizes
 from ablate.errors import SpecError
-from ablate.spec import DATASETS, Stage, Study, TrialSettings
+from ablate.spec import DATASETS, CustomModel, Stage, Study, TrialSettings
 
 HASH_LENGTH = 12
 
@@ -37,9 +37,33 @@ class Trial:
 
 
 def settings_hash(settings: TrialSettings) -> str:
-    """A stable identity: sha256 of the canonical JSON of the resolved settings."""
-    canonical = json.dumps(settings.to_dict(), sort_keys=True, separators=(",", ":"))
+    """A stable identity: sha256 of the canonical JSON of the resolved settings that differ from the schema's
+    defaults — so a setting added to ablate later, with a default that keeps the old behaviour, leaves the
+    identity of finished work unchanged."""
+    canonical = json.dumps(identity(settings), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:HASH_LENGTH]
+
+
+def identity(value: Any) -> Any:
+    """Settings as plain data, without the fields at their default (a table's `kind` is always kept)."""
+    if is_dataclass(value):
+        kept = {}
+        for f in fields(value):
+            current = getattr(value, f.name)
+            if f.default is not MISSING:
+                default = f.default
+            elif f.default_factory is not MISSING:
+                default = f.default_factory()
+            else:
+                default = MISSING
+            if f.name == "kind" or default is MISSING or current != default:
+                kept[f.name] = identity(current)
+        return kept
+    if isinstance(value, tuple | list):
+        return [identity(v) for v in value]
+    if isinstance(value, dict):
+        return {k: identity(v) for k, v in value.items()}
+    return value
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -66,7 +90,7 @@ def format_value(value: Any) -> str:
 
 
 def describe_changes(previous: Stage | None, stage: Stage) -> str:
-    """The settings a ladder step changes, e.g. 'train.loss=cross_entropy'."""
+    """The settings an arm changes relative to the one it is compared with, e.g. 'train.loss=cross_entropy'."""
     if previous is None:
         return "baseline"
     before = flatten(previous.settings("", 0).to_dict())
@@ -81,44 +105,70 @@ def describe_changes(previous: Stage | None, stage: Stage) -> str:
     return ", ".join(changed) or "nothing (same settings)"
 
 
-def expand(study: Study) -> list[Trial]:
-    """Ladder: every stage in order, each with every seed (the same seeds, so comparisons pair)."""
+@dataclass(frozen=True)
+class Design:
+    """A study's trials, and the grid points merged away because they resolve to another point's settings."""
+
+    trials: list[Trial]
+    merged: list[tuple[str, str]]  # (merged arm, the arm it is the same trial as)
+
+    @property
+    def arms(self) -> int:
+        return len({t.stage for t in self.trials})
+
+
+def _size(stage: Stage, study: Study) -> tuple[int, str]:
+    """Parameter count and one-line description, from the spec alone (a custom model is built on torch's meta device)."""
     dataset = DATASETS[study.info.dataset]
-    trials: list[Trial] = []
-    owner: dict[str, str] = {}
-    previous: Stage | None = None
-    for stage in study.stages:
-        changes = describe_changes(previous, stage)
+    where = f"stage[{stage.index + 1}].model" if study.info.design == "ladder" else "model"
+    if isinstance(stage.model, CustomModel):
+        from ablate.models import custom_size  # imports torch and the user's module: only custom models pay for it
+
         try:
-            params = sizes.params_count(stage.model, dataset)
-        except sizes.ShapeError as exc:
-            raise SpecError(study.path, f"stage[{stage.index + 1}].model", str(exc)) from None
-        architecture = sizes.describe(stage.model, dataset)
+            return custom_size(stage.model, dataset), sizes.describe(stage.model, dataset)
+        except Exception as exc:  # the user's import path or factory is wrong: a spec error, not a crash
+            raise SpecError(study.path, f"{where}.factory", f"{type(exc).__name__}: {exc}") from None
+    try:
+        return sizes.params_count(stage.model, dataset), sizes.describe(stage.model, dataset)
+    except sizes.ShapeError as exc:
+        raise SpecError(study.path, where, str(exc)) from None
+
+
+def expand_design(study: Study) -> Design:
+    """Every arm with every seed (the same seeds in every arm, so comparisons pair).
+
+    Grid points that resolve to the same settings as an earlier point are one trial (no-op merging);
+    in a ladder or an ablation, an arm that changes nothing is a mistake in the file.
+    """
+    trials: list[Trial] = []
+    merged: list[tuple[str, str]] = []
+    owner: dict[str, Stage] = {}
+    for stage in study.stages:
+        identity = settings_hash(stage.settings(study.info.dataset, 0))
+        if identity in owner:
+            twin = owner[identity]
+            if study.info.design == "grid":
+                written = " ".join(f"{axis}={format_value(value)}" for axis, value in stage.point)
+                merged.append((written, twin.name))
+                continue
+            table = "stage" if study.info.design == "ladder" else "arm"
+            where = f"{table}[{stage.index + (1 if table == 'stage' else 0)}]"
+            raise SpecError(study.path, where, f"resolves to the same settings as '{twin.name}'; every {table} must change something")
+        owner[identity] = stage
+        params, architecture = _size(stage, study)
+        previous = None if stage.compare_to is None else study.stages[stage.compare_to]
+        changes = describe_changes(previous, stage)
         for seed in study.info.seeds:
             settings = stage.settings(study.info.dataset, seed)
-            trial_hash = settings_hash(settings)
-            if trial_hash in owner and owner[trial_hash] != stage.name:
-                raise SpecError(
-                    study.path,
-                    f"stage[{stage.index + 1}]",
-                    f"resolves to the same settings as stage '{owner[trial_hash]}'; a ladder step must change something",
-                )
-            owner[trial_hash] = stage.name
             trials.append(
-                Trial(
-                    study=study.name,
-                    stage=stage.name,
-                    stage_index=stage.index,
-                    seed=seed,
-                    settings=settings,
-                    hash=trial_hash,
-                    changes=changes,
-                    architecture=architecture,
-                    params_count=params,
-                )
+                Trial(study=study.name, stage=stage.name, stage_index=stage.index, seed=seed, settings=settings,
+                      hash=settings_hash(settings), changes=changes, architecture=architecture, params_count=params)
             )
-        previous = stage
-    return trials
+    return Design(trials, merged)
+
+
+def expand(study: Study) -> list[Trial]:
+    return expand_design(study).trials
 
 
 def varying_settings(trials: list[Trial]) -> list[str]:

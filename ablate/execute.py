@@ -115,7 +115,7 @@ def run_trial(
         tracker.client.log_text(run_id, traceback.format_exc(), "traceback.txt")
         tracker.finish(run_id, "FAILED", error=f"{type(exc).__name__}: {exc}")
         raise
-    tracker.log_metrics(run_id, result.final_metrics(), step=trial.settings.train.epochs)
+    tracker.log_metrics(run_id, result.final_metrics(), step=len(result.history))
     tracker.finish(run_id)
     return result
 

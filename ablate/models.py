@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 from math import prod
 
+import torch
 from torch import nn
 
 from ablate.sizes import conv_shapes
-from ablate.spec import CNNModel, DatasetInfo, LinearModel, MLPModel, ModelSpec
+from ablate.spec import CNNModel, CustomModel, DatasetInfo, LinearModel, MLPModel, ModelSpec
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
@@ -20,6 +22,8 @@ def build_model(spec: ModelSpec, dataset: DatasetInfo) -> nn.Module:
         return _mlp(spec, inputs, dataset.classes)
     if isinstance(spec, CNNModel):
         return _cnn(spec, dataset)
+    if isinstance(spec, CustomModel):
+        return _custom(spec)
     raise TypeError(f"no builder for {type(spec).__name__}")
 
 
@@ -64,6 +68,32 @@ def _cnn(spec: CNNModel, dataset: DatasetInfo) -> nn.Sequential:
             layers.append(nn.Conv2d(last, dataset.classes, 1))
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
     return nn.Sequential(*layers)
+
+
+def _custom(spec: CustomModel) -> nn.Module:
+    """The user's factory called with the table's other keys; it must return an nn.Module."""
+    module_name, function = spec.factory.split(":")
+    module = importlib.import_module(module_name)
+    factory = getattr(module, function, None)
+    if not callable(factory):
+        raise AttributeError(f"module '{module_name}' has no function '{function}'")
+    model = factory(**spec.kwargs)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{spec.factory} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def custom_size(spec: CustomModel, dataset: DatasetInfo) -> int:
+    """Parameter count of a custom model, built on the meta device (no memory, no compute) and shape-checked."""
+    with torch.device("meta"):
+        model = _custom(spec)
+        scores = model(torch.empty(2, *dataset.shape))
+    if tuple(scores.shape) != (2, dataset.classes):
+        raise ValueError(
+            f"{spec.factory} maps a batch of shape (N, {', '.join(map(str, dataset.shape))}) to "
+            f"{tuple(scores.shape)}; it must give (N, {dataset.classes}) class scores"
+        )
+    return count_params(model)
 
 
 INITS = {

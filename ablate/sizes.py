@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from math import prod
 
-from ablate.spec import CNNModel, ConvBlock, DatasetInfo, LinearModel, MLPModel, ModelSpec
+from ablate.spec import CNNModel, ConvBlock, CustomModel, DatasetInfo, LinearModel, MLPModel, ModelSpec
 
 
 class ShapeError(ValueError):
@@ -88,4 +88,7 @@ def describe(model: ModelSpec, dataset: DatasetInfo) -> str:
                                         ("dropout", any(b.dropout for b in model.blocks))) if on]
         inner = f" ({', '.join(extras)})" if extras else ""
         return f"cnn {convs}{inner}, head {model.head}"
+    if isinstance(model, CustomModel):
+        kwargs = ", ".join(f"{k}={v!r}" for k, v in model.kwargs.items())
+        return f"custom {model.factory}({kwargs})"
     raise TypeError(f"no description for {type(model).__name__}")

@@ -23,7 +23,10 @@ Check = Callable[[Any], "str | None"]
 
 def option(default: Any = MISSING, doc: str = "", check: Check | None = None) -> Any:
     """A schema field: its default, one line of documentation and an optional check."""
-    return field(default=default, metadata={"doc": doc, "check": check})
+    metadata = {"doc": doc, "check": check}
+    if isinstance(default, dict):  # dataclasses refuse a shared mutable default
+        return field(default_factory=lambda: dict(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def at_least(low: float) -> Check:
@@ -80,10 +83,16 @@ DATASETS = {"mnist": DatasetInfo(shape=(1, 28, 28), classes=10, train_size=60_00
 class StudyInfo:
     name: str = option(doc="Study name; also the MLflow experiment name.", check=identifier)
     dataset: Literal["mnist"] = option("mnist", "Dataset every trial trains on.")
-    design: Literal["ladder"] = option(
-        "ladder", "How stages and seeds become trials. `ladder`: stages in order, each compared with the first."
+    design: Literal["ladder", "grid", "ablation"] = option(
+        "ladder",
+        "How the study becomes trials. `ladder`: the `[[stage]]`s in order, each compared with the first; "
+        "`grid`: every combination of the `[grid]` axes (× the stages, if any); `ablation`: the top-level "
+        "settings as the baseline plus each `[[arm]]`, an arm changing one or more of them.",
     )
-    seeds: tuple[int, ...] = option((0,), "Seeds every stage runs with (paired across stages).", unique_ints)
+    seeds: tuple[int, ...] = option((0,), "Seeds every arm runs with (the same in every arm, so comparisons pair).", unique_ints)
+    baseline: str = option(
+        "baseline", "`ablation` and `grid` without stages: the name the top-level settings go by.", identifier
+    )
     description: str = option("", "Free text shown in reports.")
 
 
@@ -93,6 +102,99 @@ class DataSettings:
     split_seed: int = option(0, "Seed of the train/validation split; the same split for every trial.")
     train_limit: int | None = option(None, "Use only this many training examples (smoke tests).", at_least(1))
     test_limit: int | None = option(None, "Evaluate on only this many test examples (smoke tests).", at_least(1))
+
+
+def increasing(v: tuple) -> str | None:
+    if not v:
+        return "must list at least one epoch"
+    ok = all(a < b for a, b in zip(v, v[1:])) and v[0] >= 1
+    return None if ok else "must be epochs ≥ 1 in increasing order"
+
+
+def scale_range(v: tuple) -> str | None:
+    if len(v) != 2:
+        return "must be two numbers [low, high]"
+    return None if 0 < v[0] <= v[1] else "must be [low, high] with 0 < low ≤ high"
+
+
+@dataclass(frozen=True)
+class ConstantSchedule:
+    kind: Literal["constant"] = option("constant", "The learning rate stays at `train.lr`.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepSchedule:
+    kind: Literal["step"] = option("step", "StepLR: multiply the rate by `gamma` every `step_size` epochs (stepped per epoch).")
+    step_size: int = option(doc="Epochs between decays.", check=at_least(1))
+    gamma: float = option(0.1, "Decay factor.", above(0.0))
+
+
+@dataclass(frozen=True, kw_only=True)
+class MultiStepSchedule:
+    kind: Literal["multistep"] = option("multistep", "MultiStepLR: multiply the rate by `gamma` at each milestone epoch.")
+    milestones: tuple[int, ...] = option(doc="Epochs after which the rate decays, increasing.", check=increasing)
+    gamma: float = option(0.1, "Decay factor.", above(0.0))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExponentialSchedule:
+    kind: Literal["exponential"] = option("exponential", "ExponentialLR: multiply the rate by `gamma` after every epoch.")
+    gamma: float = option(doc="Decay factor per epoch.", check=above(0.0))
+
+
+@dataclass(frozen=True)
+class CosineSchedule:
+    kind: Literal["cosine"] = option("cosine", "CosineAnnealingLR from `train.lr` to `min_lr` over the whole run, stepped per batch.")
+    min_lr: float = option(0.0, "Rate at the end of training.", at_least(0.0))
+
+
+@dataclass(frozen=True)
+class OneCycleSchedule:
+    kind: Literal["onecycle"] = option(
+        "onecycle", "OneCycleLR peaking at `train.lr`, stepped per batch (momentum or Adam's beta1 cycles too, as in torch)."
+    )
+    pct_start: float = option(0.3, "Fraction of the steps spent increasing the rate.", fraction_below_one)
+    div_factor: float = option(25.0, "Initial rate = `train.lr` / div_factor.", above(0.0))
+    final_div_factor: float = option(1e4, "Final rate = initial rate / final_div_factor.", above(0.0))
+
+
+@dataclass(frozen=True)
+class WarmupCosineSchedule:
+    kind: Literal["warmup_cosine"] = option(
+        "warmup_cosine", "Linear warm-up from 0 to `train.lr`, then cosine decay to `min_lr`, stepped per batch."
+    )
+    warmup_epochs: float = option(1.0, "Length of the warm-up, in epochs (fractions allowed).", above(0.0))
+    min_lr: float = option(0.0, "Rate at the end of training.", at_least(0.0))
+
+
+SCHEDULE_KINDS: dict[str, type] = {
+    cls.kind: cls
+    for cls in (ConstantSchedule, StepSchedule, MultiStepSchedule, ExponentialSchedule, CosineSchedule,
+                OneCycleSchedule, WarmupCosineSchedule)
+}
+ScheduleSpec = (
+    ConstantSchedule | StepSchedule | MultiStepSchedule | ExponentialSchedule | CosineSchedule | OneCycleSchedule
+    | WarmupCosineSchedule
+)
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    metric: Literal["val_loss", "val_accuracy"] = option("val_loss", "Validation metric watched after every epoch.")
+    patience: int = option(5, "Epochs without improvement before training stops.", at_least(1))
+    min_delta: float = option(0.0, "Smallest change that counts as an improvement (accuracy as a fraction).", at_least(0.0))
+    restore_best: bool = option(True, "Test (and report) the weights of the best epoch, not the last.")
+
+
+@dataclass(frozen=True)
+class Augment:
+    rotation: float = option(0.0, "Random rotation in ± degrees; 0 turns it off.", at_least(0.0))
+    translate: float = option(0.0, "Random shift of up to this fraction of the width and height; 0: off.", fraction_below_one)
+    scale: tuple[float, ...] = option((1.0, 1.0), "Random zoom factor drawn from [low, high]; [1, 1]: off.", scale_range)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.rotation or self.translate or self.scale != (1.0, 1.0))
 
 
 @dataclass(frozen=True)
@@ -112,6 +214,17 @@ class TrainSettings:
     )
     loss: Literal["cross_entropy", "mse"] = option(
         "cross_entropy", "`cross_entropy` on the logits, or `mse` between softmax(logits) and the one-hot target."
+    )
+    label_smoothing: float = option(0.0, "Label smoothing of the cross-entropy target (cross_entropy only).", fraction_below_one)
+    grad_clip: float | None = option(None, "Clip the global L2 norm of the gradients to this value; unset: no clipping.", above(0.0))
+    schedule: ScheduleSpec = option(
+        ConstantSchedule(), "Learning-rate schedule: a kind name (`\"cosine\"`) or a table (`{ kind = \"step\", step_size = 2 }`)."
+    )
+    early_stopping: EarlyStopping | None = option(
+        None, "Stop when the validation metric stops improving, e.g. `{ patience = 5, min_delta = 0.001 }`; unset: off."
+    )
+    augment: Augment = option(
+        Augment(), "Augmentation of training batches on the device, a different transform per image, e.g. `{ rotation = 7 }`."
     )
 
 
@@ -180,8 +293,31 @@ class CNNModel:
         return replace(self, blocks=blocks, batchnorm=None, activation=None, dropout=None)
 
 
-MODEL_KINDS: dict[str, type] = {"linear": LinearModel, "mlp": MLPModel, "cnn": CNNModel}
-ModelSpec = LinearModel | MLPModel | CNNModel
+def factory_reference(v: str) -> str | None:
+    ok = re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", v)
+    return None if ok else "must be 'package.module:function'"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CustomModel:
+    """Every key besides `kind` and `factory` is passed to the factory as a keyword argument."""
+
+    kind: Literal["custom"] = option(
+        "custom", "Your own torch module: `factory(**kwargs)` must return an nn.Module mapping images to class scores."
+    )
+    factory: str = option(
+        doc="`package.module:function`, importable where ablate runs (e.g. a module beside the study).",
+        check=factory_reference,
+    )
+    kwargs: dict = option(
+        {}, "Keyword arguments of the factory; any other key of the table lands here."
+    )
+
+    EXTRA_KEYS = "kwargs"  # where _check_table puts keys the schema does not name
+
+
+MODEL_KINDS: dict[str, type] = {"linear": LinearModel, "mlp": MLPModel, "cnn": CNNModel, "custom": CustomModel}
+ModelSpec = LinearModel | MLPModel | CNNModel | CustomModel
 
 # Sections a trial's settings are made of, each overridable per stage.
 SECTIONS: dict[str, type] = {"data": DataSettings, "train": TrainSettings}
@@ -203,6 +339,8 @@ class TrialSettings:
 
 @dataclass(frozen=True)
 class Stage:
+    """One arm of a study — a ladder stage, an ablation arm or a grid point: its settings, without the seed."""
+
     name: str
     description: str
     reference: float | None  # a published test accuracy (%) to set beside ours; not a setting
@@ -210,6 +348,8 @@ class Stage:
     data: DataSettings
     model: ModelSpec
     train: TrainSettings
+    compare_to: int | None = None  # the arm whose settings `changes` are described against
+    point: tuple[tuple[str, Any], ...] = ()  # grid: (axis, value as written) of this point
 
     def settings(self, dataset: str, seed: int) -> TrialSettings:
         return TrialSettings(dataset=dataset, seed=seed, data=self.data, model=self.model, train=self.train)
@@ -218,9 +358,11 @@ class Stage:
 @dataclass(frozen=True)
 class Study:
     info: StudyInfo
-    stages: tuple[Stage, ...]
+    stages: tuple[Stage, ...]  # every arm, in report order
     path: str
     text: str = field(repr=False)
+    axes: tuple[str, ...] = ()  # grid: the axes' setting paths
+    excluded: int = 0  # grid: points `[[exclude]]` removed
 
     @property
     def name(self) -> str:
@@ -229,13 +371,54 @@ class Study:
 
 # ---------------------------------------------------------------------------- validation
 
+# Tables whose allowed keys depend on their `kind`; a layer naming another kind replaces them.
+KINDED: dict[str, dict[str, type]] = {"model": MODEL_KINDS, "train.schedule": SCHEDULE_KINDS}
+SETTING_TABLES: dict[str, Any] = {"data": DataSettings, "train": TrainSettings, "model": ModelSpec}
+
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
+@dataclass
+class _Context:
+    """Resolution state: where the user wrote each key, so errors name the user's own key path."""
+
+    file: str
+    origins: dict[str, str] = field(default_factory=dict)  # canonical path → path as written
+    lenient: bool = False  # a grid point: what its axes set that does not apply is dropped, not an error
+    dropped: list[tuple[str, str]] = field(default_factory=list)  # (canonical path, why)
+
+    def at(self, path: str) -> str:
+        owners = [c for c in self.origins if path == c or path.startswith((c + ".", c + "["))]
+        if not owners:
+            return path
+        best = max(owners, key=len)
+        shown = self.origins[best]
+        return shown if shown.startswith("grid.") else shown + path[len(best) :]
+
+    def error(self, path: str, message: str) -> SpecError:
+        return SpecError(self.file, self.at(path), message)
+
+    def from_axis(self, path: str) -> bool:
+        return self.lenient and self.at(path).startswith("grid.")
+
+
+def _kinds_of(tp: Any) -> dict[str, type] | None:
+    """The kind → class map of a union of kinded tables (models, schedules); None for other types."""
+    if typing.get_origin(tp) not in (types.UnionType, typing.Union):
+        return None
+    members = [a for a in typing.get_args(tp) if a is not type(None)]
+    if len(members) > 1 and all(is_dataclass(m) and "kind" in {f.name for f in fields(m)} for m in members):
+        return {m.kind: m for m in members}
+    return None
+
+
 def _describe(tp: Any) -> str:
     """How a type reads in an error message."""
+    kinds = _kinds_of(tp)
+    if kinds:
+        return f"a kind name or a table with `kind` ({', '.join(map(repr, kinds))})"
     origin = typing.get_origin(tp)
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
@@ -244,32 +427,37 @@ def _describe(tp: Any) -> str:
     if origin is tuple:
         item = typing.get_args(tp)[0]
         return "a list of tables" if is_dataclass(item) else f"a list of {_PLURAL.get(item, 'values')}"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+    if is_dataclass(tp):
+        return "a table"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a table"}.get(tp, str(tp))
 
 
 _PLURAL = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
 
 
-def _coerce(value: Any, tp: Any, file: str, path: str) -> Any:
+def _coerce(value: Any, tp: Any, ctx: _Context, path: str) -> Any:
     """Check a TOML value against a type hint; return it in canonical form (ints as floats, lists as tuples)."""
+    kinds = _kinds_of(tp)
+    if kinds is not None:
+        return _coerce_kinded(value, kinds, ctx, path)
     origin = typing.get_origin(tp)
-    wrong = SpecError(file, path, f"must be {_describe(tp)}, not {value!r}")
+    wrong = ctx.error(path, f"must be {_describe(tp)}, not {value!r}")
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
             hint = did_you_mean(value, allowed) if isinstance(value, str) else ""
-            raise SpecError(file, path, f"{value!r} is not allowed{hint}; allowed: {', '.join(map(repr, allowed))}")
+            raise ctx.error(path, f"{value!r} is not allowed{hint}; allowed: {', '.join(map(repr, allowed))}")
         return value
     if origin in (types.UnionType, typing.Union):
         (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _coerce(value, inner, file, path)
+        return _coerce(value, inner, ctx, path)
     if origin is tuple:
-        if not isinstance(value, list):
+        if not isinstance(value, list | tuple):
             raise wrong
         item = typing.get_args(tp)[0]
-        return tuple(_coerce(v, item, file, f"{path}[{i + 1}]") for i, v in enumerate(value))
+        return tuple(_coerce(v, item, ctx, f"{path}[{i + 1}]") for i, v in enumerate(value))
     if is_dataclass(tp):
-        return _build(tp, _check_table(value, tp, file, path), file, path)
+        return _build(tp, _check_table(value, tp, ctx, path), ctx, path)
     if tp is bool:
         if not isinstance(value, bool):
             raise wrong
@@ -282,113 +470,193 @@ def _coerce(value: Any, tp: Any, file: str, path: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise wrong
         return float(value)
-    if tp is str:
-        if not isinstance(value, str):
+    if tp in (str, dict):
+        if not isinstance(value, tp):
             raise wrong
         return value
     raise TypeError(f"schema type {tp!r} is not supported")
 
 
-def _check_table(raw: Any, cls: type, file: str, path: str, what: str = "") -> dict[str, Any]:
+def _coerce_kinded(value: Any, kinds: dict[str, type], ctx: _Context, path: str) -> Any:
+    label = path.rsplit(".", 1)[-1]
+    if isinstance(value, str):
+        value = {"kind": value}
+    if not isinstance(value, dict):
+        raise ctx.error(path, f"must be a kind name or a table with `kind`, not {value!r}")
+    kind = value.get("kind")
+    allowed = ", ".join(kinds)
+    if kind is None:
+        raise ctx.error(_join(path, "kind"), f"is required (in [{path}] or the stage); allowed: {allowed}")
+    if kind not in kinds:
+        hint = did_you_mean(str(kind), kinds)
+        raise ctx.error(_join(path, "kind"), f"unknown {label} kind {kind!r}{hint}; allowed: {allowed}")
+    cls = kinds[kind]
+    built = _build(cls, _check_table(value, cls, ctx, path, f"{label} kind '{kind}'", kinds), ctx, path)
+    return built.resolved() if isinstance(built, CNNModel) else built
+
+
+def _unknown_key(key: str, cls: type, owner: str, kinds: dict[str, type] | None) -> str:
+    known = [f.name for f in fields(cls)]
+    allows = f"{owner} allows: {', '.join(known)}"
+    elsewhere = [k for k, c in (kinds or {}).items() if key in {f.name for f in fields(c)}]
+    if elsewhere:
+        label, kind = owner.split(" kind ")
+        owners = ", ".join(map(repr, elsewhere))
+        return f"applies only to {label} kind{'s' if len(elsewhere) > 1 else ''} {owners} ({label} kind is {kind}); {allows}"
+    return f"unknown key{did_you_mean(key, known)}; {allows}"
+
+
+def _check_table(
+    raw: Any, cls: type, ctx: _Context, path: str, what: str = "", kinds: dict[str, type] | None = None
+) -> dict[str, Any]:
     """Validate the keys present in one TOML table against a schema class (missing keys allowed)."""
     if not isinstance(raw, dict):
-        raise SpecError(file, path, f"must be a table, not {raw!r}")
+        raise ctx.error(path, f"must be a table, not {raw!r}")
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in fields(cls)}
+    extra = getattr(cls, "EXTRA_KEYS", None)
     out: dict[str, Any] = {}
     for key, value in raw.items():
         key_path = _join(path, key)
+        if extra and (key not in known or key == extra):
+            if key == extra and not isinstance(value, dict):
+                raise ctx.error(key_path, f"must be a table, not {value!r}")
+            out.setdefault(extra, {}).update(value if key == extra else {key: value})
+            continue
         if key not in known:
-            owner = what or (f"[{path}]" if path else "the top level")
-            raise SpecError(
-                file,
-                key_path,
-                f"unknown key{did_you_mean(key, known)}; {owner} allows: {', '.join(known)}",
-            )
-        coerced = _coerce(value, hints[key], file, key_path)
+            why = _unknown_key(key, cls, what or f"[{path}]", kinds)
+            if kinds and ctx.from_axis(key_path):
+                ctx.dropped.append((key_path, why))
+                continue
+            raise ctx.error(key_path, why)
+        coerced = _coerce(value, hints[key], ctx, key_path)
         check = known[key].metadata.get("check")
         problem = check(coerced) if check else None
         if problem:
-            raise SpecError(file, key_path, f"{problem} (got {value!r})")
+            raise ctx.error(key_path, f"{problem} (got {value!r})")
         out[key] = coerced
     return out
 
 
-def _build(cls: type, values: dict[str, Any], file: str, path: str) -> Any:
-    missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in values]
-    if missing:
-        raise SpecError(file, _join(path, missing[0]), "is required")
+def _build(cls: type, values: dict[str, Any], ctx: _Context, path: str) -> Any:
+    for f in fields(cls):
+        if f.default is MISSING and f.default_factory is MISSING and f.name not in values:
+            shown = ctx.at(_join(path, f.name))
+            raise SpecError(ctx.file, shown, "is required" if shown.endswith(f.name) else f"needs `{f.name}`")
     return cls(**values)
 
 
-def _model_kind(raw: Any, file: str, path: str) -> str | None:
-    if not isinstance(raw, dict):
-        raise SpecError(file, path, f"must be a table, not {raw!r}")
-    kind = raw.get("kind")
-    if kind is None:
-        return None
-    allowed = tuple(MODEL_KINDS)
-    if kind not in allowed:
-        raise SpecError(
-            file,
-            _join(path, "kind"),
-            f"unknown model kind {kind!r}{did_you_mean(str(kind), allowed)}; allowed: {', '.join(allowed)}",
-        )
-    return kind
+def _overlay(tree: dict, origins: dict[str, str], layer: dict, shown: Callable[[str], str | None], prefix: str = "") -> None:
+    """Deep-merge one layer of TOML tables into the tree, recording where each key was written.
+
+    A kinded table (model, schedule) naming another kind replaces the one below instead of merging.
+    """
+    for key, value in layer.items():
+        path = _join(prefix, key)
+        if path in KINDED and isinstance(value, str):
+            value = {"kind": value}
+        old = tree.get(key)
+        merges = isinstance(value, dict) and isinstance(old, dict)
+        if merges and path in KINDED and value.get("kind", old.get("kind")) != old.get("kind"):
+            merges = False
+        if not merges:
+            for canon in [c for c in origins if c.startswith((path + ".", path + "["))]:
+                del origins[canon]
+            tree[key] = {} if isinstance(value, dict) else value
+        where = shown(path)
+        if where is not None:
+            origins[path] = where
+        if isinstance(value, dict):
+            _overlay(tree[key], origins, value, shown, path)
 
 
-def _resolve_model(default: dict, override: dict, file: str, path: str) -> ModelSpec:
-    """Stage model over the [model] defaults; a stage naming another kind starts from scratch."""
-    default_kind = _model_kind(default, file, "model")
-    kind = _model_kind(override, file, path) or default_kind
-    if kind is None:
-        raise SpecError(file, _join(path, "kind"), f"is required (in [model] or the stage); allowed: {', '.join(MODEL_KINDS)}")
-    cls = MODEL_KINDS[kind]
-    merged: dict[str, Any] = {}
-    if kind == default_kind:
-        merged.update(_check_table(default, cls, file, "model", f"model kind '{kind}'"))
-    merged.update(_check_table(override, cls, file, path, f"model kind '{kind}'"))
-    model = _build(cls, merged, file, path)
-    return model.resolved() if isinstance(model, CNNModel) else model
+def _meaningless(train: TrainSettings) -> list[tuple[str, str, str, Any]]:
+    """(setting, the setting that makes it meaningless, why, its off value) for contradictory settings."""
+    found = []
+    if train.optimizer != "sgd":
+        why = f"applies only to optimizer 'sgd' (optimizer is '{train.optimizer}')"
+        found += [(key, "optimizer", why, off) for key, off in (("momentum", 0.0), ("nesterov", False)) if getattr(train, key) != off]
+    elif train.nesterov and train.momentum == 0:
+        found.append(("nesterov", "momentum", "needs momentum > 0 (as torch.optim.SGD does)", False))
+    if train.loss != "cross_entropy" and train.label_smoothing:
+        found.append(("label_smoothing", "loss", f"applies only to loss 'cross_entropy' (loss is '{train.loss}')", 0.0))
+    return found
 
 
-def _check_limits(dataset: DatasetInfo, data: DataSettings, file: str, where: Callable[[str], str]) -> None:
-    """Checks that span keys; `where` names the table a key was set in ([data] or the stage's)."""
+def _settle_contradictions(train: TrainSettings, ctx: _Context) -> TrainSettings:
+    """Reject a contradiction the user wrote; where a grid axis made it, the meaningless setting is off (a no-op)."""
+    for key, cause, why, off in _meaningless(train):
+        if ctx.from_axis(f"train.{key}") or ctx.from_axis(f"train.{cause}"):
+            train = replace(train, **{key: off})
+            ctx.dropped.append((f"train.{key}", why))
+        else:
+            raise ctx.error(f"train.{key}", why)
+    schedule = train.schedule
+    if isinstance(schedule, WarmupCosineSchedule) and schedule.warmup_epochs >= train.epochs:
+        raise ctx.error("train.schedule.warmup_epochs", f"must be < train.epochs ({train.epochs}), or no cosine phase is left")
+    return train
+
+
+def _check_limits(dataset: DatasetInfo, data: DataSettings, ctx: _Context) -> None:
     if data.val_size >= dataset.train_size:
-        raise SpecError(file, where("val_size"), f"must be < {dataset.train_size}, the training set's size")
+        raise ctx.error("data.val_size", f"must be < {dataset.train_size}, the training set's size")
     room = dataset.train_size - data.val_size
     if data.train_limit is not None and data.train_limit > room:
-        raise SpecError(file, where("train_limit"), f"must be ≤ {room} (training set minus validation)")
+        raise ctx.error("data.train_limit", f"must be ≤ {room} (training set minus validation)")
     if data.test_limit is not None and data.test_limit > dataset.test_size:
-        raise SpecError(file, where("test_limit"), f"must be ≤ {dataset.test_size}, the test set's size")
+        raise ctx.error("data.test_limit", f"must be ≤ {dataset.test_size}, the test set's size")
 
 
-def _check_optimizer(train: TrainSettings, file: str, where: Callable[[str], str]) -> None:
-    """Settings that only mean something for SGD are contradictions with another optimiser."""
-    if train.optimizer != "sgd":
-        for key, off in (("momentum", 0.0), ("nesterov", False)):
-            if getattr(train, key) != off:
-                raise SpecError(file, where(key), f"applies only to optimizer 'sgd' (optimizer is '{train.optimizer}')")
-    elif train.nesterov and train.momentum == 0:
-        raise SpecError(file, where("nesterov"), "needs momentum > 0 (as torch.optim.SGD does)")
+Layer = tuple[dict, Callable[[str], "str | None"]]
 
 
-STAGE_KEYS = ("name", "description", "reference", "model", "data", "train")
-TOP_KEYS = ("study", "data", "train", "model", "stage")
+def _resolve(layers: list[Layer], ctx: _Context, where: str, dataset: DatasetInfo) -> tuple[DataSettings, ModelSpec, TrainSettings]:
+    """Merge the layers (top level, stage or arm, grid point) and validate the result as one trial's settings."""
+    tree: dict[str, Any] = {}
+    for layer, shown in layers:
+        _overlay(tree, ctx.origins, layer, shown)
+    data = _coerce(tree.get("data", {}), DataSettings, ctx, "data")
+    train = _coerce(tree.get("train", {}), TrainSettings, ctx, "train")
+    if "model" not in tree:
+        raise SpecError(ctx.file, f"{where}.model.kind", f"is required (in [model] or the {where.split('[')[0]}); allowed: {', '.join(MODEL_KINDS)}")
+    model = _coerce(tree["model"], ModelSpec, ctx, "model")
+    train = _settle_contradictions(train, ctx)
+    _check_limits(dataset, data, ctx)
+    return data, model, train
 
 
-def _parse_stage(raw: Any, index: int, defaults: dict[str, dict], info: StudyInfo, file: str) -> Stage:
-    path = f"stage[{index + 1}]"
+def _written(prefix: str) -> Callable[[str], str]:
+    return lambda path: f"{prefix}.{path}" if prefix else path
+
+
+# ---------------------------------------------------------------------------- arms: stages, ablation arms
+
+ARM_KEYS = ("name", "description", "reference", "model", "data", "train")
+TOP_KEYS = ("study", "data", "train", "model", "stage", "arm", "grid", "exclude")
+
+
+@dataclass(frozen=True)
+class _ArmSource:
+    """A stage or arm as written: its labels and its settings layer."""
+
+    name: str
+    description: str
+    reference: float | None
+    layer: dict
+    where: str  # 'stage[2]', 'arm[1]', or '' for the top-level settings
+
+
+def _arm_source(raw: Any, index: int, table: str, file: str) -> _ArmSource:
+    path = f"{table}[{index + 1}]"
     if not isinstance(raw, dict):
-        raise SpecError(file, path, "must be a table ([[stage]])")
+        raise SpecError(file, path, f"must be a table ([[{table}]])")
     for key in raw:
-        if key not in STAGE_KEYS:
-            raise SpecError(
-                file, _join(path, key), f"unknown key{did_you_mean(key, STAGE_KEYS)}; a stage allows: {', '.join(STAGE_KEYS)}"
-            )
+        if key not in ARM_KEYS:
+            allowed = ", ".join(ARM_KEYS)
+            raise SpecError(file, _join(path, key), f"unknown key{did_you_mean(key, ARM_KEYS)}; a {table} allows: {allowed}")
     name = raw.get("name")
     if name is None:
-        raise SpecError(file, _join(path, "name"), "is required: every stage needs a name")
+        raise SpecError(file, _join(path, "name"), f"is required: every {table} needs a name")
     if not isinstance(name, str) or identifier(name):
         raise SpecError(file, _join(path, "name"), f"{identifier(str(name))} (got {name!r})")
     description = raw.get("description", "")
@@ -396,22 +664,204 @@ def _parse_stage(raw: Any, index: int, defaults: dict[str, dict], info: StudyInf
         raise SpecError(file, _join(path, "description"), f"must be a string, not {description!r}")
     reference = raw.get("reference")
     if reference is not None:
-        reference = _coerce(reference, float, file, _join(path, "reference"))
+        reference = _coerce(reference, float, _Context(file), _join(path, "reference"))
         if not 0.0 <= reference <= 100.0:
             raise SpecError(file, _join(path, "reference"), f"is a test accuracy in percent, in [0, 100] (got {reference})")
-    built: dict[str, Any] = {}
-    for section, cls in SECTIONS.items():
-        override = _check_table(raw.get(section, {}), cls, file, _join(path, section))
-        built[section] = cls(**{**defaults[section], **override})
-    def where(section: str) -> Callable[[str], str]:
-        """The key path of a setting: the stage's table when the stage sets it, else the top-level one."""
-        overrides = raw.get(section, {})
-        return lambda key: f"{path}.{section}.{key}" if key in overrides else f"{section}.{key}"
+    layer = {key: raw[key] for key in SETTING_TABLES if key in raw}
+    return _ArmSource(name, description, reference, layer, path)
 
-    _check_optimizer(built["train"], file, where("train"))
-    _check_limits(DATASETS[info.dataset], built["data"], file, where("data"))
-    model = _resolve_model(defaults["model"], raw.get("model", {}), file, _join(path, "model"))
-    return Stage(name=name, description=description, reference=reference, index=index, model=model, **built)
+
+def _arm_sources(raw: dict, info: StudyInfo, file: str) -> list[_ArmSource]:
+    """The arms as written, by design: ladder stages; ablation baseline + arms; grid stages (or one base)."""
+    design = info.design
+    table = "arm" if design == "ablation" else "stage"
+    for other, allowed in (("stage", ("ladder", "grid")), ("arm", ("ablation",)), ("grid", ("grid",)), ("exclude", ("grid",))):
+        if other in raw and design not in allowed:
+            shown = f"[[{other}]]" if other in ("stage", "arm", "exclude") else f"[{other}]"
+            raise SpecError(file, other, f"{shown} belongs to design {' or '.join(map(repr, allowed))}, not '{design}' (study.design)")
+    listed = raw.get(table)
+    if listed is not None and not isinstance(listed, list):
+        raise SpecError(file, table, f"must be an array of tables: write [[{table}]], not [{table}]")
+    sources = [_arm_source(s, i, table, file) for i, s in enumerate(listed or [])]
+    if design == "ablation":
+        if not sources:
+            raise SpecError(file, "arm", "is required: an ablation needs at least one [[arm]] beside the baseline")
+        sources.insert(0, _ArmSource(info.baseline, "the top-level settings", None, {}, ""))
+    elif design == "grid":
+        if "grid" not in raw:
+            raise SpecError(file, "grid", 'is required: a [grid] table of axes, e.g. "model.dropout" = [0.0, 0.5]')
+        if not sources:
+            sources = [_ArmSource(info.baseline, "", None, {}, "")]
+    elif not sources:
+        raise SpecError(file, "stage", "is required: at least one [[stage]] table")
+    seen: dict[str, str] = {}
+    for source in sources:
+        if source.name in seen:
+            first = seen[source.name] or "the baseline"
+            raise SpecError(file, f"{source.where}.name", f"'{source.name}' is already the name of {first}")
+        seen[source.name] = source.where
+    return sources
+
+
+# ---------------------------------------------------------------------------- grid
+
+
+@dataclass(frozen=True)
+class _Grid:
+    axes: tuple[tuple[str, tuple[Any, ...]], ...]  # (setting path, values) in file order
+    exclude: tuple[dict[str, tuple[Any, ...]], ...]  # each rule: axis → the values it excludes
+
+
+def _axis_name(path: str) -> str:
+    return f'grid."{path}"'
+
+
+def _parse_grid(raw: dict, file: str) -> _Grid:
+    table = raw["grid"]
+    if not isinstance(table, dict) or not table:
+        raise SpecError(file, "grid", 'must be a table of axes, e.g. "model.dropout" = [0.0, 0.5]')
+    axes = []
+    for path, values in table.items():
+        head = path.split(".", 1)[0]
+        if head not in SETTING_TABLES or "." not in path:
+            hint = did_you_mean(head, SETTING_TABLES) if "." in path else ""
+            raise SpecError(
+                file, _axis_name(path),
+                f"an axis is a quoted setting path starting with data., train. or model.{hint} (e.g. \"model.dropout\")",
+            )
+        if isinstance(values, dict):
+            raise SpecError(file, _axis_name(path), 'must be a list of values; quote the dotted path: "model.dropout" = [0.0, 0.5]')
+        if not isinstance(values, list) or not values:
+            raise SpecError(file, _axis_name(path), f"must be a non-empty list of values, not {values!r}")
+        repeated = [v for i, v in enumerate(values) if v in values[:i]]
+        if repeated:
+            raise SpecError(file, _axis_name(path), f"lists {repeated[0]!r} twice")
+        axes.append((path, tuple(values)))
+    names = [p for p, _ in axes]
+    for a in names:
+        for b in names:
+            if b.startswith(a + ".") and a not in KINDED:
+                raise SpecError(file, _axis_name(b), f"is inside axis \"{a}\"; set it in that axis's tables instead")
+    rules = raw.get("exclude", [])
+    if not isinstance(rules, list):
+        raise SpecError(file, "exclude", "must be an array of tables: write [[exclude]]")
+    values_of = dict(axes)
+    exclude = []
+    for i, rule in enumerate(rules, 1):
+        where = f"exclude[{i}]"
+        if not isinstance(rule, dict) or not rule:
+            raise SpecError(file, where, 'must be a table of axis = value(s), e.g. "model.batchnorm" = true')
+        parsed = {}
+        for path, wanted in rule.items():
+            if path not in values_of:
+                raise SpecError(file, f'{where}."{path}"', f"is not a grid axis{did_you_mean(path, names)}; axes: {', '.join(names)}")
+            wanted = tuple(wanted) if isinstance(wanted, list) else (wanted,)
+            for value in wanted:
+                if value not in values_of[path]:
+                    listed = ", ".join(map(repr, values_of[path]))
+                    raise SpecError(file, f'{where}."{path}"', f"{value!r} is not a value of this axis; it takes: {listed}")
+            parsed[path] = wanted
+        exclude.append(parsed)
+    return _Grid(tuple(axes), tuple(exclude))
+
+
+def _axis_layer(point: tuple[tuple[str, Any], ...]) -> dict:
+    """{'model.dropout': 0.5, 'train.schedule': 'step'} → nested tables; whole tables first, then keys inside them."""
+    layer: dict = {}
+    for path, value in sorted(point, key=lambda item: item[0].count(".")):
+        *parents, leaf = path.split(".")
+        node = layer
+        for depth, part in enumerate(parents):
+            child = node.get(part)
+            if isinstance(child, str) and ".".join(parents[: depth + 1]) in KINDED:
+                child = {"kind": child}
+            node[part] = dict(child) if isinstance(child, dict) else {}
+            node = node[part]
+        node[leaf] = value
+    return layer
+
+
+def _format_label_value(value: Any) -> str:
+    if isinstance(value, dict):
+        inner = " ".join(f"{k}={_format_label_value(v)}" for k, v in value.items() if k != "kind")
+        return f"{value.get('kind', '')}({inner})" if inner else str(value.get("kind", ""))
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ",".join(_format_label_value(v) for v in value) + "]"
+    return str(value)
+
+
+def _short_axis_names(paths: list[str]) -> dict[str, str]:
+    """'model.dropout' → 'dropout' where the last part alone is unambiguous."""
+    leaves = [p.rsplit(".", 1)[-1] for p in paths]
+    return {p: leaf if leaves.count(leaf) == 1 else p for p, leaf in zip(paths, leaves)}
+
+
+def _grid_points(grid: _Grid) -> tuple[list[tuple[tuple[str, Any], ...]], int]:
+    """Every combination of the axes' values, in file order, minus the excluded; and how many were excluded."""
+    import itertools
+
+    paths = [p for p, _ in grid.axes]
+    points, excluded = [], 0
+    for values in itertools.product(*(v for _, v in grid.axes)):
+        point = tuple(zip(paths, values))
+        chosen = dict(point)
+        if any(all(chosen[p] in wanted for p, wanted in rule.items()) for rule in grid.exclude):
+            excluded += 1
+            continue
+        points.append(point)
+    return points, excluded
+
+
+def _owning_axis(path: str, axes: list[str]) -> str | None:
+    """The axis that set a key: the longest axis path the key is, or is inside."""
+    owners = [a for a in axes if path == a or path.startswith(a + ".")]
+    return max(owners, key=len) if owners else None
+
+
+def _expand_grid(
+    grid: _Grid, sources: list[_ArmSource], top: Layer, info: StudyInfo, file: str
+) -> tuple[list[Stage], int]:
+    points, excluded = _grid_points(grid)
+    if not points:
+        raise SpecError(file, "exclude", "excludes every grid point")
+    paths = [p for p, _ in grid.axes]
+    short = _short_axis_names(paths)
+
+    def shown(path: str) -> str | None:
+        owner = _owning_axis(path, paths)
+        return _axis_name(owner) if owner else None
+
+    stages: list[Stage] = []
+    effective: dict[str, set[str]] = {p: set() for p in paths}  # the values of each axis that took effect somewhere
+    first_reason: dict[str, str] = {}
+    for source in sources:
+        for point in points:
+            ctx = _Context(file, lenient=True)
+            layers = [top, (source.layer, _written(source.where)), (_axis_layer(point), shown)]
+            data, model, train = _resolve(layers, ctx, source.where or "grid", DATASETS[info.dataset])
+            live = []  # the axes that mean something at this point; the others are left out of its name
+            for path, value in point:
+                reasons = [why for dropped, why in ctx.dropped if _owning_axis(dropped, paths) == path]
+                if reasons:
+                    first_reason.setdefault(path, reasons[0])
+                else:
+                    effective[path].add(repr(value))
+                    live.append(f"{short[path]}={_format_label_value(value)}")
+            label = " ".join(live) or "base"
+            name = label if len(sources) == 1 else f"{source.name} {label}"
+            stages.append(
+                Stage(name=name, description=source.description, reference=source.reference, index=len(stages),
+                      data=data, model=model, train=train, compare_to=0, point=point)
+            )
+    for path, values in grid.axes:
+        if len(effective[path]) < min(2, len(values)):  # at most one of its values ever took effect
+            raise SpecError(file, _axis_name(path), f"has no effect in any grid point: {first_reason[path]}")
+    return stages, excluded
+
+
+# ---------------------------------------------------------------------------- study
 
 
 def _syntax_error(exc: tomllib.TOMLDecodeError, file: str) -> SpecError:
@@ -435,21 +885,23 @@ def parse_study(text: str, file: str = "<study>") -> Study:
             raise SpecError(file, key, f"unknown section{did_you_mean(key, TOP_KEYS)}; allowed: {', '.join(TOP_KEYS)}")
     if "study" not in raw:
         raise SpecError(file, "study", "is required: a [study] table with at least `name`")
-    info = _build(StudyInfo, _check_table(raw["study"], StudyInfo, file, "study"), file, "study")
-    defaults = {section: _check_table(raw.get(section, {}), cls, file, section) for section, cls in SECTIONS.items()}
-    defaults["model"] = raw.get("model", {})
-    stages_raw = raw.get("stage")
-    if not stages_raw:
-        raise SpecError(file, "stage", "is required: at least one [[stage]] table")
-    if not isinstance(stages_raw, list):
-        raise SpecError(file, "stage", "must be an array of tables: write [[stage]], not [stage]")
-    stages = tuple(_parse_stage(s, i, defaults, info, file) for i, s in enumerate(stages_raw))
-    seen: dict[str, int] = {}
-    for stage in stages:
-        if stage.name in seen:
-            raise SpecError(file, f"stage[{stage.index + 1}].name", f"'{stage.name}' is already the name of stage[{seen[stage.name] + 1}]")
-        seen[stage.name] = stage.index
-    return Study(info=info, stages=stages, path=file, text=text)
+    info = _build(StudyInfo, _check_table(raw["study"], StudyInfo, _Context(file), "study"), _Context(file), "study")
+    top: Layer = ({key: raw[key] for key in SETTING_TABLES if key in raw}, _written(""))
+    sources = _arm_sources(raw, info, file)
+    dataset = DATASETS[info.dataset]
+    if info.design == "grid":
+        grid = _parse_grid(raw, file)
+        stages, excluded = _expand_grid(grid, sources, top, info, file)
+        return Study(info=info, stages=tuple(stages), path=file, text=text,
+                     axes=tuple(p for p, _ in grid.axes), excluded=excluded)
+    stages = []
+    for index, source in enumerate(sources):
+        ctx = _Context(file)
+        data, model, train = _resolve([top, (source.layer, _written(source.where))], ctx, source.where or "baseline", dataset)
+        compare_to = (index - 1 if info.design == "ladder" else 0) if index else None
+        stages.append(Stage(name=source.name, description=source.description, reference=source.reference,
+                            index=index, data=data, model=model, train=train, compare_to=compare_to))
+    return Study(info=info, stages=tuple(stages), path=file, text=text)
 
 
 def load_study(path: str | Path) -> Study:
@@ -474,7 +926,10 @@ def schema_rows(cls: type) -> list[tuple[str, str, str, str]]:
     hints = typing.get_type_hints(cls)
     rows = []
     for f in fields(cls):
-        default = "required" if f.default is MISSING else _toml_literal(f.default)
+        if f.default is not MISSING:
+            default = _toml_literal(f.default)
+        else:
+            default = "required" if f.default_factory is MISSING else _toml_literal(f.default_factory())
         rows.append((f.name, _describe(hints[f.name]), default, f.metadata.get("doc", "")))
     return rows
 
@@ -488,12 +943,20 @@ def _toml_literal(value: Any) -> str:
         return f'"{value}"'
     if isinstance(value, tuple):
         return "[" + ", ".join(_toml_literal(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_literal(v)}" for k, v in value.items()) + "}"
+    if is_dataclass(value):  # a default table: its kind name, or {} when every key takes its own default
+        return f'"{value.kind}"' if hasattr(value, "kind") else "{}"
     return repr(value)
 
 
 def schema_tables() -> dict[str, type]:
     """Every documented table, in the order a study file reads."""
     tables: dict[str, type] = {"[study]": StudyInfo, "[data]": DataSettings, "[train]": TrainSettings}
+    for kind, cls in SCHEDULE_KINDS.items():
+        tables[f'train.schedule kind = "{kind}"'] = cls
+    tables["train.early_stopping"] = EarlyStopping
+    tables["train.augment"] = Augment
     for kind, cls in MODEL_KINDS.items():
         tables[f'[model] kind = "{kind}"'] = cls
     tables['[model] kind = "cnn": each entry of `blocks`'] = ConvBlock

@@ -7,6 +7,7 @@ epoch (to log), never once per step.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,9 +18,15 @@ from torch import nn
 
 from ablate.data import DeviceData, Split
 from ablate.models import build_model, count_params, initialise
-from ablate.spec import DATASETS, TrainSettings, TrialSettings
+from torch.optim.lr_scheduler import LRScheduler
+
+from ablate.spec import (
+    DATASETS, Augment, ConstantSchedule, CosineSchedule, EarlyStopping, ExponentialSchedule, MultiStepSchedule,
+    OneCycleSchedule, StepSchedule, TrainSettings, TrialSettings, WarmupCosineSchedule,
+)
 
 EVAL_BATCH = 4096
+AUGMENT_SEED_OFFSET = 7919  # augmentation draws from its own stream, so switching it on leaves the batch order alone
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 
@@ -30,6 +37,8 @@ class TrialResult:
     test_accuracy: float = float("nan")
     params_count: int = 0
     train_seconds: float = 0.0
+    tested_epoch: int = 0  # the epoch whose weights were tested: the last, or the best when early stopping restored it
+    stopped_early: bool = False
 
     def final_metrics(self) -> dict[str, float]:
         return {
@@ -37,11 +46,15 @@ class TrialResult:
             "test_accuracy": self.test_accuracy,
             "params_count": float(self.params_count),
             "train_seconds": self.train_seconds,
+            "epochs_run": float(len(self.history)),
+            "tested_epoch": float(self.tested_epoch),
         }
 
 
-def make_loss(name: str, classes: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def make_loss(name: str, classes: int, label_smoothing: float = 0.0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     if name == "cross_entropy":
+        if label_smoothing:
+            return lambda logits, y: F.cross_entropy(logits, y, label_smoothing=label_smoothing)
         return F.cross_entropy
     if name == "mse":
         # System L's "MSE": squared error between the softmax output and the one-hot target.
@@ -62,6 +75,87 @@ def make_optimizer(model: nn.Module, train: TrainSettings) -> torch.optim.Optimi
     raise ValueError(f"unknown optimizer {train.optimizer!r}")
 
 
+@dataclass
+class Schedule:
+    """A torch LR scheduler and whether it steps after every batch (else after every epoch)."""
+
+    scheduler: LRScheduler | None
+    per_batch: bool
+
+    def after_batch(self) -> None:
+        if self.scheduler is not None and self.per_batch:
+            self.scheduler.step()
+
+    def after_epoch(self) -> None:
+        if self.scheduler is not None and not self.per_batch:
+            self.scheduler.step()
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, train: TrainSettings, steps_per_epoch: int) -> Schedule:
+    """Epoch-based schedules (step, multistep, exponential) step per epoch; the smooth ones per batch."""
+    s = train.schedule
+    total = train.epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler
+    if isinstance(s, ConstantSchedule):
+        return Schedule(None, per_batch=False)
+    if isinstance(s, StepSchedule):
+        return Schedule(sched.StepLR(optimizer, s.step_size, s.gamma), per_batch=False)
+    if isinstance(s, MultiStepSchedule):
+        return Schedule(sched.MultiStepLR(optimizer, list(s.milestones), s.gamma), per_batch=False)
+    if isinstance(s, ExponentialSchedule):
+        return Schedule(sched.ExponentialLR(optimizer, s.gamma), per_batch=False)
+    if isinstance(s, CosineSchedule):
+        return Schedule(sched.CosineAnnealingLR(optimizer, T_max=total, eta_min=s.min_lr), per_batch=True)
+    if isinstance(s, OneCycleSchedule):
+        return Schedule(
+            sched.OneCycleLR(
+                optimizer, max_lr=train.lr, total_steps=total, pct_start=s.pct_start,
+                div_factor=s.div_factor, final_div_factor=s.final_div_factor,
+            ),
+            per_batch=True,
+        )
+    if isinstance(s, WarmupCosineSchedule):
+        warmup = max(1, round(s.warmup_epochs * steps_per_epoch))
+        floor = s.min_lr / train.lr
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        return Schedule(sched.LambdaLR(optimizer, factor), per_batch=True)
+    raise ValueError(f"unknown schedule {s!r}")
+
+
+def augment_batch(images: torch.Tensor, augment: Augment, generator: torch.Generator) -> torch.Tensor:
+    """Random rotation, shift and zoom, a different one per image, as one batched affine resampling on the device.
+
+    `images` are float; pixels moved in from outside the image are 0 (MNIST's black background).
+    """
+    n, device = images.shape[0], images.device
+
+    def uniform(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, device=device, generator=generator) * 2 - 1  # U(-1, 1)
+
+    angle = uniform(n) * math.radians(augment.rotation)
+    low, high = augment.scale
+    scale = low + (high - low) * (uniform(n) + 1) / 2
+    shift = uniform(n, 2) * (2 * augment.translate)  # affine_grid coordinates span 2 per image side
+    cos, sin, inv = angle.cos(), angle.sin(), 1.0 / scale
+    tx, ty = shift[:, 0], shift[:, 1]
+    # affine_grid maps output to input coordinates: the inverse of x_out = scale · R(angle) · x_in + shift.
+    theta = torch.stack(
+        [
+            torch.stack([cos * inv, sin * inv, -(cos * tx + sin * ty) * inv], dim=1),
+            torch.stack([-sin * inv, cos * inv, -(-sin * tx + cos * ty) * inv], dim=1),
+        ],
+        dim=1,
+    )
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
 @torch.inference_mode()
 def evaluate(model: nn.Module, split: Split, data: DeviceData, loss_fn) -> tuple[float, float]:
     """Mean loss and accuracy over a split, in large batches, with one host sync at the end."""
@@ -78,8 +172,21 @@ def evaluate(model: nn.Module, split: Split, data: DeviceData, loss_fn) -> tuple
     return loss / len(split), hits / len(split)
 
 
-def _train_epoch(model, optimizer, loss_fn, data: DeviceData, batch_size: int, generator) -> tuple[float, float]:
-    model.train()
+@dataclass
+class _Step:
+    """What one optimisation step needs besides the batch."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable
+    schedule: Schedule
+    grad_clip: float | None
+    augment: Augment
+    augment_generator: torch.Generator
+
+
+def _train_epoch(step: _Step, data: DeviceData, batch_size: int, generator) -> tuple[float, float]:
+    step.model.train()
     split = data.train
     device = split.labels.device
     order = torch.randperm(len(split), device=device, generator=generator)
@@ -87,16 +194,48 @@ def _train_epoch(model, optimizer, loss_fn, data: DeviceData, batch_size: int, g
     correct = torch.zeros((), device=device, dtype=torch.long)
     for start in range(0, len(split), batch_size):
         index = order[start : start + batch_size]
-        images, labels = data.normalise(split.images[index]), split.labels[index]
-        logits = model(images)
-        loss = loss_fn(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
+        images, labels = split.images[index], split.labels[index]
+        if step.augment.active:
+            images = augment_batch(images.float(), step.augment, step.augment_generator)
+        logits = step.model(data.normalise(images))
+        loss = step.loss_fn(logits, labels)
+        step.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        if step.grad_clip is not None:
+            nn.utils.clip_grad_norm_(step.model.parameters(), step.grad_clip, foreach=True)  # no host sync
+        step.optimizer.step()
+        step.schedule.after_batch()
         loss_sum += loss.detach() * labels.shape[0]
         correct += (logits.detach().argmax(dim=1) == labels).sum()
+    step.schedule.after_epoch()
     loss, hits = torch.stack([loss_sum, correct.to(loss_sum.dtype)]).tolist()
     return loss / len(split), hits / len(split)
+
+
+class _EarlyStopper:
+    """Watches a validation metric; keeps a device copy of the best weights when asked to restore them."""
+
+    def __init__(self, rule: EarlyStopping):
+        self.rule = rule
+        self.best = math.inf if rule.metric == "val_loss" else -math.inf
+        self.best_epoch = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.waited = 0
+
+    def improved(self, value: float) -> bool:
+        if self.rule.metric == "val_loss":
+            return value < self.best - self.rule.min_delta
+        return value > self.best + self.rule.min_delta
+
+    def should_stop(self, epoch: int, metrics: dict[str, float], model: nn.Module) -> bool:
+        value = metrics[self.rule.metric]
+        if self.improved(value):
+            self.best, self.best_epoch, self.waited = value, epoch, 0
+            if self.rule.restore_best:
+                self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            return False
+        self.waited += 1
+        return self.waited >= self.rule.patience
 
 
 def train_trial(
@@ -104,32 +243,50 @@ def train_trial(
 ) -> TrialResult:
     """Train one trial from its seed; validate every epoch; test once at the end."""
     dataset = DATASETS[settings.dataset]
+    train = settings.train
     torch.manual_seed(settings.seed)  # initial weights and dropout masks follow the trial's seed
     model = build_model(settings.model, dataset)
-    initialise(model, settings.train.init)
+    initialise(model, train.init)
     model = model.to(device)
-    optimizer = make_optimizer(model, settings.train)
-    loss_fn = make_loss(settings.train.loss, dataset.classes)
+    optimizer = make_optimizer(model, train)
+    steps_per_epoch = math.ceil(len(data.train) / train.batch_size)
+    step = _Step(
+        model=model,
+        optimizer=optimizer,
+        loss_fn=make_loss(train.loss, dataset.classes, train.label_smoothing),
+        schedule=make_schedule(optimizer, train, steps_per_epoch),
+        grad_clip=train.grad_clip,
+        augment=train.augment,
+        augment_generator=torch.Generator(device=device).manual_seed(settings.seed + AUGMENT_SEED_OFFSET),
+    )
+    eval_loss = make_loss(train.loss, dataset.classes)  # validation and test losses are never smoothed
     generator = torch.Generator(device=device).manual_seed(settings.seed)  # batch order
+    stopper = _EarlyStopper(train.early_stopping) if train.early_stopping else None
     result = TrialResult(params_count=count_params(model))
     started = time.perf_counter()
-    for epoch in range(1, settings.train.epochs + 1):
+    for epoch in range(1, train.epochs + 1):
         epoch_start = time.perf_counter()
-        train_loss, train_accuracy = _train_epoch(
-            model, optimizer, loss_fn, data, settings.train.batch_size, generator
-        )
-        val_loss, val_accuracy = evaluate(model, data.val, data, loss_fn)
+        lr = optimizer.param_groups[0]["lr"]  # the rate the epoch starts with
+        train_loss, train_accuracy = _train_epoch(step, data, train.batch_size, generator)
+        val_loss, val_accuracy = evaluate(model, data.val, data, eval_loss)
         metrics = {
             "train_loss": train_loss,
             "train_accuracy": train_accuracy,
             "val_loss": val_loss,
             "val_accuracy": val_accuracy,
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": lr,
             "epoch_seconds": time.perf_counter() - epoch_start,
         }
         result.history.append(metrics)
         if on_epoch is not None:
             on_epoch(epoch, metrics)
+        if stopper is not None and stopper.should_stop(epoch, metrics, model):
+            result.stopped_early = True
+            break
     result.train_seconds = time.perf_counter() - started
-    result.test_loss, result.test_accuracy = evaluate(model, data.test, data, loss_fn)
+    result.tested_epoch = len(result.history)
+    if stopper is not None and stopper.best_state is not None:
+        model.load_state_dict(stopper.best_state)
+        result.tested_epoch = stopper.best_epoch
+    result.test_loss, result.test_accuracy = evaluate(model, data.test, data, eval_loss)
     return result

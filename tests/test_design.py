@@ -41,12 +41,12 @@ def test_hash_changes_with_any_setting_or_seed():
 def test_hash_is_stable_across_versions():
     """The identity of finished work: changing it silently re-runs every stored study."""
     trial = expand(parse_study(TINY_STUDY))[0]
-    assert settings_hash(trial.settings) == trial.hash == "899c9c663d7b"
+    assert settings_hash(trial.settings) == trial.hash == "91744b1bcf0d"
 
 
 def test_identical_stages_are_rejected():
     twin = TINY_STUDY + '\n[[stage]]\nname = "again"\nmodel = { kind = "linear" }\n'
-    with pytest.raises(SpecError, match="same settings as stage 'linear'"):
+    with pytest.raises(SpecError, match="stage\\[3\\]: resolves to the same settings as 'linear'"):
         expand(parse_study(twin))
 
 

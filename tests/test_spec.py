@@ -82,7 +82,7 @@ BASE = TINY_STUDY
         ("hidden = [32]", "hidden = 32", "stage[2].model.hidden", ["a list of integers"]),
         ("hidden = [32]", "hidden = [32], batchnorm = 1", "stage[2].model.batchnorm", ["true or false"]),
         ('model = { kind = "linear" }', 'model = { kind = "linear", hidden = [3] }', "stage[1].model.hidden",
-         ["unknown key", "model kind 'linear' allows: kind"]),
+         ["applies only to model kind 'mlp' (model kind is 'linear')", "model kind 'linear' allows: kind"]),
         ("seeds = [0, 1]", "seeds = [0, 0]", "study.seeds", ["must not repeat"]),
         ("seeds = [0, 1]", "seeds = []", "study.seeds", ["at least one seed"]),
         ('name = "tiny"', 'name = "has space"', "study.name", ["letters, digits"]),
