@@ -101,6 +101,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from ablate.spec import load_study
 
     study = load_study(args.study)
+    _make_factories_importable(study.path)
     design = expand_design(study)
     trials = design.trials
     varying = varying_settings(trials)
@@ -124,12 +125,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table(title=f"{study.name}: {study.info.design}", title_justify="left")
-    for column in ("#", "hash", "stage", "seed", *_short_names(varying), "params"):
+    # Conv blocks and custom-model arguments are unreadable as raw settings: one architecture column instead.
+    structural = [k for k in varying if k.startswith(("model.blocks", "model.kwargs"))]
+    varying = [k for k in varying if k not in structural]
+    arm = "stage" if study.info.design == "ladder" else "arm"
+    extra = ["model"] if structural else []
+    for column in ("#", "hash", arm, "seed", *extra, *_short_names(varying), "params"):
         table.add_column(column, justify="right" if column in ("#", "seed", "params") else "left")
     for i, t in enumerate(trials, 1):
         flat = flatten(t.settings.to_dict())
         cells = [format_value(flat[k]) if k in flat else "" for k in varying]
-        table.add_row(str(i), t.hash, t.stage, str(t.seed), *cells, f"{t.params_count:,}")
+        shape = [t.architecture] if structural else []
+        table.add_row(str(i), t.hash, t.stage, str(t.seed), *shape, *cells, f"{t.params_count:,}")
     console = Console(highlight=False)
     if not console.is_terminal:
         console = Console(highlight=False, width=240)  # a pipe or a log file: do not squeeze to 80 columns
@@ -152,6 +159,13 @@ def plan_summary(study, design) -> str:
     return line
 
 
+def _make_factories_importable(study_path: str) -> None:
+    """A custom model's `package.module` may live in the current directory or beside the study file."""
+    for folder in (str(Path(study_path).resolve().parent), os.getcwd()):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+
+
 def _short_names(keys: list[str]) -> list[str]:
     """'model.dropout' → 'dropout' where the last part alone is unambiguous."""
     leaves = [k.split(".")[-2] if k.endswith(".kind") and k.count(".") > 1 else k.rsplit(".", 1)[-1] for k in keys]
@@ -163,6 +177,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ablate.spec import load_study
 
     study = load_study(args.study)
+    _make_factories_importable(study.path)
     trials = expand(study)  # every check on the spec happens before torch or mlflow load
 
     from ablate.data import default_data_dir

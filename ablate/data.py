@@ -124,6 +124,7 @@ def _build(dataset: str, settings: DataSettings, data_dir: Path, device: torch.d
         train=split(images[train_idx], labels[train_idx]),
         val=split(images[val_idx], labels[val_idx]),
         test=split(test_images, test_labels),
-        mean=MNIST_MEAN,
-        std=MNIST_STD,
+        # `unit` scaling is the same formula with mean 0 and std 1: x / 255.
+        mean=MNIST_MEAN if settings.normalize == "standard" else 0.0,
+        std=MNIST_STD if settings.normalize == "standard" else 1.0,
     )

@@ -18,13 +18,17 @@ import pandas as pd
 from ablate.errors import AblateError, did_you_mean
 from ablate.tracking import EXPERIMENT_TAG, ROLE, SEED, STAGE, STAGE_INDEX, TRIAL_HASH, Tracker, read_plan, sqlite_path
 
-METRICS = ("test_accuracy", "test_loss", "val_accuracy", "train_seconds", "params_count")
+METRICS = ("test_accuracy", "test_loss", "val_accuracy", "tested_val_accuracy", "train_seconds", "params_count",
+           "epochs_run", "tested_epoch")
+# Heading of the column that says what an arm changes, by design: what each arm is compared with.
+CHANGES_HEADING = {"ladder": "Changes (vs previous stage)", "ablation": "Changes (vs baseline)"}
 
 
 @dataclass
 class StudyReport:
     name: str
     description: str
+    design: str
     table: pd.DataFrame  # one row per stage, numeric
     runs: pd.DataFrame  # the finished runs the table is computed from, one per trial
     planned: int  # trials in the latest spec
@@ -93,6 +97,7 @@ def load_study(tracker: Tracker, study: str) -> StudyReport:
     return StudyReport(
         name=study,
         description=(plan or {}).get("description", ""),
+        design=(plan or {}).get("design", "ladder"),
         table=summarise(latest, stages),
         runs=latest.reset_index(drop=True),
         planned=len(plan["trials"]) if plan else len(latest),
@@ -124,6 +129,9 @@ def summarise(runs: pd.DataFrame, stages: list[dict]) -> pd.DataFrame:
     for stage in stages:
         group = runs[runs["stage"] == stage["name"]]
         acc = group["test_accuracy"] * 100
+        # The validation accuracy of the weights that were tested (the best epoch's when early stopping restored
+        # them); runs logged before that metric existed tested their last epoch.
+        val = group["tested_val_accuracy"].fillna(group["val_accuracy"]) * 100
         rows.append(
             {
                 "stage": stage["name"],
@@ -134,7 +142,9 @@ def summarise(runs: pd.DataFrame, stages: list[dict]) -> pd.DataFrame:
                 # pandas gives NaN for the mean of no runs and the std of fewer than two
                 "test_accuracy_mean": acc.mean(),
                 "test_accuracy_std": acc.std(ddof=1),
-                "val_accuracy_mean": (group["val_accuracy"] * 100).mean(),
+                "val_accuracy_mean": val.mean(),
+                "epochs_run_mean": group["epochs_run"].mean(),
+                "tested_epoch_mean": group["tested_epoch"].mean(),
                 "test_loss_mean": group["test_loss"].mean(),
                 "train_seconds_mean": group["train_seconds"].mean(),
                 "reference": stage.get("reference"),
@@ -159,13 +169,21 @@ def _has_reference(report: StudyReport) -> bool:
     return bool(len(report.table)) and bool(report.table["reference"].notna().any())
 
 
+def _stopped_early(report: StudyReport) -> bool:
+    runs = report.runs
+    return bool(len(runs)) and bool((runs["tested_epoch"].notna() & (runs["tested_epoch"] != runs["epochs_run"])).any()
+                                    or runs["epochs_run"].nunique() > 1)
+
+
 def markdown_table(report: StudyReport) -> str:
     table = report.table
     first = table["stage"].iloc[0] if len(table) else "first"
+    columns = {"Stage" if report.design == "ladder" else "Arm": table["stage"]}
+    if report.design in CHANGES_HEADING:  # a grid point's name already says what it sets
+        columns[CHANGES_HEADING[report.design]] = table["changes"].str.replace("|", "\\|", regex=False)
     shown = pd.DataFrame(
         {
-            "Stage": table["stage"],
-            "Changes (vs previous stage)": table["changes"].str.replace("|", "\\|", regex=False),
+            **columns,
             "Model": table["architecture"],
             "Params": table["params_count"].map(lambda v: f"{int(v):,}" if not pd.isna(v) else "—"),
             "n": table["n"],
@@ -179,6 +197,10 @@ def markdown_table(report: StudyReport) -> str:
             "Train time (s)": table["train_seconds_mean"].map(lambda v: _fmt(v, 1)),
         }
     )
+    if _stopped_early(report):
+        shown.insert(shown.columns.get_loc("Test loss"), "Epochs run / tested", [
+            f"{_fmt(r, 1)} / {_fmt(t, 1)}" for r, t in zip(table["epochs_run_mean"], table["tested_epoch_mean"])
+        ])
     if _has_reference(report):
         shown["Reference (%)"] = table["reference"].map(lambda v: _fmt(v, 1))
         shown["Ours − ref (pts)"] = [
@@ -186,6 +208,28 @@ def markdown_table(report: StudyReport) -> str:
             for m, r in zip(table["test_accuracy_mean"], table["reference"])
         ]
     return shown.to_markdown(index=False, disable_numparse=True)
+
+
+def _footnote(report: StudyReport) -> str:
+    arm = "stage" if report.design == "ladder" else "arm"
+    first = {"ladder": "the first stage's", "ablation": "the baseline's", "grid": "the first grid point's"}.get(
+        report.design, "the first arm's")
+    tested = (
+        "the weights of the best validation epoch when early stopping restored them, else the final epoch's"
+        if _stopped_early(report) else "the final epoch's weights"
+    )
+    text = (
+        f"Test acc: mean ± sample standard deviation over the n seeds of each {arm}, measured once on {tested} "
+        "(no std when n = 1). Val acc, test loss, train time: means over the seeds; val acc is that of the tested "
+        "weights; each trial's test loss is its own training loss (MSE or cross-entropy, never smoothed). "
+        f"Δ: the {arm}'s mean test accuracy minus {first}, in percentage points. Train time: seconds of training "
+        "and per-epoch validation per trial, MLflow logging excluded."
+    )
+    if _stopped_early(report):
+        text += " Epochs run / tested: means over the seeds of the epochs trained and of the epoch whose weights were tested."
+    if _has_reference(report):
+        text += f" Reference: the published single-run figure the {arm} reproduces."
+    return text
 
 
 def markdown_section(report: StudyReport) -> str:
@@ -197,12 +241,7 @@ def markdown_section(report: StudyReport) -> str:
         "",
         markdown_table(report),
         "",
-        "Test acc: mean ± sample standard deviation over the n seeds, measured once after the final epoch "
-        "(no std when n = 1). Val acc, test loss, train time: means over the seeds; val acc is the final "
-        "epoch's; each trial's test loss is its own training loss (MSE or cross-entropy). Δ: the stage's mean "
-        "test accuracy minus the first stage's, in percentage points. Train time: seconds of training and "
-        "per-epoch validation per trial, MLflow logging excluded."
-        + (" Reference: the published single-run figure the stage reproduces." if _has_reference(report) else ""),
+        _footnote(report),
     ]
     if report.excluded:
         left_out = ", ".join(f"{n} {status}" for status, n in sorted(report.excluded.items()))

@@ -100,6 +100,11 @@ class StudyInfo:
 class DataSettings:
     val_size: int = option(5000, "Validation examples split from the training set.", at_least(1))
     split_seed: int = option(0, "Seed of the train/validation split; the same split for every trial.")
+    normalize: Literal["standard", "unit"] = option(
+        "standard",
+        "Pixel scaling: `standard` subtracts the training set's mean and divides by its std (Normalize); "
+        "`unit` only scales to [0, 1] (ToTensor alone).",
+    )
     train_limit: int | None = option(None, "Use only this many training examples (smoke tests).", at_least(1))
     test_limit: int | None = option(None, "Evaluate on only this many test examples (smoke tests).", at_least(1))
 
@@ -612,7 +617,8 @@ Layer = tuple[dict, Callable[[str], "str | None"]]
 
 def _resolve(layers: list[Layer], ctx: _Context, where: str, dataset: DatasetInfo) -> tuple[DataSettings, ModelSpec, TrainSettings]:
     """Merge the layers (top level, stage or arm, grid point) and validate the result as one trial's settings."""
-    tree: dict[str, Any] = {}
+    # A kinded table with a default starts as that kind, so a key written without `kind` is checked against it.
+    tree: dict[str, Any] = {"train": {"schedule": {"kind": ConstantSchedule.kind}}}
     for layer, shown in layers:
         _overlay(tree, ctx.origins, layer, shown)
     data = _coerce(tree.get("data", {}), DataSettings, ctx, "data")

@@ -48,6 +48,7 @@ class TrialResult:
             "train_seconds": self.train_seconds,
             "epochs_run": float(len(self.history)),
             "tested_epoch": float(self.tested_epoch),
+            "tested_val_accuracy": self.history[self.tested_epoch - 1]["val_accuracy"] if self.history else math.nan,
         }
 
 
