@@ -39,6 +39,21 @@ def _default_uri() -> str:
     return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number ≥ 1, not {text!r}")
+    return int(text)
+
+
+def _devices(text: str) -> str | tuple[int, ...]:
+    if text in ("auto", "cpu"):
+        return text
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise AblateError(f"--devices {text}: use auto, cpu or GPU indices such as 0,2")
+    return tuple(int(p) for p in parts)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ablate", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -65,13 +80,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", default=None, metavar="DIR",
         help="folder holding MNIST/raw/ (default: $ABLATE_DATA_DIR, else ./data)",
     )
-    run.add_argument("--device", default="auto", help="auto (CUDA when visible, else CPU), cpu, cuda or cuda:N")
+    run.add_argument(
+        "--devices", default=None, metavar="auto|cpu|0,2",
+        help="where workers run: every visible GPU (auto, else the CPU), the CPU, or these GPU indices; "
+        "overrides [execution] devices",
+    )
+    run.add_argument("--workers-per-device", type=_positive, default=None, metavar="K",
+                     help="worker processes per device (CPU: the number of CPU workers); overrides [execution]")
+    run.add_argument("--max-workers", type=_positive, default=None, metavar="N",
+                     help="at most N worker processes overall; overrides [execution]")
     run.set_defaults(func=cmd_run)
 
     plan = commands.add_parser(
-        "plan", help="list the trials a study expands into, without training",
+        "plan", parents=[tracking], help="list the trials a study expands into, and which the store already holds",
         description="Dry run: validate the study and list its trials (hash, stage, seed, the settings that "
-        "differ between trials, parameter count).",
+        "differ between trials, parameter count) and, when the tracking store exists, each trial's status there "
+        "(done, failed, killed, running, or to do).",
     )
     plan.add_argument("study", metavar="STUDY.toml", help="the study file")
     plan.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
@@ -100,9 +124,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from ablate.design import expand_design, flatten, format_value, varying_settings
     from ablate.spec import load_study
 
+    from ablate.store import trial_statuses
+
     study = load_study(args.study)
     _make_factories_importable(study.path)
     design = expand_design(study)
+    uri = args.tracking_uri or _default_uri()
+    statuses = trial_statuses(uri, study.name)
     trials = design.trials
     varying = varying_settings(trials)
     if args.format == "json":
@@ -115,6 +143,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             "merged": [{"arm": arm, "same_as": kept} for arm, kept in design.merged],
             "trials": [
                 {"hash": t.hash, "stage": t.stage, "seed": t.seed, "params_count": t.params_count,
+                 "status": _status(statuses, t.hash),
                  "settings": t.settings.to_dict()}
                 for t in trials
             ],
@@ -130,19 +159,34 @@ def cmd_plan(args: argparse.Namespace) -> int:
     varying = [k for k in varying if k not in structural]
     arm = "stage" if study.info.design == "ladder" else "arm"
     extra = ["model"] if structural else []
-    for column in ("#", "hash", arm, "seed", *extra, *_short_names(varying), "params"):
+    status_column = ["status"] if statuses is not None else []
+    for column in ("#", "hash", arm, "seed", *extra, *_short_names(varying), "params", *status_column):
         table.add_column(column, justify="right" if column in ("#", "seed", "params") else "left")
     for i, t in enumerate(trials, 1):
         flat = flatten(t.settings.to_dict())
         cells = [format_value(flat[k]) if k in flat else "" for k in varying]
         shape = [t.architecture] if structural else []
-        table.add_row(str(i), t.hash, t.stage, str(t.seed), *shape, *cells, f"{t.params_count:,}")
+        status = [_status(statuses, t.hash)] if statuses is not None else []
+        table.add_row(str(i), t.hash, t.stage, str(t.seed), *shape, *cells, f"{t.params_count:,}", *status)
     console = Console(highlight=False)
     if not console.is_terminal:
         console = Console(highlight=False, width=240)  # a pipe or a log file: do not squeeze to 80 columns
     console.print(table)
     console.print(plan_summary(study, design), markup=False)
+    if statuses is not None:
+        counts: dict[str, int] = {}
+        for t in trials:
+            counts[_status(statuses, t.hash)] = counts.get(_status(statuses, t.hash), 0) + 1
+        order = ["done", "failed", "killed", "running", "to do"]
+        parts = [f"{counts[k]} {k}" for k in order if k in counts]
+        console.print(f"Against {uri}: {', '.join(parts)}; `ablate run` trains every trial not done.", markup=False)
     return 0
+
+
+def _status(statuses: dict[str, str] | None, trial_hash: str) -> str:
+    if statuses is None:
+        return "to do"
+    return statuses.get(trial_hash, "to do")
 
 
 def plan_summary(study, design) -> str:
@@ -159,11 +203,13 @@ def plan_summary(study, design) -> str:
     return line
 
 
-def _make_factories_importable(study_path: str) -> None:
+def _make_factories_importable(study_path: str) -> tuple[str, ...]:
     """A custom model's `package.module` may live in the current directory or beside the study file."""
-    for folder in (str(Path(study_path).resolve().parent), os.getcwd()):
+    folders = (str(Path(study_path).resolve().parent), os.getcwd())
+    for folder in folders:
         if folder not in sys.path:
             sys.path.insert(0, folder)
+    return folders
 
 
 def _short_names(keys: list[str]) -> list[str]:
@@ -173,12 +219,17 @@ def _short_names(keys: list[str]) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from ablate.design import expand
     from ablate.spec import load_study
 
     study = load_study(args.study)
-    _make_factories_importable(study.path)
+    import_paths = _make_factories_importable(study.path)
     trials = expand(study)  # every check on the spec happens before torch or mlflow load
+    overrides = {"devices": _devices(args.devices) if args.devices else None,
+                 "workers_per_device": args.workers_per_device, "max_workers": args.max_workers}
+    execution = replace(study.execution, **{k: v for k, v in overrides.items() if v is not None})  # flags win
 
     from ablate.data import default_data_dir
     from ablate.execute import run_study
@@ -192,12 +243,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     console = reporter.console
     console.print(f"study [bold]{study.name}[/] ({args.study}), tracking {uri}")
     try:
-        summary = run_study(study, trials, Tracker(uri), data_dir, args.device, reporter, command=args.command_line)
+        summary = run_study(study, trials, Tracker(uri), data_dir, execution, reporter, command=args.command_line,
+                            import_paths=import_paths)
     finally:
         reporter.close()
+    if summary.recovered:
+        console.print(f"Recovered {len(summary.recovered)} run(s) a killed `ablate run` left RUNNING: marked FAILED "
+                      "(reason interrupted), and their trials ran again.")
+    if summary.running_elsewhere:
+        console.print(f"{summary.running_elsewhere} trial(s) are running in another live `ablate run`; left to it.")
     if summary.interrupted:
+        _print_failures(console, summary.failed)
         console.print(
-            f"[yellow]Interrupted[/]: {len(summary.finished)} trials finished and recorded; the running one is "
+            f"[yellow]Interrupted[/]: {len(summary.finished)} trials finished and recorded; the running ones are "
             f"marked KILLED. Resume with: {args.command_line}"
         )
         return EXIT_INTERRUPTED
@@ -205,17 +263,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.print(f"All {summary.total} trials already done: nothing to train.")
     else:
         console.print(
-            f"Trained {len(summary.finished)} trials in {summary.wall_seconds:.0f} s; "
+            f"Trained {len(summary.finished)} trials in {summary.wall_seconds:.0f} s on {len(summary.slots)} worker(s); "
             f"{len(summary.failed)} failed; {summary.skipped} were already done."
         )
     print()
     print(markdown_table(build(uri, study.name)[0]))
     print()
-    for trial, error in summary.failed:
-        console.print(f"[red]FAILED[/] {trial.stage} seed {trial.seed} ({trial.hash}): {error}")
+    _print_failures(console, summary.failed)
     ui = "mlflow ui" if uri == _default_uri() else f"mlflow ui --backend-store-uri {uri}"
     console.print(f"See the runs: {ui}    The table: ablate report --study {study.name}")
     return EXIT_FAILED_TRIALS if summary.failed else 0
+
+
+def _print_failures(console, failed) -> None:
+    for trial, reason, error in failed:
+        console.print(f"[red]FAILED[/] ({reason}) {trial.stage} seed {trial.seed} ({trial.hash}): {error}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:

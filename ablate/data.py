@@ -83,10 +83,18 @@ def _download_mnist(root: Path) -> None:
         ) from exc
 
 
+def ensure_files(dataset: str, root: Path) -> None:
+    """Download the dataset's files if they are missing, or stop with a clear error — before any run is recorded."""
+    if dataset != "mnist":
+        raise AblateError(f"no loader for dataset {dataset!r}")
+    raw_dir = Path(root) / "MNIST" / "raw"
+    if any(_find(raw_dir, stem) is None for stem in MNIST_FILES.values()):
+        _download_mnist(Path(root))
+
+
 def load_mnist_arrays(root: Path) -> dict[str, np.ndarray]:
     raw_dir = root / "MNIST" / "raw"
-    if any(_find(raw_dir, stem) is None for stem in MNIST_FILES.values()):
-        _download_mnist(root)
+    ensure_files("mnist", root)
     return {key: _read_idx(_find(raw_dir, stem)) for key, stem in MNIST_FILES.items()}
 
 

@@ -120,7 +120,7 @@ class Design:
 def _size(stage: Stage, study: Study) -> tuple[int, str]:
     """Parameter count and one-line description, from the spec alone (a custom model is built on torch's meta device)."""
     dataset = DATASETS[study.info.dataset]
-    where = f"stage[{stage.index + 1}].model" if study.info.design == "ladder" else "model"
+    where = f"{stage.source}.model" if stage.source else "model"
     if isinstance(stage.model, CustomModel):
         from ablate.models import custom_size  # imports torch and the user's module: only custom models pay for it
 
@@ -164,7 +164,21 @@ def expand_design(study: Study) -> Design:
                 Trial(study=study.name, stage=stage.name, stage_index=stage.index, seed=seed, settings=settings,
                       hash=settings_hash(settings), changes=changes, architecture=architecture, params_count=params)
             )
+    if study.info.design == "grid":
+        _check_axes_matter(study)
     return Design(trials, merged)
+
+
+def _check_axes_matter(study: Study) -> None:
+    """An axis whose values all resolve to the same settings, wherever the other axes stand, is a mistake."""
+    for axis in study.axes:
+        groups: dict[str, set[str]] = {}
+        for stage in study.stages:
+            others = json.dumps([(p, v) for p, v in stage.point if p != axis], sort_keys=True, default=str)
+            groups.setdefault(f"{stage.source}|{others}", set()).add(settings_hash(stage.settings(study.info.dataset, 0)))
+        if all(len(hashes) == 1 for hashes in groups.values()):
+            raise SpecError(study.path, f'grid."{axis}"', "has no effect in any grid point: every value resolves "
+                            "to the same settings")
 
 
 def expand(study: Study) -> list[Trial]:

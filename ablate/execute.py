@@ -1,34 +1,37 @@
-"""Run a study's trials: skip finished ones, train the rest, record every outcome.
+"""Run a study's trials on worker processes: skip finished ones, train the rest, record every outcome.
 
-The per-trial work (`run_trial`) takes only picklable inputs and an explicit run id, so
-the same function can run in this process, in a worker process, or on another machine.
+The parent creates the experiment and the parent run before any worker starts (concurrent
+first use of a SQLite store races), recovers runs a killed invocation left RUNNING, then
+hands trials to the workers one at a time (ablate.workers) and turns their events into the
+summary and the progress display.
 """
 
 from __future__ import annotations
 
 import time
-import traceback
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-import torch
-
 from ablate import data as datasets
 from ablate.design import Trial
-from ablate.errors import AblateError
-from ablate.spec import Study
-from ablate.tracking import PLAN_ARTIFACT, Tracker, environment_tags
-from ablate.train import TrialResult, train_trial
+from ablate.spec import ExecutionSettings, Study
+from ablate.tracking import PLAN_ARTIFACT, Tracker, environment_tags, process_start
+from ablate.workers import WORKER_LOST, Pool, Slot, WorkerConfig, faults_from_env, plan_slots
+
+# A slot whose workers keep dying before finishing anything is not worth restarting forever.
+MAX_LOST_IN_A_ROW = 3
+
 
 class Reporter(Protocol):
     """What a run tells its user; the CLI draws it, tests can record it."""
 
-    def start(self, total: int, skipped: int, device: str) -> None: ...
-    def trial_started(self, trial: Trial) -> None: ...
-    def epoch(self, trial: Trial, epoch: int, metrics: dict[str, float]) -> None: ...
-    def trial_finished(self, trial: Trial, result: TrialResult) -> None: ...
-    def trial_failed(self, trial: Trial, error: str) -> None: ...
+    def start(self, total: int, skipped: int, slots: list[Slot]) -> None: ...
+    def trial_started(self, trial: Trial, slot: Slot) -> None: ...
+    def epoch(self, trial: Trial, slot: Slot, epoch: int, val_accuracy: float) -> None: ...
+    def trial_finished(self, trial: Trial, slot: Slot, outcome: dict[str, float]) -> None: ...
+    def trial_failed(self, trial: Trial, slot: Slot, reason: str, error: str) -> None: ...
 
 
 @dataclass
@@ -37,34 +40,45 @@ class RunSummary:
     parent_run_id: str | None
     total: int
     skipped: int
-    finished: list[tuple[Trial, TrialResult]] = field(default_factory=list)
-    failed: list[tuple[Trial, str]] = field(default_factory=list)
+    finished: list[tuple[Trial, dict[str, float]]] = field(default_factory=list)
+    failed: list[tuple[Trial, str, str]] = field(default_factory=list)  # (trial, reason, error)
+    recovered: list[dict[str, str]] = field(default_factory=list)  # runs a killed invocation left RUNNING
+    running_elsewhere: int = 0
     interrupted: bool = False
     wall_seconds: float = 0.0
+    slots: list[Slot] = field(default_factory=list)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise AblateError(f"--device {name}: no CUDA device is visible here; use 'cpu' or 'auto'")
-    return device
-
-
-def hardware(device: torch.device) -> str:
-    """The processor a run used, as a results table should name it."""
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    model = "CPU"
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{model}, {torch.get_num_threads()} threads"
+    import platform
+
+    return platform.processor() or "CPU"
+
+
+def hardware(slots: list[Slot]) -> str:
+    """The processors a run used and how it used them, as a results table should name them."""
+    import torch
+
+    devices = sorted({s.device for s in slots})
+    if devices == ["cpu"]:
+        return f"{cpu_model()}, {len(slots)} worker(s) × {slots[0].threads} thread(s)"
+    names = sorted({torch.cuda.get_device_name(torch.device(d)) for d in devices})
+    per = len(slots) // len(devices)
+    return f"{len(devices)} × {', '.join(names)} (CUDA {torch.version.cuda}), {per} worker(s) per GPU"
+
+
+def plan_slots_for(execution: ExecutionSettings) -> list[Slot]:
+    import joblib
+    import torch
+
+    return plan_slots(execution.devices, execution.workers_per_device, execution.max_workers,
+                      torch.cuda.device_count(), joblib.cpu_count())
 
 
 def plan_document(study: Study, trials: list[Trial]) -> dict:
@@ -93,72 +107,167 @@ def plan_document(study: Study, trials: list[Trial]) -> dict:
     }
 
 
-def run_trial(
-    trial: Trial, tracker: Tracker, experiment_id: str, parent_id: str, env_tags: dict[str, str],
-    data_dir: Path, device: torch.device, reporter: Reporter,
-) -> TrialResult:
-    """Train one trial into its own MLflow run; a Python error marks the run FAILED and is re-raised."""
-    run_id = tracker.start_trial(experiment_id, parent_id, trial, env_tags)
-    reporter.trial_started(trial)
-
-    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
-        tracker.log_metrics(run_id, metrics, step=epoch)
-        reporter.epoch(trial, epoch, metrics)
-
-    try:
-        dataset = datasets.load(trial.settings.dataset, trial.settings.data, data_dir, device)
-        result = train_trial(trial.settings, dataset, device, on_epoch)
-    except KeyboardInterrupt:
-        tracker.finish(run_id, "KILLED", error="interrupted (Ctrl-C)")
-        raise
-    except Exception as exc:
-        tracker.client.log_text(run_id, traceback.format_exc(), "traceback.txt")
-        tracker.finish(run_id, "FAILED", error=f"{type(exc).__name__}: {exc}")
-        raise
-    tracker.log_metrics(run_id, result.final_metrics(), step=len(result.history))
-    tracker.finish(run_id)
-    return result
-
-
 def run_study(
-    study: Study, trials: list[Trial], tracker: Tracker, data_dir: Path, device_name: str, reporter: Reporter,
-    command: str = "",
+    study: Study, trials: list[Trial], tracker: Tracker, data_dir: Path, execution: ExecutionSettings,
+    reporter: Reporter, command: str = "", import_paths: tuple[str, ...] = (),
 ) -> RunSummary:
     started = time.perf_counter()
-    device = resolve_device(device_name)
+    slots = plan_slots_for(execution)
     experiment_id = tracker.experiment(study.name)
+    recovered, elsewhere = tracker.recover_stale(experiment_id)
     done = tracker.finished_hashes(experiment_id)
-    todo = [t for t in trials if t.hash not in done]
-    summary = RunSummary(experiment_id, None, total=len(trials), skipped=len(trials) - len(todo))
-    reporter.start(len(trials), summary.skipped, str(device))
+    todo = [t for t in trials if t.hash not in done and t.hash not in elsewhere]
+    slots = slots[: max(1, len(todo))]  # no idle workers
+    summary = RunSummary(experiment_id, None, total=len(trials), skipped=len(trials) - len(todo),
+                         recovered=recovered, running_elsewhere=len(elsewhere & {t.hash for t in trials}), slots=slots)
+    reporter.start(len(trials), summary.skipped, slots)
     if not todo:
         return summary
-    # Load every dataset the trials need first: a missing file stops the run before any run is recorded.
-    for settings in {(t.settings.dataset, t.settings.data) for t in todo}:
-        datasets.load(*settings, data_dir, device)
-    env_tags = {**environment_tags(Path(study.path).resolve().parent), "device": str(device), "hardware": hardware(device)}
+    for dataset in {t.settings.dataset for t in todo}:  # a missing file stops the run before any run is recorded
+        datasets.ensure_files(dataset, data_dir)
+    env_tags = environment_tags(Path(study.path).resolve().parent)
     parent_id = tracker.start_parent(
-        experiment_id, study.name, Path(study.path), len(trials), {**env_tags, "command": command}
+        experiment_id, study.name, Path(study.path), len(trials), {**env_tags, "command": command, "hardware": hardware(slots)}
     )
     summary.parent_run_id = parent_id
     tracker.client.log_dict(parent_id, plan_document(study, trials), PLAN_ARTIFACT)
-    try:
-        for trial in todo:
-            try:
-                result = run_trial(trial, tracker, experiment_id, parent_id, env_tags, data_dir, device, reporter)
-            except KeyboardInterrupt:
-                raise
-            except Exception as exc:  # a bad trial is recorded and the study goes on
-                summary.failed.append((trial, f"{type(exc).__name__}: {exc}"))
-                reporter.trial_failed(trial, summary.failed[-1][1])
-                continue
-            summary.finished.append((trial, result))
-            reporter.trial_finished(trial, result)
-    except KeyboardInterrupt:
-        summary.interrupted = True
+    config = WorkerConfig(
+        tracking_uri=tracker.uri, experiment_id=experiment_id, parent_run_id=parent_id,
+        env_tags={k: v for k, v in env_tags.items() if k not in ("pid", "pid_start")} | {"hardware": hardware(slots)},
+        data_dir=str(Path(data_dir).resolve()), import_paths=import_paths, parent_pid=_pid(),
+        parent_start=process_start(_pid()), faults=faults_from_env(),
+    )
+    _Dispatcher(Pool(slots, config), todo, tracker, reporter, summary).run()
     summary.wall_seconds = time.perf_counter() - started
     _close_parent(tracker, summary)
     return summary
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+class _Dispatcher:
+    """The parent's loop: hand out trials, react to worker events, notice dead workers, handle Ctrl-C."""
+
+    def __init__(self, pool: Pool, todo: list[Trial], tracker: Tracker, reporter: Reporter, summary: RunSummary):
+        self.pool, self.tracker, self.reporter, self.summary = pool, tracker, reporter, summary
+        self.pending = deque(todo)
+        self.lost_in_a_row = 0
+
+    def run(self) -> None:
+        try:
+            for worker in self.pool.idle():
+                self._feed(worker)
+            while self.pool.busy():
+                event = self.pool.next_event(timeout=0.5)
+                if event is not None:
+                    self._handle(event)
+                self._check_dead()
+        except KeyboardInterrupt:
+            self.summary.interrupted = True
+            self._stop_running()
+        finally:
+            self.pool.shutdown()
+
+    def _feed(self, worker) -> None:
+        self.pool.give(worker, self.pending.popleft() if self.pending else None)
+
+    def _worker(self, slot_index: int):
+        return self.pool.workers[slot_index]
+
+    def _handle(self, event: tuple) -> None:
+        kind, slot_index, *rest = event
+        worker = self._worker(slot_index)
+        trial = worker.trial
+        if kind == "ready" or trial is None or (rest and rest[0] != trial.hash):
+            return  # a worker starting up, or news of a trial this worker no longer holds
+        if kind == "started":
+            worker.run_id = rest[1]
+            self.reporter.trial_started(trial, worker.slot)
+        elif kind == "epoch":
+            self.reporter.epoch(trial, worker.slot, rest[1], rest[2])
+        elif kind == "finished":
+            self.summary.finished.append((trial, rest[1]))
+            self.lost_in_a_row = 0
+            self.reporter.trial_finished(trial, worker.slot, rest[1])
+            self._feed(worker)
+        elif kind == "failed":
+            self._failed(worker, rest[1], rest[2])
+            self._feed(worker)
+        elif kind == "killed":
+            worker.trial = None
+
+    def _failed(self, worker, reason: str, error: str) -> None:
+        self.summary.failed.append((worker.trial, reason, error))
+        self.reporter.trial_failed(worker.trial, worker.slot, reason, error)
+
+    def _check_dead(self) -> None:
+        dead = self.pool.dead()
+        if not dead:
+            return
+        for event in self.pool.drain():  # what a worker said just before it died still counts
+            self._handle(event)
+        for worker in self.pool.dead():
+            if worker.trial is not None:
+                self._record_lost(worker)
+            if not self.pending and worker.trial is None:
+                worker.stopping = True  # nothing left for a new worker to do
+                continue
+            self.lost_in_a_row += 1
+            fresh = self.pool.replace(worker)
+            if self.lost_in_a_row > MAX_LOST_IN_A_ROW * len(self.pool.workers):
+                self._give_up(fresh)
+            else:
+                self._feed(fresh)
+
+    def _record_lost(self, worker) -> None:
+        trial, code = worker.trial, worker.process.exitcode
+        error = f"the worker process died (exit code {code}) while training this trial"
+        run_id = worker.run_id or self.tracker.start_trial(
+            self.summary.experiment_id, self.summary.parent_run_id, trial, {"device": worker.slot.device}
+        )
+        self.tracker.finish(run_id, "FAILED", error=error, reason=WORKER_LOST)
+        self._failed(worker, WORKER_LOST, error)
+        worker.trial = None
+
+    def _give_up(self, worker) -> None:
+        """Workers keep dying before they finish anything: fail what is left rather than loop forever."""
+        for trial in self.pending:
+            self.summary.failed.append((trial, WORKER_LOST, "not run: workers kept dying"))
+        self.pending.clear()
+        self.pool.give(worker, None)
+
+    def _stop_running(self) -> None:
+        """Ctrl-C: hand out nothing more; running trials end as KILLED (by their workers, else here)."""
+        self.pending.clear()
+        self.pool.interrupt()
+        deadline = time.monotonic() + 20
+        try:
+            while self.pool.busy() and time.monotonic() < deadline:
+                event = self.pool.next_event(timeout=0.2)
+                if event is not None:
+                    self._handle(event)
+                for worker in self.pool.dead():
+                    for event in self.pool.drain():
+                        self._handle(event)
+                    if worker.trial is not None and worker.run_id:
+                        self._mark_killed(worker)
+                    worker.trial, worker.stopping = None, True
+        except KeyboardInterrupt:
+            pass  # a second Ctrl-C: stop waiting
+        for worker in self.pool.busy():
+            worker.process.terminate()
+            if worker.run_id:
+                self._mark_killed(worker)
+            worker.trial = None
+
+    def _mark_killed(self, worker) -> None:
+        run = self.tracker.client.get_run(worker.run_id)
+        if run.info.status == "RUNNING":
+            self.tracker.finish(worker.run_id, "KILLED", error="interrupted (Ctrl-C)", reason="interrupted")
 
 
 def _close_parent(tracker: Tracker, summary: RunSummary) -> None:
@@ -167,6 +276,7 @@ def _close_parent(tracker: Tracker, summary: RunSummary) -> None:
         "trials_failed": str(len(summary.failed)),
         "trials_skipped": str(summary.skipped),
         "wall_seconds": f"{summary.wall_seconds:.1f}",
+        "workers": str(len(summary.slots)),
     }
     for key, value in counts.items():
         tracker.client.set_tag(summary.parent_run_id, key, value)

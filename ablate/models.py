@@ -70,14 +70,18 @@ def _cnn(spec: CNNModel, dataset: DatasetInfo) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _custom(spec: CustomModel) -> nn.Module:
-    """The user's factory called with the table's other keys; it must return an nn.Module."""
+def _factory(spec: CustomModel):
     module_name, function = spec.factory.split(":")
     module = importlib.import_module(module_name)
     factory = getattr(module, function, None)
     if not callable(factory):
         raise AttributeError(f"module '{module_name}' has no function '{function}'")
-    model = factory(**spec.kwargs)
+    return factory
+
+
+def _custom(spec: CustomModel, factory=None) -> nn.Module:
+    """The user's factory called with the table's other keys; it must return an nn.Module."""
+    model = (factory or _factory(spec))(**spec.kwargs)
     if not isinstance(model, nn.Module):
         raise TypeError(f"{spec.factory} returned {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -85,8 +89,9 @@ def _custom(spec: CustomModel) -> nn.Module:
 
 def custom_size(spec: CustomModel, dataset: DatasetInfo) -> int:
     """Parameter count of a custom model, built on the meta device (no memory, no compute) and shape-checked."""
+    factory = _factory(spec)  # imported outside the meta device: its module-level tensors must be real ones
     with torch.device("meta"):
-        model = _custom(spec)
+        model = _custom(spec, factory)
         scores = model(torch.empty(2, *dataset.shape))
     if tuple(scores.shape) != (2, dataset.classes):
         raise ValueError(

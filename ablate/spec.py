@@ -156,7 +156,9 @@ class CosineSchedule:
 @dataclass(frozen=True)
 class OneCycleSchedule:
     kind: Literal["onecycle"] = option(
-        "onecycle", "OneCycleLR peaking at `train.lr`, stepped per batch (momentum or Adam's beta1 cycles too, as in torch)."
+        "onecycle",
+        "OneCycleLR peaking at `train.lr`, stepped per batch; as in torch, SGD's momentum (unless 0) or Adam's beta1 "
+        "cycles between 0.85 and 0.95.",
     )
     pct_start: float = option(0.3, "Fraction of the steps spent increasing the rate.", fraction_below_one)
     div_factor: float = option(25.0, "Initial rate = `train.lr` / div_factor.", above(0.0))
@@ -343,6 +345,22 @@ class TrialSettings:
 
 
 @dataclass(frozen=True)
+class ExecutionSettings:
+    """Where and how many trials run at once; never part of a trial's identity (results do not depend on it)."""
+
+    devices: Literal["auto", "cpu"] | tuple[int, ...] = option(
+        "auto", "`auto`: every visible CUDA GPU, else the CPU; `cpu`; or a list of GPU indices such as [0, 2].",
+    )
+    workers_per_device: int | None = option(
+        None,
+        "Worker processes per device, each training one trial at a time; unset: 1 per GPU, and on the CPU one "
+        "per core. CPU workers use one torch thread each, so a result never depends on how many workers ran it.",
+        at_least(1),
+    )
+    max_workers: int | None = option(None, "Upper bound on the worker processes overall; unset: no bound.", at_least(1))
+
+
+@dataclass(frozen=True)
 class Stage:
     """One arm of a study — a ladder stage, an ablation arm or a grid point: its settings, without the seed."""
 
@@ -355,6 +373,7 @@ class Stage:
     train: TrainSettings
     compare_to: int | None = None  # the arm whose settings `changes` are described against
     point: tuple[tuple[str, Any], ...] = ()  # grid: (axis, value as written) of this point
+    source: str = ""  # the table it is written in ('stage[2]', 'arm[1]'), '' for the top level: for messages
 
     def settings(self, dataset: str, seed: int) -> TrialSettings:
         return TrialSettings(dataset=dataset, seed=seed, data=self.data, model=self.model, train=self.train)
@@ -368,6 +387,7 @@ class Study:
     text: str = field(repr=False)
     axes: tuple[str, ...] = ()  # grid: the axes' setting paths
     excluded: int = 0  # grid: points `[[exclude]]` removed
+    execution: ExecutionSettings = field(default_factory=ExecutionSettings)
 
     @property
     def name(self) -> str:
@@ -454,8 +474,15 @@ def _coerce(value: Any, tp: Any, ctx: _Context, path: str) -> Any:
             raise ctx.error(path, f"{value!r} is not allowed{hint}; allowed: {', '.join(map(repr, allowed))}")
         return value
     if origin in (types.UnionType, typing.Union):
-        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _coerce(value, inner, ctx, path)
+        members = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(members) == 1:
+            return _coerce(value, members[0], ctx, path)
+        for member in members:  # e.g. "auto" or [0, 2]: the first reading that fits
+            try:
+                return _coerce(value, member, ctx, path)
+            except SpecError:
+                continue
+        raise wrong
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise wrong
@@ -526,11 +553,18 @@ def _check_table(
         if extra and (key not in known or key == extra):
             if key == extra and not isinstance(value, dict):
                 raise ctx.error(key_path, f"must be a table, not {value!r}")
-            out.setdefault(extra, {}).update(value if key == extra else {key: value})
+            arguments = value if key == extra else {key: value}
+            for name, argument in arguments.items():
+                if name in out.get(extra, {}):
+                    raise ctx.error(_join(path, name), f"is given twice (as a key and inside `{extra}`)")
+                if not _plain(argument):
+                    raise ctx.error(_join(path, name), f"must be a string, number, boolean, list or table, not {argument!r}")
+            out.setdefault(extra, {}).update(arguments)
             continue
         if key not in known:
             why = _unknown_key(key, cls, what or f"[{path}]", kinds)
-            if kinds and ctx.from_axis(key_path):
+            # Dropped only when another axis set the kind: inside one axis's own table it is the user's mistake.
+            if kinds and ctx.from_axis(key_path) and ctx.at(key_path) != ctx.at(_join(path, "kind")):
                 ctx.dropped.append((key_path, why))
                 continue
             raise ctx.error(key_path, why)
@@ -541,6 +575,17 @@ def _check_table(
             raise ctx.error(key_path, f"{problem} (got {value!r})")
         out[key] = coerced
     return out
+
+
+def _plain(value: Any) -> bool:
+    """A TOML value that JSON can carry (no dates and times): a custom model's keyword arguments are hashed."""
+    if isinstance(value, str | bool | int | float):
+        return True
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(_plain(v) for v in value.values())
+    return False
 
 
 def _build(cls: type, values: dict[str, Any], ctx: _Context, path: str) -> Any:
@@ -595,8 +640,12 @@ def _settle_contradictions(train: TrainSettings, ctx: _Context) -> TrainSettings
             train = replace(train, **{key: off})
             ctx.dropped.append((f"train.{key}", why))
         else:
+            if ctx.at(f"train.{cause}") != f"train.{cause}":  # set somewhere else than the key: say where
+                why += f"; {cause} is set at {ctx.at(f'train.{cause}')}"
             raise ctx.error(f"train.{key}", why)
     schedule = train.schedule
+    if isinstance(schedule, CosineSchedule | WarmupCosineSchedule) and schedule.min_lr > train.lr:
+        raise ctx.error("train.schedule.min_lr", f"must be ≤ train.lr ({train.lr:g}): the schedule decays to it")
     if isinstance(schedule, WarmupCosineSchedule) and schedule.warmup_epochs >= train.epochs:
         raise ctx.error("train.schedule.warmup_epochs", f"must be < train.epochs ({train.epochs}), or no cosine phase is left")
     return train
@@ -638,7 +687,7 @@ def _written(prefix: str) -> Callable[[str], str]:
 # ---------------------------------------------------------------------------- arms: stages, ablation arms
 
 ARM_KEYS = ("name", "description", "reference", "model", "data", "train")
-TOP_KEYS = ("study", "data", "train", "model", "stage", "arm", "grid", "exclude")
+TOP_KEYS = ("study", "data", "train", "model", "stage", "arm", "grid", "exclude", "execution")
 
 
 @dataclass(frozen=True)
@@ -840,6 +889,7 @@ def _expand_grid(
         return _axis_name(owner) if owner else None
 
     stages: list[Stage] = []
+    used: set[str] = set()
     effective: dict[str, set[str]] = {p: set() for p in paths}  # the values of each axis that took effect somewhere
     first_reason: dict[str, str] = {}
     for source in sources:
@@ -857,14 +907,19 @@ def _expand_grid(
                     live.append(f"{short[path]}={_format_label_value(value)}")
             label = " ".join(live) or "base"
             name = label if len(sources) == 1 else f"{source.name} {label}"
+            if name in used:  # two values that print alike (a table spelt two ways): keep arms apart
+                name = f"{name} #{len(stages) + 1}"
+            used.add(name)
             stages.append(
                 Stage(name=name, description=source.description, reference=source.reference, index=len(stages),
-                      data=data, model=model, train=train, compare_to=0, point=point)
+                      data=data, model=model, train=train, compare_to=0, point=point, source=source.where)
             )
     for path, values in grid.axes:
-        if len(effective[path]) < min(2, len(values)):  # at most one of its values ever took effect
-            raise SpecError(file, _axis_name(path), f"has no effect in any grid point: {first_reason[path]}")
-    return stages, excluded
+        surviving = {repr(v) for point in points for p, v in point if p == path}  # what [[exclude]] left
+        if len(effective[path]) < min(2, len(surviving)):  # at most one of its values ever took effect
+            why = first_reason.get(path, "its other values are all excluded by [[exclude]]")
+            raise SpecError(file, _axis_name(path), f"has no effect in any grid point: {why}")
+    return stages, excluded * len(sources)  # each stage loses the same points
 
 
 # ---------------------------------------------------------------------------- study
@@ -892,6 +947,7 @@ def parse_study(text: str, file: str = "<study>") -> Study:
     if "study" not in raw:
         raise SpecError(file, "study", "is required: a [study] table with at least `name`")
     info = _build(StudyInfo, _check_table(raw["study"], StudyInfo, _Context(file), "study"), _Context(file), "study")
+    execution = _coerce(raw.get("execution", {}), ExecutionSettings, _Context(file), "execution")
     top: Layer = ({key: raw[key] for key in SETTING_TABLES if key in raw}, _written(""))
     sources = _arm_sources(raw, info, file)
     dataset = DATASETS[info.dataset]
@@ -899,15 +955,16 @@ def parse_study(text: str, file: str = "<study>") -> Study:
         grid = _parse_grid(raw, file)
         stages, excluded = _expand_grid(grid, sources, top, info, file)
         return Study(info=info, stages=tuple(stages), path=file, text=text,
-                     axes=tuple(p for p, _ in grid.axes), excluded=excluded)
+                     axes=tuple(p for p, _ in grid.axes), excluded=excluded, execution=execution)
     stages = []
     for index, source in enumerate(sources):
         ctx = _Context(file)
         data, model, train = _resolve([top, (source.layer, _written(source.where))], ctx, source.where or "baseline", dataset)
         compare_to = (index - 1 if info.design == "ladder" else 0) if index else None
         stages.append(Stage(name=source.name, description=source.description, reference=source.reference,
-                            index=index, data=data, model=model, train=train, compare_to=compare_to))
-    return Study(info=info, stages=tuple(stages), path=file, text=text)
+                            index=index, data=data, model=model, train=train, compare_to=compare_to,
+                            source=source.where))
+    return Study(info=info, stages=tuple(stages), path=file, text=text, execution=execution)
 
 
 def load_study(path: str | Path) -> Study:
@@ -966,6 +1023,7 @@ def schema_tables() -> dict[str, type]:
     for kind, cls in MODEL_KINDS.items():
         tables[f'[model] kind = "{kind}"'] = cls
     tables['[model] kind = "cnn": each entry of `blocks`'] = ConvBlock
+    tables["[execution]"] = ExecutionSettings
     return tables
 
 

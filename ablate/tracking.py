@@ -16,7 +16,6 @@ import platform
 import subprocess
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -24,10 +23,12 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFL
 
 import ablate
 from ablate.design import Trial
+from ablate.store import sqlite_path
 
 # Tag names, shared with the report.
 STUDY, ROLE, STAGE, STAGE_INDEX, SEED, TRIAL_HASH = "study", "role", "stage", "stage_index", "seed", "trial_hash"
-CHANGES, ARCHITECTURE, ERROR = "changes", "architecture", "error"
+CHANGES, ARCHITECTURE, ERROR, REASON = "changes", "architecture", "error", "reason"
+HOST, PID, PID_START = "host", "pid", "pid_start"  # who runs a parent run: how a later run tells it is gone
 EXPERIMENT_TAG = "ablate.study"
 PLAN_ARTIFACT = "plan.json"  # the full trial list of the spec, on every parent run
 
@@ -35,14 +36,6 @@ PLAN_ARTIFACT = "plan.json"  # the full trial list of the spec, on every parent 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 for noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking", "mlflow.store"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a sqlite:// URI (sqlite:////abs/db → /abs/db; sqlite:///rel.db → rel.db), else None."""
-    parsed = urlparse(uri)
-    if parsed.scheme == "sqlite" and parsed.path not in ("", "/:memory:"):
-        return Path(parsed.path[1:])
-    return None
 
 
 def _artifact_root(uri: str) -> str | None:
@@ -132,10 +125,39 @@ class Tracker:
         now = int(time.time() * 1000)
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
-    def finish(self, run_id: str, status: str = "FINISHED", error: str | None = None) -> None:
-        if error is not None:
-            self.client.log_batch(run_id, tags=[RunTag(ERROR, error[:5000])])
+    def finish(self, run_id: str, status: str = "FINISHED", error: str | None = None, reason: str | None = None) -> None:
+        tags = [RunTag(ERROR, error[:5000])] if error is not None else []
+        if reason is not None:
+            tags.append(RunTag(REASON, reason))
+        if tags:
+            self.client.log_batch(run_id, tags=tags)
         self.client.set_terminated(run_id, status=status)
+
+    # -- runs a dead invocation left behind -------------------------------------------
+
+    def recover_stale(self, experiment_id: str) -> tuple[list[dict[str, str]], set[str]]:
+        """Mark FAILED (reason `interrupted`) the runs an `ablate run` killed with -9 left RUNNING.
+
+        Returns the recovered trials (their tags) and the hashes of trials still running under a live
+        invocation elsewhere (which this one must not start a second time).
+        """
+        parents = self.search(experiment_id, f"tags.{ROLE} = 'parent' and attributes.status = 'RUNNING'")
+        live = {p.info.run_id for p in parents if invocation_alive(p.data.tags)}
+        recovered, elsewhere = [], set()
+        for run in self.search(experiment_id, f"tags.{ROLE} = 'trial' and attributes.status = 'RUNNING'"):
+            tags = run.data.tags
+            if tags.get(MLFLOW_PARENT_RUN_ID) in live:
+                elsewhere.add(tags.get(TRIAL_HASH, ""))
+                continue
+            who = f"pid {tags.get(PID, '?')} on {tags.get(HOST, '?')}"
+            self.finish(run.info.run_id, "FAILED", error=f"left RUNNING by an ablate run that is gone ({who})",
+                        reason="interrupted")
+            recovered.append(tags)
+        for parent in parents:
+            if parent.info.run_id not in live:
+                self.finish(parent.info.run_id, "FAILED", error="this ablate run was killed before it ended",
+                            reason="interrupted")
+        return recovered, elsewhere
 
 
 def environment_tags(folder: Path) -> dict[str, str]:
@@ -146,14 +168,43 @@ def environment_tags(folder: Path) -> dict[str, str]:
         "ablate_version": ablate.__version__,
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
-        "host": platform.node(),
-        "pid": str(os.getpid()),
+        HOST: platform.node(),
+        PID: str(os.getpid()),
+        PID_START: process_start(os.getpid()) or "",
     }
     commit = git_commit(folder)
     if commit:
         tags["git_commit"] = commit
         tags[MLFLOW_GIT_COMMIT] = commit.removesuffix("+dirty")
     return tags
+
+
+def process_start(pid: int) -> str | None:
+    """When a process started (clock ticks since boot, from /proc), so a recycled pid is not taken for it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
+
+
+def invocation_alive(tags: dict[str, str]) -> bool:
+    """Is the process that tagged a parent run still running? Unknown (another host, no pid) counts as alive."""
+    if tags.get(HOST) != platform.node() or not tags.get(PID, "").isdigit():
+        return True
+    pid = int(tags[PID])
+    started = process_start(pid)
+    if started is None:
+        if Path("/proc").is_dir():
+            return False
+        try:  # no /proc (macOS): is the pid in use at all?
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return not tags.get(PID_START) or started == tags[PID_START]
 
 
 def read_plan(tracker: Tracker, run_id: str) -> dict | None:

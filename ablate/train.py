@@ -112,6 +112,8 @@ def make_schedule(optimizer: torch.optim.Optimizer, train: TrainSettings, steps_
             sched.OneCycleLR(
                 optimizer, max_lr=train.lr, total_steps=total, pct_start=s.pct_start,
                 div_factor=s.div_factor, final_div_factor=s.final_div_factor,
+                # torch cycles momentum (Adam's beta1) between 0.85 and 0.95; plain SGD stays plain.
+                cycle_momentum=train.optimizer != "sgd" or train.momentum > 0,
             ),
             per_batch=True,
         )
@@ -186,6 +188,15 @@ class _Step:
     augment_generator: torch.Generator
 
 
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite: the trial stops at once and is recorded FAILED (reason diverged)."""
+
+
+# How often the host looks at the on-device "loss not finite" flag: every step on the CPU (free there),
+# every few steps on a GPU, where each look is a sync that would stall the queue of kernels.
+DIVERGENCE_CHECK_EVERY = {"cpu": 1, "cuda": 25}
+
+
 def _train_epoch(step: _Step, data: DeviceData, batch_size: int, generator) -> tuple[float, float]:
     step.model.train()
     split = data.train
@@ -193,13 +204,18 @@ def _train_epoch(step: _Step, data: DeviceData, batch_size: int, generator) -> t
     order = torch.randperm(len(split), device=device, generator=generator)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    for start in range(0, len(split), batch_size):
+    not_finite = torch.zeros((), device=device, dtype=torch.bool)
+    check_every = DIVERGENCE_CHECK_EVERY.get(device.type, 25)
+    for number, start in enumerate(range(0, len(split), batch_size), 1):
         index = order[start : start + batch_size]
         images, labels = split.images[index], split.labels[index]
         if step.augment.active:
             images = augment_batch(images.float(), step.augment, step.augment_generator)
         logits = step.model(data.normalise(images))
         loss = step.loss_fn(logits, labels)
+        not_finite |= ~torch.isfinite(loss.detach())
+        if number % check_every == 0 and not_finite.item():
+            raise Diverged(f"training loss is not finite at step {number} of the epoch")
         step.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if step.grad_clip is not None:
@@ -209,7 +225,9 @@ def _train_epoch(step: _Step, data: DeviceData, batch_size: int, generator) -> t
         loss_sum += loss.detach() * labels.shape[0]
         correct += (logits.detach().argmax(dim=1) == labels).sum()
     step.schedule.after_epoch()
-    loss, hits = torch.stack([loss_sum, correct.to(loss_sum.dtype)]).tolist()
+    loss, hits, bad = torch.stack([loss_sum, correct.to(loss_sum.dtype), not_finite.to(loss_sum.dtype)]).tolist()
+    if bad:
+        raise Diverged("training loss is not finite")
     return loss / len(split), hits / len(split)
 
 

@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ablate import execute
 from ablate.cli import main
 from tests.conftest import REPO, TINY_STUDY
 
@@ -102,47 +101,21 @@ def test_report_errors_exit_2_and_create_nothing(tiny, store, tmp_path, capsys):
 
 
 def test_failing_trial_is_recorded_and_the_study_goes_on(tiny, store, capsys, monkeypatch):
-    real = execute.train_trial
-
-    def flaky(settings, *args, **kwargs):
-        if settings.model.kind == "mlp" and settings.seed == 1:
-            raise RuntimeError("boom")
-        return real(settings, *args, **kwargs)
-
-    monkeypatch.setattr(execute, "train_trial", flaky)
+    monkeypatch.setenv("ABLATE_TEST_FAULTS", '{"mlp:1": "raise"}')  # inherited by the worker processes
     assert main(["run", str(tiny), "--tracking-uri", store]) == 1
-    assert "FAILED" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "FAILED (error) mlp seed 1" in out
     runs = _runs(store).query("`tags.role` == 'trial'")
     failed = runs[runs["status"] == "FAILED"]
-    assert len(failed) == 1 and failed["tags.error"].iloc[0] == "RuntimeError: boom"
+    assert len(failed) == 1 and failed["tags.error"].iloc[0] == "RuntimeError: injected fault"
+    assert failed["tags.reason"].iloc[0] == "error"
     assert (runs["status"] == "FINISHED").sum() == 3
     artifacts = {a.path for a in MlflowClient(store).list_artifacts(failed["run_id"].iloc[0])}
     assert "traceback.txt" in artifacts
 
-    monkeypatch.setattr(execute, "train_trial", real)
+    monkeypatch.delenv("ABLATE_TEST_FAULTS")
     assert main(["run", str(tiny), "--tracking-uri", store]) == 0
     assert "4 trials: 3 already done, 1 to train" in capsys.readouterr().out
-
-
-def test_ctrl_c_keeps_finished_runs_and_resume_runs_the_rest(tiny, store, capsys, monkeypatch):
-    real, calls = execute.train_trial, []
-
-    def interrupted(settings, *args, **kwargs):
-        calls.append(settings.seed)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(settings, *args, **kwargs)
-
-    monkeypatch.setattr(execute, "train_trial", interrupted)
-    assert main(["run", str(tiny), "--tracking-uri", store]) == 130
-    assert "Resume with: ablate run" in capsys.readouterr().out
-    runs = _runs(store)
-    assert sorted(runs.query("`tags.role` == 'trial'")["status"]) == ["FINISHED", "FINISHED", "KILLED"]
-    assert list(runs.query("`tags.role` == 'parent'")["status"]) == ["KILLED"]
-
-    monkeypatch.setattr(execute, "train_trial", real)
-    assert main(["run", str(tiny), "--tracking-uri", store]) == 0
-    assert "4 trials: 2 already done, 2 to train" in capsys.readouterr().out
 
 
 def test_plan_help_and_schema_never_import_torch_or_mlflow(tiny):

@@ -98,11 +98,13 @@ def test_plan_counts_merged_and_excluded(tmp_path):
     path = tmp_path / "g.toml"
     path.write_text(GRID.replace('"train.init" = ["default", "xavier_uniform"]', '"train.schedule.gamma" = [0.1, 0.5]')
                     + '\n[[exclude]]\n"model.dropout" = 0.5\n"train.schedule" = "cosine"\n')
-    done = subprocess.run([sys.executable, "-m", "ablate", "plan", str(path)], capture_output=True, text=True, cwd=REPO)
+    store = f"sqlite:///{tmp_path / 'none.db'}"
+    done = subprocess.run([sys.executable, "-m", "ablate", "plan", str(path), "--tracking-uri", store],
+                          capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
-    summary = done.stdout.strip().splitlines()[-2:]
-    assert "14 trials: 7 arms × 2 seeds" in " ".join(summary)
-    assert "grid of 12 points, 2 excluded by [[exclude]], 3 merged" in " ".join(summary)
+    summary = done.stdout.replace("\n", " ")
+    assert "14 trials: 7 arms × 2 seeds" in summary
+    assert "grid of 12 points, 2 excluded by [[exclude]], 3 merged" in summary
     as_json = subprocess.run([sys.executable, "-m", "ablate", "plan", str(path), "--format", "json"],
                              capture_output=True, text=True, cwd=REPO)
     document = json.loads(as_json.stdout)
@@ -227,3 +229,41 @@ def test_committed_studies_match_their_reference_systems():
     assert len(grid.axes) == 4 and len(grid.stages) >= 2 * 2 * 2 * 3
     classics = {t.stage: t for t in expand(load_study(REPO / "studies" / "classics.toml"))}
     assert classics["V2"].params_count == 7_740 and classics["V1"].settings.model.output_activation == "relu"
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "needle"),
+    [
+        # [[exclude]] leaves an axis with a single value that means nothing
+        ('"train.optimizer" = ["adam", "sgd"]\n"train.momentum" = [0.0, 0.9]\n[[exclude]]\n"train.optimizer" = "sgd"',
+         'grid."train.momentum"', "has no effect in any grid point: applies only to optimizer 'sgd'"),
+        # every value resolves to the same settings (a model-level dropout the blocks override)
+        ('"model.dropout" = [0.0, 0.5]', 'grid."model.dropout"', "every value resolves to the same settings"),
+        # a contradiction inside one axis value is the user's, not a no-op
+        ('"train.schedule" = [{ kind = "constant", gamma = 0.5 }, "cosine"]', 'grid."train.schedule"',
+         "applies only to schedule kinds"),
+    ],
+)
+def test_axes_without_effect_or_with_contradictions(text, path, needle):
+    model = '[model]\nkind = "cnn"\nblocks = [{ out = 4, dropout = 0.1 }, { out = 4, dropout = 0.1 }]\n'
+    study = f'[study]\nname = "g"\ndesign = "grid"\n{model}[grid]\n{text}\n'
+    with pytest.raises(SpecError) as info:
+        expand(parse_study(study, "bad.toml"))
+    assert info.value.path == path and needle in str(info.value), str(info.value)
+
+
+def test_plan_counts_points_per_stage():
+    text = GRID.replace('"train.init" = ["default", "xavier_uniform"]\n', "") + """
+[[exclude]]
+"model.dropout" = 0.5
+"train.schedule" = "cosine"
+
+[[stage]]
+name = "narrow"
+
+[[stage]]
+name = "wide"
+model = { hidden = [128] }
+"""
+    study = parse_study(text)
+    assert study.excluded == 2 and len(study.stages) == 2 * (6 - 1)

@@ -251,3 +251,26 @@ def test_cli_imports_a_factory_beside_the_study(tmp_path):
     done = subprocess.run([sys.executable, "-m", "ablate", "plan", str(study)], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert f"{784 * 5 + 5 + 5 * 10 + 10:,}" in done.stdout
+
+
+def test_more_contradictions():
+    for train, path, needle in [
+        ('lr = 0.001\nschedule = { kind = "cosine", min_lr = 0.5 }', "train.schedule.min_lr", "must be ≤ train.lr"),
+    ]:
+        with pytest.raises(SpecError) as info:
+            parse_study(SMALL.format(train=train, model='{ kind = "mlp" }'), "bad.toml")
+        assert info.value.path == path and needle in str(info.value)
+    twice = '{ kind = "custom", factory = "tests.custom_models:tiny_net", width = 8, kwargs = { width = 9 } }'
+    with pytest.raises(SpecError, match="is given twice"):
+        parse_study(SMALL.format(train="", model=twice))
+    dated = '{ kind = "custom", factory = "tests.custom_models:tiny_net", width = 1979-05-27 }'
+    with pytest.raises(SpecError, match="must be a string, number"):
+        parse_study(SMALL.format(train="", model=dated))
+
+
+def test_onecycle_leaves_plain_sgd_plain():
+    settings = _settings('optimizer = "sgd"\nschedule = "onecycle"')
+    model = torch.nn.Linear(2, 2)
+    optimizer = make_optimizer(model, settings.train)
+    make_schedule(optimizer, settings.train, 4)
+    assert optimizer.param_groups[0]["momentum"] == 0.0

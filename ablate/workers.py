@@ -1,0 +1,328 @@
+"""Worker processes: each bound to one device for its life, fed one trial at a time by the parent.
+
+The parent hands a trial to a worker only when the worker is idle, so it always knows which
+trial each worker holds: when a worker dies (kill -9, a segfault, the OOM killer) that trial
+is recorded FAILED with reason `worker-lost`, a fresh worker takes the slot, and the other
+workers never notice. (joblib's loky executor treats one dead worker as a broken pool and
+terminates the others mid-trial, which is why ablate supervises its own processes; joblib
+supplies the core count, which honours cgroup CPU limits.)
+
+A worker logs its own trials to MLflow as child runs of the parent run, with an explicit
+run id, and reports progress to the parent as small events on a queue; the worker loop takes
+only picklable inputs, so it can later run under a cluster engine or on other machines.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import multiprocessing
+import os
+import queue
+import signal
+import sys
+import traceback
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ablate.design import Trial
+from ablate.errors import AblateError
+
+# Failure reasons, recorded as the `reason` tag of a FAILED (or KILLED) run.
+ERROR, DIVERGED, OOM, WORKER_LOST, INTERRUPTED = "error", "diverged", "oom", "worker-lost", "interrupted"
+
+# Test-only fault injection: {"<stage>:<seed>": "raise" | "nan" | "oom" | "kill" | "slow"} as JSON.
+FAULTS_ENV = "ABLATE_TEST_FAULTS"
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One worker's place: its index, its device ('cpu' or 'cuda:N') and its torch CPU threads."""
+
+    index: int
+    device: str
+    threads: int
+
+
+def plan_slots(
+    devices: str | tuple[int, ...], workers_per_device: int | None, max_workers: int | None, cuda_count: int,
+    cpu_cores: int,
+) -> list[Slot]:
+    """Worker slots for the devices asked for and the devices visible.
+
+    `auto` is every visible GPU, else the CPU. Slots go round-robin over the devices, so a
+    `max_workers` below the total still spreads over every GPU. A CPU worker uses one torch
+    thread — float sums in another order would make a result depend on the worker count —
+    and by default there is one per core; GPU workers share the cores out between them.
+    """
+    if devices == "cpu" or (devices == "auto" and cuda_count == 0):
+        names = ["cpu"]
+    elif devices == "auto":
+        names = [f"cuda:{i}" for i in range(cuda_count)]
+    else:
+        missing = [i for i in devices if i >= cuda_count]
+        if missing:
+            visible = f"{cuda_count} visible" if cuda_count else "none visible"
+            raise AblateError(f"devices {list(devices)}: there is no GPU {missing[0]} here ({visible})")
+        names = [f"cuda:{i}" for i in dict.fromkeys(devices)]
+    on_cpu = names == ["cpu"]
+    per_device = workers_per_device or (cpu_cores if on_cpu else 1)
+    count = len(names) * per_device
+    if max_workers is not None:
+        count = min(count, max_workers)
+    threads = 1 if on_cpu else max(1, cpu_cores // count)
+    return [Slot(index=k, device=names[k % len(names)], threads=threads) for k in range(count)]
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything a worker needs besides its slot and its trials; picklable."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    env_tags: dict[str, str]
+    data_dir: str
+    import_paths: tuple[str, ...]  # where custom model factories are found
+    parent_pid: int
+    parent_start: str | None = None  # the parent's start time, so a recycled pid is not taken for it
+    faults: dict[str, str] = field(default_factory=dict)
+
+
+def faults_from_env() -> dict[str, str]:
+    raw = os.environ.get(FAULTS_ENV)
+    return json.loads(raw) if raw else {}
+
+
+# ---------------------------------------------------------------------------- inside a worker
+
+
+class Orphaned(Exception):
+    """The parent process is gone (killed): stop, record the trial as interrupted, exit."""
+
+
+def worker_main(slot: Slot, config: WorkerConfig, tasks, events) -> None:
+    """A worker's life: set up its device once, then train trials until told to stop."""
+    import torch
+
+    from ablate.tracking import Tracker
+
+    torch.set_num_threads(slot.threads)
+    sys.path[:0] = [p for p in config.import_paths if p not in sys.path]
+    device = torch.device(slot.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    tracker = Tracker(config.tracking_uri)
+    events.put(("ready", slot.index, os.getpid()))
+    while True:
+        try:
+            trial = tasks.get(timeout=1.0)
+        except queue.Empty:
+            if _orphaned(config):
+                return
+            continue
+        if trial is None:
+            return
+        try:
+            _run_one(trial, slot, config, tracker, device, events)
+        except (KeyboardInterrupt, Orphaned):
+            return
+
+
+def _run_one(trial: Trial, slot: Slot, config: WorkerConfig, tracker, device, events) -> None:
+    from ablate import data as datasets
+    from ablate.train import train_trial
+
+    run_id = tracker.start_trial(config.experiment_id, config.parent_run_id, trial, {
+        **config.env_tags, "device": slot.device, "worker": str(slot.index), "pid": str(os.getpid()),
+    })
+    events.put(("started", slot.index, trial.hash, run_id))
+    fault = config.faults.get(f"{trial.stage}:{trial.seed}")
+    settings = trial.settings
+    if fault == "nan":  # an infinite learning rate: the loss is NaN within a few steps
+        settings = replace(settings, train=replace(settings.train, lr=math.inf))
+
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        tracker.log_metrics(run_id, metrics, step=epoch)
+        events.put(("epoch", slot.index, trial.hash, epoch, metrics["val_accuracy"]))
+        if _orphaned(config):
+            raise Orphaned()
+        _inject(fault, epoch)
+
+    try:
+        dataset = datasets.load(settings.dataset, settings.data, Path(config.data_dir), device)
+        result = train_trial(settings, dataset, device, on_epoch)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the bookkeeping short
+        tracker.finish(run_id, "KILLED", error="interrupted (Ctrl-C)", reason=INTERRUPTED)
+        events.put(("killed", slot.index, trial.hash))
+        raise
+    except Orphaned:
+        tracker.finish(run_id, "FAILED", error="the ablate run that started this trial is gone", reason=INTERRUPTED)
+        raise
+    except Exception as exc:
+        reason = classify(exc)
+        tracker.client.log_text(run_id, traceback.format_exc(), "traceback.txt")
+        message = f"{type(exc).__name__}: {exc}"
+        tracker.finish(run_id, "FAILED", error=message, reason=reason)
+        _free_memory(device)
+        events.put(("failed", slot.index, trial.hash, reason, message))
+        return
+    tracker.log_metrics(run_id, result.final_metrics(), step=len(result.history))
+    tracker.finish(run_id)
+    events.put(("finished", slot.index, trial.hash, {"test_accuracy": result.test_accuracy,
+                                                       "train_seconds": result.train_seconds}))
+
+
+def _orphaned(config: WorkerConfig) -> bool:
+    """Is the `ablate run` that started this worker gone? (Workers are not its direct children under forkserver.)"""
+    from ablate.tracking import process_start
+
+    started = process_start(config.parent_pid)
+    if started is not None or config.parent_start is not None:
+        return started != config.parent_start
+    try:
+        os.kill(config.parent_pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def classify(exc: BaseException) -> str:
+    """The `reason` of a failed trial: diverged, oom or error."""
+    import torch
+
+    from ablate.train import Diverged
+
+    if isinstance(exc, Diverged):
+        return DIVERGED
+    if isinstance(exc, torch.cuda.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc)):
+        return OOM
+    return ERROR
+
+
+def _free_memory(device) -> None:
+    """Drop what the failed trial held, so the worker's next trial starts with the device's memory free."""
+    import torch
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _inject(fault: str | None, epoch: int) -> None:
+    """Test-only faults, fired at the end of the first epoch (after the trial's run exists)."""
+    if fault is None or epoch != 1:
+        return
+    import time
+
+    import torch
+
+    if fault == "raise":
+        raise RuntimeError("injected fault")
+    if fault == "oom":
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+    if fault == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if fault == "slow":
+        time.sleep(float(os.environ.get("ABLATE_TEST_SLOW_SECONDS", "30")))
+
+
+# ---------------------------------------------------------------------------- the parent's side
+
+
+def _context():
+    """Workers fork from a server process that has imported torch, MLflow and ablate once (a worker starts in a
+    fraction of a second instead of seconds); the server never touches CUDA, so forking it is safe. Where there is
+    no forkserver, workers spawn."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["ablate.workers", "ablate.train", "ablate.tracking", "ablate.data"])
+    return context
+
+
+@dataclass
+class _Worker:
+    slot: Slot
+    process: Any
+    tasks: Any
+    trial: Trial | None = None
+    run_id: str | None = None
+    stopping: bool = False
+
+
+class Pool:
+    """Start one process per slot and feed them trials; report what happens through `on_event`."""
+
+    def __init__(self, slots: list[Slot], config: WorkerConfig):
+        self.context = _context()
+        self.config = config
+        self.events = self.context.Queue()
+        self.workers = {slot.index: self._start(slot) for slot in slots}
+
+    def _start(self, slot: Slot) -> _Worker:
+        tasks = self.context.Queue()
+        process = self.context.Process(
+            target=worker_main, args=(slot, self.config, tasks, self.events), name=f"ablate-worker-{slot.index}",
+            daemon=True,
+        )
+        process.start()
+        return _Worker(slot, process, tasks)
+
+    def give(self, worker: _Worker, trial: Trial | None) -> None:
+        worker.trial, worker.run_id = trial, None
+        worker.tasks.put(trial)
+        worker.stopping = trial is None
+
+    def busy(self) -> list[_Worker]:
+        return [w for w in self.workers.values() if w.trial is not None]
+
+    def idle(self) -> list[_Worker]:
+        return [w for w in self.workers.values() if w.trial is None and not w.stopping]
+
+    def next_event(self, timeout: float):
+        try:
+            return self.events.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def drain(self) -> list:
+        found = []
+        while (event := self.next_event(0.0)) is not None:
+            found.append(event)
+        return found
+
+    def dead(self) -> list[_Worker]:
+        return [w for w in self.workers.values() if not w.process.is_alive() and not w.stopping]
+
+    def replace(self, worker: _Worker) -> _Worker:
+        """A fresh process for a dead worker's slot."""
+        worker.process.join(timeout=1)
+        fresh = self._start(worker.slot)
+        self.workers[worker.slot.index] = fresh
+        return fresh
+
+    def interrupt(self) -> None:
+        """Ctrl-C reaches workers through the terminal; a signal sent to the parent alone is passed on."""
+        for worker in self.busy():
+            if worker.process.is_alive():
+                try:
+                    os.kill(worker.process.pid, signal.SIGINT)
+                except ProcessLookupError:
+                    pass
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        for worker in self.workers.values():
+            if worker.process.is_alive() and not worker.stopping:
+                worker.tasks.put(None)
+                worker.stopping = True
+        for worker in self.workers.values():
+            worker.process.join(timeout=timeout)
+            if worker.process.is_alive():
+                worker.process.terminate()
+                worker.process.join(timeout=2)
