@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="worker processes per device (CPU: the number of CPU workers); overrides [execution]")
     run.add_argument("--max-workers", type=_positive, default=None, metavar="N",
                      help="at most N worker processes overall; overrides [execution]")
+    run.add_argument("--storage", default=None, metavar="URL|FILE",
+                     help="search studies: the Optuna storage, an RDB URL (postgresql://…) or a journal file "
+                     "(default: optuna-journal.log beside the MLflow store)")
     run.set_defaults(func=cmd_run)
 
     plan = commands.add_parser(
@@ -128,6 +131,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     study = load_study(args.study)
     _make_factories_importable(study.path)
+    if study.search is not None:
+        return _plan_search(study, args.format)
     design = expand_design(study)
     uri = args.tracking_uri or _default_uri()
     statuses = trial_statuses(uri, study.name)
@@ -180,6 +185,42 @@ def cmd_plan(args: argparse.Namespace) -> int:
         order = ["done", "failed", "killed", "running", "to do"]
         parts = [f"{counts[k]} {k}" for k in order if k in counts]
         console.print(f"Against {uri}: {', '.join(parts)}; `ablate run` trains every trial not done.", markup=False)
+    return 0
+
+
+def _plan_search(study, fmt: str) -> int:
+    """A search has no fixed trial list: show the space, the budget and the confirm phase."""
+    from ablate.spec import _format_label_value
+
+    spec = study.search
+    rows = []
+    for entry in spec.space:
+        if entry.kind == "categorical":
+            values = ", ".join(entry.labels)
+        else:
+            values = f"{entry.low:g} … {entry.high:g}" + (" (log)" if entry.log else "") + (f" step {entry.step:g}" if entry.step else "")
+        when = "; ".join(f"{p} = {' or '.join(_format_label_value(x) for x in v)}" for p, v in entry.when)
+        rows.append({"setting": entry.path, "kind": entry.kind, "values": values, "when": when})
+    s = spec.settings
+    budget = (f"{s.trials} trials" if s.trials else "no trial limit") + (f", at most {s.timeout:g} s" if s.timeout else "")
+    direction = "maximize" if s.maximize else "minimize"
+    summary = (f"search: {budget} ({s.sampler} sampler seeded {s.seed}, {s.pruner} pruner), {direction} {s.objective}, "
+               f"seed {spec.seeds[0]}; then the top {s.confirm_top} re-trained on seeds "
+               f"{', '.join(map(str, spec.confirm_seeds))} ({s.confirm_top * len(spec.confirm_seeds)} trials)")
+    if fmt == "json":
+        print(json.dumps({"study": study.name, "design": "search", "space": rows, "summary": summary}, indent=2, default=str))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{study.name}: search space", title_justify="left")
+    for column in ("setting", "kind", "values", "when"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row.values())
+    console = Console(highlight=False, width=None if Console().is_terminal else 240)
+    console.print(table)
+    console.print(summary, markup=False)
     return 0
 
 
@@ -243,8 +284,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     console = reporter.console
     console.print(f"study [bold]{study.name}[/] ({args.study}), tracking {uri}")
     try:
-        summary = run_study(study, trials, Tracker(uri), data_dir, execution, reporter, command=args.command_line,
-                            import_paths=import_paths)
+        if study.search is not None:
+            from ablate.execute import run_search
+            from ablate.search import default_storage
+
+            storage = args.storage or default_storage(uri)
+            summary = run_search(study, Tracker(uri), data_dir, execution, reporter, storage,
+                                 command=args.command_line, import_paths=import_paths)
+        else:
+            summary = run_study(study, trials, Tracker(uri), data_dir, execution, reporter,
+                                command=args.command_line, import_paths=import_paths)
     finally:
         reporter.close()
     if summary.recovered:
@@ -261,6 +310,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     if not summary.finished and not summary.failed:
         console.print(f"All {summary.total} trials already done: nothing to train.")
+    if study.search is not None and not build(uri, study.name)[0].runs.shape[0]:
+        console.print("No configuration finished the search, so nothing was confirmed.")
+        _print_failures(console, summary.failed)
+        return EXIT_FAILED_TRIALS if summary.failed else 0
     else:
         console.print(
             f"Trained {len(summary.finished)} trials in {summary.wall_seconds:.0f} s on {len(summary.slots)} worker(s); "
@@ -286,7 +339,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     fmt = args.format or (Path(args.out).suffix.lstrip(".") if args.out else "md")
     if fmt not in ("md", "csv", "json"):
         raise AblateError(f"--out {args.out}: cannot tell the format from '.{fmt}'; pass --format md, csv or json")
-    text = render(build(args.tracking_uri or _default_uri(), args.study), fmt)
+    figures = Path(args.out).resolve().parent if args.out else None
+    text = render(build(args.tracking_uri or _default_uri(), args.study, figures), fmt)
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

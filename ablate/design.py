@@ -89,20 +89,39 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def describe_changes(previous: Stage | None, stage: Stage) -> str:
-    """The settings an arm changes relative to the one it is compared with, e.g. 'train.loss=cross_entropy'."""
+def describe_changes(previous: Stage | None, stage: Stage, architecture: str = "") -> str:
+    """The settings an arm changes relative to the one it is compared with, e.g. 'train.loss=cross_entropy'.
+
+    A change of model kind or of conv blocks reads as the new architecture, not as a dump of every block.
+    """
     if previous is None:
         return "baseline"
     before = flatten(previous.settings("", 0).to_dict())
     after = flatten(stage.settings("", 0).to_dict())
-    changed = []
+    structural = any(
+        before.get(key) != after.get(key) for key in ("model.kind", "model.blocks", "model.factory", "model.kwargs")
+    )
+    changed = [f"model={architecture}"] if structural and architecture else []
+    new_schedule = before.get("train.schedule.kind") != after.get("train.schedule.kind")
+    if new_schedule:
+        changed.append(f"train.schedule={_kinded(stage.train.schedule)}")
     for key, value in after.items():
+        if (structural and architecture and key.startswith("model.")) or (new_schedule and key.startswith("train.schedule.")):
+            continue
         if key in before and before[key] == value:
             continue
-        if key not in before and (not value or value in ("none", "default")):
+        if key not in before and (value is None or not value or value in ("none", "default")):
             continue  # a new model kind's switch left off (dropout 0, batchnorm false) changes nothing
         changed.append(f"{key}={format_value(value)}")
     return ", ".join(changed) or "nothing (same settings)"
+
+
+def _kinded(table: Any) -> str:
+    """A kinded table as one word plus what differs from its defaults: 'onecycle', 'step(step_size=15)'."""
+    values = identity(table)
+    kind = values.pop("kind")
+    inner = ", ".join(f"{k}={format_value(v)}" for k, v in values.items())
+    return f"{kind}({inner})" if inner else kind
 
 
 @dataclass(frozen=True)
@@ -157,7 +176,7 @@ def expand_design(study: Study) -> Design:
         owner[identity] = stage
         params, architecture = _size(stage, study)
         previous = None if stage.compare_to is None else study.stages[stage.compare_to]
-        changes = describe_changes(previous, stage)
+        changes = describe_changes(previous, stage, architecture)
         for seed in study.info.seeds:
             settings = stage.settings(study.info.dataset, seed)
             trials.append(
@@ -179,6 +198,14 @@ def _check_axes_matter(study: Study) -> None:
         if all(len(hashes) == 1 for hashes in groups.values()):
             raise SpecError(study.path, f'grid."{axis}"', "has no effect in any grid point: every value resolves "
                             "to the same settings")
+
+
+def trial_for(study: Study, stage: Stage, seed: int, changes: str = "") -> Trial:
+    """One trial of a stage built outside a fixed design (a searched point, a confirm run)."""
+    params, architecture = _size(stage, study)
+    settings = stage.settings(study.info.dataset, seed)
+    return Trial(study=study.name, stage=stage.name, stage_index=stage.index, seed=seed, settings=settings,
+                 hash=settings_hash(settings), changes=changes, architecture=architecture, params_count=params)
 
 
 def expand(study: Study) -> list[Trial]:

@@ -81,11 +81,11 @@ def plan_slots_for(execution: ExecutionSettings) -> list[Slot]:
                       torch.cuda.device_count(), joblib.cpu_count())
 
 
-def plan_document(study: Study, trials: list[Trial]) -> dict:
+def plan_document(study: Study, trials: list[Trial], arms: tuple | None = None) -> dict:
     """The study's full trial list, logged on each parent run so reports know the current design."""
     stages = {}
     for t in trials:
-        stage = study.stages[t.stage_index]
+        stage = (arms or study.stages)[t.stage_index]
         stages.setdefault(
             t.stage,
             {
@@ -113,6 +113,8 @@ def run_study(
 ) -> RunSummary:
     started = time.perf_counter()
     slots = plan_slots_for(execution)
+    for dataset in {t.settings.dataset for t in trials}:  # bad input stops the run before the store is touched
+        datasets.ensure_files(dataset, data_dir)
     experiment_id = tracker.experiment(study.name)
     recovered, elsewhere = tracker.recover_stale(experiment_id)
     done = tracker.finished_hashes(experiment_id)
@@ -123,20 +125,13 @@ def run_study(
     reporter.start(len(trials), summary.skipped, slots)
     if not todo:
         return summary
-    for dataset in {t.settings.dataset for t in todo}:  # a missing file stops the run before any run is recorded
-        datasets.ensure_files(dataset, data_dir)
     env_tags = environment_tags(Path(study.path).resolve().parent)
     parent_id = tracker.start_parent(
         experiment_id, study.name, Path(study.path), len(trials), {**env_tags, "command": command, "hardware": hardware(slots)}
     )
     summary.parent_run_id = parent_id
     tracker.client.log_dict(parent_id, plan_document(study, trials), PLAN_ARTIFACT)
-    config = WorkerConfig(
-        tracking_uri=tracker.uri, experiment_id=experiment_id, parent_run_id=parent_id,
-        env_tags={k: v for k, v in env_tags.items() if k not in ("pid", "pid_start")} | {"hardware": hardware(slots)},
-        data_dir=str(Path(data_dir).resolve()), import_paths=import_paths, parent_pid=_pid(),
-        parent_start=process_start(_pid()), faults=faults_from_env(),
-    )
+    config = _worker_config(tracker, experiment_id, parent_id, env_tags, slots, data_dir, import_paths)
     _Dispatcher(Pool(slots, config), todo, tracker, reporter, summary).run()
     summary.wall_seconds = time.perf_counter() - started
     _close_parent(tracker, summary)
@@ -149,15 +144,29 @@ def _pid() -> int:
     return os.getpid()
 
 
+def _worker_config(
+    tracker: Tracker, experiment_id: str, parent_id: str, env_tags: dict[str, str], slots: list[Slot],
+    data_dir: Path, import_paths: tuple[str, ...],
+) -> WorkerConfig:
+    return WorkerConfig(
+        tracking_uri=tracker.uri, experiment_id=experiment_id, parent_run_id=parent_id,
+        env_tags={k: v for k, v in env_tags.items() if k not in ("pid", "pid_start")} | {"hardware": hardware(slots)},
+        data_dir=str(Path(data_dir).resolve()), import_paths=import_paths, parent_pid=_pid(),
+        parent_start=process_start(_pid()), faults=faults_from_env(),
+    )
+
+
 class _Dispatcher:
     """The parent's loop: hand out trials, react to worker events, notice dead workers, handle Ctrl-C."""
 
-    def __init__(self, pool: Pool, todo: list[Trial], tracker: Tracker, reporter: Reporter, summary: RunSummary):
+    def __init__(self, pool: Pool, todo: list, tracker: Tracker, reporter: Reporter, summary: RunSummary,
+                 timeout: float | None = None):
         self.pool, self.tracker, self.reporter, self.summary = pool, tracker, reporter, summary
-        self.pending = deque(todo)
+        self.pending = deque(todo)  # trials, or search tasks
         self.lost_in_a_row = 0
+        self.deadline = None if timeout is None else time.monotonic() + timeout
 
-    def run(self) -> None:
+    def run(self, shutdown: bool = True) -> None:
         try:
             for worker in self.pool.idle():
                 self._feed(worker)
@@ -170,10 +179,16 @@ class _Dispatcher:
             self.summary.interrupted = True
             self._stop_running()
         finally:
-            self.pool.shutdown()
+            if shutdown or self.summary.interrupted:
+                self.pool.shutdown()
 
     def _feed(self, worker) -> None:
-        self.pool.give(worker, self.pending.popleft() if self.pending else None)
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            self.pending.clear()  # a search's timeout: start nothing new
+        if self.pending:
+            self.pool.give(worker, self.pending.popleft())
+        else:
+            worker.task = worker.trial = None  # idle until the next phase, or until the pool shuts down
 
     def _worker(self, slot_index: int):
         return self.pool.workers[slot_index]
@@ -181,24 +196,25 @@ class _Dispatcher:
     def _handle(self, event: tuple) -> None:
         kind, slot_index, *rest = event
         worker = self._worker(slot_index)
-        trial = worker.trial
-        if kind == "ready" or trial is None or (rest and rest[0] != trial.hash):
-            return  # a worker starting up, or news of a trial this worker no longer holds
+        if kind == "ready" or worker.task is None or (rest and rest[0] != worker.key):
+            return  # a worker starting up, or news of a task this worker no longer holds
         if kind == "started":
             worker.run_id = rest[1]
-            self.reporter.trial_started(trial, worker.slot)
-        elif kind == "epoch":
-            self.reporter.epoch(trial, worker.slot, rest[1], rest[2])
+            if len(rest) > 2:
+                worker.trial = rest[2]  # a search task: the trial the worker drew
+            self.reporter.trial_started(worker.trial, worker.slot)
+        elif kind == "epoch" and worker.trial is not None:
+            self.reporter.epoch(worker.trial, worker.slot, rest[1], rest[2])
         elif kind == "finished":
-            self.summary.finished.append((trial, rest[1]))
+            self.summary.finished.append((worker.trial, rest[1]))
             self.lost_in_a_row = 0
-            self.reporter.trial_finished(trial, worker.slot, rest[1])
+            self.reporter.trial_finished(worker.trial, worker.slot, rest[1])
             self._feed(worker)
         elif kind == "failed":
             self._failed(worker, rest[1], rest[2])
             self._feed(worker)
         elif kind == "killed":
-            worker.trial = None
+            worker.task = worker.trial = None
 
     def _failed(self, worker, reason: str, error: str) -> None:
         self.summary.failed.append((worker.trial, reason, error))
@@ -211,9 +227,9 @@ class _Dispatcher:
         for event in self.pool.drain():  # what a worker said just before it died still counts
             self._handle(event)
         for worker in self.pool.dead():
-            if worker.trial is not None:
+            if worker.task is not None:
                 self._record_lost(worker)
-            if not self.pending and worker.trial is None:
+            if not self.pending:
                 worker.stopping = True  # nothing left for a new worker to do
                 continue
             self.lost_in_a_row += 1
@@ -226,17 +242,19 @@ class _Dispatcher:
     def _record_lost(self, worker) -> None:
         trial, code = worker.trial, worker.process.exitcode
         error = f"the worker process died (exit code {code}) while training this trial"
-        run_id = worker.run_id or self.tracker.start_trial(
-            self.summary.experiment_id, self.summary.parent_run_id, trial, {"device": worker.slot.device}
-        )
-        self.tracker.finish(run_id, "FAILED", error=error, reason=WORKER_LOST)
-        self._failed(worker, WORKER_LOST, error)
-        worker.trial = None
+        if trial is not None:  # a search task that died before drawing its trial has nothing to record
+            run_id = worker.run_id or self.tracker.start_trial(
+                self.summary.experiment_id, self.summary.parent_run_id, trial, {"device": worker.slot.device}
+            )
+            self.tracker.finish(run_id, "FAILED", error=error, reason=WORKER_LOST)
+            self._failed(worker, WORKER_LOST, error)
+        worker.task = worker.trial = None
 
     def _give_up(self, worker) -> None:
         """Workers keep dying before they finish anything: fail what is left rather than loop forever."""
-        for trial in self.pending:
-            self.summary.failed.append((trial, WORKER_LOST, "not run: workers kept dying"))
+        for task in self.pending:
+            if isinstance(task, Trial):
+                self.summary.failed.append((task, WORKER_LOST, "not run: workers kept dying"))
         self.pending.clear()
         self.pool.give(worker, None)
 
@@ -253,16 +271,16 @@ class _Dispatcher:
                 for worker in self.pool.dead():
                     for event in self.pool.drain():
                         self._handle(event)
-                    if worker.trial is not None and worker.run_id:
+                    if worker.task is not None and worker.run_id:
                         self._mark_killed(worker)
-                    worker.trial, worker.stopping = None, True
+                    worker.task, worker.trial, worker.stopping = None, None, True
         except KeyboardInterrupt:
             pass  # a second Ctrl-C: stop waiting
         for worker in self.pool.busy():
             worker.process.terminate()
             if worker.run_id:
                 self._mark_killed(worker)
-            worker.trial = None
+            worker.task = worker.trial = None
 
     def _mark_killed(self, worker) -> None:
         run = self.tracker.client.get_run(worker.run_id)
@@ -282,3 +300,79 @@ def _close_parent(tracker: Tracker, summary: RunSummary) -> None:
         tracker.client.set_tag(summary.parent_run_id, key, value)
     status = "KILLED" if summary.interrupted else ("FAILED" if summary.failed else "FINISHED")
     tracker.finish(summary.parent_run_id, status)
+
+
+def run_search(
+    study: Study, tracker: Tracker, data_dir: Path, execution: ExecutionSettings, reporter: Reporter,
+    storage: str, command: str = "", import_paths: tuple[str, ...] = (),
+) -> RunSummary:
+    """An Optuna search on the workers, then its best configurations re-trained on fresh seeds and tested."""
+    from ablate import search
+    from ablate.spec import resolve_point
+    from ablate.tracking import invocation_alive
+
+    started = time.perf_counter()
+    spec = study.search
+    datasets.ensure_files(study.info.dataset, data_dir)
+    experiment_id = tracker.experiment(study.name)
+    recovered, _ = tracker.recover_stale(experiment_id)
+    base = resolve_point(study, ())
+    optuna_study = search.open_study(spec, storage, study.name, base.train.epochs)  # created before any worker
+    search.recover_stale(optuna_study, invocation_alive)
+    done = search.finished_count(optuna_study)
+    remaining = (spec.settings.trials - done) if spec.settings.trials else 10_000  # a timeout ends an open count
+    first = len(optuna_study.trials)
+    tasks = [search.SearchTask(first + i, storage, study.path, study.text) for i in range(max(0, remaining))]
+    slots = plan_slots_for(execution)
+    summary = RunSummary(experiment_id, None, total=done + len(tasks), skipped=done, recovered=recovered, slots=slots)
+    reporter.start(summary.total, done, slots)
+    if not tasks:  # the search is complete: only confirm runs may be missing
+        arms, confirm, todo = _confirm_phase(study, optuna_study, tracker, experiment_id)
+        if not todo:
+            summary.total, summary.skipped = summary.total + len(confirm), summary.skipped + len(confirm)
+            return summary
+    env_tags = environment_tags(Path(study.path).resolve().parent)
+    summary.parent_run_id = tracker.start_parent(
+        experiment_id, study.name, Path(study.path), summary.total,
+        {**env_tags, "command": command, "hardware": hardware(slots), "optuna_storage": storage,
+         "optuna_study": study.name},
+    )
+    pool = Pool(slots, _worker_config(tracker, experiment_id, summary.parent_run_id, env_tags, slots, data_dir,
+                                      import_paths))
+    _Dispatcher(pool, tasks, tracker, reporter, summary, timeout=spec.settings.timeout).run(shutdown=False)
+    arms, confirm = (), []
+    if not summary.interrupted:
+        arms, confirm, todo = _confirm_phase(study, optuna_study, tracker, experiment_id)
+        summary.total += len(confirm)
+        summary.skipped += len(confirm) - len(todo)
+        reporter.start(len(confirm), len(confirm) - len(todo), slots)
+        _Dispatcher(pool, todo, tracker, reporter, summary).run(shutdown=False)
+    pool.shutdown()
+    if not summary.interrupted:  # an interrupted search has no confirm arms yet: reports keep the previous plan
+        document = plan_document(study, confirm, arms)
+        document["search"] = {"storage": storage, "study": study.name, "objective": spec.settings.objective,
+                              "trials": spec.settings.trials, "confirm_seeds": list(spec.confirm_seeds)}
+        tracker.client.log_dict(summary.parent_run_id, document, PLAN_ARTIFACT)
+    summary.wall_seconds = time.perf_counter() - started
+    _close_parent(tracker, summary)
+    return summary
+
+
+def _confirm_phase(study: Study, optuna_study, tracker: Tracker, experiment_id: str) -> tuple[tuple, list, list]:
+    """The best distinct configurations as arms, their trials on the confirm seeds, and those not yet finished."""
+    from ablate import search
+    from ablate.design import trial_for
+    from ablate.spec import resolve_point
+
+    spec = study.search
+    best = search.best_points(optuna_study, spec.settings.confirm_top)
+    arms = tuple(
+        resolve_point(study, point, name=f"top{rank} (trial {frozen.number})", index=rank - 1)
+        for rank, (frozen, point) in enumerate(best, 1)
+    )
+    confirm = [
+        trial_for(study, arm, seed, changes=f"search {spec.settings.objective} {frozen.value:.4f}")
+        for arm, (frozen, _) in zip(arms, best) for seed in spec.confirm_seeds
+    ]
+    finished = tracker.finished_hashes(experiment_id)
+    return arms, confirm, [t for t in confirm if t.hash not in finished]

@@ -27,6 +27,8 @@ class ConsoleReporter:
         self.task = None
 
     def start(self, total: int, skipped: int, slots: list[Slot]) -> None:
+        self.close()  # a search starts a second phase (the confirm runs) with its own count
+        self.done = self.failed = 0
         self.total, self.slots = total - skipped, slots
         devices = sorted({s.device for s in slots})
         self.console.print(
@@ -53,10 +55,10 @@ class ConsoleReporter:
     def trial_finished(self, trial: Trial, slot: Slot, outcome: dict[str, float]) -> None:
         self.done += 1
         self._worker(slot, "idle")
-        self._line(
-            f"[green]done[/]  {trial.stage} seed {trial.seed} [dim]{trial.hash}[/]  "
+        result = outcome.get("summary") or (
             f"test acc {100 * outcome['test_accuracy']:.2f}%  ({outcome['train_seconds']:.1f} s, worker {slot.index})"
         )
+        self._line(f"[green]done[/]  {trial.stage} seed {trial.seed} [dim]{trial.hash}[/]  {result}")
 
     def trial_failed(self, trial: Trial, slot: Slot, reason: str, error: str) -> None:
         self.failed += 1

@@ -21,7 +21,8 @@ from ablate.tracking import EXPERIMENT_TAG, ROLE, SEED, STAGE, STAGE_INDEX, TRIA
 METRICS = ("test_accuracy", "test_loss", "val_accuracy", "tested_val_accuracy", "train_seconds", "params_count",
            "epochs_run", "tested_epoch")
 # Heading of the column that says what an arm changes, by design: what each arm is compared with.
-CHANGES_HEADING = {"ladder": "Changes (vs previous stage)", "ablation": "Changes (vs baseline)"}
+CHANGES_HEADING = {"ladder": "Changes (vs previous stage)", "ablation": "Changes (vs baseline)",
+                   "search": "Search result (validation, seed of the search)"}
 
 
 @dataclass
@@ -34,6 +35,7 @@ class StudyReport:
     planned: int  # trials in the latest spec
     excluded: dict[str, int] = field(default_factory=dict)  # status → runs left out
     invocations: list[dict[str, str]] = field(default_factory=list)
+    search: dict | None = None  # a search study: its Optuna trials, importances and history figure
 
 
 def _check_store(uri: str) -> None:
@@ -72,7 +74,7 @@ def _run_rows(runs) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def load_study(tracker: Tracker, study: str) -> StudyReport:
+def load_study(tracker: Tracker, study: str, figures: Path | None = None) -> StudyReport:
     experiment = tracker.client.get_experiment_by_name(study)
     if experiment is None or EXPERIMENT_TAG not in experiment.tags:
         known = study_names(tracker)
@@ -104,7 +106,58 @@ def load_study(tracker: Tracker, study: str) -> StudyReport:
         excluded={str(k): int(v) for k, v in excluded.items()},
         # The invocations that trained the runs in the table, not every run of an older design.
         invocations=[_invocation(r) for r in parents if r.info.run_id in set(latest["parent_run_id"])],
+        search=_search_summary(plan["search"], figures) if plan and plan.get("search") else None,
     )
+
+
+def _search_summary(info: dict, figures: Path | None) -> dict:
+    """The Optuna side of a search study: trial counts, the best trials, importances, the history figure."""
+    import warnings
+
+    import optuna
+
+    from ablate.search import open_storage
+
+    study = optuna.load_study(study_name=info["study"], storage=open_storage(info["storage"]))
+    trials = study.get_trials(deepcopy=False)
+    counts = pd.Series([t.state.name for t in trials]).value_counts().to_dict()
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    best = sorted(complete, key=lambda t: t.value, reverse=reverse)[:10]
+    rows = [{"Optuna trial": t.number, info["objective"]: f"{t.value:.4f}",
+             **{k: (f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in t.params.items()}} for t in best]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "few trials in some regime": the table is still the best estimate
+            importances = optuna.importance.get_param_importances(study)
+    except (ValueError, RuntimeError):  # too few complete trials, or a single-valued space
+        importances = {}
+    figure = None
+    if figures is not None and complete:
+        figure = figures / f"{info['study']}-history.png"
+        _history_figure(study, figure)
+    return {"counts": counts, "best": pd.DataFrame(rows), "importances": importances, "figure": figure,
+            "objective": info["objective"], "storage": info["storage"]}
+
+
+def _history_figure(study, path: Path) -> None:
+    import warnings
+
+    import matplotlib
+    import optuna
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization.matplotlib import plot_optimization_history
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        axes = plot_optimization_history(study)
+    axes.figure.set_size_inches(8, 4.5)
+    axes.figure.tight_layout()
+    axes.figure.savefig(path, dpi=120)
+    plt.close(axes.figure)
 
 
 def _invocation(run) -> dict[str, str]:
@@ -191,7 +244,7 @@ def markdown_table(report: StudyReport) -> str:
                 _fmt(m, 2) + (f" ± {_fmt(s, 2)}" if not math.isnan(s) else "")
                 for m, s in zip(table["test_accuracy_mean"], table["test_accuracy_std"])
             ],
-            f"Δ vs {first} (pts)": [("—" if i == 0 else _fmt(d, 2, True)) for i, d in enumerate(table["delta_vs_first"])],
+            ("Δ vs first point (pts)" if report.design == "grid" else f"Δ vs {first} (pts)"): [("—" if i == 0 else _fmt(d, 2, True)) for i, d in enumerate(table["delta_vs_first"])],
             "Val acc (%)": table["val_accuracy_mean"].map(lambda v: _fmt(v, 2)),
             "Test loss": table["test_loss_mean"].map(lambda v: _fmt(v, 4)),
             "Train time (s)": table["train_seconds_mean"].map(lambda v: _fmt(v, 1)),
@@ -202,7 +255,7 @@ def markdown_table(report: StudyReport) -> str:
             f"{_fmt(r, 1)} / {_fmt(t, 1)}" for r, t in zip(table["epochs_run_mean"], table["tested_epoch_mean"])
         ])
     if _has_reference(report):
-        shown["Reference (%)"] = table["reference"].map(lambda v: _fmt(v, 1))
+        shown["Reference (%)"] = table["reference"].map(lambda v: "—" if v is None or pd.isna(v) else f"{v:g}")
         shown["Ours − ref (pts)"] = [
             _fmt(m - r, 2, True) if r is not None and not pd.isna(r) else "—"
             for m, r in zip(table["test_accuracy_mean"], table["reference"])
@@ -232,6 +285,24 @@ def _footnote(report: StudyReport) -> str:
     return text
 
 
+def _search_lines(report: StudyReport) -> list[str]:
+    search = report.search
+    counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(search["counts"].items()))
+    lines = [f"### Search ({search['objective']})", "", f"Optuna trials: {counts} (storage `{search['storage']}`).", ""]
+    if len(search["best"]):
+        lines += ["Best trials:", "", search["best"].to_markdown(index=False, disable_numparse=True), ""]
+    if search["importances"]:
+        table = pd.DataFrame({"Setting": list(search["importances"]),
+                              "Importance": [f"{v:.3f}" for v in search["importances"].values()]})
+        lines += ["Parameter importances (optuna.importance.get_param_importances, Optuna's default evaluator):", "",
+                  table.to_markdown(index=False, disable_numparse=True), ""]
+    if search["figure"] is not None:
+        lines += [f"![optimisation history]({search['figure'].name})", ""]
+    lines.append("The arms above are the best configurations, re-trained on fresh seeds and tested; their search "
+                 "result is the validation value of the one search run, the optimistic best-of-N.")
+    return lines
+
+
 def markdown_section(report: StudyReport) -> str:
     lines = [f"## {report.name}", ""]
     if report.description:
@@ -243,6 +314,8 @@ def markdown_section(report: StudyReport) -> str:
         "",
         _footnote(report),
     ]
+    if report.search:
+        lines += ["", *_search_lines(report)]
     if report.excluded:
         left_out = ", ".join(f"{n} {status}" for status, n in sorted(report.excluded.items()))
         lines += ["", f"Left out of the statistics: {left_out} run(s)."]
@@ -281,10 +354,10 @@ def render(reports: list[StudyReport], fmt: str) -> str:
     raise AblateError(f"unknown report format {fmt!r}; allowed: md, csv, json")
 
 
-def build(uri: str, study: str | None = None) -> list[StudyReport]:
+def build(uri: str, study: str | None = None, figures: Path | None = None) -> list[StudyReport]:
     _check_store(uri)
     tracker = Tracker(uri)
     names = [study] if study else study_names(tracker)
     if not names:
         raise AblateError(f"no ablate studies in {uri}; run `ablate run STUDY.toml` first")
-    return [load_study(tracker, name) for name in names]
+    return [load_study(tracker, name, figures) for name in names]

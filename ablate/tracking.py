@@ -102,12 +102,14 @@ class Tracker:
         self.client.log_artifact(run.info.run_id, str(spec_path))
         return run.info.run_id
 
-    def start_trial(self, experiment_id: str, parent_id: str, trial: Trial, env_tags: dict[str, str]) -> str:
+    def start_trial(
+        self, experiment_id: str, parent_id: str, trial: Trial, env_tags: dict[str, str], role: str = "trial"
+    ) -> str:
         tags = {
             MLFLOW_PARENT_RUN_ID: parent_id,
             MLFLOW_RUN_NAME: f"{trial.stage}-s{trial.seed}",
             STUDY: trial.study,
-            ROLE: "trial",
+            ROLE: role,
             STAGE: trial.stage,
             STAGE_INDEX: str(trial.stage_index),
             SEED: str(trial.seed),

@@ -258,9 +258,10 @@ class _EarlyStopper:
 
 
 def train_trial(
-    settings: TrialSettings, data: DeviceData, device: torch.device, on_epoch: EpochCallback | None = None
+    settings: TrialSettings, data: DeviceData, device: torch.device, on_epoch: EpochCallback | None = None,
+    test: bool = True,
 ) -> TrialResult:
-    """Train one trial from its seed; validate every epoch; test once at the end."""
+    """Train one trial from its seed; validate every epoch; test once at the end (a search never tests)."""
     dataset = DATASETS[settings.dataset]
     train = settings.train
     torch.manual_seed(settings.seed)  # initial weights and dropout masks follow the trial's seed
@@ -307,5 +308,6 @@ def train_trial(
     if stopper is not None and stopper.best_state is not None:
         model.load_state_dict(stopper.best_state)
         result.tested_epoch = stopper.best_epoch
-    result.test_loss, result.test_accuracy = evaluate(model, data.test, data, eval_loss)
+    if test:
+        result.test_loss, result.test_accuracy = evaluate(model, data.test, data, eval_loss)
     return result

@@ -19,6 +19,7 @@ import json
 import math
 import multiprocessing
 import os
+import platform
 import queue
 import signal
 import sys
@@ -126,7 +127,10 @@ def worker_main(slot: Slot, config: WorkerConfig, tasks, events) -> None:
         if trial is None:
             return
         try:
-            _run_one(trial, slot, config, tracker, device, events)
+            if isinstance(trial, Trial):
+                _run_one(trial, slot, config, tracker, device, events)
+            else:
+                _run_search_one(trial, slot, config, tracker, device, events)
         except (KeyboardInterrupt, Orphaned):
             return
 
@@ -174,6 +178,91 @@ def _run_one(trial: Trial, slot: Slot, config: WorkerConfig, tracker, device, ev
     tracker.finish(run_id)
     events.put(("finished", slot.index, trial.hash, {"test_accuracy": result.test_accuracy,
                                                        "train_seconds": result.train_seconds}))
+
+
+_PARSED: dict[str, Any] = {}
+
+
+def _run_search_one(task, slot: Slot, config: WorkerConfig, tracker, device, events) -> None:
+    """Ask the shared Optuna storage for a trial, train it with pruning, tell the storage how it went."""
+    import optuna
+
+    from ablate import data as datasets
+    from ablate import search
+    from ablate.design import trial_for
+    from ablate.spec import parse_study, resolve_point
+    from ablate.tracking import process_start
+    from ablate.train import train_trial
+
+    if task.study_text not in _PARSED:
+        _PARSED[task.study_text] = parse_study(task.study_text, task.study_path)
+    study = _PARSED[task.study_text]
+    spec = study.search
+    objective = spec.settings.objective
+    epochs = resolve_point(study, ()).train.epochs
+    optuna_study = search.open_study(spec, task.storage, study.name, epochs, task.index)
+    asked = optuna_study.ask()
+    point = search.suggest(asked, spec.space)
+    for key, value in ((search.POINT_ATTR, [list(p) for p in point]), (search.HOST_ATTR, platform.node()),
+                       (search.PID_ATTR, os.getpid()), (search.PID_START_ATTR, process_start(os.getpid()) or "")):
+        asked.set_user_attr(key, value)
+    trial = trial_for(study, resolve_point(study, point, index=asked.number), spec.seeds[0],
+                      changes=f"Optuna trial {asked.number}")
+    run_id = tracker.start_trial(config.experiment_id, config.parent_run_id, trial, {
+        **config.env_tags, "device": slot.device, "worker": str(slot.index), "pid": str(os.getpid()),
+        "optuna_trial": str(asked.number),
+    }, role="search")
+    asked.set_user_attr(search.RUN_ATTR, run_id)
+    events.put(("started", slot.index, task.key, run_id, trial))
+
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        tracker.log_metrics(run_id, metrics, step=epoch)
+        events.put(("epoch", slot.index, task.key, epoch, metrics["val_accuracy"]))
+        if _orphaned(config):
+            raise Orphaned()
+        asked.report(metrics[objective], epoch)
+        if asked.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+
+    def close(state: str, status: str, **finish) -> None:
+        tracker.client.set_tag(run_id, "optuna_state", state)
+        tracker.finish(run_id, status, **finish)
+
+    try:
+        dataset = datasets.load(trial.settings.dataset, trial.settings.data, Path(config.data_dir), device)
+        result = train_trial(trial.settings, dataset, device, on_epoch, test=False)
+    except optuna.TrialPruned as exc:
+        epoch = int(str(exc).rsplit(" ", 1)[-1])
+        optuna_study.tell(asked, state=optuna.trial.TrialState.PRUNED)
+        tracker.log_metrics(run_id, {"pruned_at_epoch": epoch}, step=epoch)
+        close("PRUNED", "FINISHED")
+        events.put(("finished", slot.index, task.key, {"summary": f"pruned after epoch {epoch}"}))
+        return
+    except (KeyboardInterrupt, Orphaned) as exc:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        asked.set_user_attr(search.INTERRUPTED_ATTR, True)  # its parameters are tried again on resume
+        optuna_study.tell(asked, state=optuna.trial.TrialState.FAIL)
+        optuna_study.enqueue_trial(asked.params, skip_if_exists=False)
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        close("FAIL", status, error="interrupted", reason=INTERRUPTED)
+        if isinstance(exc, KeyboardInterrupt):
+            events.put(("killed", slot.index, task.key))
+        raise
+    except Exception as exc:
+        reason = classify(exc)
+        tracker.client.log_text(run_id, traceback.format_exc(), "traceback.txt")
+        optuna_study.tell(asked, state=optuna.trial.TrialState.FAIL)
+        message = f"{type(exc).__name__}: {exc}"
+        close("FAIL", "FAILED", error=message, reason=reason)
+        _free_memory(device)
+        events.put(("failed", slot.index, task.key, reason, message))
+        return
+    value = result.history[result.tested_epoch - 1][objective]
+    optuna_study.tell(asked, value)
+    final = {k: v for k, v in result.final_metrics().items() if not k.startswith("test_")}
+    tracker.log_metrics(run_id, {**final, "objective": value}, step=len(result.history))
+    close("COMPLETE", "FINISHED")
+    events.put(("finished", slot.index, task.key, {"summary": f"{objective} {value:.4f} (Optuna trial {asked.number})"}))
 
 
 def _orphaned(config: WorkerConfig) -> bool:
@@ -251,9 +340,16 @@ class _Worker:
     slot: Slot
     process: Any
     tasks: Any
+    task: Any = None  # a Trial, or a search task (whose Trial is known once the worker has asked Optuna)
     trial: Trial | None = None
     run_id: str | None = None
     stopping: bool = False
+
+    @property
+    def key(self) -> str | None:
+        if self.task is None:
+            return None
+        return self.task.hash if isinstance(self.task, Trial) else self.task.key
 
 
 class Pool:
@@ -274,16 +370,17 @@ class Pool:
         process.start()
         return _Worker(slot, process, tasks)
 
-    def give(self, worker: _Worker, trial: Trial | None) -> None:
-        worker.trial, worker.run_id = trial, None
-        worker.tasks.put(trial)
-        worker.stopping = trial is None
+    def give(self, worker: _Worker, task) -> None:
+        worker.task, worker.run_id = task, None
+        worker.trial = task if isinstance(task, Trial) else None
+        worker.tasks.put(task)
+        worker.stopping = task is None
 
     def busy(self) -> list[_Worker]:
-        return [w for w in self.workers.values() if w.trial is not None]
+        return [w for w in self.workers.values() if w.task is not None]
 
     def idle(self) -> list[_Worker]:
-        return [w for w in self.workers.values() if w.trial is None and not w.stopping]
+        return [w for w in self.workers.values() if w.task is None and not w.stopping]
 
     def next_event(self, timeout: float):
         try:

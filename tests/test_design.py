@@ -15,7 +15,7 @@ def test_ladder_is_stages_times_seeds_in_order():
     assert [(t.stage, t.seed) for t in trials] == [("linear", 0), ("linear", 1), ("mlp", 0), ("mlp", 1)]
     assert len({t.hash for t in trials}) == 4
     assert trials[0].changes == "baseline"
-    assert trials[2].changes == "model.kind=mlp, model.hidden=[32], model.activation=relu"
+    assert trials[2].changes == "model=mlp 784 → 32 (ReLU) → 10"
 
 
 def test_hash_ignores_key_order_and_stage_name_and_explicit_defaults():

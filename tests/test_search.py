@@ -1,0 +1,179 @@
+"""design = "search": the space, seeded suggestions, pruning, resume, parallel asks, the confirm phase."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import mlflow
+import optuna
+import pandas as pd
+import pytest
+
+from ablate import search
+from ablate.cli import main
+from ablate.errors import SpecError
+from ablate.spec import parse_study, resolve_point
+from ablate.tracking import invocation_alive
+
+SEARCH = """
+[study]
+name = "srch"
+design = "search"
+seeds = [0]
+
+[data]
+val_size = 500
+train_limit = 2000
+test_limit = 500
+
+[model]
+kind = "mlp"
+hidden = [32]
+
+[train]
+epochs = 3
+batch_size = 128
+
+[search]
+trials = {trials}
+startup_trials = 2
+warmup_epochs = 0
+confirm_top = 2
+confirm_seeds = [10, 11]
+
+[search.space]
+"train.lr" = {{ low = 1e-6, high = 1.0, log = true }}
+"model.dropout" = {{ low = 0.0, high = 0.5 }}
+"train.schedule" = ["constant", {{ kind = "step", step_size = 1 }}]
+"train.schedule.gamma" = {{ low = 0.1, high = 0.9, when = {{ "train.schedule" = {{ kind = "step", step_size = 1 }} }} }}
+"""
+
+
+def test_space_parses_ranges_choices_and_conditions():
+    study = parse_study(SEARCH.format(trials=4))
+    lr, dropout, schedule, gamma = study.search.space
+    assert (lr.kind, lr.log, lr.low, lr.high) == ("float", True, 1e-6, 1.0)
+    assert dropout.kind == "float" and schedule.kind == "categorical"
+    assert schedule.labels == ("constant", "step(step_size=1)")
+    assert gamma.when == (("train.schedule", ({"kind": "step", "step_size": 1},)),)
+    assert study.search.confirm_seeds == (10, 11) and study.search.settings.maximize
+    point = resolve_point(study, (("train.lr", 0.01), ("train.schedule", "constant"), ("train.schedule.gamma", 0.5)))
+    assert point.train.lr == 0.01 and point.train.schedule.kind == "constant"
+    assert dict(point.point) == {"train.lr": 0.01, "train.schedule": "constant"}  # gamma meant nothing: dropped
+
+
+def test_default_confirm_seeds_are_fresh():
+    study = parse_study(SEARCH.format(trials=4).replace("confirm_seeds = [10, 11]\n", "").replace("seeds = [0]", "seeds = [3, 5]"))
+    assert study.search.confirm_seeds == (6, 7, 8)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "path", "needle"),
+    [
+        ("low = 1e-6, high = 1.0", "low = 1.0, high = 1e-6", 'search.space."train.lr"', "low must be < high"),
+        ("low = 1e-6, high = 1.0", "low = 0.0, high = 1.0", 'search.space."train.lr".low', "> 0 on a log scale"),
+        ('when = { "train.schedule"', 'when = { "train.schedul"', 'search.space."train.schedule.gamma".when."train.schedul"',
+         "did you mean 'train.schedule'"),
+        ('"model.dropout" = { low', '"model.dropuot" = { low', 'search.space."model.dropuot"', "not a setting"),
+        ('"model.dropout" = { low = 0.0, high = 0.5 }', '"model.activation" = { low = 0, high = 1 }',
+         'search.space."model.activation"', "a range needs a numeric setting"),
+        ('"model.dropout" = { low = 0.0, high = 0.5 }', '"model.dropout" = { low = 0.0, high = 1.5 }',
+         'search.space."model.dropout"', "[0, 1)"),
+        ('"model.dropout" = { low = 0.0, high = 0.5 }', '"train.momentum" = { low = 0.0, high = 0.9 }',
+         'search.space."train.momentum"', "has no effect on the settings"),
+        ("trials = 4", "", "search.trials", "is required (or search.timeout)"),
+        ('sampler' if False else "startup_trials = 2", 'sampler = "tpee"', "search.sampler", "did you mean 'tpe'"),
+    ],
+)
+def test_bad_spaces_are_rejected(old, new, path, needle):
+    text = SEARCH.format(trials=4)
+    assert old in text
+    with pytest.raises(SpecError) as info:
+        parse_study(text.replace(old, new), "bad.toml")
+    assert info.value.path == path and needle in str(info.value), str(info.value)
+
+
+def _drive(storage: str, n: int) -> list[dict]:
+    """Ask and tell as the workers do, one at a time: the suggested parameters in order."""
+    study_spec = parse_study(SEARCH.format(trials=n)).search
+    asked = []
+    for index in range(n):
+        study = search.open_study(study_spec, storage, "srch", epochs=3, index=index)
+        trial = study.ask()
+        point = dict(search.suggest(trial, study_spec.space))
+        asked.append(trial.params)
+        study.tell(trial, -abs(point["train.lr"] - 0.01))  # any deterministic objective
+    return asked
+
+
+def test_same_seed_same_suggestions(tmp_path):
+    first = _drive(str(tmp_path / "a.log"), 6)
+    again = _drive(str(tmp_path / "b.log"), 6)
+    assert first == again and len({json.dumps(p, sort_keys=True) for p in first}) == 6
+    gamma_only_with_step = all(("train.schedule.gamma" in p) == p["train.schedule"].startswith("step") for p in first)
+    assert gamma_only_with_step
+
+
+def test_median_pruner_stops_a_bad_trial():
+    spec = parse_study(SEARCH.format(trials=4).replace("startup_trials = 2", "startup_trials = 1")).search
+    study = optuna.create_study(direction="maximize", pruner=search.make_pruner(spec.settings, epochs=3))
+    good = study.ask()
+    for epoch, value in enumerate([0.8, 0.9, 0.95], 1):
+        good.report(value, epoch)
+    study.tell(good, 0.95)
+    bad = study.ask()
+    bad.report(0.1, 1)
+    assert bad.should_prune()
+
+
+def test_stale_running_trial_is_failed_and_retried(tmp_path):
+    spec = parse_study(SEARCH.format(trials=4)).search
+    study = search.open_study(spec, str(tmp_path / "j.log"), "srch", epochs=3)
+    trial = study.ask()
+    search.suggest(trial, spec.space)
+    for key, value in ((search.HOST_ATTR, os.uname().nodename), (search.PID_ATTR, 2 ** 22 + 7), (search.PID_START_ATTR, "1")):
+        trial.set_user_attr(key, value)
+    assert search.recover_stale(study, invocation_alive) == 1
+    states = [t.state for t in study.get_trials()]
+    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]  # failed, its params enqueued
+    assert search.finished_count(study) == 0  # an interrupted trial does not count towards `trials`
+
+
+def _runs(store: str) -> pd.DataFrame:
+    mlflow.set_tracking_uri(store)
+    return mlflow.search_runs(experiment_names=["srch"])
+
+
+def test_search_runs_prunes_confirms_and_resumes(write_study, tmp_path, capsys):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    study = write_study(SEARCH.format(trials=5))
+    assert main(["run", str(study), "--tracking-uri", store, "--max-workers", "1"]) == 0
+    runs = _runs(store)
+    searched = runs[runs["tags.role"] == "search"]
+    assert len(searched) == 5 and sorted(searched["tags.optuna_trial"].astype(int)) == [0, 1, 2, 3, 4]
+    assert searched["metrics.test_accuracy"].isna().all()  # the search never looks at the test set
+    pruned = searched[searched["tags.optuna_state"] == "PRUNED"]
+    assert len(pruned) >= 1 and (pruned["metrics.pruned_at_epoch"] < 3).all()
+    confirmed = runs[runs["tags.role"] == "trial"]
+    assert len(confirmed) == 4 and set(confirmed["tags.seed"]) == {"10", "11"}
+    assert confirmed["tags.stage"].str.startswith("top").all()
+
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "optuna-journal.log")))
+    loaded = optuna.load_study(study_name="srch", storage=storage)  # the storage ablate wrote, opened by Optuna itself
+    assert len(loaded.trials) == 5
+
+    assert main(["run", str(study), "--tracking-uri", store]) == 0  # nothing left to do
+    assert len(_runs(store)) == len(runs)
+    bigger = write_study(SEARCH.format(trials=7), "more.toml")
+    assert main(["run", str(bigger), "--tracking-uri", store]) == 0  # continues up to 7, two workers
+    searched = _runs(store).query("`tags.role` == 'search'")
+    assert len(searched) == 7 and searched["tags.optuna_trial"].is_unique  # no trial evaluated twice
+    assert len(optuna.load_study(study_name="srch", storage=storage).trials) == 7
+
+    out = tmp_path / "report" / "srch.md"
+    assert main(["report", "--tracking-uri", store, "--study", "srch", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "### Search (val_accuracy)" in text and "Best trials:" in text and "search val_accuracy" in text
+    figure = out.parent / "srch-history.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 5000
