@@ -136,7 +136,7 @@ def _search_summary(info: dict, figures: Path | None) -> dict:
     if figures is not None and complete:
         figure = figures / f"{info['study']}-history.png"
         _history_figure(study, figure)
-    return {"counts": counts, "best": pd.DataFrame(rows), "importances": importances, "figure": figure,
+    return {"counts": counts, "best": pd.DataFrame(rows).fillna("—"), "importances": importances, "figure": figure,
             "objective": info["objective"], "storage": info["storage"]}
 
 

@@ -177,3 +177,15 @@ def test_search_runs_prunes_confirms_and_resumes(write_study, tmp_path, capsys):
     assert "### Search (val_accuracy)" in text and "Best trials:" in text and "search val_accuracy" in text
     figure = out.parent / "srch-history.png"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 5000
+
+
+def test_rdb_storage_url_is_used_as_is(tmp_path):
+    """--storage postgresql://… for several machines; an SQLite URL exercises the same RDB path here."""
+    spec = parse_study(SEARCH.format(trials=4)).search
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert search.open_storage(url) == url
+    study = search.open_study(spec, url, "srch", epochs=3)
+    trial = study.ask()
+    search.suggest(trial, spec.space)
+    study.tell(trial, 0.5)
+    assert len(optuna.load_study(study_name="srch", storage=url).trials) == 1
