@@ -110,7 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--study", default=None, metavar="NAME", help="one study (default: every study in the store)")
     report.add_argument("--out", default=None, metavar="FILE", help="write here instead of standard output")
-    report.add_argument("--format", choices=("md", "csv", "json"), default=None, help="default: from --out's suffix, else md")
+    report.add_argument("--format", choices=("md", "csv", "json", "latex"), default=None,
+                        help="default: from --out's suffix (.md, .csv, .json, .tex), else md")
+    report.add_argument("--metric", choices=("test_accuracy", "val_accuracy", "test_loss", "val_loss"),
+                        default="test_accuracy", help="the primary metric of the statistics (default: test_accuracy)")
+    report.add_argument("--baseline", default=None, metavar="ARM",
+                        help="the arm deltas are taken against (default: a ladder's first stage, an ablation's "
+                        "baseline, a grid's first point, a search's best); needs --study")
+    report.add_argument("--no-figures", action="store_true",
+                        help="skip the PNG figures (written next to --out and logged to the study's parent run)")
+    report.add_argument("--by", default=None, metavar="A,B",
+                        help="add the interaction table of two settings, e.g. --by model.dropout,model.batchnorm")
     report.set_defaults(func=cmd_report)
 
     schema = commands.add_parser(
@@ -336,11 +346,14 @@ def _print_failures(console, failed) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from ablate.report import build, render
 
-    fmt = args.format or (Path(args.out).suffix.lstrip(".") if args.out else "md")
-    if fmt not in ("md", "csv", "json"):
-        raise AblateError(f"--out {args.out}: cannot tell the format from '.{fmt}'; pass --format md, csv or json")
-    figures = Path(args.out).resolve().parent if args.out else None
-    text = render(build(args.tracking_uri or _default_uri(), args.study, figures), fmt)
+    suffix = Path(args.out).suffix.lstrip(".") if args.out else "md"
+    fmt = args.format or {"tex": "latex"}.get(suffix, suffix)
+    if fmt not in ("md", "csv", "json", "latex"):
+        raise AblateError(f"--out {args.out}: cannot tell the format from '.{suffix}'; pass --format md, csv, json or latex")
+    figures = Path(args.out).resolve().parent if args.out and fmt == "md" and not args.no_figures else None
+    by = [b.strip() for b in args.by.split(",")] if args.by else None
+    reports = build(args.tracking_uri or _default_uri(), args.study, figures, args.baseline, args.metric)
+    text = render(reports, fmt, by)
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Protocol
 
 from ablate import data as datasets
+from ablate import sizes
 from ablate.design import Trial
-from ablate.spec import ExecutionSettings, Study
+from ablate.spec import DATASETS, ExecutionSettings, Study
 from ablate.tracking import PLAN_ARTIFACT, Tracker, environment_tags, process_start
 from ablate.workers import WORKER_LOST, Pool, Slot, WorkerConfig, faults_from_env, plan_slots
 
@@ -96,6 +97,7 @@ def plan_document(study: Study, trials: list[Trial], arms: tuple | None = None) 
                 "changes": t.changes,
                 "architecture": t.architecture,
                 "params_count": t.params_count,
+                "macs": sizes.macs(t.settings.model, DATASETS[t.settings.dataset]),
             },
         )
     return {

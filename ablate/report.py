@@ -11,15 +11,19 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from ablate import stats
 from ablate.errors import AblateError, did_you_mean
 from ablate.tracking import EXPERIMENT_TAG, ROLE, SEED, STAGE, STAGE_INDEX, TRIAL_HASH, Tracker, read_plan, sqlite_path
 
-METRICS = ("test_accuracy", "test_loss", "val_accuracy", "tested_val_accuracy", "train_seconds", "params_count",
-           "epochs_run", "tested_epoch")
+METRICS = ("test_accuracy", "test_loss", "val_accuracy", "val_loss", "tested_val_accuracy", "train_seconds",
+           "params_count", "epochs_run", "tested_epoch", "peak_memory_mb")
+TRAIN_SIZE = {"mnist": 60_000}
 # Heading of the column that says what an arm changes, by design: what each arm is compared with.
 CHANGES_HEADING = {"ladder": "Changes (vs previous stage)", "ablation": "Changes (vs baseline)",
                    "search": "Search result (validation, seed of the search)"}
@@ -36,6 +40,10 @@ class StudyReport:
     excluded: dict[str, int] = field(default_factory=dict)  # status → runs left out
     invocations: list[dict[str, str]] = field(default_factory=list)
     search: dict | None = None  # a search study: its Optuna trials, importances and history figure
+    metric: str = "test_accuracy"  # the primary metric of the statistics
+    baseline: int = 0  # the row deltas are taken against
+    parent_run_id: str | None = None  # the latest invocation's parent run: where figures are logged
+    figures: list = field(default_factory=list)  # PNGs written for the markdown to link
 
 
 def _check_store(uri: str) -> None:
@@ -69,12 +77,28 @@ def _run_rows(runs) -> pd.DataFrame:
             "seed": int(tags.get(SEED, 0)),
         }
         row.update({m: metrics.get(m, math.nan) for m in METRICS})
+        row["train_size"] = _train_size(run.data.params)
+        row.update({f"param:{k}": v for k, v in run.data.params.items()})
         rows.append(row)
-    columns = ["run_id", "parent_run_id", "status", "start_time", "trial_hash", "stage", "stage_index", "seed", *METRICS]
-    return pd.DataFrame(rows, columns=columns)
+    columns = ["run_id", "parent_run_id", "status", "start_time", "trial_hash", "stage", "stage_index", "seed", *METRICS,
+               "train_size"]
+    frame = pd.DataFrame(rows)
+    return frame.reindex(columns=columns + sorted(c for c in frame.columns if c.startswith("param:")))
 
 
-def load_study(tracker: Tracker, study: str, figures: Path | None = None) -> StudyReport:
+def _train_size(params: dict[str, str]) -> float:
+    """Training examples per epoch, from the run's params (the split is part of the settings)."""
+    limit = params.get("data.train_limit", "none")
+    if limit not in ("none", ""):
+        return float(limit)
+    total = TRAIN_SIZE.get(params.get("dataset", "mnist"), math.nan)
+    return total - float(params.get("data.val_size", "nan"))
+
+
+def load_study(
+    tracker: Tracker, study: str, figures: Path | None = None, baseline: str | None = None,
+    metric: str = "test_accuracy",
+) -> StudyReport:
     experiment = tracker.client.get_experiment_by_name(study)
     if experiment is None or EXPERIMENT_TAG not in experiment.tags:
         known = study_names(tracker)
@@ -87,6 +111,7 @@ def load_study(tracker: Tracker, study: str, figures: Path | None = None) -> Stu
     plan = next((p for p in (read_plan(tracker, r.info.run_id) for r in parents) if p), None)
     runs = _run_rows(tracker.search(exp_id, f"tags.{ROLE} = 'trial'"))
     if plan is not None:
+        _fill_macs(tracker, parents, plan)
         stage_of = {t["hash"]: t["stage"] for t in plan["trials"]}
         runs = runs[runs["trial_hash"].isin(stage_of)].copy()
         runs["stage"] = runs["trial_hash"].map(stage_of)  # the latest spec's stage names
@@ -100,7 +125,10 @@ def load_study(tracker: Tracker, study: str, figures: Path | None = None) -> Stu
         name=study,
         description=(plan or {}).get("description", ""),
         design=(plan or {}).get("design", "ladder"),
-        table=summarise(latest, stages),
+        table=summarise(latest, stages, _baseline_index(stages, baseline, study), metric),
+        metric=metric,
+        baseline=_baseline_index(stages, baseline, study),
+        parent_run_id=parents[0].info.run_id if parents else None,
         runs=latest.reset_index(drop=True),
         planned=len(plan["trials"]) if plan else len(latest),
         excluded={str(k): int(v) for k, v in excluded.items()},
@@ -108,6 +136,117 @@ def load_study(tracker: Tracker, study: str, figures: Path | None = None) -> Stu
         invocations=[_invocation(r) for r in parents if r.info.run_id in set(latest["parent_run_id"])],
         search=_search_summary(plan["search"], figures) if plan and plan.get("search") else None,
     )
+
+
+def _fill_macs(tracker: Tracker, parents: list, plan: dict) -> None:
+    """Plans logged before MACs were recorded: compute them from the study file the same parent run carries."""
+    if all("macs" in stage for stage in plan["stages"]) or plan.get("search"):
+        return
+    import tempfile
+
+    from ablate.design import expand
+    from ablate.sizes import macs
+    from ablate.spec import DATASETS, load_study
+
+    for parent in parents:
+        files = [a.path for a in tracker.client.list_artifacts(parent.info.run_id) if a.path.endswith(".toml")]
+        if not files:
+            continue
+        with tempfile.TemporaryDirectory() as folder:
+            try:
+                path = tracker.client.download_artifacts(parent.info.run_id, files[0], dst_path=folder)
+                by_name = {t.stage: macs(t.settings.model, DATASETS[t.settings.dataset]) for t in expand(load_study(path))}
+            except Exception:  # an older schema or a custom model that cannot be imported here: no MACs
+                continue
+        if all(stage["name"] in by_name for stage in plan["stages"]):
+            for stage in plan["stages"]:
+                stage["macs"] = by_name[stage["name"]]
+            return
+
+
+def _baseline_index(stages: list[dict], name: str | None, study: str) -> int:
+    """The arm deltas are taken against: the first (a ladder's first stage, an ablation's baseline, a grid's first
+    point, a search's best) unless named."""
+    if name is None:
+        return 0
+    names = [s["name"] for s in stages]
+    if name not in names:
+        raise AblateError(f"--baseline {name!r} is not an arm of study '{study}'{did_you_mean(name, names)}; "
+                          f"arms: {', '.join(names)}")
+    return names.index(name)
+
+
+# ---------------------------------------------------------------------------- figures
+
+
+def write_figures(tracker: Tracker, report: StudyReport, folder: Path) -> list[Path]:
+    """Validation curves per arm (mean with a min–max band over seeds) and the primary metric per arm with 95%
+    confidence whiskers, as PNGs in `folder`, logged to the study's latest parent run too."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not len(report.table):
+        return []
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{report.name}-curves.png", folder / f"{report.name}-{report.metric}.png"]
+    _curves_figure(tracker, report, paths[0], plt)
+    _bar_figure(report, paths[1], plt)
+    if report.parent_run_id:
+        for path in paths:
+            tracker.client.log_artifact(report.parent_run_id, str(path), "figures")
+    report.figures = paths
+    return paths
+
+
+def _curves_figure(tracker: Tracker, report: StudyReport, path: Path, plt) -> None:
+    import matplotlib.ticker  # noqa: F401 (matplotlib.ticker below)
+    import matplotlib
+
+    figure, axes = plt.subplots(figsize=(8, 4.5))
+    for arm in report.table["stage"]:
+        runs = report.runs[report.runs["stage"] == arm]
+        curves = []
+        for run_id in runs["run_id"]:
+            history = sorted(tracker.client.get_metric_history(run_id, "val_accuracy"), key=lambda m: m.step)
+            if history:  # a run logged by hand may have no curve
+                curves.append(pd.Series({m.step: 100 * m.value for m in history}, dtype=float))
+        if not curves:
+            continue
+        frame = pd.concat(curves, axis=1)
+        mean = frame.mean(axis=1)
+        line, = axes.plot(mean.index, mean.values, label=arm if len(report.table) <= 12 else None, linewidth=1.5)
+        axes.fill_between(frame.index, frame.min(axis=1), frame.max(axis=1), color=line.get_color(), alpha=0.2)
+    axes.set_xlabel("epoch")
+    axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    axes.set_ylabel("validation accuracy (%)")
+    axes.set_title(f"{report.name}: validation accuracy per epoch (mean, band = min–max over seeds)")
+    if len(report.table) <= 12:
+        axes.legend(fontsize=8)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def _bar_figure(report: StudyReport, path: Path, plt) -> None:
+    table, metric = report.table, report.metric
+    means = table[f"{metric}_mean"]
+    errors = [(m - lo if not pd.isna(lo) else 0, hi - m if not pd.isna(hi) else 0)
+              for m, lo, hi in zip(means, table["ci_low"], table["ci_high"])]
+    figure, axes = plt.subplots(figsize=(8, max(3, 0.3 * len(table) + 1.5)))
+    positions = np.arange(len(table))[::-1]
+    axes.barh(positions, means, xerr=np.array(errors).T, color="#4c72b0", ecolor="black", capsize=3)
+    axes.set_yticks(positions, table["stage"], fontsize=7 if len(table) > 12 else 9)
+    spread = (means.max() - means.min()) or 1.0
+    axes.set_xlim(means.min() - spread - 0.5 * spread, means.max() + 0.6 * spread)
+    axes.set_xlabel(PRIMARY_METRICS[metric] + " (mean, whiskers: 95% CI over seeds)")
+    axes.set_title(f"{report.name}: {PRIMARY_METRICS[metric]} per arm")
+    axes.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def _search_summary(info: dict, figures: Path | None) -> dict:
@@ -176,36 +315,66 @@ def _invocation(run) -> dict[str, str]:
     }
 
 
-def summarise(runs: pd.DataFrame, stages: list[dict]) -> pd.DataFrame:
-    """Per stage: mean and sample std over seeds, n, and the difference from the first stage."""
+# Metrics a report can rank by; accuracies are shown in percent. Lower is better for losses.
+PRIMARY_METRICS = {"test_accuracy": "Test acc (%)", "val_accuracy": "Val acc (%)", "test_loss": "Test loss",
+                   "val_loss": "Val loss"}
+
+
+def _scaled(values: pd.Series, metric: str) -> pd.Series:
+    return values * 100 if metric.endswith("accuracy") else values
+
+
+def summarise(runs: pd.DataFrame, stages: list[dict], baseline: int = 0, metric: str = "test_accuracy") -> pd.DataFrame:
+    """Per arm: the primary metric's mean, std, n and 95% t-interval; its paired difference from the baseline arm
+    (seed by seed), the paired t-test's p-value and Holm's correction over the arms; means of the rest."""
+    runs = runs.copy()
+    # The validation accuracy of the weights that were tested (the best epoch's when early stopping restored them);
+    # runs logged before that metric existed tested their last epoch.
+    runs["val_accuracy"] = runs["tested_val_accuracy"].fillna(runs["val_accuracy"])
+    runs["throughput"] = runs["epochs_run"] * runs["train_size"] / runs["train_seconds"]
+    by_arm = {stage["name"]: runs[runs["stage"] == stage["name"]] for stage in stages}
+    reference = None
+    if stages:
+        base = by_arm[stages[baseline]["name"]]
+        reference = _scaled(base.set_index("seed")[metric], metric)
     rows = []
-    for stage in stages:
-        group = runs[runs["stage"] == stage["name"]]
-        acc = group["test_accuracy"] * 100
-        # The validation accuracy of the weights that were tested (the best epoch's when early stopping restored
-        # them); runs logged before that metric existed tested their last epoch.
-        val = group["tested_val_accuracy"].fillna(group["val_accuracy"]) * 100
+    for index, stage in enumerate(stages):
+        group = by_arm[stage["name"]]
+        values = _scaled(group[metric], metric)
+        low, high = stats.mean_interval(values)
+        delta, p_value, pairs = (math.nan, math.nan, 0) if index == baseline else stats.paired_difference(
+            _scaled(group.set_index("seed")[metric], metric), reference)
         rows.append(
             {
                 "stage": stage["name"],
                 "changes": stage.get("changes", ""),
                 "architecture": stage.get("architecture", ""),
                 "params_count": stage.get("params_count", group["params_count"].max()),
+                "macs": stage.get("macs"),
                 "n": len(group),
                 # pandas gives NaN for the mean of no runs and the std of fewer than two
-                "test_accuracy_mean": acc.mean(),
-                "test_accuracy_std": acc.std(ddof=1),
-                "val_accuracy_mean": val.mean(),
+                f"{metric}_mean": values.mean(),
+                f"{metric}_std": values.std(ddof=1),
+                "ci_low": low,
+                "ci_high": high,
+                "delta_vs_baseline": delta,
+                "pairs": pairs,
+                "p_value": p_value,
+                "test_accuracy_mean": (group["test_accuracy"] * 100).mean(),
+                "val_accuracy_mean": (group["val_accuracy"] * 100).mean(),
                 "epochs_run_mean": group["epochs_run"].mean(),
                 "tested_epoch_mean": group["tested_epoch"].mean(),
                 "test_loss_mean": group["test_loss"].mean(),
                 "train_seconds_mean": group["train_seconds"].mean(),
+                "throughput_mean": group["throughput"].mean(),
+                "peak_memory_mb_mean": group["peak_memory_mb"].mean(),
                 "reference": stage.get("reference"),
             }
         )
     table = pd.DataFrame(rows)
     if len(table):
-        table["delta_vs_first"] = table["test_accuracy_mean"] - table["test_accuracy_mean"].iloc[0]
+        table["p_holm"] = stats.holm(list(table["p_value"]))
+        table["significant"] = table["p_holm"] < stats.ALPHA
     return table
 
 
@@ -228,55 +397,115 @@ def _stopped_early(report: StudyReport) -> bool:
                                     or runs["epochs_run"].nunique() > 1)
 
 
-def markdown_table(report: StudyReport) -> str:
-    table = report.table
-    first = table["stage"].iloc[0] if len(table) else "first"
-    columns = {"Stage" if report.design == "ladder" else "Arm": table["stage"]}
+def _bold_best(cells: list[str], values: pd.Series, higher_is_better: bool) -> list[str]:
+    """The best value of a column in bold (ties too); nothing bold when there is only one row or no values."""
+    if len(values) < 2 or values.isna().all():
+        return cells
+    best = values.max() if higher_is_better else values.min()
+    return [f"**{c}**" if not pd.isna(v) and np.isclose(v, best) else c for c, v in zip(cells, values)]
+
+
+def _count(value: float) -> str:
+    if value is None or pd.isna(value):
+        return "—"
+    value = float(value)
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= size:
+            return f"{value / size:.2f}{unit}"
+    return f"{value:.0f}"
+
+
+def summary_frame(report: StudyReport) -> pd.DataFrame:
+    """The table as the reader sees it (strings), shared by markdown and LaTeX."""
+    table, metric = report.table, report.metric
+    higher = metric.endswith("accuracy")
+    digits = 2 if higher else 4
+    base = table["stage"].iloc[report.baseline] if len(table) else "first"
+    if report.design == "grid" and report.baseline == 0:
+        base = "first point"
+    columns: dict[str, list] = {"Stage" if report.design == "ladder" else "Arm": list(table["stage"])}
     if report.design in CHANGES_HEADING:  # a grid point's name already says what it sets
-        columns[CHANGES_HEADING[report.design]] = table["changes"].str.replace("|", "\\|", regex=False)
-    shown = pd.DataFrame(
-        {
-            **columns,
-            "Model": table["architecture"],
-            "Params": table["params_count"].map(lambda v: f"{int(v):,}" if not pd.isna(v) else "—"),
-            "n": table["n"],
-            "Test acc (%)": [
-                _fmt(m, 2) + (f" ± {_fmt(s, 2)}" if not math.isnan(s) else "")
-                for m, s in zip(table["test_accuracy_mean"], table["test_accuracy_std"])
-            ],
-            ("Δ vs first point (pts)" if report.design == "grid" else f"Δ vs {first} (pts)"): [("—" if i == 0 else _fmt(d, 2, True)) for i, d in enumerate(table["delta_vs_first"])],
-            "Val acc (%)": table["val_accuracy_mean"].map(lambda v: _fmt(v, 2)),
-            "Test loss": table["test_loss_mean"].map(lambda v: _fmt(v, 4)),
-            "Train time (s)": table["train_seconds_mean"].map(lambda v: _fmt(v, 1)),
-        }
-    )
+        columns[CHANGES_HEADING[report.design]] = list(table["changes"].str.replace("|", "\\|", regex=False))
+    columns["Model"] = list(table["architecture"])
+    columns["Params"] = [f"{int(v):,}" if not pd.isna(v) else "—" for v in table["params_count"]]
+    columns["MACs"] = [_count(v) for v in table["macs"]]
+    columns["n"] = list(table["n"])
+    label = PRIMARY_METRICS[metric]
+    means = [_fmt(m, digits) + (f" ± {_fmt(sd, digits)}" if not pd.isna(sd) else "")
+             for m, sd in zip(table[f"{metric}_mean"], table[f"{metric}_std"])]
+    columns[label] = _bold_best(means, table[f"{metric}_mean"], higher)
+    columns["95% CI"] = [f"[{_fmt(lo, digits)}, {_fmt(hi, digits)}]" if not pd.isna(lo) else "—"
+                         for lo, hi in zip(table["ci_low"], table["ci_high"])]
+    unit = " (pts)" if higher else ""
+    columns[f"Δ vs {base}{unit}"] = [
+        "—" if i == report.baseline else _fmt(d, digits, True) + (" *" if sig else "")
+        for i, (d, sig) in enumerate(zip(table["delta_vs_baseline"], table["significant"]))
+    ]
+    columns["p (Holm)"] = ["—" if pd.isna(p) else (f"{p:.3f}" if p >= 0.001 else "<0.001") for p in table["p_holm"]]
+    if metric != "val_accuracy":
+        columns["Val acc (%)"] = _bold_best([_fmt(v, 2) for v in table["val_accuracy_mean"]], table["val_accuracy_mean"], True)
     if _stopped_early(report):
-        shown.insert(shown.columns.get_loc("Test loss"), "Epochs run / tested", [
-            f"{_fmt(r, 1)} / {_fmt(t, 1)}" for r, t in zip(table["epochs_run_mean"], table["tested_epoch_mean"])
-        ])
+        columns["Epochs run / tested"] = [f"{_fmt(r, 1)} / {_fmt(t, 1)}"
+                                          for r, t in zip(table["epochs_run_mean"], table["tested_epoch_mean"])]
+    if metric != "test_loss":
+        columns["Test loss"] = _bold_best([_fmt(v, 4) for v in table["test_loss_mean"]], table["test_loss_mean"], False)
+    columns["Train time (s)"] = _bold_best([_fmt(v, 1) for v in table["train_seconds_mean"]], table["train_seconds_mean"], False)
+    columns["Samples/s"] = _bold_best([_count(v) for v in table["throughput_mean"]], table["throughput_mean"], True)
+    if table["peak_memory_mb_mean"].notna().any():
+        columns["Peak mem (MB)"] = [_fmt(v, 0) for v in table["peak_memory_mb_mean"]]
     if _has_reference(report):
-        shown["Reference (%)"] = table["reference"].map(lambda v: "—" if v is None or pd.isna(v) else f"{v:g}")
-        shown["Ours − ref (pts)"] = [
+        columns["Reference (%)"] = ["—" if v is None or pd.isna(v) else f"{v:g}" for v in table["reference"]]
+        columns["Ours − ref (pts)"] = [
             _fmt(m - r, 2, True) if r is not None and not pd.isna(r) else "—"
             for m, r in zip(table["test_accuracy_mean"], table["reference"])
         ]
-    return shown.to_markdown(index=False, disable_numparse=True)
+    return pd.DataFrame(columns)
+
+
+def markdown_table(report: StudyReport) -> str:
+    return summary_frame(report).to_markdown(index=False, disable_numparse=True)
+
+
+def latex_table(report: StudyReport) -> str:
+    """A booktabs table (needs \\usepackage{booktabs}); bold and significance marks carried over."""
+    frame = summary_frame(report)
+    frame = frame.drop(columns=[c for c in frame.columns if c.startswith(("Changes", "Search result"))])
+
+    def tex(text: Any) -> str:
+        text = str(text)
+        bold = text.startswith("**") and text.endswith("**")
+        text = text.strip("*") if bold else text
+        for raw, escaped in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
+                             ("±", r"$\pm$"), ("→", r"$\to$"), ("Δ", r"$\Delta$"), ("−", "--"), ("—", "--")):
+            text = text.replace(raw, escaped)
+        return rf"\textbf{{{text}}}" if bold else text
+
+    lines = [rf"\begin{{tabular}}{{{'l' * len(frame.columns)}}}", r"\toprule",
+             " & ".join(tex(c) for c in frame.columns) + r" \\", r"\midrule"]
+    lines += [" & ".join(tex(v) for v in row) + r" \\" for row in frame.itertuples(index=False)]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    caption = tex(f"{report.name}: {PRIMARY_METRICS[report.metric]}, mean ± std over seeds; * significant after Holm")
+    return "\n".join([r"\begin{table}[ht]", r"\centering", r"\small", *lines, rf"\caption{{{caption}}}",
+                      r"\end{table}"]) + "\n"
 
 
 def _footnote(report: StudyReport) -> str:
     arm = "stage" if report.design == "ladder" else "arm"
-    first = {"ladder": "the first stage's", "ablation": "the baseline's", "grid": "the first grid point's"}.get(
-        report.design, "the first arm's")
+    base = report.table["stage"].iloc[report.baseline] if len(report.table) else ""
     tested = (
         "the weights of the best validation epoch when early stopping restored them, else the final epoch's"
         if _stopped_early(report) else "the final epoch's weights"
     )
     text = (
-        f"Test acc: mean ± sample standard deviation over the n seeds of each {arm}, measured once on {tested} "
-        "(no std when n = 1). Val acc, test loss, train time: means over the seeds; val acc is that of the tested "
-        "weights; each trial's test loss is its own training loss (MSE or cross-entropy, never smoothed). "
-        f"Δ: the {arm}'s mean test accuracy minus {first}, in percentage points. Train time: seconds of training "
-        "and per-epoch validation per trial, MLflow logging excluded."
+        f"{PRIMARY_METRICS[report.metric]}: mean ± sample standard deviation over the n seeds of each {arm}, measured "
+        f"once on {tested} (no std or interval when n = 1); 95% CI: Student-t interval of the mean. "
+        f"Δ: the {arm}'s difference from '{base}', averaged over the seeds both ran (paired); p (Holm): the paired "
+        f"t-test's two-sided p-value, Holm-corrected over the {len(report.table) - 1} comparisons; * marks p < 0.05 "
+        "after correction (— when there are fewer than two pairs or the differences do not vary). Bold: the best "
+        "value of a column. Val acc, test loss, train time: means over the seeds; val acc is that of the tested "
+        "weights; each trial's test loss is its own training loss (MSE or cross-entropy, never smoothed). Train "
+        "time: seconds of training and per-epoch validation per trial, MLflow logging excluded; samples/s: "
+        "training examples per second of it. MACs: multiply-accumulates of one forward pass of one image."
     )
     if _stopped_early(report):
         text += " Epochs run / tested: means over the seeds of the epochs trained and of the epoch whose weights were tested."
@@ -303,7 +532,7 @@ def _search_lines(report: StudyReport) -> list[str]:
     return lines
 
 
-def markdown_section(report: StudyReport) -> str:
+def markdown_section(report: StudyReport, by: list[str] | None = None) -> str:
     lines = [f"## {report.name}", ""]
     if report.description:
         lines += [report.description, ""]
@@ -314,6 +543,11 @@ def markdown_section(report: StudyReport) -> str:
         "",
         _footnote(report),
     ]
+    if report.figures:
+        lines += ["", " ".join(f"![{p.stem}]({p.name})" for p in report.figures)]
+    effects = _effect_lines(report, by)
+    if effects:
+        lines += ["", *effects]
     if report.search:
         lines += ["", *_search_lines(report)]
     if report.excluded:
@@ -337,9 +571,11 @@ def markdown_section(report: StudyReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render(reports: list[StudyReport], fmt: str) -> str:
+def render(reports: list[StudyReport], fmt: str, by: list[str] | None = None) -> str:
     if fmt == "md":
-        return "\n".join(markdown_section(r) for r in reports)
+        return "\n".join(markdown_section(r, by) for r in reports)
+    if fmt == "latex":
+        return "\n".join(latex_table(r) for r in reports)
     tables = []
     for r in reports:
         t = r.table.copy()
@@ -351,13 +587,77 @@ def render(reports: list[StudyReport], fmt: str) -> str:
     if fmt == "json":
         records = json.loads(combined.to_json(orient="records"))
         return json.dumps(records, indent=2) + "\n"
-    raise AblateError(f"unknown report format {fmt!r}; allowed: md, csv, json")
+    raise AblateError(f"unknown report format {fmt!r}; allowed: md, csv, json, latex")
 
 
-def build(uri: str, study: str | None = None, figures: Path | None = None) -> list[StudyReport]:
+# ---------------------------------------------------------------------------- grids: main effects, interactions
+
+
+def axes_of(report: StudyReport) -> list[str]:
+    """The settings that vary between the runs and are set in every run: a grid's axes (seed aside)."""
+    params = [c for c in report.runs.columns if c.startswith("param:") and c != "param:seed"]
+    found = []
+    for column in params:
+        values = report.runs[column]
+        if values.notna().all() and values.nunique() > 1 and not column.startswith(("param:model.blocks", "param:model.kwargs")):
+            found.append(column.removeprefix("param:"))
+    return found
+
+
+def marginal_table(report: StudyReport, axis: str) -> pd.DataFrame:
+    """Main effect of one axis: the primary metric's mean over every other axis and seed, per value."""
+    runs, metric = report.runs, report.metric
+    values = _scaled(runs[metric], metric)
+    grouped = values.groupby(runs[f"param:{axis}"])
+    frame = pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=1), "runs": grouped.size()})
+    return frame.reset_index().rename(columns={f"param:{axis}": axis})
+
+
+def interaction_table(report: StudyReport, first: str, second: str) -> pd.DataFrame:
+    runs = report.runs
+    for axis in (first, second):
+        if f"param:{axis}" not in runs.columns:
+            raise AblateError(f"--by {axis}: no such setting in study '{report.name}'{did_you_mean(axis, axes_of(report))}")
+    values = _scaled(runs[report.metric], report.metric)
+    return values.groupby([runs[f"param:{first}"], runs[f"param:{second}"]]).mean().unstack()
+
+
+def _effect_lines(report: StudyReport, by: list[str] | None) -> list[str]:
+    digits = 2 if report.metric.endswith("accuracy") else 4
+    label = PRIMARY_METRICS[report.metric]
+    lines = []
+    axes = axes_of(report) if report.design == "grid" else []
+    if axes:
+        lines += [f"### Main effects ({label}: mean over every other axis and seed)", ""]
+        for axis in axes:
+            frame = marginal_table(report, axis)
+            shown = pd.DataFrame({axis: frame[axis], label: [f"{m:.{digits}f} ± {sd:.{digits}f}" for m, sd in
+                                                             zip(frame["mean"], frame["std"])], "runs": frame["runs"]})
+            lines += [shown.to_markdown(index=False, disable_numparse=True), ""]
+    if by:
+        if len(by) != 2:
+            raise AblateError("--by takes two settings, e.g. --by model.dropout,model.batchnorm")
+        table = interaction_table(report, *by)
+        shown = table.map(lambda v: _fmt(v, digits))
+        shown.index.name = f"{by[0]} \\ {by[1]}"
+        lines += [f"### Interaction of {by[0]} and {by[1]} ({label}, mean over the rest)", "",
+                  shown.reset_index().to_markdown(index=False, disable_numparse=True), ""]
+    return lines
+
+
+def build(
+    uri: str, study: str | None = None, figures: Path | None = None, baseline: str | None = None,
+    metric: str = "test_accuracy",
+) -> list[StudyReport]:
     _check_store(uri)
     tracker = Tracker(uri)
     names = [study] if study else study_names(tracker)
     if not names:
         raise AblateError(f"no ablate studies in {uri}; run `ablate run STUDY.toml` first")
-    return [load_study(tracker, name, figures) for name in names]
+    if baseline is not None and len(names) != 1:
+        raise AblateError("--baseline names an arm of one study: add --study NAME")
+    reports = [load_study(tracker, name, figures, baseline, metric) for name in names]
+    if figures is not None:
+        for report in reports:
+            write_figures(tracker, report, figures)
+    return reports

@@ -65,6 +65,29 @@ def params_count(model: ModelSpec, dataset: DatasetInfo) -> int:
     raise TypeError(f"no size rule for {type(model).__name__}")
 
 
+def macs(model: ModelSpec, dataset: DatasetInfo) -> int | None:
+    """Multiply-accumulates of one forward pass of one sample (linear and conv layers; None for custom models)."""
+    inputs = prod(dataset.shape)
+    if isinstance(model, LinearModel):
+        return inputs * dataset.classes
+    if isinstance(model, MLPModel):
+        widths = (inputs, *model.hidden, dataset.classes)
+        return sum(a * b for a, b in zip(widths, widths[1:]))
+    if isinstance(model, CNNModel):
+        total, channels, height, width = 0, dataset.shape[0], dataset.shape[1], dataset.shape[2]
+        for block, (out, pooled_h, pooled_w) in zip(model.blocks, conv_shapes(model, dataset)):
+            conv_h = height + 2 * block.padding - block.kernel + 1
+            conv_w = width + 2 * block.padding - block.kernel + 1
+            total += conv_h * conv_w * out * channels * block.kernel**2
+            channels, height, width = out, pooled_h, pooled_w
+        if model.head == "linear":
+            total += channels * height * width * dataset.classes
+        elif model.head == "conv-gap":
+            total += height * width * channels * dataset.classes
+        return total
+    return None
+
+
 def describe(model: ModelSpec, dataset: DatasetInfo) -> str:
     """One line a reader of a results table understands: '784 → 256 (BN, ReLU, dropout 0.5) → 10'."""
     inputs = prod(dataset.shape)

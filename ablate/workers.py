@@ -157,6 +157,10 @@ def _run_one(trial: Trial, slot: Slot, config: WorkerConfig, tracker, device, ev
 
     try:
         dataset = datasets.load(settings.dataset, settings.data, Path(config.data_dir), device)
+        if device.type == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats(device)
         result = train_trial(settings, dataset, device, on_epoch)
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the bookkeeping short
@@ -174,7 +178,8 @@ def _run_one(trial: Trial, slot: Slot, config: WorkerConfig, tracker, device, ev
         _free_memory(device)
         events.put(("failed", slot.index, trial.hash, reason, message))
         return
-    tracker.log_metrics(run_id, result.final_metrics(), step=len(result.history))
+    tracker.log_metrics(run_id, {**result.final_metrics(), "peak_memory_mb": _peak_memory_mb(device)},
+                        step=len(result.history))
     tracker.finish(run_id)
     events.put(("finished", slot.index, trial.hash, {"test_accuracy": result.test_accuracy,
                                                        "train_seconds": result.train_seconds}))
@@ -279,6 +284,17 @@ def _orphaned(config: WorkerConfig) -> bool:
     except PermissionError:
         return False
     return False
+
+
+def _peak_memory_mb(device) -> float:
+    """Peak device memory the trial allocated (GPU), or the worker process's peak resident memory (CPU)."""
+    import resource
+
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports kilobytes
 
 
 def classify(exc: BaseException) -> str:

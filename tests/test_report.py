@@ -1,0 +1,136 @@
+"""Report statistics (against hand-worked numbers), robustness to failed/running/duplicate runs, formats, figures."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import matplotlib.image
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from ablate import sizes, stats
+from ablate.cli import main
+from ablate.design import expand
+from ablate.models import build_model
+from ablate.spec import DATASETS, load_study
+from tests.conftest import REPO, TINY_STUDY
+
+
+def test_interval_and_paired_test_match_a_hand_worked_example():
+    # values 1, 2, 3: mean 2, sd 1, t(0.975, 2) = 4.302653 → half-width 4.302653 / √3 = 2.484138
+    low, high = stats.mean_interval(pd.Series([1.0, 2.0, 3.0]))
+    assert (low, high) == pytest.approx((2 - 2.484138, 2 + 2.484138), abs=1e-5)
+    # paired differences 1, 2, 2: mean 5/3, sd 0.57735, t = 5.0 on 2 df → two-sided p = 0.037750
+    arm = pd.Series([1.0, 2.0, 3.0], index=[0, 1, 2])
+    base = pd.Series([0.0, 0.0, 1.0], index=[0, 1, 2])
+    delta, p, pairs = stats.paired_difference(arm, base)
+    assert delta == pytest.approx(5 / 3) and p == pytest.approx(0.037750, abs=1e-5) and pairs == 3
+    # only the seeds both ran are paired; one pair has no p-value; constant differences neither
+    assert stats.paired_difference(arm, pd.Series([0.0], index=[1]))[1:] == (pytest.approx(math.nan, nan_ok=True), 1)
+    assert math.isnan(stats.paired_difference(arm, arm - 1)[1])
+    assert all(math.isnan(v) for v in stats.mean_interval(pd.Series([5.0])))
+
+
+def test_holm_correction():
+    adjusted = stats.holm([0.01, 0.04, 0.03, math.nan])
+    assert adjusted[:3] == pytest.approx([0.03, 0.06, 0.06]) and math.isnan(adjusted[3])
+    assert stats.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_macs_match_a_torch_hook_count():
+    for trial in expand(load_study(REPO / "studies" / "cnn8k.toml"))[::3] + expand(load_study(REPO / "studies" / "linearity.toml"))[::3]:
+        model, counted = build_model(trial.settings.model, DATASETS["mnist"]), []
+
+        def hook(module, _, out):
+            if isinstance(module, torch.nn.Conv2d):
+                counted.append(out[0].numel() * module.in_channels * module.kernel_size[0] * module.kernel_size[1])
+            elif isinstance(module, torch.nn.Linear):
+                counted.append(module.in_features * module.out_features)
+
+        for module in model.modules():
+            module.register_forward_hook(hook)
+        model.eval()(torch.zeros(1, 1, 28, 28))
+        assert sizes.macs(trial.settings.model, DATASETS["mnist"]) == sum(counted)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """The tiny study run once, then a duplicate finished run, a failed one and one left RUNNING added by hand."""
+    folder = tmp_path_factory.mktemp("report")
+    study = folder / "tiny.toml"
+    study.write_text(TINY_STUDY.replace("seeds = [0, 1]", "seeds = [0, 1, 2]"))
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    assert main(["run", str(study), "--tracking-uri", uri]) == 0
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("tiny").experiment_id
+    first = client.search_runs([experiment], "tags.role = 'trial' and tags.stage = 'mlp' and tags.seed = '0'")[0]
+    for status, accuracy in (("FINISHED", 0.99), ("FAILED", 0.0), ("RUNNING", 0.0)):
+        run = client.create_run(experiment, tags=first.data.tags)
+        client.log_metric(run.info.run_id, "test_accuracy", accuracy)
+        client.log_metric(run.info.run_id, "train_seconds", 1.0)
+        if status != "RUNNING":
+            client.set_terminated(run.info.run_id, status)
+    return uri, folder
+
+
+def test_report_counts_the_latest_finished_run_and_leaves_out_the_rest(store, capsys):
+    uri, folder = store
+    assert main(["report", "--tracking-uri", uri, "--study", "tiny", "--format", "csv"]) == 0
+    table = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    mlp = table[table["stage"] == "mlp"].iloc[0]
+    assert mlp["n"] == 3  # the duplicate replaced its twin instead of counting twice
+    assert mlp["test_accuracy_mean"] > 70  # seed 0's latest finished run (99 %) counts, not the first (~60 %)
+    assert main(["report", "--tracking-uri", uri, "--study", "tiny"]) == 0
+    text = capsys.readouterr().out
+    assert "Left out of the statistics: 1 FAILED, 1 RUNNING run(s)." in text
+    assert "95% CI" in text and "p (Holm)" in text and "MACs" in text and "Samples/s" in text
+
+
+def test_every_format_parses_back_and_latex_is_booktabs(store, capsys):
+    uri, folder = store
+    assert main(["report", "--tracking-uri", uri, "--format", "json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert {"ci_low", "ci_high", "delta_vs_baseline", "p_value", "p_holm", "significant", "macs"} <= set(records[0])
+    assert main(["report", "--tracking-uri", uri, "--out", str(folder / "t.tex")]) == 0
+    latex = (folder / "t.tex").read_text()
+    for needle in (r"\begin{tabular}", r"\toprule", r"\midrule", r"\bottomrule", r"$\pm$", r"\%"):
+        assert needle in latex
+    assert "±" not in latex and "→" not in latex
+    assert main(["report", "--tracking-uri", uri, "--study", "tiny", "--metric", "test_loss", "--baseline", "mlp"]) == 0
+    out = capsys.readouterr().out
+    assert "| Test loss" in out and "Δ vs mlp" in out
+    assert main(["report", "--tracking-uri", uri, "--study", "tiny", "--baseline", "mpl"]) == 2
+    assert "did you mean 'mlp'" in capsys.readouterr().err
+
+
+def test_figures_are_non_blank_pngs_linked_and_logged(store, capsys):
+    uri, folder = store
+    out = folder / "figs" / "tiny.md"
+    assert main(["report", "--tracking-uri", uri, "--study", "tiny", "--out", str(out)]) == 0
+    text = out.read_text()
+    for name in ("tiny-curves.png", "tiny-test_accuracy.png"):
+        path = out.parent / name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({name})" in text
+        assert matplotlib.image.imread(path).std() > 0.05  # something is drawn
+    client = MlflowClient(uri)
+    parent = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.role = 'parent'")[0]
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "figures")} >= {"figures/tiny-curves.png"}
+    assert main(["report", "--tracking-uri", uri, "--study", "tiny", "--out", str(folder / "nofig" / "t.md"), "--no-figures"]) == 0
+    assert not list((folder / "nofig").glob("*.png"))
+
+
+def test_grid_main_effects_and_interaction(write_study, tmp_path, capsys):
+    grid = write_study(TINY_STUDY.split("[[stage]]")[0].replace('name = "tiny"', 'name = "g"\ndesign = "grid"')
+                       + '[model]\nkind = "mlp"\nhidden = [16]\n[grid]\n"model.dropout" = [0.0, 0.5]\n"model.batchnorm" = [false, true]\n')
+    uri = f"sqlite:///{tmp_path / 'g.db'}"
+    assert main(["run", str(grid), "--tracking-uri", uri]) == 0
+    capsys.readouterr()
+    assert main(["report", "--tracking-uri", uri, "--study", "g", "--by", "model.dropout,model.batchnorm"]) == 0
+    text = capsys.readouterr().out
+    assert "### Main effects" in text and "| model.dropout" in text and "| model.batchnorm" in text
+    assert "### Interaction of model.dropout and model.batchnorm" in text
+    assert "Δ vs first point" in text
