@@ -193,6 +193,7 @@ def write_figures(tracker: Tracker, report: StudyReport, folder: Path) -> list[P
     paths = [folder / f"{report.name}-curves.png", folder / f"{report.name}-{report.metric}.png"]
     _curves_figure(tracker, report, paths[0], plt)
     _bar_figure(report, paths[1], plt)
+    paths += _output_figures(tracker, report, folder, plt)
     if report.parent_run_id:
         for path in paths:
             tracker.client.log_artifact(report.parent_run_id, str(path), "figures")
@@ -228,6 +229,109 @@ def _curves_figure(tracker: Tracker, report: StudyReport, path: Path, plt) -> No
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def _outputs(tracker: Tracker, runs: pd.DataFrame) -> tuple[str, dict] | None:
+    """The test outputs a run logged (the most accurate run first), or None for runs made before they were logged."""
+    import tempfile
+
+    from ablate.workers import OUTPUTS_ARTIFACT
+
+    for run_id in runs.sort_values("test_accuracy", ascending=False)["run_id"]:
+        with tempfile.TemporaryDirectory() as folder:
+            try:
+                path = tracker.client.download_artifacts(run_id, OUTPUTS_ARTIFACT, dst_path=folder)
+            except Exception:
+                continue
+            with np.load(path) as arrays:
+                return run_id, {key: arrays[key] for key in arrays.files}
+    return None
+
+
+def _output_figures(tracker: Tracker, report: StudyReport, folder: Path, plt) -> list[Path]:
+    """The best arm's most accurate run: confusion matrix and its 25 most confident mistakes; a linear arm's
+    class templates. Skipped (no file) for runs logged before test outputs were kept, or without the data."""
+    from ablate.data import default_data_dir, load_mnist_arrays
+
+    table, metric = report.table, report.metric
+    means = table[f"{metric}_mean"]
+    if means.isna().all():
+        return []
+    best = table["stage"].iloc[int(means.idxmax() if metric.endswith("accuracy") else means.idxmin())]
+    found = _outputs(tracker, report.runs[report.runs["stage"] == best])
+    paths: list[Path] = []
+    try:
+        arrays = load_mnist_arrays(default_data_dir())
+    except AblateError:
+        return paths
+    if found is not None:
+        _, outputs = found
+        labels = arrays["test_labels"][: len(outputs["predictions"])].astype(int)
+        paths.append(_confusion_figure(report, best, labels, outputs, folder, plt))
+        paths.append(_mistakes_figure(report, best, labels, arrays["test_images"], outputs, folder, plt))
+    linear = [name for name, model in zip(table["stage"], table["architecture"]) if str(model).startswith("linear")]
+    for name in linear[:1]:
+        found = _outputs(tracker, report.runs[report.runs["stage"] == name])
+        if found is not None and "weights" in found[1]:
+            paths.append(_templates_figure(report, name, found[1]["weights"], folder, plt))
+    return paths
+
+
+def _confusion_figure(report: StudyReport, arm: str, labels, outputs: dict, folder: Path, plt) -> Path:
+    classes = 10
+    matrix = np.zeros((classes, classes), dtype=int)
+    np.add.at(matrix, (labels, outputs["predictions"].astype(int)), 1)
+    figure, axes = plt.subplots(figsize=(6, 5.5))
+    image = axes.imshow(matrix, cmap="Blues")
+    for i in range(classes):
+        for j in range(classes):
+            axes.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7,
+                      color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+    axes.set_xticks(range(classes))
+    axes.set_yticks(range(classes))
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(f"{report.name}: confusion matrix of {arm} (best run, test set)", fontsize=9)
+    figure.colorbar(image, ax=axes, fraction=0.046)
+    figure.tight_layout()
+    path = folder / f"{report.name}-confusion.png"
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def _mistakes_figure(report: StudyReport, arm: str, labels, images, outputs: dict, folder: Path, plt) -> Path:
+    predictions, confidences = outputs["predictions"].astype(int), outputs["confidences"].astype(float)
+    wrong = np.flatnonzero(predictions != labels)
+    worst = wrong[np.argsort(-confidences[wrong])][:25]
+    figure, grid = plt.subplots(5, 5, figsize=(7, 7.8))
+    for axes in grid.flat:
+        axes.axis("off")
+    for axes, index in zip(grid.flat, worst):
+        axes.imshow(images[index], cmap="gray_r")
+        axes.set_title(f"{predictions[index]} ({confidences[index]:.2f}), true {labels[index]}", fontsize=7, color="red")
+    figure.suptitle(f"{report.name}: the {len(worst)} most confident test mistakes of {arm}\n"
+                    "(predicted class, its probability, true class)", fontsize=9)
+    figure.tight_layout()
+    path = folder / f"{report.name}-mistakes.png"
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def _templates_figure(report: StudyReport, arm: str, weights, folder: Path, plt) -> Path:
+    figure, grid = plt.subplots(2, 5, figsize=(9, 4))
+    bound = float(np.abs(weights).max())
+    for digit, axes in enumerate(grid.flat):
+        axes.imshow(weights[digit].reshape(28, 28), cmap="RdBu_r", vmin=-bound, vmax=bound)
+        axes.set_title(str(digit))
+        axes.axis("off")
+    figure.suptitle(f"{report.name}: {arm}'s weight row per class as a 28×28 template (red +, blue −)", fontsize=9)
+    figure.tight_layout()
+    path = folder / f"{report.name}-templates.png"
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
 
 
 def _bar_figure(report: StudyReport, path: Path, plt) -> None:

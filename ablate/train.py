@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,9 @@ class TrialResult:
     train_seconds: float = 0.0
     tested_epoch: int = 0  # the epoch whose weights were tested: the last, or the best when early stopping restored it
     stopped_early: bool = False
+    predictions: Any = None  # test set: predicted class per image (uint8), for confusion matrices and mistakes
+    confidences: Any = None  # test set: softmax probability of the predicted class (float16)
+    weights: Any = None  # a linear model's weight matrix (classes × pixels): the class templates
 
     def final_metrics(self) -> dict[str, float]:
         return {
@@ -160,8 +164,13 @@ def augment_batch(images: torch.Tensor, augment: Augment, generator: torch.Gener
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, split: Split, data: DeviceData, loss_fn) -> tuple[float, float]:
-    """Mean loss and accuracy over a split, in large batches, with one host sync at the end."""
+def evaluate(
+    model: nn.Module, split: Split, data: DeviceData, loss_fn, keep: list | None = None
+) -> tuple[float, float]:
+    """Mean loss and accuracy over a split, in large batches, with one host sync at the end.
+
+    With `keep`, each batch's predicted class and its softmax confidence are appended to it (on the device).
+    """
     model.eval()
     loss_sum = torch.zeros((), device=split.labels.device)
     correct = torch.zeros((), device=split.labels.device, dtype=torch.long)
@@ -171,6 +180,9 @@ def evaluate(model: nn.Module, split: Split, data: DeviceData, loss_fn) -> tuple
         logits = model(images)
         loss_sum += loss_fn(logits, labels) * labels.shape[0]
         correct += (logits.argmax(dim=1) == labels).sum()
+        if keep is not None:
+            confidence, predicted = logits.float().softmax(dim=1).max(dim=1)
+            keep.append((predicted, confidence))
     loss, hits = torch.stack([loss_sum, correct.to(loss_sum.dtype)]).tolist()
     return loss / len(split), hits / len(split)
 
@@ -309,5 +321,11 @@ def train_trial(
         model.load_state_dict(stopper.best_state)
         result.tested_epoch = stopper.best_epoch
     if test:
-        result.test_loss, result.test_accuracy = evaluate(model, data.test, data, eval_loss)
+        kept: list = []
+        result.test_loss, result.test_accuracy = evaluate(model, data.test, data, eval_loss, kept)
+        result.predictions = torch.cat([p for p, _ in kept]).to(torch.uint8).cpu().numpy()
+        result.confidences = torch.cat([c for _, c in kept]).to(torch.float16).cpu().numpy()
+        linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        if len(linear) == 1:  # a linear model: its weight rows are the class templates
+            result.weights = linear[0].weight.detach().float().cpu().numpy()
     return result

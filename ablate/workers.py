@@ -34,6 +34,8 @@ from ablate.errors import AblateError
 # Failure reasons, recorded as the `reason` tag of a FAILED (or KILLED) run.
 ERROR, DIVERGED, OOM, WORKER_LOST, INTERRUPTED = "error", "diverged", "oom", "worker-lost", "interrupted"
 
+OUTPUTS_ARTIFACT = "test_outputs.npz"  # predictions, confidences and, for a linear model, its weights
+
 # Test-only fault injection: {"<stage>:<seed>": "raise" | "nan" | "oom" | "kill" | "slow"} as JSON.
 FAULTS_ENV = "ABLATE_TEST_FAULTS"
 
@@ -180,6 +182,7 @@ def _run_one(trial: Trial, slot: Slot, config: WorkerConfig, tracker, device, ev
         return
     tracker.log_metrics(run_id, {**result.final_metrics(), "peak_memory_mb": _peak_memory_mb(device)},
                         step=len(result.history))
+    _log_outputs(tracker, run_id, result)
     tracker.finish(run_id)
     events.put(("finished", slot.index, trial.hash, {"test_accuracy": result.test_accuracy,
                                                        "train_seconds": result.train_seconds}))
@@ -284,6 +287,23 @@ def _orphaned(config: WorkerConfig) -> bool:
     except PermissionError:
         return False
     return False
+
+
+def _log_outputs(tracker, run_id: str, result) -> None:
+    """Test predictions (and a linear model's weights) as a small artifact, for the report's figures."""
+    import tempfile
+
+    import numpy as np
+
+    if result.predictions is None:
+        return
+    arrays = {"predictions": result.predictions, "confidences": result.confidences}
+    if result.weights is not None:
+        arrays["weights"] = result.weights
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / OUTPUTS_ARTIFACT
+        np.savez_compressed(path, **arrays)
+        tracker.client.log_artifact(run_id, str(path))
 
 
 def _peak_memory_mb(device) -> float:
