@@ -112,7 +112,8 @@ def test_figures_are_non_blank_pngs_linked_and_logged(store, capsys):
     out = folder / "figs" / "tiny.md"
     assert main(["report", "--tracking-uri", uri, "--study", "tiny", "--out", str(out)]) == 0
     text = out.read_text()
-    for name in ("tiny-curves.png", "tiny-test_accuracy.png"):
+    for name in ("tiny-curves.png", "tiny-test_accuracy.png", "tiny-confusion.png", "tiny-mistakes.png",
+                 "tiny-templates.png"):
         path = out.parent / name
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({name})" in text
         assert matplotlib.image.imread(path).std() > 0.05  # something is drawn
@@ -134,3 +135,22 @@ def test_grid_main_effects_and_interaction(write_study, tmp_path, capsys):
     assert "### Main effects" in text and "| model.dropout" in text and "| model.batchnorm" in text
     assert "### Interaction of model.dropout and model.batchnorm" in text
     assert "Δ vs first point" in text
+
+
+def test_runs_keep_test_outputs_for_the_figures(store):
+    import numpy as np
+
+    uri, folder = store
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("tiny").experiment_id
+    linear = client.search_runs([experiment], "tags.role = 'trial' and tags.stage = 'linear'")[0]
+    path = client.download_artifacts(linear.info.run_id, "test_outputs.npz", dst_path=str(folder / "dl"))
+    with np.load(path) as outputs:
+        assert outputs["predictions"].shape == (500,) and outputs["weights"].shape == (10, 784)
+        accuracy = linear.data.metrics["test_accuracy"]
+        from ablate.data import load_mnist_arrays
+        from tests.conftest import DATA_DIR
+
+        labels = load_mnist_arrays(DATA_DIR)["test_labels"][:500]
+        assert (outputs["predictions"] == labels).mean() == pytest.approx(accuracy)
+        assert ((outputs["confidences"] > 0.1) & (outputs["confidences"] <= 1.0)).all()
