@@ -103,6 +103,7 @@ def plan_document(study: Study, trials: list[Trial], arms: tuple | None = None) 
     return {
         "study": study.name,
         "design": study.info.design,
+        "baseline": study.info.baseline if study.info.design != "ablation" else None,  # ablation: its first arm
         "description": study.info.description,
         "stages": list(stages.values()),
         "trials": [{"hash": t.hash, "stage": t.stage, "seed": t.seed} for t in trials],

@@ -43,6 +43,7 @@ class StudyReport:
     metric: str = "test_accuracy"  # the primary metric of the statistics
     baseline: int = 0  # the row deltas are taken against
     parent_run_id: str | None = None  # the latest invocation's parent run: where figures are logged
+    baseline_named: bool = False  # the baseline was named (spec or --baseline), not taken as the first arm
     figures: list = field(default_factory=list)  # PNGs written for the markdown to link
 
 
@@ -125,10 +126,11 @@ def load_study(
         name=study,
         description=(plan or {}).get("description", ""),
         design=(plan or {}).get("design", "ladder"),
-        table=summarise(latest, stages, _baseline_index(stages, baseline, study), metric),
+        table=summarise(latest, stages, _baseline_index(stages, baseline or (plan or {}).get("baseline"), study), metric),
         metric=metric,
-        baseline=_baseline_index(stages, baseline, study),
+        baseline=_baseline_index(stages, baseline or (plan or {}).get("baseline"), study),
         parent_run_id=parents[0].info.run_id if parents else None,
+        baseline_named=bool(baseline or (plan or {}).get("baseline")),
         runs=latest.reset_index(drop=True),
         planned=len(plan["trials"]) if plan else len(latest),
         excluded={str(k): int(v) for k, v in excluded.items()},
@@ -525,7 +527,7 @@ def summary_frame(report: StudyReport) -> pd.DataFrame:
     higher = metric.endswith("accuracy")
     digits = 2 if higher else 4
     base = table["stage"].iloc[report.baseline] if len(table) else "first"
-    if report.design == "grid" and report.baseline == 0:
+    if report.design == "grid" and report.baseline == 0 and not report.baseline_named:
         base = "first point"
     columns: dict[str, list] = {"Stage" if report.design == "ladder" else "Arm": list(table["stage"])}
     if report.design in CHANGES_HEADING:  # a grid point's name already says what it sets

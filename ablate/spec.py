@@ -91,8 +91,11 @@ class StudyInfo:
         "search over `[search.space]`, its best configurations re-trained on fresh seeds.",
     )
     seeds: tuple[int, ...] = option((0,), "Seeds every arm runs with (the same in every arm, so comparisons pair).", unique_ints)
-    baseline: str = option(
-        "baseline", "`ablation` and `grid` without stages: the name the top-level settings go by.", identifier
+    baseline: str | None = option(
+        None,
+        "The arm every other is compared with in reports: `ladder`, a stage's name (unset: the first); `ablation`, "
+        "the name the top-level settings go by (unset: `baseline`); `grid`, a point's name as `ablate plan` shows it "
+        "(unset: the first point).",
     )
     description: str = option("", "Free text shown in reports.")
 
@@ -749,13 +752,16 @@ def _arm_sources(raw: dict, info: StudyInfo, file: str) -> list[_ArmSource]:
     if design == "ablation":
         if not sources:
             raise SpecError(file, "arm", "is required: an ablation needs at least one [[arm]] beside the baseline")
-        sources.insert(0, _ArmSource(info.baseline, "the top-level settings", None, {}, ""))
+        name = info.baseline or "baseline"
+        if identifier(name):
+            raise SpecError(file, "study.baseline", f"{identifier(name)} (got {name!r})")
+        sources.insert(0, _ArmSource(name, "the top-level settings", None, {}, ""))
     elif design in ("grid", "search"):
         if design not in raw:
             example = '"model.dropout" = [0.0, 0.5]' if design == "grid" else '[search.space] "train.lr" = { low = 1e-4, high = 1e-2, log = true }'
             raise SpecError(file, design, f"is required for design '{design}', e.g. {example}")
         if not sources:
-            sources = [_ArmSource(info.baseline, "", None, {}, "")]
+            sources = [_ArmSource("base", "", None, {}, "")]
     elif not sources:
         raise SpecError(file, "stage", "is required: at least one [[stage]] table")
     seen: dict[str, str] = {}
@@ -1192,9 +1198,10 @@ def parse_study(text: str, file: str = "<study>") -> Study:
     if info.design == "grid":
         grid = _parse_grid(raw, file)
         stages, excluded = _expand_grid(grid, sources, top, info, file)
+        _check_baseline(info, stages, file)
         return Study(info=info, stages=tuple(stages), path=file, text=text,
                      axes=tuple(p for p, _ in grid.axes), excluded=excluded, execution=execution)
-    stages = []
+    stages: list[Stage] = []
     for index, source in enumerate(sources):
         ctx = _Context(file)
         data, model, train = _resolve([top, (source.layer, _written(source.where))], ctx, source.where or "baseline", dataset)
@@ -1202,7 +1209,16 @@ def parse_study(text: str, file: str = "<study>") -> Study:
         stages.append(Stage(name=source.name, description=source.description, reference=source.reference,
                             index=index, data=data, model=model, train=train, compare_to=compare_to,
                             source=source.where))
+    _check_baseline(info, stages, file)
     return Study(info=info, stages=tuple(stages), path=file, text=text, execution=execution)
+
+
+def _check_baseline(info: StudyInfo, stages: list[Stage], file: str) -> None:
+    names = [s.name for s in stages]
+    if info.baseline is not None and info.baseline not in names:
+        what = "a grid point's name (see `ablate plan`)" if info.design == "grid" else "a stage's name"
+        raise SpecError(file, "study.baseline", f"{info.baseline!r} is not {what}{did_you_mean(info.baseline, names)}; "
+                        f"one of: {', '.join(names[:8])}{' …' if len(names) > 8 else ''}")
 
 
 def load_study(path: str | Path) -> Study:

@@ -267,3 +267,17 @@ model = { hidden = [128] }
 """
     study = parse_study(text)
     assert study.excluded == 2 and len(study.stages) == 2 * (6 - 1)
+
+
+def test_baseline_names_the_arm_reports_compare_with():
+    assert parse_study(GRID.replace('seeds = [0, 1]', 'seeds = [0, 1]\nbaseline = "init=default dropout=0.5 schedule=cosine"')).info.baseline
+    with pytest.raises(SpecError, match="is not a grid point's name") as info:
+        parse_study(GRID.replace('seeds = [0, 1]', 'seeds = [0, 1]\nbaseline = "dropout=0.5"'), "bad.toml")
+    assert info.value.path == "study.baseline"
+    ladder = TINY_LADDER.replace('name = "t"', 'name = "t"\nbaseline = "mlp"')
+    assert parse_study(ladder).info.baseline == "mlp"
+    with pytest.raises(SpecError, match="did you mean 'mlp'"):
+        parse_study(ladder.replace('baseline = "mlp"', 'baseline = "mpl"'))
+
+
+TINY_LADDER = '[study]\nname = "t"\n[[stage]]\nname = "lin"\nmodel = "linear"\n[[stage]]\nname = "mlp"\nmodel = "mlp"\n'
