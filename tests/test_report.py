@@ -154,3 +154,18 @@ def test_runs_keep_test_outputs_for_the_figures(store):
         labels = load_mnist_arrays(DATA_DIR)["test_labels"][:500]
         assert (outputs["predictions"] == labels).mean() == pytest.approx(accuracy)
         assert ((outputs["confidences"] > 0.1) & (outputs["confidences"] <= 1.0)).all()
+
+
+@pytest.mark.skipif(not __import__("shutil").which("pdflatex"), reason="no pdflatex on this machine")
+def test_latex_compiles_with_booktabs(store, tmp_path):
+    import subprocess
+
+    uri, _ = store
+    assert main(["report", "--tracking-uri", uri, "--study", "tiny", "--out", str(tmp_path / "t.tex")]) == 0
+    document = tmp_path / "doc.tex"
+    document.write_text("\\documentclass{article}\\usepackage{booktabs}\\usepackage[margin=1cm,landscape]{geometry}"
+                        "\\begin{document}\\input{t.tex}\\end{document}\n")
+    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert (tmp_path / "doc.pdf").stat().st_size > 1000
