@@ -192,10 +192,14 @@ def _check_axes_matter(study: Study) -> None:
     """An axis whose values all resolve to the same settings, wherever the other axes stand, is a mistake."""
     for axis in study.axes:
         groups: dict[str, set[str]] = {}
+        sizes_: dict[str, int] = {}
         for stage in study.stages:
             others = json.dumps([(p, v) for p, v in stage.point if p != axis], sort_keys=True, default=str)
-            groups.setdefault(f"{stage.source}|{others}", set()).add(settings_hash(stage.settings(study.info.dataset, 0)))
-        if all(len(hashes) == 1 for hashes in groups.values()):
+            key = f"{stage.source}|{others}"
+            groups.setdefault(key, set()).add(settings_hash(stage.settings(study.info.dataset, 0)))
+            sizes_[key] = sizes_.get(key, 0) + 1
+        varied = any(n > 1 for n in sizes_.values())  # a one-value axis fixes a setting: nothing to vary
+        if varied and all(len(hashes) == 1 for hashes in groups.values()):
             raise SpecError(study.path, f'grid."{axis}"', "has no effect in any grid point: every value resolves "
                             "to the same settings")
 

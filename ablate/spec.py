@@ -940,7 +940,7 @@ def _expand_grid(
 # ---------------------------------------------------------------------------- search
 
 
-def _positive_seeds(v: tuple) -> str | None:
+def _optional_seeds(v: tuple) -> str | None:
     return unique_ints(v) if v else None
 
 
@@ -963,7 +963,7 @@ class SearchSettings:
     warmup_epochs: int = option(1, "Epochs of a trial before the pruner may stop it.", at_least(0))
     confirm_top: int = option(3, "The best configurations re-trained on `confirm_seeds` and tested.", at_least(0))
     confirm_seeds: tuple[int, ...] = option(
-        (), "Seeds of the confirm phase; unset: the 3 seeds after the largest of `study.seeds`.", _positive_seeds
+        (), "Seeds of the confirm phase; unset: the 3 seeds after the largest of `study.seeds`.", _optional_seeds
     )
 
     @property

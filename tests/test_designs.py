@@ -281,3 +281,9 @@ def test_baseline_names_the_arm_reports_compare_with():
 
 
 TINY_LADDER = '[study]\nname = "t"\n[[stage]]\nname = "lin"\nmodel = "linear"\n[[stage]]\nname = "mlp"\nmodel = "mlp"\n'
+
+
+def test_a_one_value_axis_is_a_fixed_setting():
+    text = GRID.replace('"train.init" = ["default", "xavier_uniform"]', '"train.init" = ["xavier_uniform"]')
+    trials = expand(parse_study(text))
+    assert {t.settings.train.init for t in trials} == {"xavier_uniform"} and len(trials) == 2 * 3 * 2
