@@ -119,9 +119,9 @@ def _weights_after(settings, epochs: int) -> torch.Tensor:
     captured = {}
     original = engine.evaluate
 
-    def capture(model, split, data, loss_fn):
+    def capture(model, *args):
         captured["w"] = torch.cat([p.detach().flatten() for p in model.parameters()])
-        return original(model, split, data, loss_fn)
+        return original(model, *args)
 
     if epochs == 0:
         torch.manual_seed(settings.seed)
