@@ -128,13 +128,10 @@ def run_study(
     reporter.start(len(trials), summary.skipped, slots)
     if not todo:
         return summary
-    env_tags = environment_tags(Path(study.path).resolve().parent)
-    parent_id = tracker.start_parent(
-        experiment_id, study.name, Path(study.path), len(trials), {**env_tags, "command": command, "hardware": hardware(slots)}
-    )
+    parent_id, config = _start_invocation(study, tracker, experiment_id, len(trials), slots, command, {},
+                                          data_dir, import_paths)
     summary.parent_run_id = parent_id
     tracker.client.log_dict(parent_id, plan_document(study, trials), PLAN_ARTIFACT)
-    config = _worker_config(tracker, experiment_id, parent_id, env_tags, slots, data_dir, import_paths)
     _Dispatcher(Pool(slots, config), todo, tracker, reporter, summary).run()
     summary.wall_seconds = time.perf_counter() - started
     _close_parent(tracker, summary)
@@ -147,16 +144,23 @@ def _pid() -> int:
     return os.getpid()
 
 
-def _worker_config(
-    tracker: Tracker, experiment_id: str, parent_id: str, env_tags: dict[str, str], slots: list[Slot],
-    data_dir: Path, import_paths: tuple[str, ...],
-) -> WorkerConfig:
-    return WorkerConfig(
+def _start_invocation(
+    study: Study, tracker: Tracker, experiment_id: str, trials: int, slots: list[Slot], command: str,
+    tags: dict[str, str], data_dir: Path, import_paths: tuple[str, ...],
+) -> tuple[str, WorkerConfig]:
+    """The parent run of this `ablate run` (before any worker starts) and what its workers need."""
+    env_tags = environment_tags(Path(study.path).resolve().parent)
+    machine = hardware(slots)
+    parent_id = tracker.start_parent(
+        experiment_id, study.name, Path(study.path), trials, {**env_tags, "command": command, "hardware": machine, **tags}
+    )
+    config = WorkerConfig(
         tracking_uri=tracker.uri, experiment_id=experiment_id, parent_run_id=parent_id,
-        env_tags={k: v for k, v in env_tags.items() if k not in ("pid", "pid_start")} | {"hardware": hardware(slots)},
+        env_tags={k: v for k, v in env_tags.items() if k not in ("pid", "pid_start")} | {"hardware": machine},
         data_dir=str(Path(data_dir).resolve()), import_paths=import_paths, parent_pid=_pid(),
         parent_start=process_start(_pid()), faults=faults_from_env(),
     )
+    return parent_id, config
 
 
 class _Dispatcher:
@@ -334,14 +338,11 @@ def run_search(
         if not todo:
             summary.total, summary.skipped = summary.total + len(confirm), summary.skipped + len(confirm)
             return summary
-    env_tags = environment_tags(Path(study.path).resolve().parent)
-    summary.parent_run_id = tracker.start_parent(
-        experiment_id, study.name, Path(study.path), summary.total,
-        {**env_tags, "command": command, "hardware": hardware(slots), "optuna_storage": storage,
-         "optuna_study": study.name},
+    summary.parent_run_id, config = _start_invocation(
+        study, tracker, experiment_id, summary.total, slots, command,
+        {"optuna_storage": storage, "optuna_study": study.name}, data_dir, import_paths,
     )
-    pool = Pool(slots, _worker_config(tracker, experiment_id, summary.parent_run_id, env_tags, slots, data_dir,
-                                      import_paths))
+    pool = Pool(slots, config)
     _Dispatcher(pool, tasks, tracker, reporter, summary, timeout=spec.settings.timeout).run(shutdown=False)
     arms, confirm = (), []
     if not summary.interrupted:

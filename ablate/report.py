@@ -122,13 +122,14 @@ def load_study(
     finished = runs[runs["status"] == "FINISHED"].sort_values("start_time")
     latest = finished.drop_duplicates("trial_hash", keep="last")
     excluded = runs[runs["status"] != "FINISHED"]["status"].value_counts().to_dict()
+    base_index = _baseline_index(stages, baseline or (plan or {}).get("baseline"), study)
     return StudyReport(
         name=study,
         description=(plan or {}).get("description", ""),
         design=(plan or {}).get("design", "ladder"),
-        table=summarise(latest, stages, _baseline_index(stages, baseline or (plan or {}).get("baseline"), study), metric),
+        table=summarise(latest, stages, base_index, metric),
         metric=metric,
-        baseline=_baseline_index(stages, baseline or (plan or {}).get("baseline"), study),
+        baseline=base_index,
         parent_run_id=parents[0].info.run_id if parents else None,
         baseline_named=bool(baseline or (plan or {}).get("baseline")),
         runs=latest.reset_index(drop=True),

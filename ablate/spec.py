@@ -890,6 +890,16 @@ def _owning_axis(path: str, axes: list[str]) -> str | None:
     return max(owners, key=len) if owners else None
 
 
+def _axis_origin(paths: list[str], table: str) -> Callable[[str], str | None]:
+    """Where a setting an axis wrote is shown in messages: `grid."model.dropout"` (None: not an axis's)."""
+
+    def shown(path: str) -> str | None:
+        owner = _owning_axis(path, paths)
+        return f'{table}."{owner}"' if owner else None
+
+    return shown
+
+
 def _expand_grid(
     grid: _Grid, sources: list[_ArmSource], top: Layer, info: StudyInfo, file: str
 ) -> tuple[list[Stage], int]:
@@ -899,9 +909,7 @@ def _expand_grid(
     paths = [p for p, _ in grid.axes]
     short = _short_axis_names(paths)
 
-    def shown(path: str) -> str | None:
-        owner = _owning_axis(path, paths)
-        return _axis_name(owner) if owner else None
+    shown = _axis_origin(paths, "grid")
 
     stages: list[Stage] = []
     used: set[str] = set()
@@ -1129,9 +1137,7 @@ def resolve_point(study: "Study", point: tuple[tuple[str, Any], ...], name: str 
     settings = tuple((p, v) for p, v in point if p != "stage")
     paths = [p for p, _ in settings]
 
-    def shown(path: str) -> str | None:
-        owner = _owning_axis(path, paths)
-        return f'search.space."{owner}"' if owner else None
+    shown = _axis_origin(paths, "search.space")
 
     ctx = _Context(study.path, lenient=True)
     layers = [study.top, (source.layer, _written(source.where)), (_axis_layer(settings), shown)]

@@ -275,18 +275,10 @@ def _run_search_one(task, slot: Slot, config: WorkerConfig, tracker, device, eve
 
 def _orphaned(config: WorkerConfig) -> bool:
     """Is the `ablate run` that started this worker gone? (Workers are not its direct children under forkserver.)"""
-    from ablate.tracking import process_start
+    from ablate.tracking import invocation_alive
 
-    started = process_start(config.parent_pid)
-    if started is not None or config.parent_start is not None:
-        return started != config.parent_start
-    try:
-        os.kill(config.parent_pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return not invocation_alive({"host": platform.node(), "pid": str(config.parent_pid),
+                                 "pid_start": config.parent_start or ""})
 
 
 def _log_outputs(tracker, run_id: str, result) -> None:
