@@ -8,7 +8,7 @@ terminates the others mid-trial, which is why ablate supervises its own processe
 supplies the core count, which honours cgroup CPU limits.)
 
 A worker logs its own trials to MLflow as child runs of the parent run, with an explicit
-run id, and reports progress to the parent as small events on a queue; the worker loop takes
+run id, and reports progress to the parent as small events on a pipe of its own; the worker loop takes
 only picklable inputs, so it can later run under a cluster engine or on other machines.
 """
 
@@ -24,7 +24,9 @@ import queue
 import signal
 import sys
 import traceback
+from collections import deque
 from dataclasses import dataclass, field, replace
+from multiprocessing.connection import wait as connection_wait
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,7 @@ ERROR, DIVERGED, OOM, WORKER_LOST, INTERRUPTED = "error", "diverged", "oom", "wo
 
 OUTPUTS_ARTIFACT = "test_outputs.npz"  # predictions, confidences and, for a linear model, its weights
 
-# Test-only fault injection: {"<stage>:<seed>": "raise" | "nan" | "oom" | "kill" | "slow"} as JSON.
+# Test-only fault injection, as JSON: {"<stage>:<seed>": "raise" | "nan" | "oom" | "kill" | "kill-mid-event" | "slow"}.
 FAULTS_ENV = "ABLATE_TEST_FAULTS"
 
 
@@ -106,7 +108,21 @@ class Orphaned(Exception):
     """The parent process is gone (killed): stop, record the trial as interrupted, exit."""
 
 
-def worker_main(slot: Slot, config: WorkerConfig, tasks, events) -> None:
+class EventChannel:
+    """A worker's events to the parent, written straight into a pipe only this worker writes to.
+
+    Not a shared multiprocessing.Queue: its writers share one lock, taken by a background feeder
+    thread, and a worker killed while holding it (kill -9, the OOM killer) would silence every other
+    worker for good, leaving the parent waiting forever for news of finished trials."""
+
+    def __init__(self, connection):
+        self.connection = connection
+
+    def put(self, event: tuple) -> None:
+        self.connection.send(event)
+
+
+def worker_main(slot: Slot, config: WorkerConfig, tasks, events: EventChannel) -> None:
     """A worker's life: set up its device once, then train trials until told to stop."""
     import torch
 
@@ -155,7 +171,7 @@ def _run_one(trial: Trial, slot: Slot, config: WorkerConfig, tracker, device, ev
         events.put(("epoch", slot.index, trial.hash, epoch, metrics["val_accuracy"]))
         if _orphaned(config):
             raise Orphaned()
-        _inject(fault, epoch)
+        _inject(fault, epoch, events)
 
     try:
         dataset = datasets.load(settings.dataset, settings.data, Path(config.data_dir), device)
@@ -331,7 +347,7 @@ def _free_memory(device) -> None:
         torch.cuda.empty_cache()
 
 
-def _inject(fault: str | None, epoch: int) -> None:
+def _inject(fault: str | None, epoch: int, events: EventChannel) -> None:
     """Test-only faults, fired at the end of the first epoch (after the trial's run exists)."""
     if fault is None or epoch != 1:
         return
@@ -339,6 +355,9 @@ def _inject(fault: str | None, epoch: int) -> None:
 
     import torch
 
+    if fault == "kill-mid-event":  # die halfway through writing an event, as a kill -9 can land
+        os.write(events.connection.fileno(), (1 << 20).to_bytes(4, "big") + b"an unfinished event")
+        os.kill(os.getpid(), signal.SIGKILL)
     if fault == "raise":
         raise RuntimeError("injected fault")
     if fault == "oom":
@@ -368,6 +387,7 @@ class _Worker:
     slot: Slot
     process: Any
     tasks: Any
+    events: Any  # the reading end of the worker's event pipe
     task: Any = None  # a Trial, or a search task (whose Trial is known once the worker has asked Optuna)
     trial: Trial | None = None
     run_id: str | None = None
@@ -386,17 +406,19 @@ class Pool:
     def __init__(self, slots: list[Slot], config: WorkerConfig):
         self.context = _context()
         self.config = config
-        self.events = self.context.Queue()
+        self.received: deque = deque()  # events read from the pipes, not yet handed out
         self.workers = {slot.index: self._start(slot) for slot in slots}
 
     def _start(self, slot: Slot) -> _Worker:
         tasks = self.context.Queue()
+        reader, writer = self.context.Pipe(duplex=False)
         process = self.context.Process(
-            target=worker_main, args=(slot, self.config, tasks, self.events), name=f"ablate-worker-{slot.index}",
-            daemon=True,
+            target=worker_main, args=(slot, self.config, tasks, EventChannel(writer)),
+            name=f"ablate-worker-{slot.index}", daemon=True,
         )
         process.start()
-        return _Worker(slot, process, tasks)
+        writer.close()  # the worker holds the only writing end, so its death reads as end-of-file here
+        return _Worker(slot, process, tasks, reader)
 
     def give(self, worker: _Worker, task) -> None:
         worker.task, worker.run_id = task, None
@@ -411,10 +433,18 @@ class Pool:
         return [w for w in self.workers.values() if w.task is None and not w.stopping]
 
     def next_event(self, timeout: float):
-        try:
-            return self.events.get(timeout=timeout)
-        except queue.Empty:
-            return None
+        """The next event from any worker, or None after `timeout` seconds without one."""
+        if not self.received:
+            self._receive(timeout)
+        return self.received.popleft() if self.received else None
+
+    def _receive(self, timeout: float) -> None:
+        open_readers = {w.events: w for w in self.workers.values() if not w.events.closed}
+        for reader in connection_wait(list(open_readers), timeout):
+            try:
+                self.received.append(reader.recv())
+            except (EOFError, OSError):  # the worker is gone; dead() will say so
+                reader.close()
 
     def drain(self) -> list:
         found = []
@@ -423,11 +453,14 @@ class Pool:
         return found
 
     def dead(self) -> list[_Worker]:
-        return [w for w in self.workers.values() if not w.process.is_alive() and not w.stopping]
+        """Workers that died unasked, or while still holding a task (so the loop never waits on a dead one)."""
+        return [w for w in self.workers.values()
+                if not w.process.is_alive() and (not w.stopping or w.task is not None)]
 
     def replace(self, worker: _Worker) -> _Worker:
         """A fresh process for a dead worker's slot."""
         worker.process.join(timeout=1)
+        worker.events.close()
         fresh = self._start(worker.slot)
         self.workers[worker.slot.index] = fresh
         return fresh

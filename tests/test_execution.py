@@ -98,6 +98,19 @@ def test_a_dead_worker_is_replaced_and_the_rest_still_run(write_study, store, ca
     assert list(trials.loc[trials["status"] == "FAILED", "tags.reason"]) == ["worker-lost"]
 
 
+def test_a_worker_killed_while_writing_an_event_silences_no_one(tiny, store):
+    """A worker can die halfway through a message; the parent and the other workers must carry on."""
+    parent = _start(tiny, store, "--workers-per-device", "2", ABLATE_TEST_FAULTS='{"linear:0": "kill-mid-event"}')
+    try:
+        output, _ = parent.communicate(timeout=180)
+    finally:
+        parent.kill()
+    assert parent.returncode == 1, output
+    trials = _trials(store)
+    assert (trials["status"] == "FINISHED").sum() == 3
+    assert list(trials.loc[trials["status"] == "FAILED", "tags.reason"]) == ["worker-lost"]
+
+
 def test_eight_workers_on_a_fresh_sqlite_store(write_study, tmp_path, capsys):
     study = write_study(TINY_STUDY.replace("seeds = [0, 1]", "seeds = [0, 1, 2, 3]").replace("epochs = 2", "epochs = 1"))
     store = f"sqlite:///{tmp_path / 'fresh.db'}"
@@ -111,10 +124,10 @@ def test_eight_workers_on_a_fresh_sqlite_store(write_study, tmp_path, capsys):
     assert trials["metrics.test_accuracy"].notna().all() and trials["tags.worker"].nunique() >= 2
 
 
-def _start(study, store, **env) -> subprocess.Popen:
+def _start(study, store, *options: str, **env) -> subprocess.Popen:
     environment = {**os.environ, "ABLATE_DATA_DIR": str(DATA_DIR), **env}
     return subprocess.Popen(
-        [sys.executable, "-m", "ablate", "run", str(study), "--tracking-uri", store, "--max-workers", "1"],
+        [sys.executable, "-m", "ablate", "run", str(study), "--tracking-uri", store, *(options or ("--max-workers", "1"))],
         cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
 
