@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="worker processes per device (CPU: the number of CPU workers); overrides [execution]")
     run.add_argument("--max-workers", type=_positive, default=None, metavar="N",
                      help="at most N worker processes overall; overrides [execution]")
+    run.add_argument("--pack", type=_positive, default=None, metavar="K",
+                     help="train up to K trials of one architecture together as one batched network; "
+                     "overrides [execution] pack")
     run.add_argument("--storage", default=None, metavar="URL|FILE",
                      help="search studies: the Optuna storage, an RDB URL (postgresql://…) or a journal file "
                      "(default: optuna-journal.log beside the MLflow store)")
@@ -279,7 +282,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import_paths = _make_factories_importable(study.path)
     trials = expand(study)  # every check on the spec happens before torch or mlflow load
     overrides = {"devices": _devices(args.devices) if args.devices else None,
-                 "workers_per_device": args.workers_per_device, "max_workers": args.max_workers}
+                 "workers_per_device": args.workers_per_device, "max_workers": args.max_workers, "pack": args.pack}
     execution = replace(study.execution, **{k: v for k, v in overrides.items() if v is not None})  # flags win
 
     from ablate.data import default_data_dir

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import MISSING, dataclass, fields, is_dataclass
+from dataclasses import MISSING, dataclass, fields, is_dataclass, replace
 from typing import Any
 
 from ablate import sizes
 from ablate.errors import SpecError
-from ablate.spec import DATASETS, CustomModel, Stage, Study, TrialSettings
+from ablate.spec import DATASETS, CNNModel, ConstantSchedule, CustomModel, MLPModel, Stage, Study, TrialSettings
 
 HASH_LENGTH = 12
 
@@ -221,3 +221,51 @@ def varying_settings(trials: list[Trial]) -> list[str]:
     flats = [flatten(t.settings.to_dict()) for t in trials]
     keys = sorted({k for flat in flats for k in flat} - {"seed"})
     return [k for k in keys if len({format_value(flat.get(k)) for flat in flats}) > 1]
+
+
+# What may differ between trials packed into one network ([execution] pack): the numbers a stacked network
+# can carry per trial. Everything else — architecture, data, epochs, batch size, optimizer kind, loss,
+# augmentation — must be equal, which pack_key checks by blanking these and comparing what is left.
+PACKABLE_TRAIN = {"lr": 1.0, "weight_decay": 0.0, "momentum": 0.0, "init": "default", "schedule": ConstantSchedule(),
+                  "label_smoothing": 0.0, "grad_clip": None, "early_stopping": None}
+
+
+def pack_key(settings: TrialSettings) -> str | None:
+    """Trials with equal keys can train packed together; None: this trial trains alone (a custom model)."""
+    model = settings.model
+    if isinstance(model, CustomModel):
+        return None  # its layers are the user's: ablate cannot stack them
+    if isinstance(model, MLPModel):
+        model = replace(model, dropout=0.0)
+    elif isinstance(model, CNNModel):
+        resolved = model.resolved()
+        model = replace(resolved, blocks=tuple(replace(b, dropout=0.0) for b in resolved.blocks))
+    blanked = replace(settings, seed=0, model=model, train=replace(settings.train, **PACKABLE_TRAIN))
+    return json.dumps(identity(blanked), sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Pack:
+    """Trials trained together as one batched network; each is still its own run."""
+
+    trials: tuple[Trial, ...]
+
+    @property
+    def key(self) -> str:
+        return "pack:" + "+".join(t.hash for t in self.trials)
+
+
+def pack_trials(trials: list[Trial], size: int) -> list[Trial | Pack]:
+    """Group trials that can share a network into packs of up to `size`, keeping the trials' order; a trial
+    with no partner stays a plain trial."""
+    if size <= 1:
+        return list(trials)
+    groups: dict[str | None, list[Trial]] = {}
+    for trial in trials:
+        groups.setdefault(pack_key(trial.settings) or trial.hash, []).append(trial)
+    tasks: list[Trial | Pack] = []
+    for group in groups.values():
+        for start in range(0, len(group), size):
+            chunk = group[start : start + size]
+            tasks.append(chunk[0] if len(chunk) == 1 else Pack(tuple(chunk)))
+    return tasks

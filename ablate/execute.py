@@ -16,7 +16,7 @@ from typing import Protocol
 
 from ablate import data as datasets
 from ablate import sizes
-from ablate.design import Trial
+from ablate.design import Trial, pack_trials
 from ablate.spec import DATASETS, ExecutionSettings, Study
 from ablate.tracking import PLAN_ARTIFACT, Tracker, environment_tags, process_start
 from ablate.workers import WORKER_LOST, Pool, Slot, WorkerConfig, faults_from_env, plan_slots
@@ -122,7 +122,8 @@ def run_study(
     recovered, elsewhere = tracker.recover_stale(experiment_id)
     done = tracker.finished_hashes(experiment_id)
     todo = [t for t in trials if t.hash not in done and t.hash not in elsewhere]
-    slots = slots[: max(1, len(todo))]  # no idle workers
+    tasks = pack_trials(todo, execution.pack)
+    slots = slots[: max(1, len(tasks))]  # no idle workers
     summary = RunSummary(experiment_id, None, total=len(trials), skipped=len(trials) - len(todo),
                          recovered=recovered, running_elsewhere=len(elsewhere & {t.hash for t in trials}), slots=slots)
     reporter.start(len(trials), summary.skipped, slots)
@@ -132,7 +133,7 @@ def run_study(
                                           data_dir, import_paths)
     summary.parent_run_id = parent_id
     tracker.client.log_dict(parent_id, plan_document(study, trials), PLAN_ARTIFACT)
-    _Dispatcher(Pool(slots, config), todo, tracker, reporter, summary).run()
+    _Dispatcher(Pool(slots, config), tasks, tracker, reporter, summary).run()
     summary.wall_seconds = time.perf_counter() - started
     _close_parent(tracker, summary)
     return summary
@@ -195,37 +196,40 @@ class _Dispatcher:
         if self.pending:
             self.pool.give(worker, self.pending.popleft())
         else:
-            worker.task = worker.trial = None  # idle until the next phase, or until the pool shuts down
+            worker.clear()  # idle until the next phase, or until the pool shuts down
 
     def _worker(self, slot_index: int):
         return self.pool.workers[slot_index]
 
     def _handle(self, event: tuple) -> None:
+        """Events name the task (rest[0]) and, after `started`, the trial; a pack's trials end one by one and
+        its worker is free at `done`."""
         kind, slot_index, *rest = event
         worker = self._worker(slot_index)
         if kind == "ready" or worker.task is None or (rest and rest[0] != worker.key):
             return  # a worker starting up, or news of a task this worker no longer holds
         if kind == "started":
-            worker.run_id = rest[1]
-            if len(rest) > 2:
-                worker.trial = rest[2]  # a search task: the trial the worker drew
-            self.reporter.trial_started(worker.trial, worker.slot)
-        elif kind == "epoch" and worker.trial is not None:
-            self.reporter.epoch(worker.trial, worker.slot, rest[1], rest[2])
-        elif kind == "finished":
-            self.summary.finished.append((worker.trial, rest[1]))
+            trial = rest[2]
+            worker.open[trial.hash] = [trial, rest[1]]
+            self.reporter.trial_started(trial, worker.slot)
+        elif kind == "epoch" and rest[3] in worker.open:
+            self.reporter.epoch(worker.open[rest[3]][0], worker.slot, rest[1], rest[2])
+        elif kind == "finished" and rest[2] in worker.open:
+            trial, _ = worker.open.pop(rest[2])
+            self.summary.finished.append((trial, rest[1]))
             self.lost_in_a_row = 0
-            self.reporter.trial_finished(worker.trial, worker.slot, rest[1])
-            self._feed(worker)
-        elif kind == "failed":
-            self._failed(worker, rest[1], rest[2])
+            self.reporter.trial_finished(trial, worker.slot, rest[1])
+        elif kind == "failed" and rest[3] in worker.open:
+            trial, _ = worker.open.pop(rest[3])
+            self._failed(trial, worker, rest[1], rest[2])
+        elif kind == "done":
             self._feed(worker)
         elif kind == "killed":
-            worker.task = worker.trial = None
+            worker.clear()
 
-    def _failed(self, worker, reason: str, error: str) -> None:
-        self.summary.failed.append((worker.trial, reason, error))
-        self.reporter.trial_failed(worker.trial, worker.slot, reason, error)
+    def _failed(self, trial: Trial, worker, reason: str, error: str) -> None:
+        self.summary.failed.append((trial, reason, error))
+        self.reporter.trial_failed(trial, worker.slot, reason, error)
 
     def _check_dead(self) -> None:
         dead = self.pool.dead()
@@ -234,8 +238,7 @@ class _Dispatcher:
         for event in self.pool.drain():  # what a worker said just before it died still counts
             self._handle(event)
         for worker in self.pool.dead():
-            if worker.task is not None:
-                self._record_lost(worker)
+            self._record_lost(worker)
             if not self.pending:
                 worker.stopping = True  # nothing left for a new worker to do
                 continue
@@ -247,21 +250,22 @@ class _Dispatcher:
                 self._feed(fresh)
 
     def _record_lost(self, worker) -> None:
-        trial, code = worker.trial, worker.process.exitcode
-        error = f"the worker process died (exit code {code}) while training this trial"
-        if trial is not None:  # a search task that died before drawing its trial has nothing to record
-            run_id = worker.run_id or self.tracker.start_trial(
+        """Every trial the dead worker held and had not ended is FAILED (worker-lost); a search task that died
+        before drawing its trial has nothing to record."""
+        error = f"the worker process died (exit code {worker.process.exitcode}) while training this trial"
+        for trial, run_id in worker.open.values():
+            run_id = run_id or self.tracker.start_trial(
                 self.summary.experiment_id, self.summary.parent_run_id, trial, {"device": worker.slot.device}
             )
             self.tracker.finish(run_id, "FAILED", error=error, reason=WORKER_LOST)
-            self._failed(worker, WORKER_LOST, error)
-        worker.task = worker.trial = None
+            self._failed(trial, worker, WORKER_LOST, error)
+        worker.clear()
 
     def _give_up(self, worker) -> None:
         """Workers keep dying before they finish anything: fail what is left rather than loop forever."""
         for task in self.pending:
-            if isinstance(task, Trial):
-                self.summary.failed.append((task, WORKER_LOST, "not run: workers kept dying"))
+            for trial in [task] if isinstance(task, Trial) else getattr(task, "trials", ()):
+                self.summary.failed.append((trial, WORKER_LOST, "not run: workers kept dying"))
         self.pending.clear()
         self.pool.give(worker, None)
 
@@ -278,21 +282,19 @@ class _Dispatcher:
                 for worker in self.pool.dead():
                     for event in self.pool.drain():
                         self._handle(event)
-                    if worker.task is not None and worker.run_id:
-                        self._mark_killed(worker)
-                    worker.task, worker.trial, worker.stopping = None, None, True
+                    self._mark_killed(worker)
+                    worker.stopping = True
         except KeyboardInterrupt:
             pass  # a second Ctrl-C: stop waiting
         for worker in self.pool.busy():
             worker.process.terminate()
-            if worker.run_id:
-                self._mark_killed(worker)
-            worker.task = worker.trial = None
+            self._mark_killed(worker)
 
     def _mark_killed(self, worker) -> None:
-        run = self.tracker.client.get_run(worker.run_id)
-        if run.info.status == "RUNNING":
-            self.tracker.finish(worker.run_id, "KILLED", error="interrupted (Ctrl-C)", reason="interrupted")
+        for _, run_id in worker.open.values():
+            if run_id and self.tracker.client.get_run(run_id).info.status == "RUNNING":
+                self.tracker.finish(run_id, "KILLED", error="interrupted (Ctrl-C)", reason="interrupted")
+        worker.clear()
 
 
 def _close_parent(tracker: Tracker, summary: RunSummary) -> None:
@@ -350,7 +352,7 @@ def run_search(
         summary.total += len(confirm)
         summary.skipped += len(confirm) - len(todo)
         reporter.start(len(confirm), len(confirm) - len(todo), slots)
-        _Dispatcher(pool, todo, tracker, reporter, summary).run(shutdown=False)
+        _Dispatcher(pool, pack_trials(todo, execution.pack), tracker, reporter, summary).run(shutdown=False)
     pool.shutdown()
     if not summary.interrupted:  # an interrupted search has no confirm arms yet: reports keep the previous plan
         document = plan_document(study, confirm, arms)

@@ -362,6 +362,13 @@ class ExecutionSettings:
         at_least(1),
     )
     max_workers: int | None = option(None, "Upper bound on the worker processes overall; unset: no bound.", at_least(1))
+    pack: int = option(
+        1,
+        "Train up to this many trials of one architecture together, as one batched network in one worker (each "
+        "still its own run with its own metrics). They may differ in seed, lr, weight_decay, momentum, init, "
+        "schedule, label_smoothing, grad_clip, early_stopping and dropout rates; custom models never pack. 1: off.",
+        at_least(1),
+    )
 
 
 @dataclass(frozen=True)

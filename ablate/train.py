@@ -135,12 +135,8 @@ def make_schedule(optimizer: torch.optim.Optimizer, train: TrainSettings, steps_
     raise ValueError(f"unknown schedule {s!r}")
 
 
-def augment_batch(images: torch.Tensor, augment: Augment, generator: torch.Generator) -> torch.Tensor:
-    """Random rotation, shift and zoom, a different one per image, as one batched affine resampling on the device.
-
-    `images` are float; pixels moved in from outside the image are 0 (MNIST's black background).
-    """
-    n, device = images.shape[0], images.device
+def affine_theta(n: int, augment: Augment, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """A random rotation, shift and zoom per image, as the (n, 2, 3) matrices affine_grid takes."""
 
     def uniform(*shape: int) -> torch.Tensor:
         return torch.rand(*shape, device=device, generator=generator) * 2 - 1  # U(-1, 1)
@@ -152,15 +148,24 @@ def augment_batch(images: torch.Tensor, augment: Augment, generator: torch.Gener
     cos, sin, inv = angle.cos(), angle.sin(), 1.0 / scale
     tx, ty = shift[:, 0], shift[:, 1]
     # affine_grid maps output to input coordinates: the inverse of x_out = scale · R(angle) · x_in + shift.
-    theta = torch.stack(
+    return torch.stack(
         [
             torch.stack([cos * inv, sin * inv, -(cos * tx + sin * ty) * inv], dim=1),
             torch.stack([-sin * inv, cos * inv, -(-sin * tx + cos * ty) * inv], dim=1),
         ],
         dim=1,
     )
+
+
+def resample(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Apply one affine transform per image; pixels moved in from outside the image are 0 (MNIST's background)."""
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def augment_batch(images: torch.Tensor, augment: Augment, generator: torch.Generator) -> torch.Tensor:
+    """Random rotation, shift and zoom, a different one per image, as one batched affine resampling on the device."""
+    return resample(images, affine_theta(images.shape[0], augment, generator, images.device))
 
 
 @torch.inference_mode()

@@ -30,7 +30,7 @@ from multiprocessing.connection import wait as connection_wait
 from pathlib import Path
 from typing import Any
 
-from ablate.design import Trial
+from ablate.design import Pack, Trial
 from ablate.errors import AblateError
 
 # Failure reasons, recorded as the `reason` tag of a FAILED (or KILLED) run.
@@ -147,61 +147,130 @@ def worker_main(slot: Slot, config: WorkerConfig, tasks, events: EventChannel) -
         try:
             if isinstance(trial, Trial):
                 _run_one(trial, slot, config, tracker, device, events)
+            elif isinstance(trial, Pack):
+                _run_pack(trial, slot, config, tracker, device, events)
             else:
                 _run_search_one(trial, slot, config, tracker, device, events)
         except (KeyboardInterrupt, Orphaned):
             return
+        events.put(("done", slot.index, trial.hash if isinstance(trial, Trial) else trial.key))
 
 
-def _run_one(trial: Trial, slot: Slot, config: WorkerConfig, tracker, device, events) -> None:
-    from ablate import data as datasets
-    from ablate.train import train_trial
-
+def _start_run(trial: Trial, slot: Slot, config: WorkerConfig, tracker, key: str, events, **tags: str) -> str:
     run_id = tracker.start_trial(config.experiment_id, config.parent_run_id, trial, {
-        **config.env_tags, "device": slot.device, "worker": str(slot.index), "pid": str(os.getpid()),
+        **config.env_tags, "device": slot.device, "worker": str(slot.index), "pid": str(os.getpid()), **tags,
     })
-    events.put(("started", slot.index, trial.hash, run_id))
+    events.put(("started", slot.index, key, run_id, trial))
+    return run_id
+
+
+def _trial_settings(trial: Trial, config: WorkerConfig):
     fault = config.faults.get(f"{trial.stage}:{trial.seed}")
     settings = trial.settings
     if fault == "nan":  # an infinite learning rate: the loss is NaN within a few steps
         settings = replace(settings, train=replace(settings.train, lr=math.inf))
+    return settings, fault
 
-    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
-        tracker.log_metrics(run_id, metrics, step=epoch)
-        events.put(("epoch", slot.index, trial.hash, epoch, metrics["val_accuracy"]))
-        if _orphaned(config):
-            raise Orphaned()
-        _inject(fault, epoch, events)
 
+def _epoch_done(trial: Trial, slot: Slot, config: WorkerConfig, tracker, run_id: str, key: str, events,
+                fault: str | None, epoch: int, metrics: dict[str, float]) -> None:
+    tracker.log_metrics(run_id, metrics, step=epoch)
+    events.put(("epoch", slot.index, key, epoch, metrics["val_accuracy"], trial.hash))
+    if _orphaned(config):
+        raise Orphaned()
+    _inject(fault, epoch, events)
+
+
+def _record_failure(exc: BaseException, trial: Trial, slot: Slot, tracker, run_id: str, key: str, events,
+                    trace: str) -> None:
+    reason = classify(exc)
+    tracker.client.log_text(run_id, trace, "traceback.txt")
+    message = f"{type(exc).__name__}: {exc}"
+    tracker.finish(run_id, "FAILED", error=message, reason=reason)
+    events.put(("failed", slot.index, key, reason, message, trial.hash))
+
+
+def _record_result(trial: Trial, slot: Slot, tracker, run_id: str, key: str, events, result, device) -> None:
+    tracker.log_metrics(run_id, {**result.final_metrics(), "peak_memory_mb": _peak_memory_mb(device)},
+                        step=len(result.history))
+    _log_outputs(tracker, run_id, result)
+    tracker.finish(run_id)
+    events.put(("finished", slot.index, key, {"test_accuracy": result.test_accuracy,
+                                              "train_seconds": result.train_seconds}, trial.hash))
+
+
+def _load_data(settings, config: WorkerConfig, device):
+    from ablate import data as datasets
+
+    dataset = datasets.load(settings.dataset, settings.data, Path(config.data_dir), device)
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(device)
+    return dataset
+
+
+def _run_one(trial: Trial, slot: Slot, config: WorkerConfig, tracker, device, events) -> None:
+    from ablate.train import train_trial
+
+    key = trial.hash
+    run_id = _start_run(trial, slot, config, tracker, key, events)
+    settings, fault = _trial_settings(trial, config)
     try:
-        dataset = datasets.load(settings.dataset, settings.data, Path(config.data_dir), device)
-        if device.type == "cuda":
-            import torch
-
-            torch.cuda.reset_peak_memory_stats(device)
-        result = train_trial(settings, dataset, device, on_epoch)
+        result = train_trial(settings, _load_data(settings, config, device), device,
+                             lambda epoch, metrics: _epoch_done(trial, slot, config, tracker, run_id, key, events,
+                                                                fault, epoch, metrics))
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the bookkeeping short
         tracker.finish(run_id, "KILLED", error="interrupted (Ctrl-C)", reason=INTERRUPTED)
-        events.put(("killed", slot.index, trial.hash))
+        events.put(("killed", slot.index, key))
         raise
     except Orphaned:
         tracker.finish(run_id, "FAILED", error="the ablate run that started this trial is gone", reason=INTERRUPTED)
         raise
     except Exception as exc:
-        reason = classify(exc)
-        tracker.client.log_text(run_id, traceback.format_exc(), "traceback.txt")
-        message = f"{type(exc).__name__}: {exc}"
-        tracker.finish(run_id, "FAILED", error=message, reason=reason)
+        _record_failure(exc, trial, slot, tracker, run_id, key, events, traceback.format_exc())
         _free_memory(device)
-        events.put(("failed", slot.index, trial.hash, reason, message))
         return
-    tracker.log_metrics(run_id, {**result.final_metrics(), "peak_memory_mb": _peak_memory_mb(device)},
-                        step=len(result.history))
-    _log_outputs(tracker, run_id, result)
-    tracker.finish(run_id)
-    events.put(("finished", slot.index, trial.hash, {"test_accuracy": result.test_accuracy,
-                                                       "train_seconds": result.train_seconds}))
+    _record_result(trial, slot, tracker, run_id, key, events, result, device)
+
+
+def _run_pack(pack: Pack, slot: Slot, config: WorkerConfig, tracker, device, events) -> None:
+    """K trials trained as one packed network (ablate.pack), each logged to its own run as if it ran alone."""
+    from ablate.pack import train_pack
+
+    key, trials = pack.key, pack.trials
+    run_ids = [_start_run(t, slot, config, tracker, key, events, pack=key, pack_size=str(len(trials)))
+               for t in trials]
+    prepared = [_trial_settings(t, config) for t in trials]
+
+    def on_epoch(i: int, epoch: int, metrics: dict[str, float]) -> None:
+        _epoch_done(trials[i], slot, config, tracker, run_ids[i], key, events, prepared[i][1], epoch, metrics)
+
+    try:
+        settings = [s for s, _ in prepared]
+        results = train_pack(settings, _load_data(settings[0], config, device), device, on_epoch)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for run_id in run_ids:
+            tracker.finish(run_id, "KILLED", error="interrupted (Ctrl-C)", reason=INTERRUPTED)
+        events.put(("killed", slot.index, key))
+        raise
+    except Orphaned:
+        for run_id in run_ids:
+            tracker.finish(run_id, "FAILED", error="the ablate run that started this trial is gone", reason=INTERRUPTED)
+        raise
+    except Exception as exc:  # the whole pack failed (out of memory, a bug): each of its trials did
+        trace = traceback.format_exc()
+        for trial, run_id in zip(trials, run_ids):
+            _record_failure(exc, trial, slot, tracker, run_id, key, events, trace)
+        _free_memory(device)
+        return
+    for trial, run_id, result in zip(trials, run_ids, results):
+        if isinstance(result, BaseException):  # this trial alone diverged
+            _record_failure(result, trial, slot, tracker, run_id, key, events, f"{type(result).__name__}: {result}\n")
+        else:
+            _record_result(trial, slot, tracker, run_id, key, events, result, device)
 
 
 _PARSED: dict[str, Any] = {}
@@ -241,7 +310,7 @@ def _run_search_one(task, slot: Slot, config: WorkerConfig, tracker, device, eve
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
         tracker.log_metrics(run_id, metrics, step=epoch)
-        events.put(("epoch", slot.index, task.key, epoch, metrics["val_accuracy"]))
+        events.put(("epoch", slot.index, task.key, epoch, metrics["val_accuracy"], trial.hash))
         if _orphaned(config):
             raise Orphaned()
         asked.report(metrics[objective], epoch)
@@ -260,7 +329,7 @@ def _run_search_one(task, slot: Slot, config: WorkerConfig, tracker, device, eve
         optuna_study.tell(asked, state=optuna.trial.TrialState.PRUNED)
         tracker.log_metrics(run_id, {"pruned_at_epoch": epoch}, step=epoch)
         close("PRUNED", "FINISHED")
-        events.put(("finished", slot.index, task.key, {"summary": f"pruned after epoch {epoch}"}))
+        events.put(("finished", slot.index, task.key, {"summary": f"pruned after epoch {epoch}"}, trial.hash))
         return
     except (KeyboardInterrupt, Orphaned) as exc:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -279,14 +348,15 @@ def _run_search_one(task, slot: Slot, config: WorkerConfig, tracker, device, eve
         message = f"{type(exc).__name__}: {exc}"
         close("FAIL", "FAILED", error=message, reason=reason)
         _free_memory(device)
-        events.put(("failed", slot.index, task.key, reason, message))
+        events.put(("failed", slot.index, task.key, reason, message, trial.hash))
         return
     value = result.history[result.tested_epoch - 1][objective]
     optuna_study.tell(asked, value)
     final = {k: v for k, v in result.final_metrics().items() if not k.startswith("test_")}
     tracker.log_metrics(run_id, {**final, "objective": value}, step=len(result.history))
     close("COMPLETE", "FINISHED")
-    events.put(("finished", slot.index, task.key, {"summary": f"{objective} {value:.4f} (Optuna trial {asked.number})"}))
+    events.put(("finished", slot.index, task.key, {"summary": f"{objective} {value:.4f} (Optuna trial {asked.number})"},
+                trial.hash))
 
 
 def _orphaned(config: WorkerConfig) -> bool:
@@ -388,9 +458,8 @@ class _Worker:
     process: Any
     tasks: Any
     events: Any  # the reading end of the worker's event pipe
-    task: Any = None  # a Trial, or a search task (whose Trial is known once the worker has asked Optuna)
-    trial: Trial | None = None
-    run_id: str | None = None
+    task: Any = None  # a Trial, a Pack of trials, or a search task (whose Trial is known once it asked Optuna)
+    open: dict[str, list] = field(default_factory=dict)  # trial hash → [trial, run id or None], not yet ended
     stopping: bool = False
 
     @property
@@ -398,6 +467,9 @@ class _Worker:
         if self.task is None:
             return None
         return self.task.hash if isinstance(self.task, Trial) else self.task.key
+
+    def clear(self) -> None:
+        self.task, self.open = None, {}
 
 
 class Pool:
@@ -421,8 +493,9 @@ class Pool:
         return _Worker(slot, process, tasks, reader)
 
     def give(self, worker: _Worker, task) -> None:
-        worker.task, worker.run_id = task, None
-        worker.trial = task if isinstance(task, Trial) else None
+        worker.task = task
+        trials = [task] if isinstance(task, Trial) else list(getattr(task, "trials", ()))  # a search task: none yet
+        worker.open = {t.hash: [t, None] for t in trials}
         worker.tasks.put(task)
         worker.stopping = task is None
 
