@@ -254,6 +254,14 @@ def plan_summary(study, design) -> str:
         if design.merged:
             line += " (they resolve to the same settings as another point, e.g. " + \
                 f"'{design.merged[0][0]}' = '{design.merged[0][1]}')"
+    if study.execution.pack > 1:
+        from ablate.design import pack_trials
+
+        tasks = pack_trials(design.trials, study.execution.pack)
+        packs = [t for t in tasks if hasattr(t, "trials")]
+        line += (f"; [execution] pack = {study.execution.pack}: {len(packs)} packs of "
+                 f"{'/'.join(sorted({str(len(p.trials)) for p in packs}, key=int)) or '—'} trials, "
+                 f"{len(tasks) - len(packs)} trial(s) alone")
     return line
 
 

@@ -29,7 +29,7 @@ from ablate.data import DeviceData, Split
 from ablate.models import build_model, count_params, initialise
 from ablate.spec import DATASETS, TrainSettings, TrialSettings
 from ablate.train import (
-    AUGMENT_SEED_OFFSET, DIVERGENCE_CHECK_EVERY, EVAL_BATCH, Diverged, TrialResult, _EarlyStopper, affine_theta,
+    AUGMENT_SEED_OFFSET, EVAL_BATCH, Diverged, TrialResult, _EarlyStopper, affine_draws, affine_theta,
     make_optimizer, make_schedule, resample,
 )
 
@@ -84,6 +84,7 @@ class PackedNet:
                                                        for layers in per_model])
             self.layers.append(layer)
         self.training = True
+        self._keeps: dict[tuple, torch.Tensor] = {}
 
     def parameters(self) -> list[torch.Tensor]:
         return [p for layer in self.layers for p in layer.params.values()]
@@ -142,13 +143,21 @@ class PackedNet:
     def _dropout(self, x: torch.Tensor, rates: list[float], grouped: bool) -> torch.Tensor:
         """Each trial's mask from its own generator, drawn as torch draws a single run's (CPU) dropout mask."""
         shape = (x.shape[0], x.shape[1] // self.k, *x.shape[2:]) if grouped else x.shape[1:]
-        noise = []
-        for rate, generator in zip(rates, self.generators):
+        noise = torch.empty(self.k, *shape, device=x.device)
+        for k, (rate, generator) in enumerate(zip(rates, self.generators)):
             if rate > 0:
-                noise.append(torch.empty(shape, device=x.device).bernoulli_(1 - rate, generator=generator).div_(1 - rate))
+                noise[k].bernoulli_(1 - rate, generator=generator)
             else:
-                noise.append(torch.ones(shape, device=x.device))
-        return x * (torch.cat(noise, dim=1) if grouped else torch.stack(noise))
+                noise[k].fill_(1.0)
+        noise.div_(_per_trial(self._keep(rates, x.device), noise))
+        return x * (noise.transpose(0, 1).flatten(1, 2) if grouped else noise)
+
+    def _keep(self, rates: list[float], device) -> torch.Tensor:
+        """1 - rate per trial, made once per layer (a host-to-device copy per step would stall a GPU)."""
+        key = tuple(rates)
+        if key not in self._keeps:
+            self._keeps[key] = torch.tensor([1 - r for r in rates], device=device)
+        return self._keeps[key]
 
     def train(self, mode: bool = True) -> None:
         self.training = mode
@@ -187,11 +196,13 @@ class PackedOptimizer:
     """Adam, AdamW or SGD over stacked weights, with each trial's own hyperparameters, the same update torch
     computes for one trial."""
 
-    def __init__(self, params: list[torch.Tensor], trains: list[TrainSettings], device):
+    def __init__(self, params: list[torch.Tensor], trains: list[TrainSettings], device, momentum: bool = True):
         self.params = params
+        self.momentum = momentum  # False: plain SGD in every trial, no buffers needed
         self.kind = trains[0].optimizer
         self.nesterov = trains[0].nesterov
         self.weight_decay = torch.tensor([t.weight_decay for t in trains], device=device)
+        self.decays = any(t.weight_decay for t in trains)  # a host bool: asking the tensor would sync a GPU
         self.state: list[list[torch.Tensor]] = [[] for _ in params]
         self.steps = 0
 
@@ -205,8 +216,11 @@ class PackedOptimizer:
     def _update(self, p: torch.Tensor, g: torch.Tensor, state: list, lr, momentum) -> None:
         lr_, wd_ = _per_trial(lr, p), _per_trial(self.weight_decay, p)
         if self.kind == "sgd":
-            if self.weight_decay.any():
+            if self.decays:
                 g = g + wd_ * p
+            if not self.momentum:
+                p.sub_(lr_ * g)
+                return
             if not state:
                 state.append(g.clone())
             else:
@@ -216,7 +230,7 @@ class PackedOptimizer:
             return
         if self.kind == "adamw":
             p.mul_(1 - lr_ * wd_)
-        elif self.weight_decay.any():
+        elif self.decays:
             g = g + wd_ * p
         if not state:
             state.extend([torch.zeros_like(p), torch.zeros_like(p)])
@@ -309,7 +323,7 @@ class _Packed:
         self.steps_per_epoch = math.ceil(len(data.train) / self.train.batch_size)
         trains = [s.train for s in settings]
         self.lr, self.momentum = schedule_tables(trains, self.steps_per_epoch, device)
-        self.optimizer = PackedOptimizer(self.net.parameters(), trains, device)
+        self.optimizer = PackedOptimizer(self.net.parameters(), trains, device, momentum=bool(self.momentum.any()))
         smoothing = [t.label_smoothing for t in trains]
         self.smoothing = torch.tensor(smoothing, device=device) if any(smoothing) else None
         clips = [math.inf if t.grad_clip is None else t.grad_clip for t in trains]
@@ -332,7 +346,8 @@ class _Packed:
         augment = self.train.augment
         if augment.active:
             k, b = index.shape
-            theta = torch.cat([affine_theta(b, augment, g, self.device) for g in self.augment_generators])
+            draws = torch.cat([affine_draws(b, g, self.device) for g in self.augment_generators])
+            theta = affine_theta(draws, augment)
             images = resample(images.flatten(0, 1).float(), theta).unflatten(0, (k, b))
         return self.data.normalise(images)
 

@@ -135,16 +135,18 @@ def make_schedule(optimizer: torch.optim.Optimizer, train: TrainSettings, steps_
     raise ValueError(f"unknown schedule {s!r}")
 
 
-def affine_theta(n: int, augment: Augment, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """A random rotation, shift and zoom per image, as the (n, 2, 3) matrices affine_grid takes."""
+def affine_draws(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """The uniform numbers one batch's augmentation uses, (n, 4): angle, scale and the two shifts, in U(-1, 1)."""
+    angle, scale, shift = (torch.rand(*shape, device=device, generator=generator) for shape in ((n,), (n,), (n, 2)))
+    return torch.cat([angle.unsqueeze(1), scale.unsqueeze(1), shift], dim=1) * 2 - 1
 
-    def uniform(*shape: int) -> torch.Tensor:
-        return torch.rand(*shape, device=device, generator=generator) * 2 - 1  # U(-1, 1)
 
-    angle = uniform(n) * math.radians(augment.rotation)
+def affine_theta(draws: torch.Tensor, augment: Augment) -> torch.Tensor:
+    """A rotation, zoom and shift per image from its draws, as the (n, 2, 3) matrices affine_grid takes."""
+    angle = draws[:, 0] * math.radians(augment.rotation)
     low, high = augment.scale
-    scale = low + (high - low) * (uniform(n) + 1) / 2
-    shift = uniform(n, 2) * (2 * augment.translate)  # affine_grid coordinates span 2 per image side
+    scale = low + (high - low) * (draws[:, 1] + 1) / 2
+    shift = draws[:, 2:] * (2 * augment.translate)  # affine_grid coordinates span 2 per image side
     cos, sin, inv = angle.cos(), angle.sin(), 1.0 / scale
     tx, ty = shift[:, 0], shift[:, 1]
     # affine_grid maps output to input coordinates: the inverse of x_out = scale · R(angle) · x_in + shift.
@@ -165,7 +167,7 @@ def resample(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
 
 def augment_batch(images: torch.Tensor, augment: Augment, generator: torch.Generator) -> torch.Tensor:
     """Random rotation, shift and zoom, a different one per image, as one batched affine resampling on the device."""
-    return resample(images, affine_theta(images.shape[0], augment, generator, images.device))
+    return resample(images, affine_theta(affine_draws(images.shape[0], generator, images.device), augment))
 
 
 @torch.inference_mode()
