@@ -124,12 +124,7 @@ def test_pack_trials_chunks_each_group_in_order(tiny_trials):
     assert pack_trials(tiny_trials, 1) == tiny_trials
 
 
-@pytest.fixture
-def tiny_trials(write_study):
-    from ablate.design import expand
-    from ablate.spec import load_study
-
-    study = write_study("""
+TINY_PACKING = """
 [study]
 name = "packing"
 seeds = [0, 1]
@@ -150,7 +145,15 @@ model = { kind = "mlp", hidden = [32] }
 [[stage]]
 name = "linear"
 model = { kind = "linear" }
-""")
+"""
+
+
+@pytest.fixture
+def tiny_trials(write_study):
+    from ablate.design import expand
+    from ablate.spec import load_study
+
+    study = write_study(TINY_PACKING)
     return [t for t in expand(load_study(study)) if not (t.stage == "linear" and t.seed == 1)]
 
 
@@ -193,3 +196,17 @@ hidden = [32]
         assert (one[metric] - four[metric]).abs().max() <= 1 / 500 + 1e-6
     assert main(["run", str(study), "--tracking-uri", packed, "--pack", "4"]) == 0  # nothing left to do
     assert "8 already done" in capsys.readouterr().out
+
+
+def test_a_pack_whose_worker_dies_fails_all_its_trials_and_resume_runs_each_once(write_study, store, capsys, monkeypatch):
+    study = write_study(TINY_PACKING)
+    monkeypatch.setenv("ABLATE_TEST_FAULTS", '{"mlp:1": "kill"}')
+    assert main(["run", str(study), "--tracking-uri", store, "--max-workers", "1", "--pack", "4"]) == 1
+    runs = _runs(store)
+    lost = runs[runs["status"] == "FAILED"]
+    assert len(lost) == 4 and set(lost["tags.reason"]) == {"worker-lost"}  # the whole pack of mlp trials
+    assert (runs["status"] == "FINISHED").sum() == 2  # the linear pair, a pack of its own, still ran
+    monkeypatch.delenv("ABLATE_TEST_FAULTS")
+    assert main(["run", str(study), "--tracking-uri", store, "--pack", "4"]) == 0
+    finished = _runs(store).query("status == 'FINISHED'")
+    assert len(finished) == 6 and finished.index.is_unique
