@@ -16,7 +16,7 @@ from typing import Protocol
 
 from ablate import data as datasets
 from ablate import sizes
-from ablate.design import Trial, pack_trials
+from ablate.design import Pack, Trial, pack_trials
 from ablate.spec import DATASETS, ExecutionSettings, Study
 from ablate.tracking import PLAN_ARTIFACT, Tracker, environment_tags, process_start
 from ablate.workers import WORKER_LOST, Pool, Slot, WorkerConfig, faults_from_env, plan_slots
@@ -176,6 +176,7 @@ class _Dispatcher:
 
     def run(self, shutdown: bool = True) -> None:
         try:
+            self._replace_lost_before()
             for worker in self.pool.idle():
                 self._feed(worker)
             while self.pool.busy():
@@ -189,6 +190,13 @@ class _Dispatcher:
         finally:
             if shutdown or self.summary.interrupted:
                 self.pool.shutdown()
+
+    def _replace_lost_before(self) -> None:
+        """Workers that died idle in an earlier phase (a search's confirm runs come after its trials) were left
+        stopped, as there was nothing to give them then; this phase has work for their slots."""
+        for worker in list(self.pool.workers.values()):
+            if self.pending and worker.stopping and not worker.process.is_alive():
+                self.pool.replace(worker)
 
     def _feed(self, worker) -> None:
         if self.deadline is not None and time.monotonic() > self.deadline:
@@ -250,16 +258,37 @@ class _Dispatcher:
                 self._feed(fresh)
 
     def _record_lost(self, worker) -> None:
-        """Every trial the dead worker held and had not ended is FAILED (worker-lost); a search task that died
-        before drawing its trial has nothing to record."""
+        """The dead worker's trials that had started and not ended are FAILED (worker-lost). What it had not
+        started (it died before, or just after being handed the task) goes back to the front of the queue."""
         error = f"the worker process died (exit code {worker.process.exitcode}) while training this trial"
+        unstarted = [trial for trial, run_id in worker.open.values() if run_id is None]
         for trial, run_id in worker.open.values():
-            run_id = run_id or self.tracker.start_trial(
-                self.summary.experiment_id, self.summary.parent_run_id, trial, {"device": worker.slot.device}
-            )
-            self.tracker.finish(run_id, "FAILED", error=error, reason=WORKER_LOST)
-            self._failed(trial, worker, WORKER_LOST, error)
+            if run_id is not None and not self._ended_unheard(trial, run_id, worker):
+                self.tracker.finish(run_id, "FAILED", error=error, reason=WORKER_LOST)
+                self._failed(trial, worker, WORKER_LOST, error)
+        if isinstance(worker.task, Trial | Pack):
+            if len(unstarted) > 1:
+                self.pending.appendleft(Pack(tuple(unstarted)))
+            elif unstarted:
+                self.pending.appendleft(unstarted[0])
+        elif worker.task is not None and not worker.open:  # a search task that died before drawing its trial
+            self.pending.appendleft(worker.task)
         worker.clear()
+
+    def _ended_unheard(self, trial: Trial, run_id: str, worker) -> bool:
+        """Did the worker end this run (FINISHED, or FAILED with a reason) before dying, unheard? Then that stands."""
+        run = self.tracker.client.get_run(run_id)
+        if run.info.status == "RUNNING":
+            return False
+        if run.info.status == "FINISHED":
+            metrics = run.data.metrics
+            outcome = ({"test_accuracy": metrics["test_accuracy"], "train_seconds": metrics.get("train_seconds", 0.0)}
+                       if "test_accuracy" in metrics else {"summary": "finished"})  # a search trial is never tested
+            self.summary.finished.append((trial, outcome))
+            self.reporter.trial_finished(trial, worker.slot, outcome)
+        else:
+            self._failed(trial, worker, run.data.tags.get("reason", "error"), run.data.tags.get("error", ""))
+        return True
 
     def _give_up(self, worker) -> None:
         """Workers keep dying before they finish anything: fail what is left rather than loop forever."""

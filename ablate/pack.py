@@ -168,8 +168,8 @@ def _per_trial(values, like: torch.Tensor) -> torch.Tensor:
     return values.view(-1, *([1] * (like.dim() - 1)))
 
 
-def schedule_tables(trains: list[TrainSettings], steps_per_epoch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each trial's learning rate and momentum (SGD's momentum, Adam's beta1) at every step, (steps, K) each,
+def schedule_tables(trains: list[TrainSettings], steps_per_epoch: int) -> tuple[list[list[float]], list[list[float]]]:
+    """Each trial's learning rate and momentum (SGD's momentum, Adam's beta1) at every step, one list per trial,
     read off torch's own optimizer and scheduler run on a dummy parameter, so packed trials follow exactly the
     schedule a single run follows."""
     lrs, momenta = [], []
@@ -188,8 +188,12 @@ def schedule_tables(trains: list[TrainSettings], steps_per_epoch: int, device) -
             schedule.after_epoch()
         lrs.append(lr)
         momenta.append(momentum)
-    to_tensor = lambda rows: torch.tensor(rows, dtype=torch.float32, device=device).T.contiguous()  # noqa: E731
-    return to_tensor(lrs), to_tensor(momenta)
+    return lrs, momenta
+
+
+def _by_step(rows: list[list[float]], device) -> torch.Tensor:
+    """Per-trial lists → one (steps, K) device tensor, so a step reads its K values without a host copy."""
+    return torch.tensor(rows, dtype=torch.float32, device=device).T.contiguous()
 
 
 class PackedOptimizer:
@@ -322,8 +326,9 @@ class _Packed:
         self.net = PackedNet(models, dropout_generators)
         self.steps_per_epoch = math.ceil(len(data.train) / self.train.batch_size)
         trains = [s.train for s in settings]
-        self.lr, self.momentum = schedule_tables(trains, self.steps_per_epoch, device)
-        self.optimizer = PackedOptimizer(self.net.parameters(), trains, device, momentum=bool(self.momentum.any()))
+        self.lr_logged, momenta = schedule_tables(trains, self.steps_per_epoch)  # float64: logged as single runs log it
+        self.lr, self.momentum = _by_step(self.lr_logged, device), _by_step(momenta, device)
+        self.optimizer = PackedOptimizer(self.net.parameters(), trains, device, momentum=any(map(any, momenta)))
         smoothing = [t.label_smoothing for t in trains]
         self.smoothing = torch.tensor(smoothing, device=device) if any(smoothing) else None
         clips = [math.inf if t.grad_clip is None else t.grad_clip for t in trains]
@@ -392,7 +397,7 @@ def train_pack(
     started = time.perf_counter()
     for epoch in range(1, packed.train.epochs + 1):
         epoch_start = time.perf_counter()
-        lr = packed.lr[packed.step_number].tolist()
+        lr = [rates[packed.step_number] for rates in packed.lr_logged]
         train_loss, train_accuracy, diverged = packed.epoch()
         val_loss, val_accuracy = evaluate_packed(net, data.val, data, packed.train.loss)
         seconds = time.perf_counter() - epoch_start
@@ -448,7 +453,10 @@ def _test(packed: _Packed, results: list) -> None:
     losses, accuracies = evaluate_packed(packed.net, packed.data.test, packed.data, packed.train.loss, kept)
     predictions = torch.cat([p for p, _ in kept], dim=1).to(torch.uint8).cpu().numpy()
     confidences = torch.cat([c for _, c in kept], dim=1).to(torch.float16).cpu().numpy()
-    weights = packed.net.layers[-1].params["weight"].detach().float().cpu().numpy() if packed.linear_model else None
+    weights = None
+    if packed.linear_model:  # its one Linear layer (an output activation may follow it)
+        layer = next(layer for layer in packed.net.layers if isinstance(layer.module, nn.Linear))
+        weights = layer.params["weight"].detach().float().cpu().numpy()
     for i, result in enumerate(results):
         if isinstance(result, TrialResult):
             result.test_loss, result.test_accuracy = losses[i], accuracies[i]

@@ -119,7 +119,10 @@ class EventChannel:
         self.connection = connection
 
     def put(self, event: tuple) -> None:
-        self.connection.send(event)
+        try:
+            self.connection.send(event)
+        except OSError as exc:  # a broken pipe: nobody reads any more, the parent is gone
+            raise Orphaned() from exc
 
 
 def worker_main(slot: Slot, config: WorkerConfig, tasks, events: EventChannel) -> None:

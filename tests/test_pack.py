@@ -84,6 +84,14 @@ def test_packed_linear_models_with_mse_loss(data):
     assert packed[1].weights.shape == (10, 784)
 
 
+def test_class_templates_of_a_packed_linear_model_with_an_output_activation(data):
+    trials = [trial(seed, MLPModel(hidden=(), output_activation="relu"), epochs=1) for seed in (0, 1)]
+    packed = train_pack(trials, data, CPU)
+    singles = [train_trial(t, data, CPU) for t in trials]
+    for single, pack in zip(singles, packed):
+        assert pack.weights.shape == (10, 784) and abs(single.weights - pack.weights).max() < 1e-5
+
+
 @pytest.mark.parametrize("lr, tolerance", [(1e-8, 1e-6), (1e-3, 1e-2)])
 def test_packed_cnns_with_augmentation(data, lr, tolerance):
     """Grouped convolutions sum in another order than single ones. With a negligible learning rate the packed and
@@ -190,6 +198,7 @@ hidden = [32]
     one, four = _runs(single), _runs(packed)
     assert len(one) == len(four) == 8 and (four["status"] == "FINISHED").all()
     assert set(four["tags.pack_size"]) == {"4"} and four["tags.pack"].nunique() == 2
+    assert (one["metrics.lr"] == four["metrics.lr"]).all()  # the very rates, not float32 copies
     for metric in ("metrics.val_loss", "metrics.test_loss", "metrics.train_loss"):
         assert (one[metric] - four[metric]).abs().max() < 1e-4
     for metric in ("metrics.val_accuracy", "metrics.test_accuracy"):  # float noise may flip one image of 500
