@@ -34,6 +34,7 @@ from ablate.train import (
 )
 
 PackEpochCallback = Callable[[int, int, dict[str, float]], None]  # (trial index in the pack, epoch, metrics)
+PackEndCallback = Callable[[int, "TrialResult | Diverged"], None]  # (trial index in the pack, its outcome)
 ADAM_BETA2, ADAM_EPS = 0.999, 1e-8  # torch's defaults, which single runs use too
 
 # Modules that act on each channel (or element) alone, so they apply to K trials' channels at once unchanged.
@@ -383,16 +384,16 @@ class _Packed:
 
 def train_pack(
     settings: list[TrialSettings], data: DeviceData, device: torch.device, on_epoch: PackEpochCallback | None = None,
-    test: bool = True,
+    test: bool = True, on_end: PackEndCallback | None = None,
 ) -> list[TrialResult | Diverged]:
     """Train K compatible trials as one packed network; each gets the result its single run would get (a
-    TrialResult), or the Diverged error that ended it. A stopped or diverged trial's weights are set aside and
-    its later epochs are neither logged nor tested."""
+    TrialResult), or the Diverged error that ended it. A trial is concluded — tested, and handed to `on_end` —
+    as soon as it ends (diverged, stopped early, or at the last epoch), so a pack that dies later loses only
+    the trials still training; a concluded trial's slot trains on unread until the pack is done."""
     packed = _Packed(settings, data, device)
     net, k = packed.net, len(settings)
     results: list[TrialResult | Diverged] = [TrialResult(params_count=packed.params_count) for _ in settings]
     stoppers = [_EarlyStopper(s.train.early_stopping) if s.train.early_stopping else None for s in settings]
-    kept: dict[int, list[torch.Tensor]] = {}  # a stopped trial's final (or best) state
     active = set(range(k))
     started = time.perf_counter()
     for epoch in range(1, packed.train.epochs + 1):
@@ -401,10 +402,11 @@ def train_pack(
         train_loss, train_accuracy, diverged = packed.epoch()
         val_loss, val_accuracy = evaluate_packed(net, data.val, data, packed.train.loss)
         seconds = time.perf_counter() - epoch_start
+        ended = []
         for i in sorted(active):
             if diverged[i]:
                 results[i] = Diverged(f"training loss is not finite in epoch {epoch}")
-                active.discard(i)
+                ended.append(i)
                 continue
             metrics = {"train_loss": train_loss[i], "train_accuracy": train_accuracy[i], "val_loss": val_loss[i],
                        "val_accuracy": val_accuracy[i], "lr": lr[i], "epoch_seconds": seconds}
@@ -414,17 +416,33 @@ def train_pack(
             stopper = stoppers[i]
             if stopper is not None and stopper.should_stop(epoch, metrics, _StateView(net, i)):
                 results[i].stopped_early = True
-                _set_aside(results[i], stopper, net, i, kept, started)
-                active.discard(i)
+                ended.append(i)
+            elif epoch == packed.train.epochs:
+                ended.append(i)
+        _conclude(packed, results, stoppers, ended, started, test, on_end)
+        active -= set(ended)
         if not active:
             break
-    for i in active:
-        _set_aside(results[i], stoppers[i], net, i, kept, started)
-    for i, state in kept.items():
-        net.load(i, state)
-    if test:
-        _test(packed, results)
     return results
+
+
+def _conclude(packed: _Packed, results: list, stoppers: list, ended: list[int], started: float, test: bool,
+              on_end: PackEndCallback | None) -> None:
+    """The trials that ended this epoch: their tested weights (the best epoch's, when early stopping keeps
+    them) loaded into their slots, one test pass for them, then each handed over."""
+    trained = [i for i in ended if isinstance(results[i], TrialResult)]
+    for i in trained:
+        result, stopper = results[i], stoppers[i]
+        result.train_seconds = time.perf_counter() - started
+        result.tested_epoch = len(result.history)
+        if stopper is not None and stopper.best_state is not None:
+            packed.net.load(i, list(stopper.best_state.values()))
+            result.tested_epoch = stopper.best_epoch
+    if test and trained:
+        _test(packed, results, trained)
+    for i in ended:
+        if on_end is not None:
+            on_end(i, results[i])
 
 
 class _StateView:
@@ -437,18 +455,7 @@ class _StateView:
         return dict(enumerate(self.net.state(self.index)))
 
 
-def _set_aside(result: TrialResult, stopper, net: PackedNet, i: int, kept: dict, started: float) -> None:
-    """Trial i is done: keep the weights it will be tested with, and its training time."""
-    result.train_seconds = time.perf_counter() - started
-    result.tested_epoch = len(result.history)
-    if stopper is not None and stopper.best_state is not None:
-        kept[i] = list(stopper.best_state.values())
-        result.tested_epoch = stopper.best_epoch
-    else:
-        kept[i] = net.state(i)
-
-
-def _test(packed: _Packed, results: list) -> None:
+def _test(packed: _Packed, results: list, trials: list[int]) -> None:
     kept: list = []
     losses, accuracies = evaluate_packed(packed.net, packed.data.test, packed.data, packed.train.loss, kept)
     predictions = torch.cat([p for p, _ in kept], dim=1).to(torch.uint8).cpu().numpy()
@@ -457,8 +464,8 @@ def _test(packed: _Packed, results: list) -> None:
     if packed.linear_model:  # its one Linear layer (an output activation may follow it)
         layer = next(layer for layer in packed.net.layers if isinstance(layer.module, nn.Linear))
         weights = layer.params["weight"].detach().float().cpu().numpy()
-    for i, result in enumerate(results):
-        if isinstance(result, TrialResult):
-            result.test_loss, result.test_accuracy = losses[i], accuracies[i]
-            result.predictions, result.confidences = predictions[i], confidences[i]
-            result.weights = None if weights is None else weights[i]
+    for i in trials:
+        result = results[i]
+        result.test_loss, result.test_accuracy = losses[i], accuracies[i]
+        result.predictions, result.confidences = predictions[i], confidences[i]
+        result.weights = None if weights is None else weights[i]

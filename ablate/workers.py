@@ -239,41 +239,44 @@ def _run_one(trial: Trial, slot: Slot, config: WorkerConfig, tracker, device, ev
 
 
 def _run_pack(pack: Pack, slot: Slot, config: WorkerConfig, tracker, device, events) -> None:
-    """K trials trained as one packed network (ablate.pack), each logged to its own run as if it ran alone."""
+    """K trials trained as one packed network (ablate.pack), each logged to its own run as if it ran alone and
+    recorded as soon as it ends."""
     from ablate.pack import train_pack
 
     key, trials = pack.key, pack.trials
     run_ids = [_start_run(t, slot, config, tracker, key, events, pack=key, pack_size=str(len(trials)))
                for t in trials]
     prepared = [_trial_settings(t, config) for t in trials]
+    open_runs = dict(enumerate(run_ids))  # the trials not yet recorded
 
     def on_epoch(i: int, epoch: int, metrics: dict[str, float]) -> None:
         _epoch_done(trials[i], slot, config, tracker, run_ids[i], key, events, prepared[i][1], epoch, metrics)
 
+    def on_end(i: int, result) -> None:
+        del open_runs[i]
+        if isinstance(result, BaseException):  # this trial alone diverged
+            _record_failure(result, trials[i], slot, tracker, run_ids[i], key, events, f"{type(result).__name__}: {result}\n")
+        else:
+            _record_result(trials[i], slot, tracker, run_ids[i], key, events, result, device)
+
     try:
         settings = [s for s, _ in prepared]
-        results = train_pack(settings, _load_data(settings[0], config, device), device, on_epoch)
+        train_pack(settings, _load_data(settings[0], config, device), device, on_epoch, on_end=on_end)
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        for run_id in run_ids:
+        for run_id in open_runs.values():
             tracker.finish(run_id, "KILLED", error="interrupted (Ctrl-C)", reason=INTERRUPTED)
         events.put(("killed", slot.index, key))
         raise
     except Orphaned:
-        for run_id in run_ids:
+        for run_id in open_runs.values():
             tracker.finish(run_id, "FAILED", error="the ablate run that started this trial is gone", reason=INTERRUPTED)
         raise
-    except Exception as exc:  # the whole pack failed (out of memory, a bug): each of its trials did
+    except Exception as exc:  # the pack failed (out of memory, a bug): each of its trials still open did
         trace = traceback.format_exc()
-        for trial, run_id in zip(trials, run_ids):
-            _record_failure(exc, trial, slot, tracker, run_id, key, events, trace)
+        for i, run_id in list(open_runs.items()):
+            _record_failure(exc, trials[i], slot, tracker, run_id, key, events, trace)
         _free_memory(device)
-        return
-    for trial, run_id, result in zip(trials, run_ids, results):
-        if isinstance(result, BaseException):  # this trial alone diverged
-            _record_failure(result, trial, slot, tracker, run_id, key, events, f"{type(result).__name__}: {result}\n")
-        else:
-            _record_result(trial, slot, tracker, run_id, key, events, result, device)
 
 
 _PARSED: dict[str, Any] = {}

@@ -70,10 +70,12 @@ def test_packed_batchnorm_sgd_momentum_and_early_stopping(data):
         trial(3, replace(model, dropout=0.1), optimizer="sgd", lr=0.05, momentum=0.9, epochs=4,
               schedule=WarmupCosineSchedule(warmup_epochs=1)),
     ]
-    packed = train_pack(trials, data, CPU)
+    ended: list[tuple[int, int]] = []  # (trial, epochs it had run) as each is handed over
+    packed = train_pack(trials, data, CPU, on_end=lambda i, result: ended.append((i, len(result.history))))
     singles = [train_trial(t, data, CPU) for t in trials]
     assert singles[0].stopped_early and len(singles[0].history) < 4  # the stopping case really happens
     _assert_same(singles, packed, 1e-5)
+    assert ended[0] == (0, len(singles[0].history)) and sorted(i for i, _ in ended) == [0, 1, 2, 3]  # stopped: first
 
 
 def test_packed_linear_models_with_mse_loss(data):
