@@ -120,3 +120,14 @@ def test_a_worker_whose_parent_is_gone_stops_as_orphaned():
     reader.close()
     with pytest.raises(Orphaned):
         EventChannel(writer).put(("epoch", 0, "key", 1, 0.5, "hash"))
+
+
+def test_a_later_phase_replaces_workers_that_died_idle_in_an_earlier_one(trials):
+    """A search's confirm runs come after its trials: a worker that died when there was nothing left to give it
+    was left stopped; the confirm phase must get a fresh worker for that slot, not run nothing."""
+    dispatcher, pool = _dispatcher(trials[:2], _Tracker())
+    dead = pool.workers[0]
+    dead.stopping = True
+    dead.process.die()
+    dispatcher._replace_lost_before()
+    assert pool.workers[0] is not dead and pool.idle() == [pool.workers[0]]
