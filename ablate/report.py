@@ -76,13 +76,14 @@ def _run_rows(runs) -> pd.DataFrame:
             "stage": tags.get(STAGE),
             "stage_index": int(tags.get(STAGE_INDEX, 0)),
             "seed": int(tags.get(SEED, 0)),
+            "pack_size": int(tags.get("pack_size", 1)),
         }
         row.update({m: metrics.get(m, math.nan) for m in METRICS})
         row["train_size"] = _train_size(run.data.params)
         row.update({f"param:{k}": v for k, v in run.data.params.items()})
         rows.append(row)
-    columns = ["run_id", "parent_run_id", "status", "start_time", "trial_hash", "stage", "stage_index", "seed", *METRICS,
-               "train_size"]
+    columns = ["run_id", "parent_run_id", "status", "start_time", "trial_hash", "stage", "stage_index", "seed",
+               "pack_size", *METRICS, "train_size"]
     frame = pd.DataFrame(rows)
     return frame.reindex(columns=columns + sorted(c for c in frame.columns if c.startswith("param:")))
 
@@ -618,6 +619,11 @@ def _footnote(report: StudyReport) -> str:
         text += " Epochs run / tested: means over the seeds of the epochs trained and of the epoch whose weights were tested."
     if _has_reference(report):
         text += f" Reference: the published single-run figure the {arm} reproduces."
+    packed = report.runs[report.runs["pack_size"] > 1] if "pack_size" in report.runs else report.runs.iloc[:0]
+    if len(packed):
+        text += (f" {len(packed)} of the {len(report.runs)} trials trained packed ([execution] pack, up to "
+                 f"{packed['pack_size'].max()} per network): a packed trial's train time is its whole pack's, so its "
+                 "samples/s counts its own examples only.")
     return text
 
 

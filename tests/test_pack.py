@@ -197,6 +197,9 @@ hidden = [32]
     single, packed = f"sqlite:///{tmp_path / 'single.db'}", f"sqlite:///{tmp_path / 'packed.db'}"
     assert main(["run", str(study), "--tracking-uri", single, "--max-workers", "1"]) == 0
     assert main(["run", str(study), "--tracking-uri", packed, "--max-workers", "2", "--pack", "4"]) == 0
+    capsys.readouterr()
+    assert main(["report", "--tracking-uri", packed, "--no-figures"]) == 0
+    assert "8 of the 8 trials trained packed" in capsys.readouterr().out  # the report says what train time means
     one, four = _runs(single), _runs(packed)
     assert len(one) == len(four) == 8 and (four["status"] == "FINISHED").all()
     assert set(four["tags.pack_size"]) == {"4"} and four["tags.pack"].nunique() == 2
