@@ -255,10 +255,10 @@ def plan_summary(study, design) -> str:
             line += " (they resolve to the same settings as another point, e.g. " + \
                 f"'{design.merged[0][0]}' = '{design.merged[0][1]}')"
     if study.execution.pack > 1:
-        from ablate.design import pack_trials
+        from ablate.design import Pack, pack_trials
 
         tasks = pack_trials(design.trials, study.execution.pack)
-        packs = [t for t in tasks if hasattr(t, "trials")]
+        packs = [t for t in tasks if isinstance(t, Pack)]
         line += (f"; [execution] pack = {study.execution.pack}: {len(packs)} packs of "
                  f"{'/'.join(sorted({str(len(p.trials)) for p in packs}, key=int)) or '—'} trials, "
                  f"{len(tasks) - len(packs)} trial(s) alone")

@@ -255,6 +255,16 @@ class Pack:
         return "pack:" + "+".join(t.hash for t in self.trials)
 
 
+def task_key(task) -> str:
+    """What a worker's events name its task by: a trial's hash, a pack's or a search task's key."""
+    return task.hash if isinstance(task, Trial) else task.key
+
+
+def task_trials(task) -> tuple[Trial, ...]:
+    """The trials a task trains, as far as known before it runs (a search task draws its trial as it starts)."""
+    return (task,) if isinstance(task, Trial) else getattr(task, "trials", ())
+
+
 def pack_trials(trials: list[Trial], size: int) -> list[Trial | Pack]:
     """Group trials that can share a network into packs of up to `size`, keeping the trials' order; a trial
     with no partner stays a plain trial."""

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from ablate import data as datasets
 from ablate import sizes
-from ablate.design import Pack, Trial, pack_trials
+from ablate.design import Pack, Trial, pack_trials, task_trials
 from ablate.spec import DATASETS, ExecutionSettings, Study
 from ablate.tracking import PLAN_ARTIFACT, Tracker, environment_tags, process_start
 from ablate.workers import WORKER_LOST, Pool, Slot, WorkerConfig, faults_from_env, plan_slots
@@ -267,10 +267,7 @@ class _Dispatcher:
                 self.tracker.finish(run_id, "FAILED", error=error, reason=WORKER_LOST)
                 self._failed(trial, worker, WORKER_LOST, error)
         if isinstance(worker.task, Trial | Pack):
-            if len(unstarted) > 1:
-                self.pending.appendleft(Pack(tuple(unstarted)))
-            elif unstarted:
-                self.pending.appendleft(unstarted[0])
+            self.pending.extendleft(reversed(pack_trials(unstarted, len(unstarted))))  # they were one pack
         elif worker.task is not None and not worker.open:  # a search task that died before drawing its trial
             self.pending.appendleft(worker.task)
         worker.clear()
@@ -293,7 +290,7 @@ class _Dispatcher:
     def _give_up(self, worker) -> None:
         """Workers keep dying before they finish anything: fail what is left rather than loop forever."""
         for task in self.pending:
-            for trial in [task] if isinstance(task, Trial) else getattr(task, "trials", ()):
+            for trial in task_trials(task):
                 self.summary.failed.append((trial, WORKER_LOST, "not run: workers kept dying"))
         self.pending.clear()
         self.pool.give(worker, None)

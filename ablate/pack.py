@@ -50,6 +50,10 @@ class _Layer:
     params: dict[str, torch.Tensor] = field(default_factory=dict)
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)
     dropout: list[float] = field(default_factory=list)
+    keep: torch.Tensor | None = None  # 1 - rate per trial, on the device, where some trial drops out here
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [*self.params.values(), *self.buffers.values()]
 
 
 def _layers_of(model: nn.Module) -> list[tuple[nn.Module, float]]:
@@ -72,9 +76,12 @@ class PackedNet:
         per_model = [_layers_of(m) for m in models]
         if len({tuple(type(m).__name__ for m, _ in layers) for layers in per_model}) != 1:
             raise ValueError("packed trials must share one architecture")
+        device = next(models[0].parameters()).device
         self.layers = []
         for position, (module, _) in enumerate(per_model[0]):
             layer = _Layer(module, dropout=[layers[position][1] for layers in per_model])
+            if any(layer.dropout):  # made once: a host-to-device copy per step would stall a GPU
+                layer.keep = torch.tensor([1 - rate for rate in layer.dropout], device=device)
             for name, _ in module.named_parameters(recurse=False):
                 stacked = torch.stack([dict(layers[position][0].named_parameters())[name].detach()
                                        for layers in per_model])
@@ -85,18 +92,17 @@ class PackedNet:
                                                        for layers in per_model])
             self.layers.append(layer)
         self.training = True
-        self._keeps: dict[tuple, torch.Tensor] = {}
 
     def parameters(self) -> list[torch.Tensor]:
         return [p for layer in self.layers for p in layer.params.values()]
 
     def state(self, k: int) -> list[torch.Tensor]:
         """Trial k's weights and batch-norm statistics, copied (to keep a best epoch or a stopped trial's state)."""
-        return [t[k].detach().clone() for layer in self.layers for t in (*layer.params.values(), *layer.buffers.values())]
+        return [t[k].detach().clone() for layer in self.layers for t in layer.tensors()]
 
     @torch.no_grad()
     def load(self, k: int, state: list[torch.Tensor]) -> None:
-        tensors = [t for layer in self.layers for t in (*layer.params.values(), *layer.buffers.values())]
+        tensors = [t for layer in self.layers for t in layer.tensors()]
         for tensor, saved in zip(tensors, state):
             tensor[k].copy_(saved)
 
@@ -105,8 +111,8 @@ class PackedNet:
         x, grouped = images, False  # stacked: (K, B, ...); grouped: (B, K·C, H, W), the trials as channel groups
         for layer in self.layers:
             x, grouped = self._apply(layer, x, grouped)
-            if self.training and any(layer.dropout):
-                x = self._dropout(x, layer.dropout, grouped)
+            if self.training and layer.keep is not None:
+                x = self._dropout(x, layer, grouped)
         if grouped:  # a head that ended in global pooling: (B, K·classes, 1, 1)
             x = x.reshape(x.shape[0], self.k, -1).transpose(0, 1)
         return x
@@ -141,24 +147,17 @@ class PackedNet:
             self.training, m.momentum, m.eps,
         )
 
-    def _dropout(self, x: torch.Tensor, rates: list[float], grouped: bool) -> torch.Tensor:
+    def _dropout(self, x: torch.Tensor, layer: _Layer, grouped: bool) -> torch.Tensor:
         """Each trial's mask from its own generator, drawn as torch draws a single run's (CPU) dropout mask."""
         shape = (x.shape[0], x.shape[1] // self.k, *x.shape[2:]) if grouped else x.shape[1:]
         noise = torch.empty(self.k, *shape, device=x.device)
-        for k, (rate, generator) in enumerate(zip(rates, self.generators)):
+        for k, (rate, generator) in enumerate(zip(layer.dropout, self.generators)):
             if rate > 0:
                 noise[k].bernoulli_(1 - rate, generator=generator)
             else:
                 noise[k].fill_(1.0)
-        noise.div_(_per_trial(self._keep(rates, x.device), noise))
+        noise.div_(_per_trial(layer.keep, noise))
         return x * (noise.transpose(0, 1).flatten(1, 2) if grouped else noise)
-
-    def _keep(self, rates: list[float], device) -> torch.Tensor:
-        """1 - rate per trial, made once per layer (a host-to-device copy per step would stall a GPU)."""
-        key = tuple(rates)
-        if key not in self._keeps:
-            self._keeps[key] = torch.tensor([1 - r for r in rates], device=device)
-        return self._keeps[key]
 
     def train(self, mode: bool = True) -> None:
         self.training = mode

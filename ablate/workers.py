@@ -30,7 +30,7 @@ from multiprocessing.connection import wait as connection_wait
 from pathlib import Path
 from typing import Any
 
-from ablate.design import Pack, Trial
+from ablate.design import Pack, Trial, task_key, task_trials
 from ablate.errors import AblateError
 
 # Failure reasons, recorded as the `reason` tag of a FAILED (or KILLED) run.
@@ -156,7 +156,7 @@ def worker_main(slot: Slot, config: WorkerConfig, tasks, events: EventChannel) -
                 _run_search_one(trial, slot, config, tracker, device, events)
         except (KeyboardInterrupt, Orphaned):
             return
-        events.put(("done", slot.index, trial.hash if isinstance(trial, Trial) else trial.key))
+        events.put(("done", slot.index, task_key(trial)))
 
 
 def _start_run(trial: Trial, slot: Slot, config: WorkerConfig, tracker, key: str, events, **tags: str) -> str:
@@ -202,6 +202,18 @@ def _record_result(trial: Trial, slot: Slot, tracker, run_id: str, key: str, eve
                                               "train_seconds": result.train_seconds}, trial.hash))
 
 
+def _record_interrupted(exc: BaseException, run_ids: list[str], slot: Slot, tracker, key: str, events) -> None:
+    """Ctrl-C ends the task's open runs KILLED (and tells the parent); a vanished parent ends them FAILED."""
+    if isinstance(exc, KeyboardInterrupt):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the bookkeeping short
+        for run_id in run_ids:
+            tracker.finish(run_id, "KILLED", error="interrupted (Ctrl-C)", reason=INTERRUPTED)
+        events.put(("killed", slot.index, key))
+    else:
+        for run_id in run_ids:
+            tracker.finish(run_id, "FAILED", error="the ablate run that started this trial is gone", reason=INTERRUPTED)
+
+
 def _load_data(settings, config: WorkerConfig, device):
     from ablate import data as datasets
 
@@ -223,13 +235,8 @@ def _run_one(trial: Trial, slot: Slot, config: WorkerConfig, tracker, device, ev
         result = train_trial(settings, _load_data(settings, config, device), device,
                              lambda epoch, metrics: _epoch_done(trial, slot, config, tracker, run_id, key, events,
                                                                 fault, epoch, metrics))
-    except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the bookkeeping short
-        tracker.finish(run_id, "KILLED", error="interrupted (Ctrl-C)", reason=INTERRUPTED)
-        events.put(("killed", slot.index, key))
-        raise
-    except Orphaned:
-        tracker.finish(run_id, "FAILED", error="the ablate run that started this trial is gone", reason=INTERRUPTED)
+    except (KeyboardInterrupt, Orphaned) as exc:
+        _record_interrupted(exc, [run_id], slot, tracker, key, events)
         raise
     except Exception as exc:
         _record_failure(exc, trial, slot, tracker, run_id, key, events, traceback.format_exc())
@@ -262,15 +269,8 @@ def _run_pack(pack: Pack, slot: Slot, config: WorkerConfig, tracker, device, eve
     try:
         settings = [s for s, _ in prepared]
         train_pack(settings, _load_data(settings[0], config, device), device, on_epoch, on_end=on_end)
-    except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        for run_id in open_runs.values():
-            tracker.finish(run_id, "KILLED", error="interrupted (Ctrl-C)", reason=INTERRUPTED)
-        events.put(("killed", slot.index, key))
-        raise
-    except Orphaned:
-        for run_id in open_runs.values():
-            tracker.finish(run_id, "FAILED", error="the ablate run that started this trial is gone", reason=INTERRUPTED)
+    except (KeyboardInterrupt, Orphaned) as exc:
+        _record_interrupted(exc, list(open_runs.values()), slot, tracker, key, events)
         raise
     except Exception as exc:  # the pack failed (out of memory, a bug): each of its trials still open did
         trace = traceback.format_exc()
@@ -470,9 +470,7 @@ class _Worker:
 
     @property
     def key(self) -> str | None:
-        if self.task is None:
-            return None
-        return self.task.hash if isinstance(self.task, Trial) else self.task.key
+        return None if self.task is None else task_key(self.task)
 
     def clear(self) -> None:
         self.task, self.open = None, {}
@@ -500,8 +498,7 @@ class Pool:
 
     def give(self, worker: _Worker, task) -> None:
         worker.task = task
-        trials = [task] if isinstance(task, Trial) else list(getattr(task, "trials", ()))  # a search task: none yet
-        worker.open = {t.hash: [t, None] for t in trials}
+        worker.open = {t.hash: [t, None] for t in task_trials(task)}
         worker.tasks.put(task)
         worker.stopping = task is None
 

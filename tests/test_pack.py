@@ -17,7 +17,7 @@ from ablate.spec import (
     OneCycleSchedule, StepSchedule, TrainSettings, TrialSettings, WarmupCosineSchedule,
 )
 from ablate.train import train_trial
-from tests.conftest import DATA_DIR
+from tests.conftest import DATA_DIR, TINY_STUDY
 
 CPU = torch.device("cpu")
 DATA = DataSettings(val_size=500, train_limit=1500, test_limit=500)
@@ -134,17 +134,9 @@ def test_pack_trials_chunks_each_group_in_order(tiny_trials):
     assert pack_trials(tiny_trials, 1) == tiny_trials
 
 
-TINY_PACKING = """
-[study]
-name = "packing"
-seeds = [0, 1]
-[data]
-val_size = 500
-train_limit = 1000
-test_limit = 500
-[train]
-epochs = 2
-batch_size = 128
+# The tiny study's header (2 seeds, 1,000 training images, 2 epochs) under this file's experiment name.
+PACKING_HEADER = TINY_STUDY.split("[[stage]]")[0].replace('name = "tiny"', 'name = "packing"')
+TINY_PACKING = PACKING_HEADER + """
 [[stage]]
 name = "mlp"
 model = { kind = "mlp", hidden = [32] }
@@ -175,18 +167,7 @@ def _runs(uri: str):
 
 def test_ablate_run_with_pack_logs_each_trial_as_its_own_run(write_study, tmp_path, capsys):
     """The CLI path: `--pack 4` gives the runs, statuses and metrics of an unpacked run of the same study."""
-    study = write_study("""
-[study]
-name = "packing"
-design = "grid"
-seeds = [0, 1]
-[data]
-val_size = 500
-train_limit = 1000
-test_limit = 500
-[train]
-epochs = 2
-batch_size = 128
+    study = write_study(PACKING_HEADER.replace("seeds = [0, 1]", 'design = "grid"\nseeds = [0, 1]') + """
 [model]
 kind = "mlp"
 hidden = [32]
