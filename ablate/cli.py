@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("study", metavar="STUDY.toml", help="the study file")
     run.add_argument(
         "--data-dir", default=None, metavar="DIR",
-        help="folder holding MNIST/raw/ (default: $ABLATE_DATA_DIR, else ./data)",
+        help="folder holding the datasets in torchvision's layout, e.g. MNIST/raw/ (default: $ABLATE_DATA_DIR, "
+        "else ./data)",
     )
     run.add_argument(
         "--devices", default=None, metavar="auto|cpu|0,2",
@@ -137,132 +138,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from ablate.design import expand_design, flatten, format_value, varying_settings
+    from ablate import console
+    from ablate.design import expand_design
     from ablate.spec import load_study
-
-    from ablate.store import trial_statuses
+    from ablate.tracking import trial_statuses
 
     study = load_study(args.study)
     _make_factories_importable(study.path)
-    if study.search is not None:
-        return _plan_search(study, args.format)
+    if study.search is not None:  # a search has no fixed trial list: its space, budget and confirm phase
+        if args.format == "json":
+            rows, summary = console.search_plan(study)
+            document = {"study": study.name, "design": "search", "space": rows, "summary": summary}
+            print(json.dumps(document, indent=2, default=str))
+        else:
+            console.print_search_plan(study)
+        return 0
     design = expand_design(study)
     uri = args.tracking_uri or _default_uri()
     statuses = trial_statuses(uri, study.name)
-    trials = design.trials
-    varying = varying_settings(trials)
     if args.format == "json":
-        document = {
-            "study": study.name,
-            "design": study.info.design,
-            "count": len(trials),
-            "arms": design.arms,
-            "excluded": study.excluded,
-            "merged": [{"arm": arm, "same_as": kept} for arm, kept in design.merged],
-            "trials": [
-                {"hash": t.hash, "stage": t.stage, "seed": t.seed, "params_count": t.params_count,
-                 "status": _status(statuses, t.hash),
-                 "settings": t.settings.to_dict()}
-                for t in trials
-            ],
-        }
-        print(json.dumps(document, indent=2))
-        return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"{study.name}: {study.info.design}", title_justify="left")
-    # Conv blocks and custom-model arguments are unreadable as raw settings: one architecture column instead.
-    structural = [k for k in varying if k.startswith(("model.blocks", "model.kwargs"))]
-    varying = [k for k in varying if k not in structural]
-    arm = "stage" if study.info.design == "ladder" else "arm"
-    extra = ["model"] if structural else []
-    status_column = ["status"] if statuses is not None else []
-    for column in ("#", "hash", arm, "seed", *extra, *_short_names(varying), "params", *status_column):
-        table.add_column(column, justify="right" if column in ("#", "seed", "params") else "left")
-    for i, t in enumerate(trials, 1):
-        flat = flatten(t.settings.to_dict())
-        cells = [format_value(flat[k]) if k in flat else "" for k in varying]
-        shape = [t.architecture] if structural else []
-        status = [_status(statuses, t.hash)] if statuses is not None else []
-        table.add_row(str(i), t.hash, t.stage, str(t.seed), *shape, *cells, f"{t.params_count:,}", *status)
-    console = Console(highlight=False)
-    if not console.is_terminal:
-        console = Console(highlight=False, width=240)  # a pipe or a log file: do not squeeze to 80 columns
-    console.print(table)
-    console.print(plan_summary(study, design), markup=False)
-    if statuses is not None:
-        counts: dict[str, int] = {}
-        for t in trials:
-            counts[_status(statuses, t.hash)] = counts.get(_status(statuses, t.hash), 0) + 1
-        order = ["done", "failed", "killed", "running", "to do"]
-        parts = [f"{counts[k]} {k}" for k in order if k in counts]
-        console.print(f"Against {uri}: {', '.join(parts)}; `ablate run` trains every trial not done.", markup=False)
+        print(json.dumps(console.plan_json(study, design, statuses), indent=2))
+    else:
+        console.print_plan(study, design, statuses, uri)
     return 0
-
-
-def _plan_search(study, fmt: str) -> int:
-    """A search has no fixed trial list: show the space, the budget and the confirm phase."""
-    from ablate.spec import _format_label_value
-
-    spec = study.search
-    rows = []
-    for entry in spec.space:
-        if entry.kind == "categorical":
-            values = ", ".join(entry.labels)
-        else:
-            values = f"{entry.low:g} … {entry.high:g}" + (" (log)" if entry.log else "") + (f" step {entry.step:g}" if entry.step else "")
-        when = "; ".join(f"{p} = {' or '.join(_format_label_value(x) for x in v)}" for p, v in entry.when)
-        rows.append({"setting": entry.path, "kind": entry.kind, "values": values, "when": when})
-    s = spec.settings
-    budget = (f"{s.trials} trials" if s.trials else "no trial limit") + (f", at most {s.timeout:g} s" if s.timeout else "")
-    direction = "maximize" if s.maximize else "minimize"
-    summary = (f"search: {budget} ({s.sampler} sampler seeded {s.seed}, {s.pruner} pruner), {direction} {s.objective}, "
-               f"seed {spec.seeds[0]}; then the top {s.confirm_top} re-trained on seeds "
-               f"{', '.join(map(str, spec.confirm_seeds))} ({s.confirm_top * len(spec.confirm_seeds)} trials)")
-    if fmt == "json":
-        print(json.dumps({"study": study.name, "design": "search", "space": rows, "summary": summary}, indent=2, default=str))
-        return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"{study.name}: search space", title_justify="left")
-    for column in ("setting", "kind", "values", "when"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*row.values())
-    console = Console(highlight=False, width=None if Console().is_terminal else 240)
-    console.print(table)
-    console.print(summary, markup=False)
-    return 0
-
-
-def _status(statuses: dict[str, str] | None, trial_hash: str) -> str:
-    if statuses is None:
-        return "to do"
-    return statuses.get(trial_hash, "to do")
-
-
-def plan_summary(study, design) -> str:
-    """'48 trials: 24 arms × 2 seeds (seeds 0, 1); grid of 48 points, 12 excluded, 12 merged (...)'."""
-    word = {"ladder": "stages", "ablation": "arms (baseline + arms)", "grid": "arms"}[study.info.design]
-    seeds = study.info.seeds
-    line = f"{len(design.trials)} trials: {design.arms} {word} × {len(seeds)} seeds (seeds {', '.join(map(str, seeds))})"
-    if study.info.design == "grid":
-        points = len(study.stages) + study.excluded
-        line += f"; grid of {points} points, {study.excluded} excluded by [[exclude]], {len(design.merged)} merged"
-        if design.merged:
-            line += " (they resolve to the same settings as another point, e.g. " + \
-                f"'{design.merged[0][0]}' = '{design.merged[0][1]}')"
-    if study.execution.pack > 1:
-        from ablate.design import Pack, pack_trials
-
-        tasks = pack_trials(design.trials, study.execution.pack)
-        packs = [t for t in tasks if isinstance(t, Pack)]
-        line += (f"; [execution] pack = {study.execution.pack}: {len(packs)} packs of "
-                 f"{'/'.join(sorted({str(len(p.trials)) for p in packs}, key=int)) or '—'} trials, "
-                 f"{len(tasks) - len(packs)} trial(s) alone")
-    return line
 
 
 def _make_factories_importable(study_path: str) -> tuple[str, ...]:
@@ -272,12 +170,6 @@ def _make_factories_importable(study_path: str) -> tuple[str, ...]:
         if folder not in sys.path:
             sys.path.insert(0, folder)
     return folders
-
-
-def _short_names(keys: list[str]) -> list[str]:
-    """'model.dropout' → 'dropout' where the last part alone is unambiguous."""
-    leaves = [k.split(".")[-2] if k.endswith(".kind") and k.count(".") > 1 else k.rsplit(".", 1)[-1] for k in keys]
-    return [leaf if leaves.count(leaf) == 1 else key for key, leaf in zip(keys, leaves)]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -293,10 +185,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                  "workers_per_device": args.workers_per_device, "max_workers": args.max_workers, "pack": args.pack}
     execution = replace(study.execution, **{k: v for k, v in overrides.items() if v is not None})  # flags win
 
-    from ablate.data import default_data_dir
-    from ablate.execute import run_study
-    from ablate.progress import ConsoleReporter
+    from ablate.console import ConsoleReporter, print_failures
+    from ablate.datasets import default_data_dir
     from ablate.report import build, markdown_table
+    from ablate.run import run_search, run_study
     from ablate.tracking import Tracker
 
     uri = args.tracking_uri or _default_uri()
@@ -306,7 +198,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     console.print(f"study [bold]{study.name}[/] ({args.study}), tracking {uri}")
     try:
         if study.search is not None:
-            from ablate.execute import run_search
             from ablate.search import default_storage
 
             storage = args.storage or default_storage(uri)
@@ -323,7 +214,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if summary.running_elsewhere:
         console.print(f"{summary.running_elsewhere} trial(s) are running in another live `ablate run`; left to it.")
     if summary.interrupted:
-        _print_failures(console, summary.failed)
+        print_failures(console, summary.failed)
         console.print(
             f"[yellow]Interrupted[/]: {len(summary.finished)} trials finished and recorded; the running ones are "
             f"marked KILLED. Resume with: {args.command_line}"
@@ -333,7 +224,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.print(f"All {summary.total} trials already done: nothing to train.")
     if study.search is not None and not build(uri, study.name)[0].runs.shape[0]:
         console.print("No configuration finished the search, so nothing was confirmed.")
-        _print_failures(console, summary.failed)
+        print_failures(console, summary.failed)
         return EXIT_FAILED_TRIALS if summary.failed else 0
     else:
         console.print(
@@ -343,15 +234,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     print()
     print(markdown_table(build(uri, study.name)[0]))
     print()
-    _print_failures(console, summary.failed)
+    print_failures(console, summary.failed)
     ui = "mlflow ui" if uri == _default_uri() else f"mlflow ui --backend-store-uri {uri}"
     console.print(f"See the runs: {ui}    The table: ablate report --study {study.name}")
     return EXIT_FAILED_TRIALS if summary.failed else 0
-
-
-def _print_failures(console, failed) -> None:
-    for trial, reason, error in failed:
-        console.print(f"[red]FAILED[/] ({reason}) {trial.stage} seed {trial.seed} ({trial.hash}): {error}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:

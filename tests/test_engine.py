@@ -8,15 +8,14 @@ import shutil
 import pytest
 import torch
 
-from ablate import data as datasets
-from ablate import sizes
+from ablate import datasets, models
 from ablate.errors import AblateError
 from ablate.models import build_model, count_params
-from ablate.spec import DATASETS, DataSettings, LinearModel, MLPModel, TrainSettings, TrialSettings
-from ablate.train import train_trial
+from ablate.engine import train_trial
+from ablate.spec import DataSettings, LinearModel, MLPModel, TrainSettings, TrialSettings
 from tests.conftest import DATA_DIR
 
-MNIST = DATASETS["mnist"]
+MNIST = datasets.get("mnist")
 CPU = torch.device("cpu")
 
 
@@ -34,12 +33,12 @@ CPU = torch.device("cpu")
 def test_model_shapes_and_sizes_match_the_spec_arithmetic(spec):
     model = build_model(spec, MNIST)
     assert model(torch.zeros(5, 1, 28, 28)).shape == (5, 10)
-    assert count_params(model) == sizes.params_count(spec, MNIST)
+    assert count_params(model) == models.params_count(spec, MNIST)
 
 
 def test_reference_sizes():
-    assert sizes.params_count(LinearModel(), MNIST) == 7_850
-    assert sizes.params_count(MLPModel(hidden=(256, 128)), MNIST) == 235_146  # system P's FC network
+    assert models.params_count(LinearModel(), MNIST) == 7_850
+    assert models.params_count(MLPModel(hidden=(256, 128)), MNIST) == 235_146  # system P's FC network
 
 
 def test_mlp_layer_order_follows_system_l():
@@ -52,9 +51,9 @@ def test_split_is_seeded_disjoint_and_on_device():
     first = datasets.load("mnist", settings, DATA_DIR, CPU)
     assert (len(first.train), len(first.val), len(first.test)) == (2000, 1000, 300)
     assert first.train.images.dtype == torch.uint8 and first.train.images.shape[1:] == (1, 28, 28)
-    other_seed = datasets._build("mnist", DataSettings(val_size=1000, split_seed=1), DATA_DIR, CPU)
+    other_seed = datasets.load("mnist", DataSettings(val_size=1000, split_seed=1), DATA_DIR, CPU)
     assert not torch.equal(first.val.labels, other_seed.val.labels)
-    full = datasets._build("mnist", DataSettings(), DATA_DIR, CPU)
+    full = datasets.load("mnist", DataSettings(), DATA_DIR, CPU)
     assert len(full.train) + len(full.val) == 60_000 and len(full.test) == 10_000
     # Normalised images have about zero mean and unit deviation over the training set.
     normalised = full.normalise(full.train.images[:20_000])
@@ -65,9 +64,9 @@ def test_missing_mnist_names_the_files(tmp_path, monkeypatch):
     # What torchvision's download meets without a network (this test must not use one).
     monkeypatch.setattr("torchvision.datasets.MNIST", _no_network)
     with pytest.raises(AblateError) as info:
-        datasets.load_mnist_arrays(tmp_path)
+        datasets.read_arrays("mnist", tmp_path)
     message = str(info.value)
-    for stem in datasets.MNIST_FILES.values():
+    for stem in MNIST.files:
         assert f"{stem}.gz" in message
     assert str(tmp_path / "MNIST" / "raw") in message and "--data-dir" in message
 
@@ -79,11 +78,11 @@ def _no_network(*args, **kwargs):
 def test_uncompressed_idx_files_are_read_too(tmp_path):
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    for stem in datasets.MNIST_FILES.values():
+    for stem in MNIST.files:
         with gzip.open(DATA_DIR / "MNIST" / "raw" / f"{stem}.gz") as src, open(raw / stem, "wb") as dst:
             shutil.copyfileobj(src, dst)
-    arrays = datasets.load_mnist_arrays(tmp_path)
-    assert arrays["train_images"].shape == (60_000, 28, 28) and arrays["test_labels"].shape == (10_000,)
+    arrays = datasets.read_arrays("mnist", tmp_path)
+    assert arrays["train_images"].shape == (60_000, 1, 28, 28) and arrays["test_labels"].shape == (10_000,)
 
 
 def _settings(model, seed=0, **train) -> TrialSettings:
@@ -109,7 +108,7 @@ def test_training_learns_and_reports_every_epoch(loss):
     assert set(epochs[0][1]) == {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds"}
     assert result.test_accuracy > 0.8  # chance is 0.1
     assert epochs[1][1]["train_loss"] < epochs[0][1]["train_loss"]
-    assert result.params_count == sizes.params_count(settings.model, MNIST)
+    assert result.params_count == models.params_count(settings.model, MNIST)
 
 
 def test_same_seed_same_result_other_seed_differs():

@@ -8,14 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from ablate import sizes
+from ablate import datasets, models
 from ablate.design import expand
 from ablate.errors import SpecError
 from ablate.models import build_model, count_params, initialise
-from ablate.spec import DATASETS, MLPModel, TrainSettings, parse_study
-from ablate.train import make_optimizer
+from ablate.engine import make_optimizer
+from ablate.spec import MLPModel, TrainSettings, parse_study
 
-MNIST = DATASETS["mnist"]
+MNIST = datasets.get("mnist")
 
 # System C's three CNNs and system N's TinyVGG (V2), as a study file writes them.
 CNNS = """
@@ -109,7 +109,7 @@ def test_mlp_output_activation_is_system_n_v1():
     model = build_model(v1, MNIST)
     assert type(model[-1]).__name__ == "ReLU"
     assert (model(torch.randn(8, 1, 28, 28)) >= 0).all()
-    assert sizes.params_count(v1, MNIST) == count_params(model) == 784 * 10 + 10 + 10 * 10 + 10
+    assert models.params_count(v1, MNIST) == count_params(model) == 784 * 10 + 10 + 10 * 10 + 10
 
 
 @pytest.mark.parametrize(
@@ -159,9 +159,8 @@ def test_optimisers_and_their_contradictions():
 
 
 def test_a_cnn_trains_with_sgd_and_an_init():
-    from ablate import data as datasets
+    from ablate.engine import train_trial
     from ablate.spec import DataSettings, TrialSettings
-    from ablate.train import train_trial
     from tests.conftest import DATA_DIR
 
     trial = _trials()["c3"]

@@ -12,38 +12,39 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from ablate import sizes, stats
+from ablate import datasets, models
 from ablate.cli import main
 from ablate.design import expand
 from ablate.models import build_model
-from ablate.spec import DATASETS, load_study
+from ablate.report import holm, mean_interval, paired_difference
+from ablate.spec import load_study
 from tests.conftest import REPO, TINY_STUDY
 
 
 def test_interval_and_paired_test_match_a_hand_worked_example():
     # values 1, 2, 3: mean 2, sd 1, t(0.975, 2) = 4.302653 → half-width 4.302653 / √3 = 2.484138
-    low, high = stats.mean_interval(pd.Series([1.0, 2.0, 3.0]))
+    low, high = mean_interval(pd.Series([1.0, 2.0, 3.0]))
     assert (low, high) == pytest.approx((2 - 2.484138, 2 + 2.484138), abs=1e-5)
     # paired differences 1, 2, 2: mean 5/3, sd 0.57735, t = 5.0 on 2 df → two-sided p = 0.037750
     arm = pd.Series([1.0, 2.0, 3.0], index=[0, 1, 2])
     base = pd.Series([0.0, 0.0, 1.0], index=[0, 1, 2])
-    delta, p, pairs = stats.paired_difference(arm, base)
+    delta, p, pairs = paired_difference(arm, base)
     assert delta == pytest.approx(5 / 3) and p == pytest.approx(0.037750, abs=1e-5) and pairs == 3
     # only the seeds both ran are paired; one pair has no p-value; constant differences neither
-    assert stats.paired_difference(arm, pd.Series([0.0], index=[1]))[1:] == (pytest.approx(math.nan, nan_ok=True), 1)
-    assert math.isnan(stats.paired_difference(arm, arm - 1)[1])
-    assert all(math.isnan(v) for v in stats.mean_interval(pd.Series([5.0])))
+    assert paired_difference(arm, pd.Series([0.0], index=[1]))[1:] == (pytest.approx(math.nan, nan_ok=True), 1)
+    assert math.isnan(paired_difference(arm, arm - 1)[1])
+    assert all(math.isnan(v) for v in mean_interval(pd.Series([5.0])))
 
 
 def test_holm_correction():
-    adjusted = stats.holm([0.01, 0.04, 0.03, math.nan])
+    adjusted = holm([0.01, 0.04, 0.03, math.nan])
     assert adjusted[:3] == pytest.approx([0.03, 0.06, 0.06]) and math.isnan(adjusted[3])
-    assert stats.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
 
 
 def test_macs_match_a_torch_hook_count():
     for trial in expand(load_study(REPO / "studies" / "cnn8k.toml"))[::3] + expand(load_study(REPO / "studies" / "linearity.toml"))[::3]:
-        model, counted = build_model(trial.settings.model, DATASETS["mnist"]), []
+        model, counted = build_model(trial.settings.model, datasets.get("mnist")), []
 
         def hook(module, _, out):
             if isinstance(module, torch.nn.Conv2d):
@@ -54,7 +55,7 @@ def test_macs_match_a_torch_hook_count():
         for module in model.modules():
             module.register_forward_hook(hook)
         model.eval()(torch.zeros(1, 1, 28, 28))
-        assert sizes.macs(trial.settings.model, DATASETS["mnist"]) == sum(counted)
+        assert models.macs(trial.settings.model, datasets.get("mnist")) == sum(counted)
 
 
 @pytest.fixture(scope="module")
@@ -148,10 +149,9 @@ def test_runs_keep_test_outputs_for_the_figures(store):
     with np.load(path) as outputs:
         assert outputs["predictions"].shape == (500,) and outputs["weights"].shape == (10, 784)
         accuracy = linear.data.metrics["test_accuracy"]
-        from ablate.data import load_mnist_arrays
         from tests.conftest import DATA_DIR
 
-        labels = load_mnist_arrays(DATA_DIR)["test_labels"][:500]
+        labels = datasets.read_arrays("mnist", DATA_DIR)["test_labels"][:500]
         assert (outputs["predictions"] == labels).mean() == pytest.approx(accuracy)
         assert ((outputs["confidences"] > 0.1) & (outputs["confidences"] <= 1.0)).all()
 

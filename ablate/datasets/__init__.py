@@ -1,0 +1,34 @@
+"""Datasets: a registry of what ablate trains on — the only place that knows a dataset.
+
+Owns each dataset's files and their layout under the data folder (torchvision's), how they
+are read, its shape (C, H, W), classes and class names, split sizes and normalisation
+constants (`get`, `names`, `read_arrays`, `ensure_files`); and its resident copy on a
+training device (`load` → `DeviceData`). Everything downstream — models, parameter and MAC
+counts, augmentation, figures — takes the shape and classes from here. Adding a dataset is
+one module in this folder that calls `register`.
+
+May import: ablate.errors; numpy, torch and torchvision only on the loading side, which
+this package imports on first use (`load`, `DeviceData`, `Split`), so that validation and
+`ablate plan` stay torch-free.
+"""
+
+from typing import TYPE_CHECKING
+
+from ablate.datasets import _mnist  # noqa: F401  (registers MNIST)
+from ablate.datasets._registry import Dataset, default_data_dir, ensure_files, get, names, read_arrays, register
+
+if TYPE_CHECKING:
+    from ablate.datasets._resident import DeviceData, Split, load
+
+__all__ = ["Dataset", "DeviceData", "Split", "default_data_dir", "ensure_files", "get", "load", "names",
+           "read_arrays", "register"]
+
+_RESIDENT = ("load", "DeviceData", "Split")  # the torch side, imported on first use
+
+
+def __getattr__(name: str):
+    if name in _RESIDENT:
+        from ablate.datasets import _resident
+
+        return getattr(_resident, name)
+    raise AttributeError(f"module 'ablate.datasets' has no attribute {name!r}")

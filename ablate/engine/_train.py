@@ -1,0 +1,226 @@
+"""The training engine: one trial, data already on the device.
+
+Batches are index slices of a per-epoch permutation drawn on the device; running loss
+and accuracy accumulate in device tensors, so the host waits for the device once per
+epoch (to log), never once per step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from ablate import datasets, models
+from ablate.datasets import DeviceData, Split
+from ablate.engine._augment import AUGMENT_SEED_OFFSET, augment_batch
+from ablate.engine._optim import Schedule, make_loss, make_optimizer, make_schedule
+from ablate.spec import Augment, EarlyStopping, TrialSettings
+
+EVAL_BATCH = 4096
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class TrialResult:
+    history: list[dict[str, float]] = field(default_factory=list)  # one dict of metrics per epoch
+    test_loss: float = float("nan")
+    test_accuracy: float = float("nan")
+    params_count: int = 0
+    train_seconds: float = 0.0
+    tested_epoch: int = 0  # the epoch whose weights were tested: the last, or the best when early stopping restored it
+    stopped_early: bool = False
+    predictions: np.ndarray | None = None  # test set: predicted class per image (uint8), for confusion matrices
+    confidences: np.ndarray | None = None  # test set: softmax probability of the predicted class (float16)
+    weights: np.ndarray | None = None  # a linear model's weight matrix (classes × C·H·W): the class templates
+
+    def final_metrics(self) -> dict[str, float]:
+        return {
+            "test_loss": self.test_loss,
+            "test_accuracy": self.test_accuracy,
+            "params_count": float(self.params_count),
+            "train_seconds": self.train_seconds,
+            "epochs_run": float(len(self.history)),
+            "tested_epoch": float(self.tested_epoch),
+            "tested_val_accuracy": self.history[self.tested_epoch - 1]["val_accuracy"] if self.history else math.nan,
+        }
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module, split: Split, data: DeviceData, loss_fn, keep: list | None = None
+) -> tuple[float, float]:
+    """Mean loss and accuracy over a split, in large batches, with one host sync at the end.
+
+    With `keep`, each batch's predicted class and its softmax confidence are appended to it (on the device).
+    """
+    model.eval()
+    loss_sum = torch.zeros((), device=split.labels.device)
+    correct = torch.zeros((), device=split.labels.device, dtype=torch.long)
+    for start in range(0, len(split), EVAL_BATCH):
+        images = data.normalise(split.images[start : start + EVAL_BATCH])
+        labels = split.labels[start : start + EVAL_BATCH]
+        logits = model(images)
+        loss_sum += loss_fn(logits, labels) * labels.shape[0]
+        correct += (logits.argmax(dim=1) == labels).sum()
+        if keep is not None:
+            confidence, predicted = logits.float().softmax(dim=1).max(dim=1)
+            keep.append((predicted, confidence))
+    loss, hits = torch.stack([loss_sum, correct.to(loss_sum.dtype)]).tolist()
+    return loss / len(split), hits / len(split)
+
+
+@dataclass
+class _Step:
+    """What one optimisation step needs besides the batch."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable
+    schedule: Schedule
+    grad_clip: float | None
+    augment: Augment
+    augment_generator: torch.Generator
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite: the trial stops at once and is recorded FAILED (reason diverged)."""
+
+
+# How often the host looks at the on-device "loss not finite" flag: every step on the CPU (free there),
+# every few steps on a GPU, where each look is a sync that would stall the queue of kernels.
+DIVERGENCE_CHECK_EVERY = {"cpu": 1, "cuda": 25}
+
+
+def _train_epoch(step: _Step, data: DeviceData, batch_size: int, generator) -> tuple[float, float]:
+    step.model.train()
+    split = data.train
+    device = split.labels.device
+    order = torch.randperm(len(split), device=device, generator=generator)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    not_finite = torch.zeros((), device=device, dtype=torch.bool)
+    check_every = DIVERGENCE_CHECK_EVERY.get(device.type, 25)
+    for number, start in enumerate(range(0, len(split), batch_size), 1):
+        index = order[start : start + batch_size]
+        images, labels = split.images[index], split.labels[index]
+        if step.augment.active:
+            images = augment_batch(images.float(), step.augment, step.augment_generator)
+        logits = step.model(data.normalise(images))
+        loss = step.loss_fn(logits, labels)
+        not_finite |= ~torch.isfinite(loss.detach())
+        if number % check_every == 0 and not_finite.item():
+            raise Diverged(f"training loss is not finite at step {number} of the epoch")
+        step.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if step.grad_clip is not None:
+            nn.utils.clip_grad_norm_(step.model.parameters(), step.grad_clip, foreach=True)  # no host sync
+        step.optimizer.step()
+        step.schedule.after_batch()
+        loss_sum += loss.detach() * labels.shape[0]
+        correct += (logits.detach().argmax(dim=1) == labels).sum()
+    step.schedule.after_epoch()
+    loss, hits, bad = torch.stack([loss_sum, correct.to(loss_sum.dtype), not_finite.to(loss_sum.dtype)]).tolist()
+    if bad:
+        raise Diverged("training loss is not finite")
+    return loss / len(split), hits / len(split)
+
+
+class Stateful(Protocol):
+    """What early stopping copies the best weights from: a model, or one trial's slice of a packed network."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+
+
+class EarlyStopper:
+    """Watches a validation metric; keeps a device copy of the best weights when asked to restore them."""
+
+    def __init__(self, rule: EarlyStopping):
+        self.rule = rule
+        self.best = math.inf if rule.metric == "val_loss" else -math.inf
+        self.best_epoch = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.waited = 0
+
+    def improved(self, value: float) -> bool:
+        if self.rule.metric == "val_loss":
+            return value < self.best - self.rule.min_delta
+        return value > self.best + self.rule.min_delta
+
+    def should_stop(self, epoch: int, metrics: dict[str, float], model: Stateful) -> bool:
+        value = metrics[self.rule.metric]
+        if self.improved(value):
+            self.best, self.best_epoch, self.waited = value, epoch, 0
+            if self.rule.restore_best:
+                self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            return False
+        self.waited += 1
+        return self.waited >= self.rule.patience
+
+
+def train_trial(
+    settings: TrialSettings, data: DeviceData, device: torch.device, on_epoch: EpochCallback | None = None,
+    test: bool = True,
+) -> TrialResult:
+    """Train one trial from its seed; validate every epoch; test once at the end (a search never tests)."""
+    dataset = datasets.get(settings.dataset)
+    train = settings.train
+    torch.manual_seed(settings.seed)  # initial weights and dropout masks follow the trial's seed
+    model = models.build_model(settings.model, dataset)
+    models.initialise(model, train.init)
+    model = model.to(device)
+    optimizer = make_optimizer(model, train)
+    steps_per_epoch = math.ceil(len(data.train) / train.batch_size)
+    step = _Step(
+        model=model,
+        optimizer=optimizer,
+        loss_fn=make_loss(train.loss, dataset.classes, train.label_smoothing),
+        schedule=make_schedule(optimizer, train, steps_per_epoch),
+        grad_clip=train.grad_clip,
+        augment=train.augment,
+        augment_generator=torch.Generator(device=device).manual_seed(settings.seed + AUGMENT_SEED_OFFSET),
+    )
+    eval_loss = make_loss(train.loss, dataset.classes)  # validation and test losses are never smoothed
+    generator = torch.Generator(device=device).manual_seed(settings.seed)  # batch order
+    stopper = EarlyStopper(train.early_stopping) if train.early_stopping else None
+    result = TrialResult(params_count=models.count_params(model))
+    started = time.perf_counter()
+    for epoch in range(1, train.epochs + 1):
+        epoch_start = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]  # the rate the epoch starts with
+        train_loss, train_accuracy = _train_epoch(step, data, train.batch_size, generator)
+        val_loss, val_accuracy = evaluate(model, data.val, data, eval_loss)
+        metrics = {
+            "train_loss": train_loss,
+            "train_accuracy": train_accuracy,
+            "val_loss": val_loss,
+            "val_accuracy": val_accuracy,
+            "lr": lr,
+            "epoch_seconds": time.perf_counter() - epoch_start,
+        }
+        result.history.append(metrics)
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+        if stopper is not None and stopper.should_stop(epoch, metrics, model):
+            result.stopped_early = True
+            break
+    result.train_seconds = time.perf_counter() - started
+    result.tested_epoch = len(result.history)
+    if stopper is not None and stopper.best_state is not None:
+        model.load_state_dict(stopper.best_state)
+        result.tested_epoch = stopper.best_epoch
+    if test:
+        kept: list = []
+        result.test_loss, result.test_accuracy = evaluate(model, data.test, data, eval_loss, kept)
+        result.predictions = torch.cat([p for p, _ in kept]).to(torch.uint8).cpu().numpy()
+        result.confidences = torch.cat([c for _, c in kept]).to(torch.float16).cpu().numpy()
+        linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        if len(linear) == 1:  # a linear model: its weight rows are the class templates
+            result.weights = linear[0].weight.detach().float().cpu().numpy()
+    return result

@@ -1,0 +1,25 @@
+"""Report: the runs of a study turned into answers — tables with the statistics a paper needs, and figures.
+
+Owns loading a study's runs back from MLflow (its latest design, the latest finished run
+per trial, the invocations behind them), the per-arm table (mean ± std, 95% Student-t
+interval, paired difference from the baseline arm with Holm-corrected p-values), its
+renderings (markdown, CSV, JSON, LaTeX), a grid's main effects and interactions, a search's
+Optuna summary, and the figures.
+
+May import: ablate.tracking (the store), ablate.datasets (images, shape and class names for
+the figures), ablate.models, ablate.design and ablate.spec (sizes of older plans), ablate.search
+(a search's storage), pandas, scipy, matplotlib; never torch.
+"""
+
+from ablate.report._build import build
+from ablate.report._effects import axes_of, interaction_table, marginal_table
+from ablate.report._figures import write_figures
+from ablate.report._load import check_store, load_study, study_names
+from ablate.report._render import latex_table, markdown_section, markdown_table, render, summary_frame
+from ablate.report._report import PRIMARY_METRICS, StudyReport
+from ablate.report._stats import holm, mean_interval, paired_difference
+from ablate.report._table import summarise
+
+__all__ = ["PRIMARY_METRICS", "StudyReport", "axes_of", "build", "check_store", "holm", "interaction_table",
+           "latex_table", "load_study", "marginal_table", "markdown_section", "markdown_table", "mean_interval",
+           "paired_difference", "render", "study_names", "summarise", "summary_frame", "write_figures"]

@@ -1,0 +1,171 @@
+"""MLflow runs → pandas: the runs of a study's latest design, the latest finished run per trial, its invocations."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from ablate import datasets
+from ablate.errors import AblateError, did_you_mean
+from ablate.report._report import METRICS, StudyReport
+from ablate.report._search import search_summary
+from ablate.report._table import summarise
+from ablate.tracking import (
+    EXPERIMENT_TAG, PACK_SIZE, ROLE, SEED, STAGE, STAGE_INDEX, TRIAL_HASH, Tracker, read_plan, sqlite_path,
+)
+
+DATASET_PARAM = "dataset"  # the trial setting naming the dataset (TrialSettings.dataset)
+
+
+def check_store(uri: str) -> None:
+    """Refuse to read a SQLite store that does not exist (MLflow would silently create it)."""
+    path = sqlite_path(uri)
+    if path is not None:
+        if not path.exists():
+            raise AblateError(
+                f"no MLflow store at {path} (tracking URI {uri}); run `ablate run STUDY.toml` first, "
+                "or pass --tracking-uri"
+            )
+
+
+def study_names(tracker: Tracker) -> list[str]:
+    experiments = tracker.client.search_experiments(max_results=10_000)
+    return sorted(e.name for e in experiments if EXPERIMENT_TAG in e.tags)
+
+
+def _run_rows(runs) -> pd.DataFrame:
+    rows = []
+    for run in runs:
+        tags, metrics = run.data.tags, run.data.metrics
+        row = {
+            "run_id": run.info.run_id,
+            "parent_run_id": tags.get("mlflow.parentRunId"),
+            "status": run.info.status,
+            "start_time": run.info.start_time,
+            "trial_hash": tags.get(TRIAL_HASH),
+            "stage": tags.get(STAGE),
+            "stage_index": int(tags.get(STAGE_INDEX, 0)),
+            "seed": int(tags.get(SEED, 0)),
+            "pack_size": int(tags.get(PACK_SIZE, 1)),
+        }
+        row.update({m: metrics.get(m, math.nan) for m in METRICS})
+        row["train_size"] = _train_size(run.data.params)
+        row.update({f"param:{k}": v for k, v in run.data.params.items()})
+        rows.append(row)
+    columns = ["run_id", "parent_run_id", "status", "start_time", "trial_hash", "stage", "stage_index", "seed",
+               "pack_size", *METRICS, "train_size"]
+    frame = pd.DataFrame(rows)
+    return frame.reindex(columns=columns + sorted(c for c in frame.columns if c.startswith("param:")))
+
+
+def _train_size(params: dict[str, str]) -> float:
+    """Training examples per epoch, from the run's params (the split is part of the settings)."""
+    limit = params.get("data.train_limit", "none")
+    if limit not in ("none", ""):
+        return float(limit)
+    name = params.get(DATASET_PARAM)
+    total = datasets.get(name).train_size if name in datasets.names() else math.nan
+    return total - float(params.get("data.val_size", "nan"))
+
+
+def load_study(
+    tracker: Tracker, study: str, figures: Path | None = None, baseline: str | None = None,
+    metric: str = "test_accuracy",
+) -> StudyReport:
+    experiment = tracker.client.get_experiment_by_name(study)
+    if experiment is None or EXPERIMENT_TAG not in experiment.tags:
+        known = study_names(tracker)
+        raise AblateError(
+            f"no study named '{study}' in {tracker.uri}{did_you_mean(study, known)}; "
+            f"studies there: {', '.join(known) or 'none'}"
+        )
+    exp_id = experiment.experiment_id
+    parents = sorted(tracker.search(exp_id, f"tags.{ROLE} = 'parent'"), key=lambda r: r.info.start_time, reverse=True)
+    plan = next((p for p in (read_plan(tracker, r.info.run_id) for r in parents) if p), None)
+    runs = _run_rows(tracker.search(exp_id, f"tags.{ROLE} = 'trial'"))
+    if plan is not None:
+        _fill_macs(tracker, parents, plan)
+        stage_of = {t["hash"]: t["stage"] for t in plan["trials"]}
+        runs = runs[runs["trial_hash"].isin(stage_of)].copy()
+        runs["stage"] = runs["trial_hash"].map(stage_of)  # the latest spec's stage names
+        stages = plan["stages"]
+    else:
+        stages = [{"name": s, "index": i} for s, i in runs.groupby("stage")["stage_index"].min().sort_values().items()]
+    finished = runs[runs["status"] == "FINISHED"].sort_values("start_time")
+    latest = finished.drop_duplicates("trial_hash", keep="last")
+    excluded = runs[runs["status"] != "FINISHED"]["status"].value_counts().to_dict()
+    base_index = _baseline_index(stages, baseline or (plan or {}).get("baseline"), study)
+    trained_on = latest[f"param:{DATASET_PARAM}"].dropna().unique() if f"param:{DATASET_PARAM}" in latest else []
+    return StudyReport(
+        name=study,
+        description=(plan or {}).get("description", ""),
+        design=(plan or {}).get("design", "ladder"),
+        dataset=str(trained_on[0]) if len(trained_on) else None,
+        table=summarise(latest, stages, base_index, metric),
+        metric=metric,
+        baseline=base_index,
+        parent_run_id=parents[0].info.run_id if parents else None,
+        baseline_named=bool(baseline or (plan or {}).get("baseline")),
+        runs=latest.reset_index(drop=True),
+        planned=len(plan["trials"]) if plan else len(latest),
+        excluded={str(k): int(v) for k, v in excluded.items()},
+        # The invocations that trained the runs in the table, not every run of an older design.
+        invocations=[_invocation(r) for r in parents if r.info.run_id in set(latest["parent_run_id"])],
+        search=search_summary(plan["search"], figures) if plan and plan.get("search") else None,
+    )
+
+
+def _fill_macs(tracker: Tracker, parents: list, plan: dict) -> None:
+    """Plans logged before MACs were recorded: compute them from the study file the same parent run carries."""
+    if all("macs" in stage for stage in plan["stages"]) or plan.get("search"):
+        return
+    from ablate import models, spec
+    from ablate.design import expand
+
+    for parent in parents:
+        files = [a.path for a in tracker.client.list_artifacts(parent.info.run_id) if a.path.endswith(".toml")]
+        if not files:
+            continue
+        with tempfile.TemporaryDirectory() as folder:
+            try:
+                path = tracker.client.download_artifacts(parent.info.run_id, files[0], dst_path=folder)
+                by_name = {t.stage: models.macs(t.settings.model, datasets.get(t.settings.dataset))
+                           for t in expand(spec.load_study(path))}
+            except Exception:  # an older schema or a custom model that cannot be imported here: no MACs
+                continue
+        if all(stage["name"] in by_name for stage in plan["stages"]):
+            for stage in plan["stages"]:
+                stage["macs"] = by_name[stage["name"]]
+            return
+
+
+def _baseline_index(stages: list[dict], name: str | None, study: str) -> int:
+    """The arm deltas are taken against: the first (a ladder's first stage, an ablation's baseline, a grid's first
+    point, a search's best) unless named."""
+    if name is None:
+        return 0
+    names = [s["name"] for s in stages]
+    if name not in names:
+        raise AblateError(f"--baseline {name!r} is not an arm of study '{study}'{did_you_mean(name, names)}; "
+                          f"arms: {', '.join(names)}")
+    return names.index(name)
+
+
+def _invocation(run) -> dict[str, str]:
+    tags = run.data.tags
+    start, end = run.info.start_time, run.info.end_time
+    wall = tags.get("wall_seconds") or (f"{(end - start) / 1000:.1f}" if end else "")
+    return {
+        "command": tags.get("command", ""),
+        "hardware": tags.get("hardware", ""),
+        "status": run.info.status,
+        "wall_seconds": wall,
+        "trials_finished": tags.get("trials_finished", ""),
+        "trials_skipped": tags.get("trials_skipped", ""),
+        "git_commit": tags.get("git_commit", ""),
+        "started": pd.Timestamp(start, unit="ms").strftime("%Y-%m-%d %H:%M UTC"),
+    }
+

@@ -1,0 +1,57 @@
+"""The Optuna side of a search study's report: trial counts, the best trials, importances, the history figure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+
+def search_summary(info: dict, figures: Path | None) -> dict:
+    """The Optuna side of a search study: trial counts, the best trials, importances, the history figure."""
+    import warnings
+
+    import optuna
+
+    from ablate.search import open_storage
+
+    study = optuna.load_study(study_name=info["study"], storage=open_storage(info["storage"]))
+    trials = study.get_trials(deepcopy=False)
+    counts = pd.Series([t.state.name for t in trials]).value_counts().to_dict()
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    best = sorted(complete, key=lambda t: t.value, reverse=reverse)[:10]
+    rows = [{"Optuna trial": t.number, info["objective"]: f"{t.value:.4f}",
+             **{k: (f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in t.params.items()}} for t in best]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "few trials in some regime": the table is still the best estimate
+            importances = optuna.importance.get_param_importances(study)
+    except (ValueError, RuntimeError):  # too few complete trials, or a single-valued space
+        importances = {}
+    figure = None
+    if figures is not None and complete:
+        figure = figures / f"{info['study']}-history.png"
+        _history_figure(study, figure)
+    return {"counts": counts, "best": pd.DataFrame(rows).fillna("—"), "importances": importances, "figure": figure,
+            "objective": info["objective"], "storage": info["storage"]}
+
+
+def _history_figure(study, path: Path) -> None:
+    import warnings
+
+    import matplotlib
+    import optuna
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization.matplotlib import plot_optimization_history
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        axes = plot_optimization_history(study)
+    axes.figure.set_size_inches(8, 4.5)
+    axes.figure.tight_layout()
+    axes.figure.savefig(path, dpi=120)
+    plt.close(axes.figure)

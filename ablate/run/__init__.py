@@ -1,0 +1,31 @@
+"""Run: executing a study's trials — where they run, what workers report, and what the parent does about it.
+
+Owns worker slots (devices, workers per device, threads), the worker (a slot's device set up
+once, then trials, packs and search trials trained and logged to MLflow by itself), the
+typed events a worker reports, the backend protocol and its backends — `LocalBackend`
+(supervised processes on this machine) and `InlineBackend` (in-process, for tests and
+debugging) — the dispatcher (hands out tasks, notices lost workers, handles Ctrl-C), and
+the study and search runs that tie them to the store.
+
+May import: every package below it — ablate.spec, ablate.design, ablate.datasets,
+ablate.engine, ablate.search, ablate.tracking — and multiprocessing. The dispatcher assumes
+nothing of where a worker runs beyond the Backend protocol.
+"""
+
+from ablate.run._backend import Backend
+from ablate.run._dispatch import MAX_LOST_IN_A_ROW, Dispatcher, Ledger, Reporter, RunSummary
+from ablate.run._events import Done, Epoch, Event, Failed, Finished, Killed, Outcome, Ready, Started
+from ablate.run._inline import InlineBackend, WorkerDied
+from ablate.run._local import EventChannel, LocalBackend
+from ablate.run._slots import Slot, cpu_model, hardware, plan_slots, plan_slots_for
+from ablate.run._study import run_search, run_study
+from ablate.run._tasks import Task, task_key, task_trials
+from ablate.run._worker import FAULTS_ENV, Orphaned, Worker, WorkerConfig, classify, faults_from_env
+
+__all__ = [
+    "Backend", "Dispatcher", "Done", "Epoch", "Event", "EventChannel", "FAULTS_ENV", "Failed", "Finished",
+    "InlineBackend", "Killed", "Ledger", "LocalBackend", "MAX_LOST_IN_A_ROW", "Orphaned", "Outcome", "Ready",
+    "Reporter", "RunSummary", "Slot", "Started", "Task", "Worker", "WorkerConfig", "WorkerDied", "classify",
+    "cpu_model", "faults_from_env", "hardware", "plan_slots", "plan_slots_for", "run_search", "run_study", "task_key",
+    "task_trials",
+]

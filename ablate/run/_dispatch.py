@@ -1,0 +1,266 @@
+"""The dispatcher: the parent's loop that hands tasks to a backend's slots and turns events into a summary.
+
+It hands a task to a slot only when the slot is idle, so it always knows which trials each
+slot holds: when a worker dies, the trials it had started and not ended are recorded FAILED
+(`worker-lost`) — unless the store shows the worker ended them itself before dying unheard —
+and what it had not started goes back to the front of the queue for a fresh worker. A slot
+whose workers keep dying before finishing anything is given up on rather than restarted
+forever. Ctrl-C stops handing out tasks and ends the running trials KILLED.
+
+It asks the backend (ablate.run's backend protocol) for nothing but the protocol, and the
+store (a Ledger) for nothing but a run's state and ending a run: it works the same on
+processes, in-process, or on a cluster engine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ablate.design import Pack, Trial, pack_trials
+from ablate.run._backend import Backend
+from ablate.run._events import Done, Epoch, Event, Failed, Finished, Killed, Outcome, Ready, Started
+from ablate.run._slots import Slot
+from ablate.run._tasks import Task, task_key, task_trials
+from ablate.tracking import ERROR, INTERRUPTED, REASON, WORKER_LOST, RunState
+
+# A slot whose workers keep dying before finishing anything is not worth restarting forever.
+MAX_LOST_IN_A_ROW = 3
+
+
+class Reporter(Protocol):
+    """What a run tells its user; the CLI draws it, tests can record it."""
+
+    def start(self, total: int, skipped: int, slots: list[Slot]) -> None: ...
+    def trial_started(self, trial: Trial, slot: Slot) -> None: ...
+    def epoch(self, trial: Trial, slot: Slot, epoch: int, val_accuracy: float) -> None: ...
+    def trial_finished(self, trial: Trial, slot: Slot, outcome: Outcome) -> None: ...
+    def trial_failed(self, trial: Trial, slot: Slot, reason: str, error: str) -> None: ...
+
+
+class Ledger(Protocol):
+    """What the dispatcher asks of the tracking store (ablate.tracking's Tracker keeps it)."""
+
+    def run_state(self, run_id: str) -> RunState: ...
+    def finish(self, run_id: str, status: str = "FINISHED", error: str | None = None,
+               reason: str | None = None) -> None: ...
+
+
+@dataclass
+class RunSummary:
+    experiment_id: str
+    parent_run_id: str | None
+    total: int
+    skipped: int
+    finished: list[tuple[Trial, Outcome]] = field(default_factory=list)
+    failed: list[tuple[Trial, str, str]] = field(default_factory=list)  # (trial, reason, error)
+    recovered: list[dict[str, str]] = field(default_factory=list)  # runs a killed invocation left RUNNING
+    running_elsewhere: int = 0
+    interrupted: bool = False
+    wall_seconds: float = 0.0
+    slots: list[Slot] = field(default_factory=list)
+
+
+@dataclass
+class _OpenTrial:
+    trial: Trial
+    run_id: str | None = None  # None until the worker started the trial's run
+
+
+@dataclass
+class _Held:
+    """What the dispatcher knows of one slot: the task it holds and that task's trials not yet ended."""
+
+    slot: Slot
+    task: Task | None = None
+    open: dict[str, _OpenTrial] = field(default_factory=dict)  # trial hash → its open trial
+    stopped: bool = False  # retired: its worker was told to stop, or died with nothing left to do
+
+    @property
+    def key(self) -> str | None:
+        return None if self.task is None else task_key(self.task)
+
+    def hold(self, task: Task) -> None:
+        self.task = task
+        self.open = {t.hash: _OpenTrial(t) for t in task_trials(task)}
+
+    def clear(self) -> None:
+        self.task, self.open = None, {}
+
+
+class Dispatcher:
+    """Hands tasks to a backend's slots, phase after phase (a search's trials, then its confirm runs)."""
+
+    def __init__(self, backend: Backend, ledger: Ledger, reporter: Reporter, summary: RunSummary):
+        self.backend, self.ledger, self.reporter, self.summary = backend, ledger, reporter, summary
+        self.held = {slot.index: _Held(slot) for slot in backend.slots}
+        self.pending: deque[Task] = deque()
+        self.lost_in_a_row = 0
+        self.deadline: float | None = None
+
+    def run(self, tasks: list[Task], timeout: float | None = None) -> None:
+        """One phase: every task handed out and ended, unless `timeout` seconds pass (start nothing new) or Ctrl-C
+        (summary.interrupted)."""
+        self.pending = deque(tasks)
+        self.lost_in_a_row = 0
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            self._revive_stopped()
+            for held in self._idle():
+                self._feed(held)
+            while self._busy():
+                event = self.backend.next_event(timeout=0.5)
+                if event is not None:
+                    self._handle(event)
+                self._check_dead()
+        except KeyboardInterrupt:
+            self.summary.interrupted = True
+            self._stop_running()
+
+    def close(self) -> None:
+        self.backend.shutdown()
+
+    def _busy(self) -> list[_Held]:
+        return [h for h in self.held.values() if h.task is not None]
+
+    def _idle(self) -> list[_Held]:
+        return [h for h in self.held.values() if h.task is None and not h.stopped]
+
+    def _revive_stopped(self) -> None:
+        """Slots retired in an earlier phase (their worker died when there was nothing left to give it) get a fresh
+        worker when this phase has work for them."""
+        for held in self.held.values():
+            if self.pending and held.stopped:
+                self.backend.replace(held.slot.index)
+                held.stopped = False
+
+    def _feed(self, held: _Held) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            self.pending.clear()  # a search's timeout: start nothing new
+        if self.pending:
+            held.hold(self.pending.popleft())
+            self.backend.give(held.slot.index, held.task)
+        else:
+            held.clear()  # idle until the next phase, or until the backend shuts down
+
+    def _handle(self, event: Event) -> None:
+        """A pack's trials end one by one; its slot is free at Done."""
+        if isinstance(event, Ready):
+            return
+        held = self.held[event.slot]
+        if held.task is None or event.task != held.key:
+            return  # news of a task this slot no longer holds
+        match event:
+            case Started(trial=trial, run_id=run_id):
+                held.open[trial.hash] = _OpenTrial(trial, run_id)
+                self.reporter.trial_started(trial, held.slot)
+            case Epoch(trial_hash=trial_hash) if trial_hash in held.open:
+                self.reporter.epoch(held.open[trial_hash].trial, held.slot, event.epoch, event.val_accuracy)
+            case Finished(trial_hash=trial_hash, outcome=outcome) if trial_hash in held.open:
+                self._finished(held.open.pop(trial_hash).trial, held, outcome)
+            case Failed(trial_hash=trial_hash) if trial_hash in held.open:
+                self._failed(held.open.pop(trial_hash).trial, held, event.reason, event.error)
+            case Done():
+                self._feed(held)
+            case Killed():
+                held.clear()
+
+    def _finished(self, trial: Trial, held: _Held, outcome: Outcome) -> None:
+        self.summary.finished.append((trial, outcome))
+        self.lost_in_a_row = 0
+        self.reporter.trial_finished(trial, held.slot, outcome)
+
+    def _failed(self, trial: Trial, held: _Held, reason: str, error: str) -> None:
+        self.summary.failed.append((trial, reason, error))
+        self.reporter.trial_failed(trial, held.slot, reason, error)
+
+    def _drain(self) -> None:
+        """What workers said just before one died still counts."""
+        while (event := self.backend.next_event(0.0)) is not None:
+            self._handle(event)
+
+    def _check_dead(self) -> None:
+        if not self.backend.dead():
+            return
+        self._drain()
+        for index, why in self.backend.dead().items():
+            held = self.held[index]
+            self._record_lost(held, why)
+            if not self.pending:
+                self.backend.stop(index)  # nothing left for a new worker to do
+                held.stopped = True
+                continue
+            self.lost_in_a_row += 1
+            self.backend.replace(index)
+            if self.lost_in_a_row > MAX_LOST_IN_A_ROW * len(self.held):
+                self._give_up(held)
+            else:
+                self._feed(held)
+
+    def _record_lost(self, held: _Held, why: str) -> None:
+        """The dead worker's trials that had started and not ended are FAILED (worker-lost). What it had not
+        started (it died before, or just after being handed the task) goes back to the front of the queue."""
+        error = f"{why} while training this trial"
+        unstarted = [o.trial for o in held.open.values() if o.run_id is None]
+        for open_trial in held.open.values():
+            if open_trial.run_id is not None and not self._ended_unheard(open_trial, held):
+                self.ledger.finish(open_trial.run_id, "FAILED", error=error, reason=WORKER_LOST)
+                self._failed(open_trial.trial, held, WORKER_LOST, error)
+        if isinstance(held.task, Trial | Pack):
+            self.pending.extendleft(reversed(pack_trials(unstarted, len(unstarted))))  # they were one pack
+        elif held.task is not None and not held.open:  # a search task that died before drawing its trial
+            self.pending.appendleft(held.task)
+        held.clear()
+
+    def _ended_unheard(self, open_trial: _OpenTrial, held: _Held) -> bool:
+        """Did the worker end this run (FINISHED, or FAILED with a reason) before dying, unheard? Then that stands."""
+        state = self.ledger.run_state(open_trial.run_id)
+        if state.status == "RUNNING":
+            return False
+        if state.status == "FINISHED":
+            metrics = state.metrics
+            outcome = (Outcome(test_accuracy=metrics["test_accuracy"], train_seconds=metrics.get("train_seconds", 0.0))
+                       if "test_accuracy" in metrics else Outcome(note="finished"))  # a search trial is never tested
+            self._finished(open_trial.trial, held, outcome)
+        else:
+            self._failed(open_trial.trial, held, state.tags.get(REASON, "error"), state.tags.get(ERROR, ""))
+        return True
+
+    def _give_up(self, held: _Held) -> None:
+        """Workers keep dying before they finish anything: fail what is left rather than loop forever."""
+        for task in self.pending:
+            for trial in task_trials(task):
+                self.summary.failed.append((trial, WORKER_LOST, "not run: workers kept dying"))
+        self.pending.clear()
+        self.backend.stop(held.slot.index)
+        held.clear()
+        held.stopped = True
+
+    def _stop_running(self) -> None:
+        """Ctrl-C: hand out nothing more; running trials end as KILLED (by their workers, else here)."""
+        self.pending.clear()
+        self.backend.interrupt([h.slot.index for h in self._busy()])
+        deadline = time.monotonic() + 20
+        try:
+            while self._busy() and time.monotonic() < deadline:
+                event = self.backend.next_event(timeout=0.2)
+                if event is not None:
+                    self._handle(event)
+                for index in self.backend.dead():
+                    self._drain()
+                    self._mark_killed(self.held[index])
+                    self.backend.stop(index)
+                    self.held[index].stopped = True
+        except KeyboardInterrupt:
+            pass  # a second Ctrl-C: stop waiting
+        for held in self._busy():
+            self.backend.terminate(held.slot.index)
+            self._mark_killed(held)
+
+    def _mark_killed(self, held: _Held) -> None:
+        for open_trial in held.open.values():
+            if open_trial.run_id and self.ledger.run_state(open_trial.run_id).status == "RUNNING":
+                self.ledger.finish(open_trial.run_id, "KILLED", error="interrupted (Ctrl-C)", reason=INTERRUPTED)
+        held.clear()

@@ -1,0 +1,79 @@
+"""Worker slots: which devices a run uses, how many workers each, and the threads each worker gets."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+from ablate.errors import AblateError
+from ablate.spec import ExecutionSettings
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One worker's place: its index, its device ('cpu' or 'cuda:N') and its torch CPU threads."""
+
+    index: int
+    device: str
+    threads: int
+
+
+def plan_slots(
+    devices: str | tuple[int, ...], workers_per_device: int | None, max_workers: int | None, cuda_count: int,
+    cpu_cores: int,
+) -> list[Slot]:
+    """Worker slots for the devices asked for and the devices visible.
+
+    `auto` is every visible GPU, else the CPU. Slots go round-robin over the devices, so a
+    `max_workers` below the total still spreads over every GPU. A CPU worker uses one torch
+    thread — float sums in another order would make a result depend on the worker count —
+    and by default there is one per core; GPU workers share the cores out between them.
+    """
+    if devices == "cpu" or (devices == "auto" and cuda_count == 0):
+        names = ["cpu"]
+    elif devices == "auto":
+        names = [f"cuda:{i}" for i in range(cuda_count)]
+    else:
+        missing = [i for i in devices if i >= cuda_count]
+        if missing:
+            visible = f"{cuda_count} visible" if cuda_count else "none visible"
+            raise AblateError(f"devices {list(devices)}: there is no GPU {missing[0]} here ({visible})")
+        names = [f"cuda:{i}" for i in dict.fromkeys(devices)]
+    on_cpu = names == ["cpu"]
+    per_device = workers_per_device or (cpu_cores if on_cpu else 1)
+    count = len(names) * per_device
+    if max_workers is not None:
+        count = min(count, max_workers)
+    threads = 1 if on_cpu else max(1, cpu_cores // count)
+    return [Slot(index=k, device=names[k % len(names)], threads=threads) for k in range(count)]
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "CPU"
+
+
+def hardware(slots: list[Slot]) -> str:
+    """The processors a run used and how it used them, as a results table should name them."""
+    import torch
+
+    devices = sorted({s.device for s in slots})
+    if devices == ["cpu"]:
+        return f"{cpu_model()}, {len(slots)} worker(s) × {slots[0].threads} thread(s)"
+    names = sorted({torch.cuda.get_device_name(torch.device(d)) for d in devices})
+    per = len(slots) // len(devices)
+    return f"{len(devices)} × {', '.join(names)} (CUDA {torch.version.cuda}), {per} worker(s) per GPU"
+
+
+def plan_slots_for(execution: ExecutionSettings) -> list[Slot]:
+    import joblib
+    import torch
+
+    return plan_slots(execution.devices, execution.workers_per_device, execution.max_workers,
+                      torch.cuda.device_count(), joblib.cpu_count())

@@ -1,0 +1,189 @@
+"""Run a study: skip finished trials, train the rest on a backend's workers, record every outcome.
+
+The parent creates the experiment and its parent run before any worker starts (concurrent
+first use of a SQLite store races), recovers runs a killed invocation left RUNNING, beats
+the parent run's heartbeat while it works, then dispatches the tasks (ablate.run's
+dispatcher) and closes the parent run with the counts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ablate import datasets
+from ablate.design import Trial, pack_trials, plan_document
+from ablate.run._backend import Backend
+from ablate.run._dispatch import Dispatcher, Reporter, RunSummary
+from ablate.run._local import LocalBackend
+from ablate.run._slots import Slot, hardware, plan_slots_for
+from ablate.run._worker import WorkerConfig, faults_from_env
+from ablate.search import RUN_ATTR, SearchTask
+from ablate.spec import ExecutionSettings, Study
+from ablate.tracking import PID, PID_START, PLAN_ARTIFACT, Heartbeat, Identity, alive
+
+if TYPE_CHECKING:
+    from ablate.tracking import Tracker
+
+MakeBackend = Callable[[list[Slot], WorkerConfig], Backend]
+
+
+def run_study(
+    study: Study, trials: list[Trial], tracker: Tracker, data_dir: Path, execution: ExecutionSettings,
+    reporter: Reporter, command: str = "", import_paths: tuple[str, ...] = (), backend: MakeBackend = LocalBackend,
+) -> RunSummary:
+    started = time.perf_counter()
+    slots = plan_slots_for(execution)
+    for dataset in {t.settings.dataset for t in trials}:  # bad input stops the run before the store is touched
+        datasets.ensure_files(dataset, data_dir)
+    experiment_id = tracker.experiment(study.name)
+    recovered, elsewhere = tracker.recover_stale(experiment_id)
+    done = tracker.finished_hashes(experiment_id)
+    todo = [t for t in trials if t.hash not in done and t.hash not in elsewhere]
+    tasks = pack_trials(todo, execution.pack)
+    slots = slots[: max(1, len(tasks))]  # no idle workers
+    summary = RunSummary(experiment_id, None, total=len(trials), skipped=len(trials) - len(todo),
+                         recovered=recovered, running_elsewhere=len(elsewhere & {t.hash for t in trials}), slots=slots)
+    reporter.start(len(trials), summary.skipped, slots)
+    if not todo:
+        return summary
+    invocation = _Invocation.start(study, tracker, experiment_id, len(trials), slots, command, {}, data_dir,
+                                   import_paths)
+    summary.parent_run_id = invocation.parent_id
+    tracker.log_dict(invocation.parent_id, plan_document(study, trials), PLAN_ARTIFACT)
+    with invocation:
+        dispatcher = Dispatcher(backend(slots, invocation.config), tracker, reporter, summary)
+        try:
+            dispatcher.run(tasks)
+        finally:
+            dispatcher.close()
+    summary.wall_seconds = time.perf_counter() - started
+    _close_parent(tracker, summary)
+    return summary
+
+
+@dataclass
+class _Invocation:
+    """This `ablate run`: its parent run (created before any worker starts), the heartbeat that proves it alive
+    while it works, and what its workers need."""
+
+    parent_id: str
+    config: WorkerConfig
+    heartbeat: Heartbeat
+
+    @classmethod
+    def start(
+        cls, study: Study, tracker: Tracker, experiment_id: str, trials: int, slots: list[Slot], command: str,
+        tags: dict[str, str], data_dir: Path, import_paths: tuple[str, ...],
+    ) -> _Invocation:
+        from ablate.tracking import environment_tags
+
+        env_tags = environment_tags(Path(study.path).resolve().parent)
+        machine = hardware(slots)
+        parent_id = tracker.start_parent(
+            experiment_id, study.name, Path(study.path), trials,
+            {**env_tags, "command": command, "hardware": machine, **tags},
+        )
+        config = WorkerConfig(
+            tracking_uri=tracker.uri, experiment_id=experiment_id, parent_run_id=parent_id,
+            parent=Identity.of_this_process(),
+            env_tags={k: v for k, v in env_tags.items() if k not in (PID, PID_START)} | {"hardware": machine},
+            data_dir=str(Path(data_dir).resolve()), import_paths=import_paths, faults=faults_from_env(),
+        )
+        return cls(parent_id, config, Heartbeat(lambda: tracker.beat([parent_id])))
+
+    def __enter__(self) -> _Invocation:
+        self.heartbeat.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.heartbeat.stop()
+
+
+def _close_parent(tracker: Tracker, summary: RunSummary) -> None:
+    counts = {
+        "trials_finished": str(len(summary.finished)),
+        "trials_failed": str(len(summary.failed)),
+        "trials_skipped": str(summary.skipped),
+        "wall_seconds": f"{summary.wall_seconds:.1f}",
+        "workers": str(len(summary.slots)),
+    }
+    for key, value in counts.items():
+        tracker.set_tag(summary.parent_run_id, key, value)
+    status = "KILLED" if summary.interrupted else ("FAILED" if summary.failed else "FINISHED")
+    tracker.finish(summary.parent_run_id, status)
+
+
+def _search_trial_alive(tracker: Tracker) -> Callable[[Mapping[str, Any]], bool]:
+    """Is the process that asked for an Optuna trial still running it? On its host, its pid says; elsewhere, its
+    MLflow run's heartbeat (and its invocation's) does."""
+
+    def alive_trial(attrs: Mapping[str, Any]) -> bool:
+        if Identity.from_tags(attrs).here or RUN_ATTR not in attrs:
+            return alive(attrs)
+        return tracker.run_alive(str(attrs[RUN_ATTR]))
+
+    return alive_trial
+
+
+def run_search(
+    study: Study, tracker: Tracker, data_dir: Path, execution: ExecutionSettings, reporter: Reporter,
+    storage: str, command: str = "", import_paths: tuple[str, ...] = (), backend: MakeBackend = LocalBackend,
+) -> RunSummary:
+    """An Optuna search on the workers, then its best configurations re-trained on fresh seeds and tested."""
+    from ablate import search
+
+    started = time.perf_counter()
+    spec = study.search
+    datasets.ensure_files(study.info.dataset, data_dir)
+    experiment_id = tracker.experiment(study.name)
+    recovered, _ = tracker.recover_stale(experiment_id)
+    optuna_study = search.open_study(spec, storage, study.name, search.trial_epochs(study))  # created before any worker
+    search.recover_stale(optuna_study, _search_trial_alive(tracker))
+    done = search.finished_count(optuna_study)
+    remaining = (spec.settings.trials - done) if spec.settings.trials else 10_000  # a timeout ends an open count
+    first = len(optuna_study.trials)
+    tasks = [SearchTask(first + i, storage, study.path, study.text) for i in range(max(0, remaining))]
+    slots = plan_slots_for(execution)
+    summary = RunSummary(experiment_id, None, total=done + len(tasks), skipped=done, recovered=recovered, slots=slots)
+    reporter.start(summary.total, done, slots)
+    if not tasks:  # the search is complete: only confirm runs may be missing
+        _, confirm = search.confirm_trials(study, optuna_study)
+        if not _unfinished(tracker, experiment_id, confirm):
+            summary.total, summary.skipped = summary.total + len(confirm), summary.skipped + len(confirm)
+            return summary
+    invocation = _Invocation.start(
+        study, tracker, experiment_id, summary.total, slots, command,
+        {"optuna_storage": storage, "optuna_study": study.name}, data_dir, import_paths,
+    )
+    summary.parent_run_id = invocation.parent_id
+    arms, confirm = (), []
+    with invocation:
+        dispatcher = Dispatcher(backend(slots, invocation.config), tracker, reporter, summary)
+        try:
+            dispatcher.run(tasks, timeout=spec.settings.timeout)
+            if not summary.interrupted:
+                arms, confirm = search.confirm_trials(study, optuna_study)
+                todo = _unfinished(tracker, experiment_id, confirm)
+                summary.total += len(confirm)
+                summary.skipped += len(confirm) - len(todo)
+                reporter.start(len(confirm), len(confirm) - len(todo), slots)
+                dispatcher.run(pack_trials(todo, execution.pack))
+        finally:
+            dispatcher.close()
+    if not summary.interrupted:  # an interrupted search has no confirm arms yet: reports keep the previous plan
+        document = plan_document(study, confirm, arms)
+        document["search"] = {"storage": storage, "study": study.name, "objective": spec.settings.objective,
+                              "trials": spec.settings.trials, "confirm_seeds": list(spec.confirm_seeds)}
+        tracker.log_dict(summary.parent_run_id, document, PLAN_ARTIFACT)
+    summary.wall_seconds = time.perf_counter() - started
+    _close_parent(tracker, summary)
+    return summary
+
+
+def _unfinished(tracker: Tracker, experiment_id: str, trials: list[Trial]) -> list[Trial]:
+    finished = tracker.finished_hashes(experiment_id)
+    return [t for t in trials if t.hash not in finished]

@@ -1,0 +1,355 @@
+"""The worker: one slot's device set up once, then the tasks it is given, each logged to MLflow by itself.
+
+The worker never assumes where it runs — a process of this machine (the local backend), the
+dispatcher's own process (inline), an actor on another node: it gets its slot, a picklable
+WorkerConfig and a function to emit events through, and it stops a task by raising:
+KeyboardInterrupt (Ctrl-C: the task's open runs end KILLED and it emits Killed) or Orphaned
+(its invocation is gone: they end FAILED, reason interrupted). A trial that fails on its own
+(an exception, divergence, out of memory) is recorded FAILED with its reason and traceback;
+the worker frees the memory and is ready for the next task.
+
+While it holds runs, a heartbeat thread writes their heartbeat (ablate.tracking's liveness),
+so another invocation, on any host, can tell a worker that is gone from one that is busy.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ablate import datasets
+from ablate.design import Pack, Trial
+from ablate.run._events import Done, Epoch, Event, Failed, Finished, Killed, Outcome, Started
+from ablate.run._slots import Slot
+from ablate.run._tasks import Task, task_key
+from ablate.search import SearchTask
+from ablate.spec import TrialSettings
+from ablate.tracking import (
+    BEAT_SECONDS, DEVICE, DIVERGED, FAILED_ERROR, INTERRUPTED, OOM, OUTPUTS_ARTIFACT, PACK, PACK_SIZE, WORKER,
+    Heartbeat, Identity,
+)
+
+if TYPE_CHECKING:
+    from ablate.engine import TrialResult
+    from ablate.search import AskedTrial
+
+# Test-only fault injection, as JSON: {"<stage>:<seed>": "raise" | "nan" | "oom" | "kill" | "kill-mid-event" | "slow"}.
+FAULTS_ENV = "ABLATE_TEST_FAULTS"
+
+Emit = Callable[[Event], None]
+Die = Callable[[bool], None]  # the "kill" faults: end this worker at once (True: halfway through writing an event)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything a worker needs besides its slot and its tasks; picklable, so it can travel to any process."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    parent: Identity  # the invocation's process: a worker whose invocation is gone stops
+    env_tags: dict[str, str]
+    data_dir: str
+    import_paths: tuple[str, ...]  # where custom model factories are found
+    faults: dict[str, str] = field(default_factory=dict)
+
+
+def faults_from_env() -> dict[str, str]:
+    raw = os.environ.get(FAULTS_ENV)
+    return json.loads(raw) if raw else {}
+
+
+class Orphaned(Exception):
+    """The invocation that started this worker is gone (killed): stop, record the trial as interrupted, exit."""
+
+
+def classify(exc: BaseException) -> str:
+    """The `reason` of a failed trial: diverged, oom or error."""
+    import torch
+
+    from ablate.engine import Diverged
+
+    if isinstance(exc, Diverged):
+        return DIVERGED
+    if isinstance(exc, torch.cuda.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc)):
+        return OOM
+    return FAILED_ERROR
+
+
+def _kill_this_process(mid_event: bool) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Worker:
+    """A slot's worker (see the module docstring); `die` ends it at once for the test-only kill faults."""
+
+    def __init__(self, slot: Slot, config: WorkerConfig, emit: Emit, die: Die = _kill_this_process):
+        import torch
+
+        from ablate.tracking import Tracker
+
+        self.slot, self.config, self.emit, self.die = slot, config, emit, die
+        torch.set_num_threads(slot.threads)
+        sys.path[:0] = [p for p in config.import_paths if p not in sys.path]
+        self.device = torch.device(slot.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.tracker = Tracker(config.tracking_uri)
+        self.open_runs: set[str] = set()  # the runs whose heartbeat this worker writes
+        self.heartbeat = Heartbeat(lambda: self.tracker.beat(sorted(self.open_runs))).start()
+        self._parent_checked, self._parent_alive = -math.inf, True
+
+    def run(self, task: Task) -> None:
+        """Train one task, then emit Done; KeyboardInterrupt and Orphaned end it early (and propagate)."""
+        if isinstance(task, Trial):
+            self._run_trial(task)
+        elif isinstance(task, Pack):
+            self._run_pack(task)
+        else:
+            self._run_search(task)
+        self.emit(Done(self.slot.index, task_key(task)))
+
+    def close(self) -> None:
+        self.heartbeat.stop()
+
+    def orphaned(self) -> bool:
+        """Is the invocation that started this worker gone? On its host the process table says at once; elsewhere
+        its parent run's heartbeat does, read at most once per beat interval."""
+        parent = self.config.parent
+        if parent.here:
+            return not parent.running()
+        now = time.monotonic()
+        if now - self._parent_checked >= BEAT_SECONDS:
+            self._parent_checked = now
+            try:
+                self._parent_alive = self.tracker.run_alive(self.config.parent_run_id)
+            except Exception:  # noqa: BLE001 — an unreachable store proves nothing either way: keep the last answer
+                pass
+        return not self._parent_alive
+
+    # -- one trial, a pack, a search trial ----------------------------------------------
+
+    def _run_trial(self, trial: Trial) -> None:
+        from ablate.engine import train_trial
+
+        run = _TrialRun(self, trial, trial.hash)
+        try:
+            result = train_trial(run.settings, self._data(run.settings), self.device, run.epoch)
+        except (KeyboardInterrupt, Orphaned) as exc:
+            self._interrupted(exc, [run], trial.hash)
+            raise
+        except Exception as exc:
+            run.failed(exc, traceback.format_exc())
+            self._free_memory()
+            return
+        run.finished(result)
+
+    def _run_pack(self, pack: Pack) -> None:
+        """K trials trained as one packed network (ablate.engine), each logged to its own run as if it ran alone and
+        recorded as soon as it ends."""
+        from ablate.engine import train_pack
+
+        runs = [_TrialRun(self, t, pack.key, **{PACK: pack.key, PACK_SIZE: str(len(pack.trials))}) for t in pack.trials]
+        open_runs = dict(enumerate(runs))  # the trials not yet recorded
+
+        def on_end(i: int, result: TrialResult | BaseException) -> None:
+            run = open_runs.pop(i)
+            if isinstance(result, BaseException):  # this trial alone diverged
+                run.failed(result, f"{type(result).__name__}: {result}\n")
+            else:
+                run.finished(result)
+
+        settings = [run.settings for run in runs]
+        try:
+            train_pack(settings, self._data(settings[0]), self.device,
+                       lambda i, epoch, metrics: runs[i].epoch(epoch, metrics), on_end=on_end)
+        except (KeyboardInterrupt, Orphaned) as exc:
+            self._interrupted(exc, list(open_runs.values()), pack.key)
+            raise
+        except Exception as exc:  # the pack failed (out of memory, a bug): each of its trials still open did
+            trace = traceback.format_exc()
+            for run in list(open_runs.values()):
+                run.failed(exc, trace)
+            self._free_memory()
+
+    def _run_search(self, task: SearchTask) -> None:
+        """Ask the shared Optuna storage for a trial, train it with pruning, tell the storage how it went."""
+        import optuna
+
+        from ablate.engine import train_trial
+        from ablate.search import ask
+
+        asked = ask(task)
+        run = _TrialRun(self, asked.trial, task.key, role="search", optuna_trial=str(asked.number))
+        asked.attach_run(run.run_id)
+
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            run.epoch(epoch, metrics)
+            if asked.should_prune(epoch, metrics):
+                raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+
+        try:
+            result = train_trial(run.settings, self._data(run.settings), self.device, on_epoch, test=False)
+        except optuna.TrialPruned as exc:
+            epoch = int(str(exc).rsplit(" ", 1)[-1])
+            asked.pruned()
+            self.tracker.log_metrics(run.run_id, {"pruned_at_epoch": epoch}, step=epoch)
+            run.searched_to_end("PRUNED", Outcome(note=f"pruned after epoch {epoch}"))
+            return
+        except (KeyboardInterrupt, Orphaned) as exc:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            asked.interrupted()  # its parameters are tried again on resume
+            self._interrupted(exc, [run], task.key)
+            raise
+        except Exception as exc:
+            asked.failed()
+            run.failed(exc, traceback.format_exc())
+            self._free_memory()
+            return
+        self._tell_complete(asked, run, result)
+
+    def _tell_complete(self, asked: AskedTrial, run: _TrialRun, result: TrialResult) -> None:
+        value = result.history[result.tested_epoch - 1][asked.objective]
+        asked.complete(value)
+        final = {k: v for k, v in result.final_metrics().items() if not k.startswith("test_")}
+        self.tracker.log_metrics(run.run_id, {**final, "objective": value}, step=len(result.history))
+        run.searched_to_end("COMPLETE", Outcome(note=f"{asked.objective} {value:.4f} (Optuna trial {asked.number})"))
+
+    # -- shared pieces ------------------------------------------------------------------
+
+    def _data(self, settings: TrialSettings) -> datasets.DeviceData:
+        data = datasets.load(settings.dataset, settings.data, Path(self.config.data_dir), self.device)
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats(self.device)
+        return data
+
+    def _interrupted(self, exc: BaseException, runs: list[_TrialRun], key: str) -> None:
+        """Ctrl-C ends the task's open runs KILLED (and tells the dispatcher); a vanished parent ends them FAILED."""
+        killed = isinstance(exc, KeyboardInterrupt)
+        if killed:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the bookkeeping short
+        for run in runs:
+            run.interrupted(killed)
+        if killed:
+            self.emit(Killed(self.slot.index, key))
+
+    def _free_memory(self) -> None:
+        """Drop what the failed trial held, so the worker's next trial starts with the device's memory free."""
+        import torch
+
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def peak_memory_mb(self) -> float:
+        """Peak device memory the trial allocated (GPU), or the worker process's peak resident memory (CPU)."""
+        import resource
+
+        import torch
+
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports kilobytes
+
+    def inject(self, fault: str | None, epoch: int) -> None:
+        """Test-only faults, fired at the end of the first epoch (after the trial's run exists)."""
+        if fault is None or epoch != 1:
+            return
+        import torch
+
+        if fault in ("kill", "kill-mid-event"):  # a kill -9, possibly halfway through writing an event
+            self.die(fault == "kill-mid-event")
+        if fault == "raise":
+            raise RuntimeError("injected fault")
+        if fault == "oom":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        if fault == "slow":
+            time.sleep(float(os.environ.get("ABLATE_TEST_SLOW_SECONDS", "30")))
+
+
+class _TrialRun:
+    """One trial's MLflow run as its worker keeps it: started with the trial's tags, fed its epochs, ended once."""
+
+    def __init__(self, worker: Worker, trial: Trial, key: str, role: str = "trial", **tags: str):
+        self.worker, self.trial, self.key = worker, trial, key
+        self.tracker = worker.tracker
+        self.searched = role == "search"  # an Optuna trial's run: its end also says how Optuna saw it
+        self.fault = worker.config.faults.get(f"{trial.stage}:{trial.seed}")
+        self.settings = trial.settings
+        if self.fault == "nan":  # an infinite learning rate: the loss is NaN within a few steps
+            self.settings = replace(self.settings, train=replace(self.settings.train, lr=math.inf))
+        slot, config = worker.slot, worker.config
+        who = {DEVICE: slot.device, WORKER: str(slot.index), **Identity.of_this_process().tags()}
+        self.run_id = self.tracker.start_trial(config.experiment_id, config.parent_run_id, trial,
+                                               {**config.env_tags, **who, **tags}, role=role)
+        worker.open_runs.add(self.run_id)
+        worker.emit(Started(slot.index, key, trial, self.run_id))
+
+    def epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.tracker.log_metrics(self.run_id, metrics, step=epoch)
+        self.worker.emit(Epoch(self.worker.slot.index, self.key, self.trial.hash, epoch, metrics["val_accuracy"]))
+        if self.worker.orphaned():
+            raise Orphaned()
+        self.worker.inject(self.fault, epoch)
+
+    def finished(self, result: TrialResult) -> None:
+        """A trained and tested trial: its final metrics, its test outputs, FINISHED."""
+        metrics = {**result.final_metrics(), "peak_memory_mb": self.worker.peak_memory_mb()}
+        self.tracker.log_metrics(self.run_id, metrics, step=len(result.history))
+        self._log_outputs(result)
+        self._end("FINISHED")
+        self._emit(Outcome(test_accuracy=result.test_accuracy, train_seconds=result.train_seconds))
+
+    def searched_to_end(self, optuna_state: str, outcome: Outcome) -> None:
+        """A search trial Optuna saw COMPLETE or PRUNED: FINISHED (its metrics are the caller's)."""
+        self._end("FINISHED", optuna_state)
+        self._emit(outcome)
+
+    def failed(self, exc: BaseException, trace: str) -> None:
+        reason = classify(exc)
+        self.tracker.log_text(self.run_id, trace, "traceback.txt")
+        message = f"{type(exc).__name__}: {exc}"
+        self._end("FAILED", error=message, reason=reason)
+        self.worker.emit(Failed(self.worker.slot.index, self.key, self.trial.hash, reason, message))
+
+    def interrupted(self, killed: bool) -> None:
+        if killed:
+            self._end("KILLED", error="interrupted (Ctrl-C)", reason=INTERRUPTED)
+        else:
+            self._end("FAILED", error="the ablate run that started this trial is gone", reason=INTERRUPTED)
+
+    def _end(self, status: str, optuna_state: str = "FAIL", **why: str) -> None:
+        if self.searched:
+            self.tracker.set_tag(self.run_id, "optuna_state", optuna_state)
+        self.tracker.finish(self.run_id, status, **why)
+        self.worker.open_runs.discard(self.run_id)
+
+    def _emit(self, outcome: Outcome) -> None:
+        self.worker.emit(Finished(self.worker.slot.index, self.key, self.trial.hash, outcome))
+
+    def _log_outputs(self, result: TrialResult) -> None:
+        """Test predictions (and a linear model's weights) as a small artifact, for the report's figures."""
+        import numpy as np
+
+        if result.predictions is None:
+            return
+        arrays = {"predictions": result.predictions, "confidences": result.confidences}
+        if result.weights is not None:
+            arrays["weights"] = result.weights
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / OUTPUTS_ARTIFACT
+            np.savez_compressed(path, **arrays)
+            self.tracker.log_artifact(self.run_id, str(path))

@@ -1,0 +1,42 @@
+"""Search: the Optuna side of `design = "search"`.
+
+Owns the Optuna study of a search (its storage: a journal file beside the MLflow store, or an
+RDB URL; its seeded sampler and its pruner), suggesting a point of the searched space, the
+search as tasks (`SearchTask`: a worker asks for a point, trains it and tells how it went,
+with pruning after every epoch), the trials a dead process left RUNNING, and the confirm
+phase's arms (the best distinct points, re-trained on fresh seeds).
+
+May import: ablate.spec, ablate.design, ablate.tracking (liveness and names; never its
+MLflow side), ablate.errors; optuna only on its Optuna side, which this package imports on
+first use, so that a study without a search never pays for it. Running the tasks is
+ablate.run's.
+"""
+
+from typing import TYPE_CHECKING
+
+from ablate.search._storage import JOURNAL_FILE, default_storage, open_storage
+from ablate.search._task import (
+    HOST_ATTR, INTERRUPTED_ATTR, PID_ATTR, PID_START_ATTR, POINT_ATTR, RUN_ATTR, SearchTask, trial_epochs,
+)
+
+if TYPE_CHECKING:
+    from ablate.search._ask import AskedTrial, ask, confirm_trials
+    from ablate.search._study import (
+        best_points, finished_count, make_pruner, make_sampler, open_study, recover_stale, suggest,
+    )
+
+__all__ = ["AskedTrial", "HOST_ATTR", "INTERRUPTED_ATTR", "JOURNAL_FILE", "PID_ATTR", "PID_START_ATTR", "POINT_ATTR",
+           "RUN_ATTR", "SearchTask", "ask", "best_points", "confirm_trials", "default_storage", "finished_count",
+           "make_pruner", "make_sampler", "open_storage", "open_study", "recover_stale", "suggest", "trial_epochs"]
+
+_OPTUNA_SIDE = {"AskedTrial": "_ask", "ask": "_ask", "confirm_trials": "_ask", "best_points": "_study",
+                "finished_count": "_study", "make_pruner": "_study", "make_sampler": "_study", "open_study": "_study",
+                "recover_stale": "_study", "suggest": "_study"}
+
+
+def __getattr__(name: str):
+    if name in _OPTUNA_SIDE:  # imported on first use: optuna takes half a second to import
+        import importlib
+
+        return getattr(importlib.import_module(f"ablate.search.{_OPTUNA_SIDE[name]}"), name)
+    raise AttributeError(f"module 'ablate.search' has no attribute {name!r}")

@@ -1,0 +1,126 @@
+"""The Optuna study of a search: sampler, pruner, suggesting a point of the space, and its trials' bookkeeping.
+
+Each worker builds its sampler with a seed derived from the study's seed and the trial's
+index, so parallel workers never draw the same "random" startup points and a continuation
+is reproducible. A trial records, as user attributes, the point it trained, who asked for
+it (host, pid, start) and its MLflow run, so a later invocation can tell whether it is
+still running and retry it if not.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import optuna
+
+from ablate.search._storage import open_storage
+from ablate.search._task import INTERRUPTED_ATTR, POINT_ATTR
+from ablate.spec import SearchSettings, SearchSpec, SpaceEntry
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def make_sampler(settings: SearchSettings, index: int = 0) -> optuna.samplers.BaseSampler:
+    seed = settings.seed * 1_000_003 + index
+    startup = settings.startup_trials
+    if settings.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+    if settings.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if settings.sampler == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup)
+    if settings.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
+    if settings.sampler == "qmc":
+        return optuna.samplers.QMCSampler(seed=settings.seed)  # a low-discrepancy sequence: one seed for all
+    raise ValueError(settings.sampler)
+
+
+def make_pruner(settings: SearchSettings, epochs: int) -> optuna.pruners.BasePruner:
+    startup, warmup = settings.startup_trials, settings.warmup_epochs
+    if settings.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=warmup)
+    if settings.pruner == "percentile":
+        return optuna.pruners.PercentilePruner(25.0, n_startup_trials=startup, n_warmup_steps=warmup)
+    if settings.pruner == "successive-halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    if settings.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
+    if settings.pruner == "wilcoxon":
+        return optuna.pruners.WilcoxonPruner()
+    return optuna.pruners.NopPruner()
+
+
+def open_study(spec: SearchSpec, storage: str, name: str, epochs: int, index: int = 0) -> optuna.Study:
+    return optuna.create_study(
+        study_name=name,
+        storage=open_storage(storage),
+        sampler=make_sampler(spec.settings, index),
+        pruner=make_pruner(spec.settings, epochs),
+        direction="maximize" if spec.settings.maximize else "minimize",
+        load_if_exists=True,
+    )
+
+
+def suggest(trial: optuna.Trial, space: tuple[SpaceEntry, ...]) -> tuple[tuple[str, Any], ...]:
+    """One point of the space; an entry is searched only when its `when` holds for the values chosen above it."""
+    chosen: dict[str, Any] = {}
+    for entry in space:
+        if not entry.applies(chosen):
+            continue
+        if entry.kind == "categorical":
+            labels = entry.labels
+            chosen[entry.path] = entry.choices[labels.index(trial.suggest_categorical(entry.path, labels))]
+        elif entry.kind == "int":
+            step = int(entry.step or 1)
+            chosen[entry.path] = trial.suggest_int(entry.path, int(entry.low), int(entry.high), step=step, log=entry.log)
+        else:
+            chosen[entry.path] = trial.suggest_float(entry.path, entry.low, entry.high, step=entry.step, log=entry.log)
+    return tuple(chosen.items())
+
+
+def finished_count(study: optuna.Study) -> int:
+    """Trials that count towards `trials`: complete, pruned, or failed on their own (not cut off by a kill)."""
+    states = optuna.trial.TrialState
+    return sum(
+        1 for t in study.get_trials(deepcopy=False)
+        if t.state in (states.COMPLETE, states.PRUNED)
+        or (t.state == states.FAIL and not t.user_attrs.get(INTERRUPTED_ATTR))
+    )
+
+
+def recover_stale(study: optuna.Study, alive: Callable[[Mapping[str, Any]], bool]) -> int:
+    """Trials a dead process left RUNNING: failed (marked interrupted) and their parameters enqueued to run again.
+
+    `alive` gets a trial's user attributes (who asked for it: HOST_ATTR, PID_ATTR, PID_START_ATTR, named as
+    ablate.tracking's liveness tags are; and its RUN_ATTR) and says whether that process still runs it.
+    """
+    recovered = 0
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if alive(trial.user_attrs):
+            continue
+        study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED_ATTR, True)
+        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        if trial.params:
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+        recovered += 1
+    return recovered
+
+
+def best_points(study: optuna.Study, k: int) -> list[tuple[optuna.trial.FrozenTrial, tuple]]:
+    """The k best complete trials and the points they trained (distinct points only)."""
+    complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+    reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    complete.sort(key=lambda t: t.value, reverse=reverse)
+    best, seen = [], set()
+    for trial in complete:
+        point = json.dumps(trial.user_attrs.get(POINT_ATTR), sort_keys=True)
+        if point in seen:
+            continue
+        seen.add(point)
+        best.append((trial, tuple((p, v) for p, v in json.loads(point))))
+        if len(best) == k:
+            break
+    return best

@@ -1,0 +1,33 @@
+"""Spec: study files → validated, typed studies. Every check on user input lives here.
+
+Owns the schema (the tables a study file may hold and their documentation, `ablate schema`),
+the generic validator that turns TOML into those tables with errors at the user's own key
+path, the arms of each design (ladder stages, ablation arms, grid points with their
+`[[exclude]]` rules and no-op merging, a search's space and its points) and the Study they
+make. The model tables come from ablate.models' registry and the dataset names from
+ablate.datasets', so a new model kind or dataset needs no change here.
+
+May import: ablate.errors, ablate.fields, ablate.datasets and ablate.models (their
+torch-free registry sides only). Never torch, MLflow or Optuna: `ablate plan` and
+`ablate schema` validate studies at once.
+"""
+
+from ablate.models import CNNModel, ConvBlock, CustomModel, LinearModel, MLPModel, ModelSpec
+from ablate.spec._docs import schema_markdown, schema_rows, schema_tables
+from ablate.spec._grid import format_label
+from ablate.spec._schema import (
+    SCHEDULE_KINDS, Augment, ConstantSchedule, CosineSchedule, DataSettings, EarlyStopping, ExecutionSettings,
+    ExponentialSchedule, MultiStepSchedule, OneCycleSchedule, ScheduleSpec, Stage, StepSchedule, Study, StudyInfo,
+    TrainSettings, TrialSettings, WarmupCosineSchedule,
+)
+from ablate.spec._space import SearchSettings, SearchSpec, SpaceEntry, resolve_point
+from ablate.spec._study import load_study, parse_study
+
+__all__ = [
+    "Augment", "CNNModel", "ConstantSchedule", "ConvBlock", "CosineSchedule", "CustomModel", "DataSettings",
+    "EarlyStopping", "ExecutionSettings", "ExponentialSchedule", "LinearModel", "MLPModel", "ModelSpec",
+    "MultiStepSchedule", "OneCycleSchedule", "SCHEDULE_KINDS", "ScheduleSpec", "SearchSettings", "SearchSpec",
+    "SpaceEntry", "Stage", "StepSchedule", "Study", "StudyInfo", "TrainSettings", "TrialSettings",
+    "WarmupCosineSchedule", "format_label", "load_study", "parse_study", "resolve_point", "schema_markdown",
+    "schema_rows", "schema_tables",
+]

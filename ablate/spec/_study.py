@@ -1,0 +1,87 @@
+"""A study file → a validated Study: sections, arms, then the design's own tables."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+from ablate import datasets
+from ablate.errors import SpecError, did_you_mean
+from ablate.spec._arms import TOP_KEYS, arm_sources
+from ablate.spec._grid import expand_grid, parse_grid
+from ablate.spec._schema import ExecutionSettings, Stage, Study, StudyInfo
+from ablate.spec._space import check_space_resolves, parse_search
+from ablate.spec._validate import SETTING_TABLES, Context, Layer, build, check_table, coerce, resolve, written
+
+
+def _syntax_error(exc: tomllib.TOMLDecodeError, file: str) -> SpecError:
+    """Put tomllib's '(at line L, column C)' where editors look for it: file:L:C."""
+    text = str(exc)
+    found = re.search(r"\(at line (\d+), column (\d+)\)", text)
+    if found:
+        message = text[: found.start()].strip()
+        return SpecError(f"{file}:{found.group(1)}:{found.group(2)}", "", f"TOML syntax error: {message}")
+    return SpecError(file, "", f"TOML syntax error: {text}")
+
+
+def parse_study(text: str, file: str = "<study>") -> Study:
+    """Validate a study given as TOML text; raises SpecError naming the key path."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise _syntax_error(exc, file) from None
+    for key in raw:
+        if key not in TOP_KEYS:
+            raise SpecError(file, key, f"unknown section{did_you_mean(key, TOP_KEYS)}; allowed: {', '.join(TOP_KEYS)}")
+    if "study" not in raw:
+        raise SpecError(file, "study", "is required: a [study] table with at least `name`")
+    info = build(StudyInfo, check_table(raw["study"], StudyInfo, Context(file), "study"), Context(file), "study")
+    execution = coerce(raw.get("execution", {}), ExecutionSettings, Context(file), "execution")
+    top: Layer = ({key: raw[key] for key in SETTING_TABLES if key in raw}, written(""))
+    sources = arm_sources(raw, info, file)
+    dataset = datasets.get(info.dataset)
+    if info.design == "search":
+        study = Study(info=info, stages=(), path=file, text=text, execution=execution,
+                      search=parse_search(raw, info, sources, file), top=top, sources=tuple(sources))
+        check_space_resolves(study)
+        return study
+    if info.design == "grid":
+        grid = parse_grid(raw, file)
+        stages, excluded = expand_grid(grid, sources, top, info, file)
+        _check_baseline(info, stages, file)
+        return Study(info=info, stages=tuple(stages), path=file, text=text,
+                     axes=tuple(p for p, _ in grid.axes), excluded=excluded, execution=execution)
+    stages: list[Stage] = []
+    for index, source in enumerate(sources):
+        ctx = Context(file)
+        data, model, train = resolve([top, (source.layer, written(source.where))], ctx, source.where or "baseline", dataset)
+        compare_to = (index - 1 if info.design == "ladder" else 0) if index else None
+        stages.append(Stage(name=source.name, description=source.description, reference=source.reference,
+                            index=index, data=data, model=model, train=train, compare_to=compare_to,
+                            source=source.where))
+    _check_baseline(info, stages, file)
+    return Study(info=info, stages=tuple(stages), path=file, text=text, execution=execution)
+
+
+def _check_baseline(info: StudyInfo, stages: list[Stage], file: str) -> None:
+    names = [s.name for s in stages]
+    if info.baseline is not None and info.baseline not in names:
+        what = "a grid point's name (see `ablate plan`)" if info.design == "grid" else "a stage's name"
+        raise SpecError(file, "study.baseline", f"{info.baseline!r} is not {what}{did_you_mean(info.baseline, names)}; "
+                        f"one of: {', '.join(names[:8])}{' …' if len(names) > 8 else ''}")
+
+
+def load_study(path: str | Path) -> Study:
+    """Read and validate a study file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(str(path), "", "no such study file") from None
+    except IsADirectoryError:
+        raise SpecError(str(path), "", "is a directory, not a study file") from None
+    except UnicodeDecodeError:
+        raise SpecError(str(path), "", "is not UTF-8 text (TOML files must be UTF-8)") from None
+    return parse_study(text, str(path))
+

@@ -1,0 +1,46 @@
+"""Tracking: everything ablate keeps in MLflow, and who is still alive.
+
+Owns the MLflow side of a study (experiment, parent run per invocation, child run per trial,
+their tags and artifacts — `Tracker`), the names of what is recorded (shared by writers and
+readers, so a store written by an earlier version is still read), the read-only view of a
+store that `ablate plan` uses without importing MLflow (`trial_statuses`), and liveness:
+whether the process behind a RUNNING run is still there, by its pid on this host and by its
+heartbeat from any other (`alive`, `Heartbeat`).
+
+May import: ablate.design (trials), ablate.errors; MLflow only on its MLflow side, which
+this package imports on first use (`Tracker`, `environment_tags`, `read_plan`),
+so that `ablate plan` stays MLflow-free.
+"""
+
+from typing import TYPE_CHECKING
+
+from ablate.tracking._liveness import (
+    BEAT_SECONDS, STALE_AFTER, Heartbeat, Identity, alive, beat_is_fresh, heartbeat_tags, process_start,
+)
+from ablate.tracking._store import RunState, trial_statuses
+from ablate.tracking._tags import (
+    ARCHITECTURE, CHANGES, DEVICE, DIVERGED, ERROR, EXPERIMENT_TAG, FAILED_ERROR, HEARTBEAT, HEARTBEAT_EVERY, HOST,
+    INTERRUPTED, OOM, OUTPUTS_ARTIFACT, PACK, PACK_SIZE, PID, PID_START, PLAN_ARTIFACT, REASON, ROLE, SEED, STAGE,
+    STAGE_INDEX, STUDY, TRIAL_HASH, WORKER, WORKER_LOST, sqlite_path,
+)
+
+if TYPE_CHECKING:
+    from ablate.tracking._tracker import Tracker, environment_tags, read_plan
+
+__all__ = [
+    "ARCHITECTURE", "BEAT_SECONDS", "CHANGES", "DEVICE", "DIVERGED", "ERROR", "EXPERIMENT_TAG", "FAILED_ERROR",
+    "HEARTBEAT", "HEARTBEAT_EVERY", "HOST", "Heartbeat", "INTERRUPTED", "Identity", "OOM", "OUTPUTS_ARTIFACT", "PACK",
+    "PACK_SIZE", "PID", "PID_START", "PLAN_ARTIFACT", "REASON", "ROLE", "RunState", "SEED", "STAGE", "STAGE_INDEX",
+    "STALE_AFTER", "STUDY", "TRIAL_HASH", "Tracker", "WORKER", "WORKER_LOST", "alive", "beat_is_fresh",
+    "environment_tags", "heartbeat_tags", "process_start", "read_plan", "sqlite_path", "trial_statuses",
+]
+
+_MLFLOW_SIDE = ("Tracker", "environment_tags", "read_plan")
+
+
+def __getattr__(name: str):
+    if name in _MLFLOW_SIDE:  # imported on first use: MLflow takes seconds to import
+        from ablate.tracking import _tracker
+
+        return getattr(_tracker, name)
+    raise AttributeError(f"module 'ablate.tracking' has no attribute {name!r}")

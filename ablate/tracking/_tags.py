@@ -1,0 +1,32 @@
+"""Names of what ablate records in MLflow — tags, artifacts, failure reasons — shared by its writers and readers.
+
+Resume, `ablate plan` and the report find work by these names, so they never change: a store
+written by an earlier version must still be read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+# Tags of every run.
+STUDY, ROLE, STAGE, STAGE_INDEX, SEED, TRIAL_HASH = "study", "role", "stage", "stage_index", "seed", "trial_hash"
+CHANGES, ARCHITECTURE, ERROR, REASON = "changes", "architecture", "error", "reason"
+PACK, PACK_SIZE, WORKER, DEVICE = "pack", "pack_size", "worker", "device"
+# Who runs a run, and the proof it still does (ablate.tracking's liveness).
+HOST, PID, PID_START, HEARTBEAT, HEARTBEAT_EVERY = "host", "pid", "pid_start", "heartbeat", "heartbeat_every"
+EXPERIMENT_TAG = "ablate.study"  # on the experiments ablate made: `ablate report` lists only those
+
+PLAN_ARTIFACT = "plan.json"  # the full trial list of the spec, on every parent run
+OUTPUTS_ARTIFACT = "test_outputs.npz"  # a trial's test predictions, confidences and, for a linear model, its weights
+
+# Why a run ended FAILED (or KILLED): its `reason` tag.
+FAILED_ERROR, DIVERGED, OOM, WORKER_LOST, INTERRUPTED = "error", "diverged", "oom", "worker-lost", "interrupted"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a sqlite:// URI (sqlite:////abs/db → /abs/db; sqlite:///rel.db → rel.db), else None."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite" and parsed.path not in ("", "/:memory:"):
+        return Path(parsed.path[1:])
+    return None

@@ -1,0 +1,221 @@
+"""Everything MLflow: experiments, parent and trial runs, what is already done, who is still alive.
+
+One experiment per study; one parent run per `ablate run`; one child run per trial,
+carrying the trial hash as a tag so resume and reports find work by identity. All calls
+go through an explicit MlflowClient with explicit run ids (no global active run), so the
+same code works from worker processes and against a remote tracking server.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+import ablate
+from ablate.design import Trial
+from ablate.tracking._liveness import Identity, alive, heartbeat_tags
+from ablate.tracking._store import RunState
+from ablate.tracking._tags import (
+    ARCHITECTURE, CHANGES, ERROR, EXPERIMENT_TAG, HEARTBEAT, HOST, INTERRUPTED, PID, PLAN_ARTIFACT, REASON, ROLE, SEED,
+    STAGE, STAGE_INDEX, STUDY, TRIAL_HASH, sqlite_path,
+)
+
+# MLflow draws a tqdm bar for every artifact it downloads; a report reads one per study.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+for noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking", "mlflow.store"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _artifact_root(uri: str) -> str | None:
+    """Keep artifacts beside a local SQLite store (mlartifacts/), not in whatever folder we run from."""
+    database = sqlite_path(uri)
+    return (database.resolve().parent / "mlartifacts").as_uri() if database else None
+
+
+def git_commit(folder: Path) -> str | None:
+    """The commit of the working tree holding the study, '+dirty' when it has uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}+dirty" if dirty else head
+
+
+class Tracker:
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+
+    # -- experiments -----------------------------------------------------------------
+
+    def experiment(self, study: str) -> str:
+        """The study's experiment id, created if needed (by the parent, before any worker starts)."""
+        found = self.client.get_experiment_by_name(study)
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                self.client.restore_experiment(found.experiment_id)
+            return found.experiment_id
+        root = _artifact_root(self.uri)
+        location = f"{root}/{study}" if root else None
+        return self.client.create_experiment(study, artifact_location=location, tags={EXPERIMENT_TAG: study})
+
+    def finished_hashes(self, experiment_id: str) -> set[str]:
+        """Hashes of trials with a FINISHED run: the work resume must not repeat."""
+        runs = self.search(experiment_id, f"tags.{ROLE} = 'trial' and attributes.status = 'FINISHED'")
+        return {run.data.tags[TRIAL_HASH] for run in runs if TRIAL_HASH in run.data.tags}
+
+    def search(self, experiment_id: str, filter_string: str) -> list:
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs(
+                [experiment_id], filter_string=filter_string, max_results=1000, page_token=token
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    # -- runs ------------------------------------------------------------------------
+
+    def start_parent(
+        self, experiment_id: str, study_name: str, spec_path: Path, trials: int, tags: dict[str, str]
+    ) -> str:
+        """The run of one `ablate run`, its first heartbeat included; `tags` carry who runs it (environment_tags)."""
+        tags = {STUDY: study_name, ROLE: "parent", "trials": str(trials), **tags, **heartbeat_tags()}
+        run = self.client.create_run(experiment_id, tags=tags, run_name=f"{study_name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        self.client.log_artifact(run.info.run_id, str(spec_path))
+        return run.info.run_id
+
+    def start_trial(
+        self, experiment_id: str, parent_id: str, trial: Trial, env_tags: dict[str, str], role: str = "trial"
+    ) -> str:
+        tags = {
+            MLFLOW_PARENT_RUN_ID: parent_id,
+            MLFLOW_RUN_NAME: f"{trial.stage}-s{trial.seed}",
+            STUDY: trial.study,
+            ROLE: role,
+            STAGE: trial.stage,
+            STAGE_INDEX: str(trial.stage_index),
+            SEED: str(trial.seed),
+            TRIAL_HASH: trial.hash,
+            CHANGES: trial.changes,
+            ARCHITECTURE: trial.architecture,
+            **env_tags,
+            **heartbeat_tags(),
+        }
+        run = self.client.create_run(experiment_id, tags=tags, run_name=tags[MLFLOW_RUN_NAME])
+        params = [Param(k, v) for k, v in trial.params().items()]
+        self.client.log_batch(run.info.run_id, params=params)
+        return run.info.run_id
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def finish(self, run_id: str, status: str = "FINISHED", error: str | None = None, reason: str | None = None) -> None:
+        tags = [RunTag(ERROR, error[:5000])] if error is not None else []
+        if reason is not None:
+            tags.append(RunTag(REASON, reason))
+        if tags:
+            self.client.log_batch(run_id, tags=tags)
+        self.client.set_terminated(run_id, status=status)
+
+    def set_tag(self, run_id: str, key: str, value: str) -> None:
+        self.client.set_tag(run_id, key, value)
+
+    def log_text(self, run_id: str, text: str, artifact: str) -> None:
+        self.client.log_text(run_id, text, artifact)
+
+    def log_artifact(self, run_id: str, path: str, folder: str | None = None) -> None:
+        self.client.log_artifact(run_id, path, folder)
+
+    def run_state(self, run_id: str) -> RunState:
+        run = self.client.get_run(run_id)
+        return RunState(run.info.status, dict(run.data.metrics), dict(run.data.tags))
+
+    def beat(self, run_ids: list[str]) -> None:
+        """One heartbeat on each run: their process is alive (see ablate.tracking's liveness)."""
+        tag = RunTag(HEARTBEAT, heartbeat_tags()[HEARTBEAT])
+        for run_id in run_ids:
+            self.client.log_batch(run_id, tags=[tag])
+
+    # -- liveness, and the runs a dead invocation left behind -------------------------
+
+    def run_alive(self, run_id: str) -> bool:
+        """Is a run still being worked on: RUNNING, its own process alive and, for a child run, its invocation too?"""
+        state = self.run_state(run_id)
+        if state.status != "RUNNING" or not alive(state.tags):
+            return False
+        parent = state.tags.get(MLFLOW_PARENT_RUN_ID)
+        return parent is None or self.run_alive(parent)
+
+    def recover_stale(self, experiment_id: str) -> tuple[list[dict[str, str]], set[str]]:
+        """Mark FAILED (reason `interrupted`) the runs an `ablate run` killed with -9 left RUNNING.
+
+        A trial run is abandoned when its invocation is gone, or when its own worker is (a lost node, a
+        worker killed while its invocation lives on but has not noticed yet). Returns the recovered trials
+        (their tags) and the hashes of trials still running under a live invocation elsewhere (which this one
+        must not start a second time).
+        """
+        parents = self.search(experiment_id, f"tags.{ROLE} = 'parent' and attributes.status = 'RUNNING'")
+        live = {p.info.run_id for p in parents if alive(p.data.tags)}
+        recovered, elsewhere = [], set()
+        for run in self.search(experiment_id, f"tags.{ROLE} = 'trial' and attributes.status = 'RUNNING'"):
+            tags = run.data.tags
+            if tags.get(MLFLOW_PARENT_RUN_ID) in live and alive(tags):
+                elsewhere.add(tags.get(TRIAL_HASH, ""))
+                continue
+            who = f"pid {tags.get(PID, '?')} on {tags.get(HOST, '?')}"
+            self.finish(run.info.run_id, "FAILED", error=f"left RUNNING by an ablate run that is gone ({who})",
+                        reason=INTERRUPTED)
+            recovered.append(tags)
+        for parent in parents:
+            if parent.info.run_id not in live:
+                self.finish(parent.info.run_id, "FAILED", error="this ablate run was killed before it ended",
+                            reason=INTERRUPTED)
+        return recovered, elsewhere
+
+    def log_dict(self, run_id: str, document: dict, artifact: str) -> None:
+        self.client.log_dict(run_id, document, artifact)
+
+
+def environment_tags(folder: Path) -> dict[str, str]:
+    """Where and with what a run happened: versions, who runs it (host, pid, start), git commit of the study's tree."""
+    import torch  # only trial runs need it; the report path stays torch-free
+
+    tags = {
+        "ablate_version": ablate.__version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        **Identity.of_this_process().tags(),
+    }
+    commit = git_commit(folder)
+    if commit:
+        tags["git_commit"] = commit
+        tags[MLFLOW_GIT_COMMIT] = commit.removesuffix("+dirty")
+    return tags
+
+
+def read_plan(tracker: Tracker, run_id: str) -> dict | None:
+    """The plan a parent run carries, or None when it has none (a run not made by ablate run)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = tracker.client.download_artifacts(run_id, PLAN_ARTIFACT, dst_path=tmp)
+        except Exception:  # MLflow raises several types for a missing artifact
+            return None
+        return json.loads(Path(path).read_text())

@@ -1,0 +1,185 @@
+"""The dispatcher on the inline backend: what it does when workers die at awkward moments, with scripted workers
+(the exact moment a test needs) and with the real worker in this process (trials trained and logged for real)."""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from ablate.design import Pack, expand
+from ablate.run import (
+    Dispatcher, Done, EventChannel, Finished, InlineBackend, Orphaned, Outcome, RunSummary, Slot, Started, WorkerDied,
+    run_study, task_key, task_trials,
+)
+from ablate.spec import ExecutionSettings, load_study
+from ablate.tracking import RunState, Tracker
+from tests.conftest import DATA_DIR, TINY_STUDY
+
+
+class _Ledger:
+    """Records what the dispatcher writes to the store; runs have the statuses the test gives them."""
+
+    def __init__(self, statuses: dict[str, str] | None = None):
+        self.finished: list[tuple[str, str, str | None]] = []
+        self.statuses = statuses or {}
+
+    def run_state(self, run_id: str) -> RunState:
+        return RunState(self.statuses.get(run_id, "RUNNING"), {"test_accuracy": 0.9, "train_seconds": 1.0}, {})
+
+    def finish(self, run_id: str, status: str = "FINISHED", error: str | None = None, reason: str | None = None) -> None:
+        self.finished.append((run_id, status, reason))
+
+
+class _Reporter:
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+def _trains(slot, task, emit) -> None:
+    """A healthy worker: every trial of the task started and finished, then Done."""
+    for trial in task_trials(task):
+        emit(Started(slot.index, task_key(task), trial, f"run-{trial.hash}"))
+        emit(Finished(slot.index, task_key(task), trial.hash, Outcome(test_accuracy=0.9, train_seconds=1.0)))
+    emit(Done(slot.index, task_key(task)))
+
+
+def _dies_before_starting(slot, task, emit) -> None:
+    raise WorkerDied("right after it was handed the task")
+
+
+def _scripted(*behaviours):
+    """A scripted worker for every slot: the n-th task handed out runs the n-th behaviour."""
+    left = deque(behaviours)
+
+    def execute(slot, task, emit) -> None:
+        left.popleft()(slot, task, emit)
+
+    execute.left = left
+    return execute
+
+
+@pytest.fixture
+def trials(write_study):
+    return expand(load_study(write_study(TINY_STUDY)))  # linear s0, s1; mlp s0, s1
+
+
+def _dispatcher(execute, ledger: _Ledger, slots: int = 1) -> tuple[Dispatcher, InlineBackend, RunSummary]:
+    backend = InlineBackend([Slot(i, "cpu", 1) for i in range(slots)], execute=execute)
+    summary = RunSummary("exp", "parent", 4, 0)
+    return Dispatcher(backend, ledger, _Reporter(), summary), backend, summary
+
+
+def test_a_task_handed_to_a_worker_that_just_died_goes_back_to_the_queue(trials):
+    """The worker finished a trial, then died as it was handed a pack: the pack never started, so nothing of it is
+    recorded lost, and a fresh worker trains it."""
+    first, pack = trials[0], Pack(tuple(trials[2:]))
+    ledger, script = _Ledger(), _scripted(_trains, _dies_before_starting, _trains)
+    dispatcher, backend, summary = _dispatcher(script, ledger)
+    replaced = backend.workers[0]
+    dispatcher.run([first, pack])
+    assert [t for t, _ in summary.finished] == [first, *pack.trials]
+    assert summary.failed == [] and ledger.finished == []
+    assert backend.workers[0] is not replaced and not script.left  # a fresh worker ran the pack's second hand-out
+
+
+def test_a_run_the_worker_ended_before_dying_unheard_keeps_its_status(trials):
+    """FINISHED in the store, but the worker died before its Finished event: not overwritten as worker-lost."""
+    pack = Pack(tuple(trials[2:]))
+
+    def dies_mid_pack(slot, task, emit) -> None:
+        for trial, run_id in zip(task.trials, ("run-a", "run-b")):
+            emit(Started(slot.index, task.key, trial, run_id))
+        raise WorkerDied("after ending run-a, before saying so")
+
+    ledger = _Ledger({"run-a": "FINISHED"})
+    dispatcher, backend, summary = _dispatcher(_scripted(dies_mid_pack), ledger)
+    dispatcher.run([pack])
+    assert [t for t, _ in summary.finished] == [pack.trials[0]]
+    assert ledger.finished == [("run-b", "FAILED", "worker-lost")]
+    assert [(t, reason) for t, reason, _ in summary.failed] == [(pack.trials[1], "worker-lost")]
+    assert "the inline worker died (after ending run-a, before saying so) while training this trial" in summary.failed[0][2]
+    assert backend.dead() == {}  # nothing left to do: the slot is retired, not reported again
+
+
+def test_a_later_phase_replaces_workers_that_died_idle_in_an_earlier_one(trials):
+    """A search's confirm runs come after its trials: a worker that died when there was nothing left to give it was
+    retired; the confirm phase must get a fresh worker for that slot, not run nothing."""
+
+    def trains_then_dies(slot, task, emit) -> None:
+        _trains(slot, task, emit)
+        raise WorkerDied("idle, after its task")
+
+    dispatcher, backend, summary = _dispatcher(_scripted(trains_then_dies, _trains), _Ledger())
+    dispatcher.run(trials[:1])
+    assert backend.dead() == {} and dispatcher.held[0].stopped
+    dispatcher.run(trials[1:2])
+    assert [t for t, _ in summary.finished] == trials[:2] and not dispatcher.held[0].stopped
+
+
+def test_workers_that_keep_dying_are_given_up_on(trials):
+    """Every worker dies before finishing anything: the rest is failed as not run instead of restarting forever."""
+    dispatcher, _, summary = _dispatcher(lambda slot, task, emit: _dies_before_starting(slot, task, emit), _Ledger())
+    dispatcher.run(trials)
+    assert summary.finished == [] and len(summary.failed) == len(trials)
+    assert {reason for _, reason, _ in summary.failed} == {"worker-lost"}
+    assert {error for *_, error in summary.failed} == {"not run: workers kept dying"}
+
+
+def test_a_worker_whose_parent_is_gone_stops_as_orphaned():
+    """Its event pipe breaks when the parent dies: that means orphaned (trial interrupted), not a trial error."""
+    import multiprocessing
+
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    reader.close()
+    with pytest.raises(Orphaned):
+        EventChannel(writer).put(Done(0, "key"))
+
+
+# ---------------------------------------------------------------------------- the real worker, in this process
+
+
+def _run_inline(study_path: Path, store: str) -> RunSummary:
+    study = load_study(study_path)
+    return run_study(study, expand(study), Tracker(store), DATA_DIR, ExecutionSettings(devices="cpu", max_workers=2),
+                     _Reporter(), backend=InlineBackend)
+
+
+def _trial_runs(store: str):
+    mlflow.set_tracking_uri(store)
+    runs = mlflow.search_runs(experiment_names=["tiny"])
+    return runs[runs["tags.role"] == "trial"]
+
+
+def test_the_inline_backend_trains_as_worker_processes_do(write_study, tmp_path):
+    """The same worker code, in this process: the metrics of a local run with one worker process, to the bit."""
+    from ablate.cli import main
+
+    study = write_study(TINY_STUDY)
+    inline, local = f"sqlite:///{tmp_path / 'inline.db'}", f"sqlite:///{tmp_path / 'local.db'}"
+    summary = _run_inline(study, inline)
+    assert len(summary.finished) == 4 and summary.failed == [] and not summary.interrupted
+    assert main(["run", str(study), "--tracking-uri", local, "--devices", "cpu", "--max-workers", "1"]) == 0
+    columns = ["metrics.test_accuracy", "metrics.test_loss", "metrics.val_accuracy", "metrics.val_loss"]
+    ours = _trial_runs(inline).set_index("tags.trial_hash")[columns].sort_index()
+    theirs = _trial_runs(local).set_index("tags.trial_hash")[columns].sort_index()
+    assert len(ours) == 4 and ours.equals(theirs)
+
+
+def test_an_inline_worker_killed_mid_trial_is_lost_and_resume_trains_it_once(write_study, tmp_path, monkeypatch):
+    study, store = write_study(TINY_STUDY), f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("ABLATE_TEST_FAULTS", json.dumps({"mlp:0": "kill"}))
+    summary = _run_inline(study, store)
+    assert len(summary.finished) == 3 and [(t.stage, t.seed, reason) for t, reason, _ in summary.failed] == [
+        ("mlp", 0, "worker-lost")]
+    lost = _trial_runs(store).query("status == 'FAILED'")
+    assert list(lost["tags.reason"]) == ["worker-lost"] and "inline worker died" in lost["tags.error"].iloc[0]
+
+    monkeypatch.delenv("ABLATE_TEST_FAULTS")
+    again = _run_inline(study, store)
+    assert again.skipped == 3 and [(t.stage, t.seed) for t, _ in again.finished] == [("mlp", 0)]
+    finished = _trial_runs(store).query("status == 'FINISHED'")
+    assert len(finished) == 4 and finished["tags.trial_hash"].is_unique
