@@ -26,6 +26,7 @@ def _runs(store: str, experiment: str = "tiny") -> pd.DataFrame:
     return mlflow.search_runs(experiment_names=[experiment])
 
 
+@pytest.mark.slow
 def test_run_logs_parent_and_child_runs_visible_to_mlflow(tiny, store, capsys):
     assert main(["run", str(tiny), "--tracking-uri", store]) == 0
     out = capsys.readouterr().out
@@ -52,6 +53,7 @@ def test_run_logs_parent_and_child_runs_visible_to_mlflow(tiny, store, capsys):
     assert {"study.toml", "plan.json"} <= parent_artifacts
 
 
+@pytest.mark.slow
 def test_second_run_trains_nothing_and_changed_spec_runs_only_new_trials(tiny, store, capsys, write_study):
     assert main(["run", str(tiny), "--tracking-uri", store]) == 0
     capsys.readouterr()
@@ -66,6 +68,7 @@ def test_second_run_trains_nothing_and_changed_spec_runs_only_new_trials(tiny, s
     assert len(children) == 6 and children["tags.trial_hash"].is_unique
 
 
+@pytest.mark.slow
 def test_report_formats_parse_back(tiny, store, tmp_path, capsys):
     assert main(["run", str(tiny), "--tracking-uri", store]) == 0
     capsys.readouterr()
@@ -91,6 +94,7 @@ def test_report_formats_parse_back(tiny, store, tmp_path, capsys):
     assert records[1]["test_accuracy_std"] == pytest.approx(accuracy.std(ddof=1))
 
 
+@pytest.mark.slow
 def test_report_errors_exit_2_and_create_nothing(tiny, store, tmp_path, capsys):
     assert main(["report", "--tracking-uri", store]) == 2
     assert "no MLflow store" in capsys.readouterr().err
@@ -101,6 +105,7 @@ def test_report_errors_exit_2_and_create_nothing(tiny, store, tmp_path, capsys):
     assert "no study named 'tinny'" in (err := capsys.readouterr().err) and "did you mean 'tiny'" in err
 
 
+@pytest.mark.slow
 def test_failing_trial_is_recorded_and_the_study_goes_on(tiny, store, capsys, monkeypatch):
     monkeypatch.setenv("ABLATE_TEST_FAULTS", '{"mlp:1": "raise"}')  # inherited by the worker processes
     assert main(["run", str(tiny), "--tracking-uri", store]) == 1

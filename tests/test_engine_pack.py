@@ -164,6 +164,7 @@ def _runs(uri: str):
     return runs[runs["tags.role"] == "trial"].set_index("tags.trial_hash").sort_index()
 
 
+@pytest.mark.slow
 def test_ablate_run_with_pack_logs_each_trial_as_its_own_run(write_study, tmp_path, capsys):
     """The CLI path: `--pack 4` gives the runs, statuses and metrics of an unpacked run of the same study."""
     study = write_study(PACKING_HEADER.replace("seeds = [0, 1]", 'design = "grid"\nseeds = [0, 1]') + """
@@ -192,6 +193,7 @@ hidden = [32]
     assert "8 already done" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_pack_whose_worker_dies_fails_all_its_trials_and_resume_runs_each_once(write_study, store, capsys, monkeypatch):
     study = write_study(TINY_PACKING)
     monkeypatch.setenv("ABLATE_TEST_FAULTS", '{"mlp:1": "kill"}')

@@ -238,6 +238,7 @@ def test_stage_schedule_of_another_kind_replaces_the_default():
     assert math.isclose(step3.train.schedule.gamma, 0.1)
 
 
+@pytest.mark.slow
 def test_cli_imports_a_factory_beside_the_study(tmp_path):
     import subprocess
     import sys

@@ -78,6 +78,7 @@ def store(tmp_path_factory):
     return uri, folder
 
 
+@pytest.mark.slow
 def test_report_counts_the_latest_finished_run_and_leaves_out_the_rest(store, capsys):
     uri, folder = store
     assert main(["report", "--tracking-uri", uri, "--study", "tiny", "--format", "csv"]) == 0
@@ -91,6 +92,7 @@ def test_report_counts_the_latest_finished_run_and_leaves_out_the_rest(store, ca
     assert "95% CI" in text and "p (Holm)" in text and "MACs" in text and "Samples/s" in text
 
 
+@pytest.mark.slow
 def test_every_format_parses_back_and_latex_is_booktabs(store, capsys):
     uri, folder = store
     assert main(["report", "--tracking-uri", uri, "--format", "json"]) == 0
@@ -108,6 +110,7 @@ def test_every_format_parses_back_and_latex_is_booktabs(store, capsys):
     assert "did you mean 'mlp'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_figures_are_non_blank_pngs_linked_and_logged(store, capsys):
     uri, folder = store
     out = folder / "figs" / "tiny.md"
@@ -125,6 +128,7 @@ def test_figures_are_non_blank_pngs_linked_and_logged(store, capsys):
     assert not list((folder / "nofig").glob("*.png"))
 
 
+@pytest.mark.slow
 def test_grid_main_effects_and_interaction(write_study, tmp_path, capsys):
     grid = write_study(TINY_STUDY.split("[[stage]]")[0].replace('name = "tiny"', 'name = "g"\ndesign = "grid"')
                        + '[model]\nkind = "mlp"\nhidden = [16]\n[grid]\n"model.dropout" = [0.0, 0.5]\n"model.batchnorm" = [false, true]\n')
@@ -138,6 +142,7 @@ def test_grid_main_effects_and_interaction(write_study, tmp_path, capsys):
     assert "Δ vs first point" in text
 
 
+@pytest.mark.slow
 def test_runs_keep_test_outputs_for_the_figures(store):
     import numpy as np
 
@@ -156,6 +161,7 @@ def test_runs_keep_test_outputs_for_the_figures(store):
         assert ((outputs["confidences"] > 0.1) & (outputs["confidences"] <= 1.0)).all()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not __import__("shutil").which("pdflatex"), reason="no pdflatex on this machine")
 def test_latex_compiles_with_booktabs(store, tmp_path):
     import subprocess

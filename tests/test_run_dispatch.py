@@ -154,6 +154,7 @@ def _trial_runs(store: str):
     return runs[runs["tags.role"] == "trial"]
 
 
+@pytest.mark.slow
 def test_the_inline_backend_trains_as_worker_processes_do(write_study, tmp_path):
     """The same worker code, in this process: the metrics of a local run with one worker process, to the bit."""
     from ablate.cli import main

@@ -57,6 +57,7 @@ def _trials(store: str, experiment: str = "tiny") -> pd.DataFrame:
     return runs[runs["tags.role"] == "trial"]
 
 
+@pytest.mark.slow
 def test_parallel_equals_serial(tiny, tmp_path, capsys):
     serial, parallel = f"sqlite:///{tmp_path / 'one.db'}", f"sqlite:///{tmp_path / 'three.db'}"
     assert main(["run", str(tiny), "--tracking-uri", serial, "--devices", "cpu", "--max-workers", "1"]) == 0
@@ -69,6 +70,7 @@ def test_parallel_equals_serial(tiny, tmp_path, capsys):
     assert _trials(parallel)["tags.worker"].nunique() > 1  # the work really was shared out
 
 
+@pytest.mark.slow
 def test_injected_failures_are_recorded_with_their_reason(tiny, store, capsys, monkeypatch):
     faults = {"linear:1": "nan", "mlp:0": "oom", "mlp:1": "kill"}
     monkeypatch.setenv("ABLATE_TEST_FAULTS", json.dumps(faults))
@@ -89,6 +91,7 @@ def test_injected_failures_are_recorded_with_their_reason(tiny, store, capsys, m
     assert len(finished) == 4 and finished["tags.trial_hash"].is_unique
 
 
+@pytest.mark.slow
 def test_a_dead_worker_is_replaced_and_the_rest_still_run(write_study, store, capsys, monkeypatch):
     study = write_study(TINY_STUDY.replace("seeds = [0, 1]", "seeds = [0, 1, 2]"))
     monkeypatch.setenv("ABLATE_TEST_FAULTS", '{"linear:0": "kill"}')
@@ -98,6 +101,7 @@ def test_a_dead_worker_is_replaced_and_the_rest_still_run(write_study, store, ca
     assert list(trials.loc[trials["status"] == "FAILED", "tags.reason"]) == ["worker-lost"]
 
 
+@pytest.mark.slow
 def test_a_worker_killed_while_writing_an_event_silences_no_one(tiny, store):
     """A worker can die halfway through a message; the parent and the other workers must carry on."""
     parent = _start(tiny, store, "--workers-per-device", "2", ABLATE_TEST_FAULTS='{"linear:0": "kill-mid-event"}')
@@ -111,6 +115,7 @@ def test_a_worker_killed_while_writing_an_event_silences_no_one(tiny, store):
     assert list(trials.loc[trials["status"] == "FAILED", "tags.reason"]) == ["worker-lost"]
 
 
+@pytest.mark.slow
 def test_eight_workers_on_a_fresh_sqlite_store(write_study, tmp_path, capsys):
     study = write_study(TINY_STUDY.replace("seeds = [0, 1]", "seeds = [0, 1, 2, 3]").replace("epochs = 2", "epochs = 1"))
     store = f"sqlite:///{tmp_path / 'fresh.db'}"
@@ -151,6 +156,7 @@ def _slow_mlp_running(trials: pd.DataFrame) -> bool:
     return done == 2 and len(running) == 1
 
 
+@pytest.mark.slow
 def test_kill_9_of_the_parent_then_resume_runs_each_trial_once(tiny, store):
     parent = _start(tiny, store, ABLATE_TEST_FAULTS='{"mlp:0": "slow"}', ABLATE_TEST_SLOW_SECONDS="30")
     trials = _wait_for(store, _slow_mlp_running)
@@ -172,6 +178,7 @@ def test_kill_9_of_the_parent_then_resume_runs_each_trial_once(tiny, store):
     assert sorted(parents["status"]) == ["FAILED", "FINISHED"]  # the killed invocation is closed too
 
 
+@pytest.mark.slow
 def test_sigint_kills_running_trials_and_exits_130(tiny, store):
     parent = _start(tiny, store, ABLATE_TEST_FAULTS='{"mlp:0": "slow"}', ABLATE_TEST_SLOW_SECONDS="60")
     _wait_for(store, _slow_mlp_running)
@@ -186,6 +193,7 @@ def test_sigint_kills_running_trials_and_exits_130(tiny, store):
     assert list(parents["status"]) == ["KILLED"]
 
 
+@pytest.mark.slow
 def test_plan_shows_each_trials_status_in_the_store(tiny, store, capsys, monkeypatch):
     monkeypatch.setenv("ABLATE_TEST_FAULTS", '{"mlp:1": "raise"}')
     assert main(["run", str(tiny), "--tracking-uri", store]) == 1

@@ -145,6 +145,7 @@ def _runs(store: str) -> pd.DataFrame:
     return mlflow.search_runs(experiment_names=["srch"])
 
 
+@pytest.mark.slow
 def test_search_runs_prunes_confirms_and_resumes(write_study, tmp_path, capsys):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     study = write_study(SEARCH.format(trials=5))

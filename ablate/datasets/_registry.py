@@ -13,6 +13,7 @@ from ablate.errors import AblateError
 if TYPE_CHECKING:
     import numpy as np
 
+DEFAULT = "mnist"  # the dataset of a study that names none
 ROLES = ("train_images", "train_labels", "test_images", "test_labels")  # what a reader returns
 
 
@@ -58,6 +59,11 @@ def register(dataset: Dataset) -> Dataset:
         raise ValueError(f"dataset {dataset.name}: mean and std need one value per channel")
     _DATASETS[dataset.name] = dataset
     return dataset
+
+
+def unregister(name: str) -> None:
+    """Remove a dataset from the registry (one a plugin or a test registered for a while)."""
+    _DATASETS.pop(name, None)
 
 
 def names() -> tuple[str, ...]:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
 
 from ablate import datasets, models
 from ablate.design._identity import flatten, format_value, identity, settings_hash
 from ablate.errors import SpecError
-from ablate.spec import Stage, Study, TrialSettings
+from ablate.spec import ScheduleSpec, Stage, Study, TrialSettings
 
 
 @dataclass(frozen=True)
@@ -55,7 +54,7 @@ def describe_changes(previous: Stage | None, stage: Stage, architecture: str = "
     return ", ".join(changed) or "nothing (same settings)"
 
 
-def _kinded(table: Any) -> str:
+def _kinded(table: ScheduleSpec) -> str:
     """A kinded table as one word plus what differs from its defaults: 'onecycle', 'step(step_size=15)'."""
     values = identity(table)
     kind = values.pop("kind")

@@ -37,7 +37,7 @@ def affine_theta(draws: torch.Tensor, augment: Augment) -> torch.Tensor:
 
 
 def resample(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """Apply one affine transform per image; pixels moved in from outside the image are 0 (MNIST's background)."""
+    """Apply one affine transform per image; pixels moved in from outside the image are 0 (black)."""
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 

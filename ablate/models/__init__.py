@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import typing
 from dataclasses import fields, is_dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ablate.datasets import Dataset
 from ablate.models._cnn import CNN, CNNModel, ConvBlock
@@ -57,7 +57,7 @@ __all__ = ["CNNModel", "ConvBlock", "CustomModel", "KINDS", "LAYOUT_SETTINGS", "
            "initialise", "kind_of", "macs", "pack_blank", "params_count"]
 
 
-def kind_of(spec: Any) -> ModelKind:
+def kind_of(spec: ModelSpec) -> ModelKind:
     return KINDS[spec.kind]
 
 

@@ -83,7 +83,7 @@ def _conv_params(block: ConvBlock, channels_in: int) -> int:
     return weights + (2 * block.out if block.batchnorm else 0)
 
 
-class CNN(ModelKind):
+class CNN(ModelKind[CNNModel]):
     name, spec = "cnn", CNNModel
     layout = ("blocks",)
 

@@ -49,7 +49,7 @@ def _call(spec: CustomModel, factory: Callable):
     return model
 
 
-class Custom(ModelKind):
+class Custom(ModelKind[CustomModel]):
     name, spec = "custom", CustomModel
     packable = False  # its layers are the user's: ablate cannot stack them
     layout = ("factory", "kwargs")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 if TYPE_CHECKING:
     from torch import nn
@@ -20,7 +20,10 @@ class ModelError(ValueError):
         self.key = key
 
 
-class ModelKind:
+Spec = TypeVar("Spec")  # a kind's schema table
+
+
+class ModelKind(Generic[Spec]):
     """One `kind` of `[model]`: its table and how it becomes a network for a dataset's shape and classes.
 
     `params`, `macs` and `describe` work from the spec alone, without torch, so `ablate plan` shows
@@ -30,25 +33,25 @@ class ModelKind:
     """
 
     name: str
-    spec: type  # the schema table: a frozen dataclass written with ablate.fields, `kind` its first field
+    spec: type[Spec]  # the schema table: a frozen dataclass written with ablate.fields, `kind` its first field
     packable: bool = True  # can trials of it train as one batched network (ablate.engine's packing)
     layout: tuple[str, ...] = ()  # its settings that a table shows through `describe`, not as raw values
 
-    def params(self, spec: Any, data: "Dataset") -> int:
+    def params(self, spec: Spec, data: "Dataset") -> int:
         raise NotImplementedError
 
-    def macs(self, spec: Any, data: "Dataset") -> int | None:
+    def macs(self, spec: Spec, data: "Dataset") -> int | None:
         """Multiply-accumulates of one forward pass of one image (linear and conv layers); None: unknown."""
         return None
 
-    def describe(self, spec: Any, data: "Dataset") -> str:
-        """One line a reader of a results table understands, e.g. 'mlp 784 → 256 (ReLU) → 10'."""
+    def describe(self, spec: Spec, data: "Dataset") -> str:
+        """One line a reader of a results table understands, e.g. 'mlp 3072 → 256 (ReLU) → 100' (inputs C·H·W)."""
         raise NotImplementedError
 
-    def build(self, spec: Any, data: "Dataset") -> "nn.Module":
+    def build(self, spec: Spec, data: "Dataset") -> "nn.Module":
         raise NotImplementedError
 
-    def pack_blank(self, spec: Any) -> Any:
+    def pack_blank(self, spec: Spec) -> Spec:
         """The spec with what packed trials may differ in (dropout rates) set to one value, so that two
         trials whose blanked specs are equal can share one packed network."""
         return spec

@@ -15,7 +15,7 @@ class LinearModel:
     kind: Literal["linear"] = option("linear", "One linear layer from the flattened input to the classes.")
 
 
-class Linear(ModelKind):
+class Linear(ModelKind[LinearModel]):
     name, spec = "linear", LinearModel
 
     def params(self, spec: LinearModel, data: Dataset) -> int:

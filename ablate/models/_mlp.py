@@ -24,7 +24,7 @@ class MLPModel:
     )
 
 
-class MLP(ModelKind):
+class MLP(ModelKind[MLPModel]):
     name, spec = "mlp", MLPModel
 
     def params(self, spec: MLPModel, data: Dataset) -> int:

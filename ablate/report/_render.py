@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -97,7 +96,7 @@ def latex_table(report: StudyReport) -> str:
     frame = summary_frame(report)
     frame = frame.drop(columns=[c for c in frame.columns if c.startswith(("Changes", "Search result"))])
 
-    def tex(text: Any) -> str:
+    def tex(text: object) -> str:
         text = str(text)
         bold = text.startswith("**") and text.endswith("**")
         text = text.strip("*") if bold else text

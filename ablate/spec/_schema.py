@@ -20,13 +20,12 @@ if TYPE_CHECKING:
     from ablate.spec._space import SearchSpec
     from ablate.spec._validate import Layer
 
-DATASET_NAMES = datasets.names()
-
 
 @dataclass(frozen=True)
 class StudyInfo:
     name: str = option(doc="Study name; also the MLflow experiment name.", check=identifier)
-    dataset: Literal[DATASET_NAMES] = option("mnist", "Dataset every trial trains on.")
+    # The registry is read whenever the schema is (get_type_hints evaluates this), so a dataset registered later counts.
+    dataset: Literal[datasets.names()] = option(datasets.DEFAULT, "Dataset every trial trains on.")
     design: Literal["ladder", "grid", "ablation", "search"] = option(
         "ladder",
         "How the study becomes trials. `ladder`: the `[[stage]]`s in order, each compared with the first; "

@@ -1,0 +1,175 @@
+"""The dataset registry: one registered dataset's shape and classes flow into models, sizes, MACs, normalisation,
+augmentation, packing, the study file's validation and the report's figures — with nothing else changed.
+
+The dataset here is synthetic and colour (3 × 12 × 10, four classes told apart by which channel is bright), so that
+anything still assuming one grey channel, 28 × 28 pixels or ten classes fails."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+
+from ablate import datasets, models
+from ablate.cli import main
+from ablate.design import expand
+from ablate.engine import train_pack, train_trial
+from ablate.errors import SpecError
+from ablate.run import InlineBackend, run_study
+from ablate.spec import (
+    Augment, CNNModel, ConvBlock, DataSettings, ExecutionSettings, LinearModel, MLPModel, TrainSettings, TrialSettings,
+    parse_study,
+)
+from ablate.tracking import Tracker
+
+NAME, SHAPE, CLASSES = "colours", (3, 12, 10), ("red", "green", "blue", "grey")
+CPU = torch.device("cpu")
+
+
+def _images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, len(CLASSES), n)
+    images = rng.integers(0, 160, (n, *SHAPE)).astype(np.int64)
+    for k in range(3):
+        images[labels == k, k] += 30  # red, green or blue a little brighter: separable, not trivially
+    images[labels == 3] += 15  # grey: every channel a little brighter
+    return images.clip(0, 255).astype(np.uint8), labels
+
+
+def _read(folder) -> dict[str, np.ndarray]:
+    train_images, train_labels = _images(900, seed=0)
+    test_images, test_labels = _images(300, seed=1)
+    return {"train_images": train_images, "train_labels": train_labels, "test_images": test_images,
+            "test_labels": test_labels}
+
+
+def _offline(root) -> None:
+    raise RuntimeError("no network in tests")
+
+
+@pytest.fixture
+def colours():
+    train = _read(None)["train_images"] / 255.0
+    dataset = datasets.register(datasets.Dataset(
+        name=NAME, title="Colours", folder="Colours", files=(), shape=SHAPE, class_names=CLASSES, train_size=900,
+        test_size=300, mean=tuple(train.mean(axis=(0, 2, 3))), std=tuple(train.std(axis=(0, 2, 3))), read=_read,
+        download=_offline,
+    ))
+    yield dataset
+    datasets.unregister(NAME)
+
+
+CNN = CNNModel(blocks=(ConvBlock(out=6, padding=1, pool=True), ConvBlock(out=8, batchnorm=True)), head="linear").resolved()
+
+
+@pytest.mark.parametrize("spec", [LinearModel(), MLPModel(hidden=(16,), batchnorm=True), CNN,
+                                  CNNModel(blocks=(ConvBlock(out=4), ConvBlock(out=len(CLASSES))), head="gap").resolved()])
+def test_every_model_kind_follows_the_datasets_shape_and_classes(colours, spec):
+    model = models.build_model(spec, colours)
+    counted = []
+
+    def count(module, _, out):
+        if isinstance(module, torch.nn.Conv2d):
+            counted.append(out[0].numel() * module.in_channels * module.kernel_size[0] * module.kernel_size[1])
+        elif isinstance(module, torch.nn.Linear):
+            counted.append(module.in_features * module.out_features)
+
+    for module in model.modules():
+        module.register_forward_hook(count)
+    assert model.eval()(torch.zeros(2, *SHAPE)).shape == (2, len(CLASSES))
+    assert models.params_count(spec, colours) == models.count_params(model)
+    assert models.macs(spec, colours) == sum(counted)
+    if isinstance(spec, LinearModel):
+        assert models.describe(spec, colours) == f"linear {math.prod(SHAPE)} → {len(CLASSES)}"
+
+
+def test_the_gap_head_checks_the_class_count(colours):
+    wrong = CNNModel(blocks=(ConvBlock(out=10),), head="gap").resolved()
+    with pytest.raises(models.ModelError, match=f"must have out = {len(CLASSES)}"):
+        models.params_count(wrong, colours)
+
+
+def _trial(seed: int, model, **train) -> TrialSettings:
+    return TrialSettings(NAME, seed, DataSettings(val_size=100), model,
+                         TrainSettings(epochs=2, batch_size=64, **train))
+
+
+def test_normalisation_is_per_channel_and_training_learns(colours):
+    data = datasets.load(NAME, DataSettings(val_size=100), "unused", CPU)
+    assert data.train.images.shape[1:] == SHAPE and data.train.images.dtype == torch.uint8
+    normalised = data.normalise(data.train.images)
+    assert normalised.mean(dim=(0, 2, 3)).abs().max() < 0.05 and (normalised.std(dim=(0, 2, 3)) - 1).abs().max() < 0.05
+    linear = train_trial(_trial(0, LinearModel()), data, CPU)
+    assert linear.test_accuracy > 0.6  # chance is 0.25
+    augmented = train_trial(_trial(0, CNN, augment=Augment(rotation=10.0, translate=0.1)), data, CPU)
+    assert augmented.history[1]["train_loss"] < augmented.history[0]["train_loss"] and augmented.test_accuracy > 0.35
+
+
+def test_packed_trials_on_colour_images_equal_their_single_runs(colours):
+    """Three input channels as grouped-convolution groups: at a negligible learning rate (so that the order of float
+    sums cannot grow into a drift, see test_engine_pack.py) a pack's trials see exactly their single runs' images."""
+    data = datasets.load(NAME, DataSettings(val_size=100), "unused", CPU)
+    trials = [_trial(seed, CNN, lr=1e-8, augment=Augment(rotation=7.0)) for seed in (0, 1)]
+    for packed, single in zip(train_pack(trials, data, CPU), (train_trial(t, data, CPU) for t in trials)):
+        assert packed.test_accuracy == pytest.approx(single.test_accuracy, abs=1e-6)
+        for mine, theirs in zip(packed.history, single.history):
+            assert mine["train_loss"] == pytest.approx(theirs["train_loss"], abs=1e-6)
+            assert mine["val_accuracy"] == pytest.approx(theirs["val_accuracy"], abs=1e-6)
+
+
+STUDY = f"""
+[study]
+name = "colours"
+dataset = "{NAME}"
+seeds = [0, 1]
+
+[data]
+val_size = 100
+
+[train]
+epochs = 2
+batch_size = 64
+augment = {{ rotation = 5 }}
+
+[[stage]]
+name = "linear"
+model = "linear"
+
+[[stage]]
+name = "cnn"
+model = {{ kind = "cnn", blocks = [{{ out = 6, padding = 1, pool = true }}, {{ out = 8 }}] }}
+"""
+
+
+def test_a_study_on_a_registered_dataset_runs_and_reports(colours, tmp_path, capsys):
+    study = parse_study(STUDY, str(tmp_path / "colours.toml"))
+    (tmp_path / "colours.toml").write_text(STUDY)
+    trials = expand(study)
+    assert trials[0].architecture == f"linear {math.prod(SHAPE)} → {len(CLASSES)}"
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    class Quiet:
+        def __getattr__(self, name):
+            return lambda *args, **kwargs: None
+
+    summary = run_study(study, trials, Tracker(store), tmp_path, ExecutionSettings(devices="cpu", max_workers=1),
+                        Quiet(), backend=InlineBackend)
+    assert len(summary.finished) == 4 and summary.failed == []
+    linear = [outcome.test_accuracy for trial, outcome in summary.finished if trial.stage == "linear"]
+    assert len(linear) == 2 and min(linear) > 0.6  # it learned the colours (chance is 0.25), with mistakes to show
+
+    out = tmp_path / "report" / "colours.md"
+    assert main(["report", "--tracking-uri", store, "--study", "colours", "--out", str(out)]) == 0
+    for figure in ("confusion", "mistakes", "templates", "curves", "test_accuracy"):
+        pixels = matplotlib.image.imread(out.parent / f"colours-{figure}.png")
+        assert pixels.std() > 0.05, figure  # something is drawn
+    assert "| linear" in out.read_text() and "360 → 4" in out.read_text()
+
+
+def test_a_dataset_not_registered_is_a_spec_error_naming_the_known_ones():
+    with pytest.raises(SpecError) as info:
+        parse_study(STUDY.replace(NAME, "colors"), "bad.toml")
+    assert info.value.path == "study.dataset" and "allowed: 'mnist'" in str(info.value)
