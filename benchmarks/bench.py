@@ -33,21 +33,21 @@ from torchvision import transforms
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ablate import data as datasets  # noqa: E402
+from ablate import datasets, models  # noqa: E402
 from ablate.design import expand  # noqa: E402
-from ablate.execute import cpu_model  # noqa: E402
-from ablate.models import build_model, initialise  # noqa: E402
-from ablate.spec import DATASETS, load_study  # noqa: E402
-from ablate.train import make_optimizer, train_trial  # noqa: E402
+from ablate.engine import make_optimizer, train_pack, train_trial  # noqa: E402
+from ablate.run import cpu_model  # noqa: E402
+from ablate.spec import DataSettings, load_study  # noqa: E402
 
-MNIST = DATASETS["mnist"]
+MNIST = datasets.get("mnist")
 
 
 class ReferenceMNIST(Dataset):
     """torchvision.datasets.MNIST's __getitem__: a PIL image per sample, then the transform."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, transform):
-        self.images, self.labels, self.transform = torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)), transform
+        grey = images.reshape(len(images), *images.shape[-2:])  # one channel, as torchvision keeps MNIST
+        self.images, self.labels, self.transform = torch.from_numpy(grey), torch.from_numpy(labels.astype(np.int64)), transform
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -62,15 +62,15 @@ def reference_epoch(settings, arrays: dict, device: torch.device, epochs: int = 
     steps = [transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]
     if settings.train.augment.rotation:
         steps.insert(0, transforms.RandomRotation(settings.train.augment.rotation))
-    split = datasets.DataSettings(val_size=settings.data.val_size)
+    split = DataSettings(val_size=settings.data.val_size)
     order = torch.randperm(60_000, generator=torch.Generator().manual_seed(split.split_seed))
     train = order[split.val_size :].numpy()
     loader = DataLoader(ReferenceMNIST(arrays["train_images"][train], arrays["train_labels"][train],
                                        transforms.Compose(steps)),
                         batch_size=settings.train.batch_size, shuffle=True, num_workers=0)
     torch.manual_seed(settings.seed)
-    model = build_model(settings.model, MNIST)
-    initialise(model, settings.train.init)
+    model = models.build_model(settings.model, MNIST)
+    models.initialise(model, settings.train.init)
     model.to(device).train()
     optimizer = make_optimizer(model, settings.train)
     loss_fn = nn.CrossEntropyLoss()
@@ -97,7 +97,6 @@ def engine_epoch(settings, device: torch.device) -> float:
 def pack_epoch_rows(repeats: int, device: torch.device, k: int) -> list[tuple[str, float, float]]:
     """K trials (seeds 0..K-1) of one architecture for one epoch: one after another in ablate's engine, then as
     one packed network; seconds for all K (training plus validation)."""
-    from ablate.pack import train_pack
 
     linearity = {t.stage: t.settings for t in expand(load_study(REPO / "studies" / "linearity.toml"))}
     rows = []
@@ -127,7 +126,7 @@ def median_of(repeats: int, measure) -> float:
 
 
 def epoch_rows(repeats: int, device: torch.device) -> list[tuple[str, float, float]]:
-    arrays = datasets.load_mnist_arrays(REPO / "data")
+    arrays = datasets.read_arrays("mnist", REPO / "data")
     linearity = {t.stage: t.settings for t in expand(load_study(REPO / "studies" / "linearity.toml"))}
     cnn = {t.stage: t.settings for t in expand(load_study(REPO / "studies" / "cnn8k.toml"))}
     rows = []
@@ -143,7 +142,7 @@ def epoch_rows(repeats: int, device: torch.device) -> list[tuple[str, float, flo
 def study_rows(epochs: int, device: torch.device, pack: int) -> tuple[float, float, float, int]:
     """A corner of studies/ablations.toml (init × dropout × batchnorm at a constant rate; one seed) at `epochs`
     epochs: a sequential reference-style loop against `ablate run` (workers, MLflow logging, the table); wall s."""
-    arrays = datasets.load_mnist_arrays(REPO / "data")
+    arrays = datasets.read_arrays("mnist", REPO / "data")
     text = (REPO / "studies" / "ablations.toml").read_text().replace("epochs = 5", f"epochs = {epochs}")
     lines = []
     for line in text.replace("seeds = [0, 1, 2]", "seeds = [0]").splitlines():

@@ -54,3 +54,23 @@ def write_study(tmp_path):
 def store(tmp_path) -> str:
     """A fresh SQLite MLflow store in a temporary folder."""
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def hooked_macs(model, shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of one forward pass of one image of `shape`, counted by hooks on the network's conv and
+    linear layers: the yardstick for ablate.models.macs, which counts them from the spec alone."""
+    import torch
+
+    counted: list[int] = []
+
+    def count(module, _, out) -> None:
+        if isinstance(module, torch.nn.Conv2d):
+            counted.append(out[0].numel() * module.in_channels * module.kernel_size[0] * module.kernel_size[1])
+        elif isinstance(module, torch.nn.Linear):
+            counted.append(module.in_features * module.out_features)
+
+    handles = [module.register_forward_hook(count) for module in model.modules()]
+    model.eval()(torch.zeros(1, *shape))
+    for handle in handles:
+        handle.remove()
+    return sum(counted)

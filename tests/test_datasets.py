@@ -24,6 +24,7 @@ from ablate.spec import (
     parse_study,
 )
 from ablate.tracking import Tracker
+from tests.conftest import hooked_macs
 
 NAME, SHAPE, CLASSES = "colours", (3, 12, 10), ("red", "green", "blue", "grey")
 CPU = torch.device("cpu")
@@ -69,19 +70,9 @@ CNN = CNNModel(blocks=(ConvBlock(out=6, padding=1, pool=True), ConvBlock(out=8, 
                                   CNNModel(blocks=(ConvBlock(out=4), ConvBlock(out=len(CLASSES))), head="gap").resolved()])
 def test_every_model_kind_follows_the_datasets_shape_and_classes(colours, spec):
     model = models.build_model(spec, colours)
-    counted = []
-
-    def count(module, _, out):
-        if isinstance(module, torch.nn.Conv2d):
-            counted.append(out[0].numel() * module.in_channels * module.kernel_size[0] * module.kernel_size[1])
-        elif isinstance(module, torch.nn.Linear):
-            counted.append(module.in_features * module.out_features)
-
-    for module in model.modules():
-        module.register_forward_hook(count)
     assert model.eval()(torch.zeros(2, *SHAPE)).shape == (2, len(CLASSES))
     assert models.params_count(spec, colours) == models.count_params(model)
-    assert models.macs(spec, colours) == sum(counted)
+    assert models.macs(spec, colours) == hooked_macs(model, SHAPE)
     if isinstance(spec, LinearModel):
         assert models.describe(spec, colours) == f"linear {math.prod(SHAPE)} → {len(CLASSES)}"
 

@@ -10,10 +10,11 @@ from torch import nn
 
 from ablate import datasets, models
 from ablate.design import expand
+from ablate.engine import make_optimizer
 from ablate.errors import SpecError
 from ablate.models import build_model, count_params, initialise
-from ablate.engine import make_optimizer
-from ablate.spec import MLPModel, TrainSettings, parse_study
+from ablate.spec import MLPModel, TrainSettings, load_study, parse_study
+from tests.conftest import REPO, hooked_macs
 
 MNIST = datasets.get("mnist")
 
@@ -172,3 +173,9 @@ def test_a_cnn_trains_with_sgd_and_an_init():
     data = datasets.load("mnist", settings.data, DATA_DIR, torch.device("cpu"))
     result = train_trial(settings, data, torch.device("cpu"))
     assert result.test_accuracy > 0.5 and result.params_count == 7_762
+
+
+def test_macs_match_a_torch_hook_count():
+    for trial in expand(load_study(REPO / "studies" / "cnn8k.toml"))[::3] + expand(load_study(REPO / "studies" / "linearity.toml"))[::3]:
+        model = build_model(trial.settings.model, MNIST)
+        assert models.macs(trial.settings.model, MNIST) == hooked_macs(model, MNIST.shape)

@@ -1,14 +1,15 @@
 """The inline backend: every slot's worker runs in the dispatcher's own process, one task at a time.
 
 A task handed to a slot runs when the dispatcher next waits for events (submitit's
-DebugExecutor runs a job the same way: in-process, when its result is asked for), so a whole
-study runs in one process under a debugger, and tests drive the dispatcher through real
-events without processes. A worker "dies" when its task raises WorkerDied — what the kill
+DebugExecutor runs a job the same way: in-process, when its result is asked for), tasks in
+the order they were handed out, so a whole study runs in one process under a debugger, and
+tests drive the dispatcher through real events without processes. A worker "dies" when its task raises WorkerDied — what the kill
 faults do here instead of SIGKILL, and what a test's scripted task raises to stage a death
 at an awkward moment; the events it emitted before dying are delivered, its runs are left
 as a killed process leaves them, and the slot is reported dead until replaced or retired.
 Ctrl-C inside a task ends it as a real worker would (its runs KILLED, a Killed event) and
-then reaches the dispatcher.
+then reaches the dispatcher, whose `interrupt` then drops the tasks handed out but not yet
+started, as a worker process would on Ctrl-C before starting one.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-from ablate.run._events import Event
+from ablate.run._events import Event, Killed
 from ablate.run._slots import Slot
-from ablate.run._tasks import Task
+from ablate.run._tasks import Task, task_key
 from ablate.run._worker import Emit, Orphaned, Worker, WorkerConfig
 
 Execute = Callable[[Slot, Task, Emit], None]  # a scripted worker: runs a task, emitting its events
@@ -55,6 +56,7 @@ class InlineBackend:
             raise ValueError("InlineBackend needs a WorkerConfig (real workers) or an execute function (scripted)")
         self.slots, self.config, self.execute = slots, config, execute
         self.events: deque[Event] = deque()
+        self.queued: deque[int] = deque()  # slots whose task is handed out and not yet run, oldest first
         self.workers = {slot.index: _Slot(slot, lambda s=slot: self._worker(s)) for slot in slots}
 
     def _worker(self, slot: Slot) -> Worker | None:
@@ -62,6 +64,7 @@ class InlineBackend:
 
     def give(self, slot: int, task: Task) -> None:
         self.workers[slot].task = task
+        self.queued.append(slot)
 
     def next_event(self, timeout: float) -> Event | None:
         if not self.events:
@@ -69,9 +72,12 @@ class InlineBackend:
         return self.events.popleft() if self.events else None
 
     def _run_one(self) -> None:
-        """Run the next task handed over (slots in order), delivering its events."""
-        held = next((w for w in self.workers.values() if w.task is not None and w.died is None), None)
-        if held is None:
+        """Run the task handed out longest ago, delivering its events."""
+        while self.queued:
+            held = self.workers[self.queued.popleft()]
+            if held.task is not None and held.died is None:
+                break
+        else:
             return
         task, held.task = held.task, None
         try:
@@ -97,7 +103,13 @@ class InlineBackend:
         self.workers[slot].task = None
 
     def interrupt(self, slots: list[int]) -> None:
-        """Nothing runs between two waits of the dispatcher, so there is nothing to pass Ctrl-C to."""
+        """Nothing runs between two waits of the dispatcher: Ctrl-C reaches the tasks not yet started, which end
+        before they begin."""
+        for slot in slots:
+            held = self.workers[slot]
+            if held.task is not None:
+                self.events.append(Killed(slot, task_key(held.task)))
+                held.task = None
 
     def terminate(self, slot: int) -> None:
         self.workers[slot].task = None

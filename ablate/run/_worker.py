@@ -21,9 +21,11 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -85,6 +87,21 @@ def classify(exc: BaseException) -> str:
     if isinstance(exc, torch.cuda.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc)):
         return OOM
     return FAILED_ERROR
+
+
+@contextmanager
+def _second_ctrl_c_ignored() -> Iterator[None]:
+    """A second Ctrl-C must not cut the recording of the first short. The handler comes back afterwards: an inline
+    worker shares the dispatcher's process. Only a main thread may touch signal handlers (an actor's task may run
+    on another), so elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _kill_this_process(mid_event: bool) -> None:
@@ -208,9 +225,7 @@ class Worker:
             run.searched_to_end("PRUNED", Outcome(note=f"pruned after epoch {epoch}"))
             return
         except (KeyboardInterrupt, Orphaned) as exc:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            asked.interrupted()  # its parameters are tried again on resume
-            self._interrupted(exc, [run], task.key)
+            self._interrupted(exc, [run], task.key, tell=asked.interrupted)  # its point is tried again on resume
             raise
         except Exception as exc:
             asked.failed()
@@ -236,15 +251,18 @@ class Worker:
             torch.cuda.reset_peak_memory_stats(self.device)
         return data
 
-    def _interrupted(self, exc: BaseException, runs: list[_TrialRun], key: str) -> None:
-        """Ctrl-C ends the task's open runs KILLED (and tells the dispatcher); a vanished parent ends them FAILED."""
+    def _interrupted(self, exc: BaseException, runs: list[_TrialRun], key: str,
+                     tell: Callable[[], None] | None = None) -> None:
+        """Ctrl-C ends the task's open runs KILLED (and tells the dispatcher); a vanished parent ends them FAILED.
+        `tell` is what else must be recorded first (an Optuna trial's end)."""
         killed = isinstance(exc, KeyboardInterrupt)
-        if killed:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the bookkeeping short
-        for run in runs:
-            run.interrupted(killed)
-        if killed:
-            self.emit(Killed(self.slot.index, key))
+        with _second_ctrl_c_ignored():
+            if tell is not None:
+                tell()
+            for run in runs:
+                run.interrupted(killed)
+            if killed:
+                self.emit(Killed(self.slot.index, key))
 
     def _free_memory(self) -> None:
         """Drop what the failed trial held, so the worker's next trial starts with the device's memory free."""
