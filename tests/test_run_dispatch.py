@@ -120,6 +120,30 @@ def test_a_later_phase_replaces_workers_that_died_idle_in_an_earlier_one(trials)
     assert [t for t, _ in summary.finished] == trials[:2] and not dispatcher.held[0].stopped
 
 
+def test_a_lost_task_goes_back_to_the_front_of_the_queue(trials):
+    """Two slots; slot 0 dies as it starts its first trial: that trial is trained next, before the ones still
+    queued, and what slot 1 is doing is not run early to look for what the dead worker said last."""
+    first, second, third, fourth = trials
+    dispatcher, _, summary = _dispatcher(_scripted(_dies_before_starting, *[_trains] * 4), _Ledger(), slots=2)
+    dispatcher.run(list(trials))
+    assert [t for t, _ in summary.finished] == [second, first, third, fourth] and summary.failed == []
+
+
+def test_an_error_escaping_a_worker_is_its_death_not_the_studys(trials):
+    """A worker process dies of an error its own handling did not catch (the store gone mid-call): so does an
+    inline one; the trial it had started is lost, the rest go on."""
+
+    def store_fails_mid_trial(slot, task, emit) -> None:
+        emit(Started(slot.index, task_key(task), task, "run-x"))
+        raise RuntimeError("database is locked")
+
+    ledger = _Ledger()
+    dispatcher, _, summary = _dispatcher(_scripted(store_fails_mid_trial, _trains), ledger)
+    dispatcher.run(trials[:2])
+    assert [t for t, _ in summary.finished] == [trials[1]] and ledger.finished == [("run-x", "FAILED", "worker-lost")]
+    assert "died of RuntimeError: database is locked" in summary.failed[0][2]
+
+
 def test_workers_that_keep_dying_are_given_up_on(trials):
     """Every worker dies before finishing anything: the rest is failed as not run instead of restarting forever."""
     dispatcher, _, summary = _dispatcher(lambda slot, task, emit: _dies_before_starting(slot, task, emit), _Ledger())

@@ -101,7 +101,7 @@ def test_runs_of_another_host_are_recovered_once_their_heartbeat_stops(tracked):
 def _worker_of(tracker, parent: str, identity: Identity) -> Worker:
     config = WorkerConfig(tracking_uri=tracker.uri, experiment_id="0", parent_run_id=parent, parent=identity,
                           env_tags={}, data_dir=str(DATA_DIR), import_paths=())
-    return Worker(Slot(0, "cpu", 1), config, emit=lambda event: None)
+    return Worker(Slot(0, "cpu", 1), config, emit=lambda event: None, die=lambda mid_event: None)
 
 
 def test_a_worker_on_another_host_than_its_invocation_stops_when_the_invocation_stops_beating(tracked):

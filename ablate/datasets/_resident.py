@@ -33,8 +33,11 @@ class DeviceData:
     train: Split
     val: Split
     test: Split
-    mean: torch.Tensor  # (C, 1, 1) float32 on the device: 255 × the per-channel mean (0 for `unit`)
-    std: torch.Tensor  # (C, 1, 1): 255 × the per-channel std (255 for `unit`)
+    # 255 × the per-channel mean and std (0 and 1 for `unit`): a (C, 1, 1) float32 tensor on the device, or a number
+    # for one channel — the scalar kernel single-channel results were always computed with (on CUDA it multiplies by
+    # the reciprocal, one ulp away from a division by a tensor in some pixels).
+    mean: torch.Tensor | float
+    std: torch.Tensor | float
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 batch → float32 with the dataset's per-channel mean and std, computed on the device."""
@@ -73,9 +76,10 @@ def build(dataset: str, settings: "DataSettings", data_dir: Path, device: torch.
     info = get(dataset)
     standard = settings.normalize == "standard"  # `unit` is the same formula with mean 0 and std 1: x / 255
 
-    def per_channel(values: tuple[float, ...], unit: float) -> torch.Tensor:
-        # 255 × value in double precision, then float32: bit for bit the scalar arithmetic it replaces
-        scaled = [255.0 * (v if standard else unit) for v in values]
+    def per_channel(values: tuple[float, ...], unit: float) -> torch.Tensor | float:
+        scaled = [255.0 * (v if standard else unit) for v in values]  # in double precision, as a scalar would be
+        if len(scaled) == 1:
+            return scaled[0]
         return torch.tensor(scaled, dtype=torch.float32, device=device).view(-1, 1, 1)
 
     return DeviceData(

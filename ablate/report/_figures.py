@@ -96,8 +96,8 @@ def _output_figures(tracker: Tracker, report: StudyReport, folder: Path, plt) ->
     paths: list[Path] = []
     if report.dataset is None:
         return paths
-    data = datasets.get(report.dataset)
-    try:
+    try:  # a dataset this process does not know, or whose files are not here: no figures of its images
+        data = datasets.get(report.dataset)
         arrays = datasets.read_arrays(report.dataset, datasets.default_data_dir())
     except AblateError:
         return paths

@@ -193,10 +193,10 @@ class Dispatcher:
                 held.stopped = True
                 continue
             self.lost_in_a_row += 1
-            self.backend.replace(index)
             if self.lost_in_a_row > MAX_LOST_IN_A_ROW * len(self.held):
                 self._give_up(held)
             else:
+                self.backend.replace(index)
                 self._feed(held)
 
     def _record_lost(self, held: _Held, why: str) -> None:

@@ -3,10 +3,12 @@
 A task handed to a slot runs when the dispatcher next waits for events (submitit's
 DebugExecutor runs a job the same way: in-process, when its result is asked for), tasks in
 the order they were handed out, so a whole study runs in one process under a debugger, and
-tests drive the dispatcher through real events without processes. A worker "dies" when its task raises WorkerDied — what the kill
-faults do here instead of SIGKILL, and what a test's scripted task raises to stage a death
-at an awkward moment; the events it emitted before dying are delivered, its runs are left
-as a killed process leaves them, and the slot is reported dead until replaced or retired.
+tests drive the dispatcher through real events without processes. A worker "dies" when anything escapes its task, as a worker
+process dies of it: WorkerDied — what the kill faults raise here instead of SIGKILL, and
+what a test's scripted task raises to stage a death at an awkward moment — or any error the
+worker's own handling did not catch. The events it emitted before dying are delivered, its
+runs are left as a killed process leaves them, and the slot is reported dead until replaced
+or retired.
 Ctrl-C inside a task ends it as a real worker would (its runs KILLED, a Killed event) and
 then reaches the dispatcher, whose `interrupt` then drops the tasks handed out but not yet
 started, as a worker process would on Ctrl-C before starting one.
@@ -14,13 +16,14 @@ started, as a worker process would on Ctrl-C before starting one.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable
 
 from ablate.run._events import Event, Killed
 from ablate.run._slots import Slot
 from ablate.run._tasks import Task, task_key
-from ablate.run._worker import Emit, Orphaned, Worker, WorkerConfig
+from ablate.run._worker import Emit, Worker, WorkerConfig
 
 Execute = Callable[[Slot, Task, Emit], None]  # a scripted worker: runs a task, emitting its events
 
@@ -67,28 +70,34 @@ class InlineBackend:
         self.queued.append(slot)
 
     def next_event(self, timeout: float) -> Event | None:
-        if not self.events:
-            self._run_one()
+        """A buffered event; else, unless asked not to wait (timeout 0: what was already said), the events of the next
+        task handed out; else None after `timeout` seconds."""
+        if not self.events and timeout > 0 and not self._run_one():
+            time.sleep(timeout)  # nothing to run: the dispatcher waits on workers that have nothing to say
         return self.events.popleft() if self.events else None
 
-    def _run_one(self) -> None:
-        """Run the task handed out longest ago, delivering its events."""
+    def _run_one(self) -> bool:
+        """Run the task handed out longest ago, delivering its events; False when there is none."""
         while self.queued:
             held = self.workers[self.queued.popleft()]
             if held.task is not None and held.died is None:
                 break
         else:
-            return
+            return False
         task, held.task = held.task, None
         try:
             if self.execute is not None:
                 self.execute(held.slot, task, self.events.append)
             else:
                 held.worker.run(task)
+        except KeyboardInterrupt:  # the worker ended its runs KILLED where it could; a process would exit now
+            held.died = "the inline worker stopped at Ctrl-C"
+            raise
         except WorkerDied as death:
             held.died = f"the inline worker died ({death})"
-        except Orphaned:  # cannot happen here (the parent is this process), but a worker must not outlive it
-            held.died = "the inline worker was orphaned"
+        except BaseException as exc:  # noqa: BLE001 — Orphaned, or an error the worker did not handle: a process dies
+            held.died = f"the inline worker died of {type(exc).__name__}: {exc}"
+        return True
 
     def dead(self) -> dict[int, str]:
         return {index: w.died for index, w in self.workers.items() if w.died is not None and not w.stopped}
@@ -99,8 +108,7 @@ class InlineBackend:
         self.workers[slot] = _Slot(old.slot, old.make_worker)
 
     def stop(self, slot: int) -> None:
-        self.workers[slot].stopped = True
-        self.workers[slot].task = None
+        self.workers[slot].stopped = True  # it runs what it was handed, then nothing more
 
     def interrupt(self, slots: list[int]) -> None:
         """Nothing runs between two waits of the dispatcher: Ctrl-C reaches the tasks not yet started, which end

@@ -72,6 +72,7 @@ def serve(slot: Slot, config: WorkerConfig, tasks: Queue, connection: Connection
             try:
                 worker.run(task)
             except (KeyboardInterrupt, Orphaned):
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # recorded: a forwarded second Ctrl-C only stops us early
                 return
     finally:
         worker.close()
@@ -134,6 +135,9 @@ class LocalBackend:
     def replace(self, slot: int) -> None:
         old = self.workers[slot]
         old.process.join(timeout=1)
+        if old.process.is_alive():  # a retired worker still on its way out: it must not outlive its slot
+            old.process.terminate()
+            old.process.join(timeout=2)
         old.events.close()
         self.workers[slot] = self._start(next(s for s in self.slots if s.index == slot))
 

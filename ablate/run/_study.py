@@ -9,7 +9,8 @@ dispatcher) and closes the parent run with the counts.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,12 +55,8 @@ def run_study(
                                    import_paths)
     summary.parent_run_id = invocation.parent_id
     tracker.log_dict(invocation.parent_id, plan_document(study, trials), PLAN_ARTIFACT)
-    with invocation:
-        dispatcher = Dispatcher(backend(slots, invocation.config), tracker, reporter, summary)
-        try:
-            dispatcher.run(tasks)
-        finally:
-            dispatcher.close()
+    with _dispatching(invocation, backend(slots, invocation.config), tracker, reporter, summary) as dispatcher:
+        dispatcher.run(tasks)
     summary.wall_seconds = time.perf_counter() - started
     _close_parent(tracker, summary)
     return summary
@@ -68,7 +65,7 @@ def run_study(
 @dataclass
 class _Invocation:
     """This `ablate run`: its parent run (created before any worker starts), the heartbeat that proves it alive
-    while it works, and what its workers need."""
+    while its workers work, and what they need."""
 
     parent_id: str
     config: WorkerConfig
@@ -95,12 +92,17 @@ class _Invocation:
         )
         return cls(parent_id, config, Heartbeat(lambda: tracker.beat([parent_id])))
 
-    def __enter__(self) -> _Invocation:
-        self.heartbeat.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.heartbeat.stop()
+@contextmanager
+def _dispatching(invocation: _Invocation, backend: Backend, tracker: Tracker, reporter: Reporter,
+                 summary: RunSummary) -> Iterator[Dispatcher]:
+    """A dispatcher on the backend's workers while the invocation's heartbeat beats; the workers shut down after."""
+    with invocation.heartbeat:
+        dispatcher = Dispatcher(backend, tracker, reporter, summary)
+        try:
+            yield dispatcher
+        finally:
+            dispatcher.close()
 
 
 def _close_parent(tracker: Tracker, summary: RunSummary) -> None:
@@ -161,19 +163,15 @@ def run_search(
     )
     summary.parent_run_id = invocation.parent_id
     arms, confirm = (), []
-    with invocation:
-        dispatcher = Dispatcher(backend(slots, invocation.config), tracker, reporter, summary)
-        try:
-            dispatcher.run(tasks, timeout=spec.settings.timeout)
-            if not summary.interrupted:
-                arms, confirm = search.confirm_trials(study, optuna_study)
-                todo = _unfinished(tracker, experiment_id, confirm)
-                summary.total += len(confirm)
-                summary.skipped += len(confirm) - len(todo)
-                reporter.start(len(confirm), len(confirm) - len(todo), slots)
-                dispatcher.run(pack_trials(todo, execution.pack))
-        finally:
-            dispatcher.close()
+    with _dispatching(invocation, backend(slots, invocation.config), tracker, reporter, summary) as dispatcher:
+        dispatcher.run(tasks, timeout=spec.settings.timeout)
+        if not summary.interrupted:  # the confirm phase, on the same workers
+            arms, confirm = search.confirm_trials(study, optuna_study)
+            todo = _unfinished(tracker, experiment_id, confirm)
+            summary.total += len(confirm)
+            summary.skipped += len(confirm) - len(todo)
+            reporter.start(len(confirm), len(confirm) - len(todo), slots)
+            dispatcher.run(pack_trials(todo, execution.pack))
     if not summary.interrupted:  # an interrupted search has no confirm arms yet: reports keep the previous plan
         document = plan_document(study, confirm, arms)
         document["search"] = {"storage": storage, "study": study.name, "objective": spec.settings.objective,

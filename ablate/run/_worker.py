@@ -104,14 +104,10 @@ def _second_ctrl_c_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _kill_this_process(mid_event: bool) -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
 class Worker:
     """A slot's worker (see the module docstring); `die` ends it at once for the test-only kill faults."""
 
-    def __init__(self, slot: Slot, config: WorkerConfig, emit: Emit, die: Die = _kill_this_process):
+    def __init__(self, slot: Slot, config: WorkerConfig, emit: Emit, die: Die):
         import torch
 
         from ablate.tracking import Tracker
@@ -344,10 +340,12 @@ class _TrialRun:
         self.worker.emit(Failed(self.worker.slot.index, self.key, self.trial.hash, reason, message))
 
     def interrupted(self, killed: bool) -> None:
-        if killed:
-            self._end("KILLED", error="interrupted (Ctrl-C)", reason=INTERRUPTED)
+        status = "KILLED" if killed else "FAILED"
+        if self.searched:  # as search runs have always recorded it
+            error = "interrupted"
         else:
-            self._end("FAILED", error="the ablate run that started this trial is gone", reason=INTERRUPTED)
+            error = "interrupted (Ctrl-C)" if killed else "the ablate run that started this trial is gone"
+        self._end(status, error=error, reason=INTERRUPTED)
 
     def _end(self, status: str, optuna_state: str = "FAIL", **why: str) -> None:
         if self.searched:

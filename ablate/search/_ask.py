@@ -12,7 +12,7 @@ from ablate.search._task import (
     HOST_ATTR, INTERRUPTED_ATTR, PID_ATTR, PID_START_ATTR, POINT_ATTR, RUN_ATTR, SearchTask, trial_epochs,
 )
 from ablate.spec import Stage, Study, parse_study, resolve_point
-from ablate.tracking import Identity
+from ablate.tracking import Identity, heartbeat_tags
 
 
 _PARSED: dict[str, Study] = {}  # per worker process: a study is validated once, not once per trial
@@ -70,8 +70,11 @@ def ask(task: SearchTask) -> AskedTrial:
     asked = optuna_study.ask()
     point = suggest(asked, spec.space)
     who = Identity.of_this_process()
-    for key, value in ((POINT_ATTR, [list(p) for p in point]), (HOST_ATTR, who.host), (PID_ATTR, who.pid),
-                       (PID_START_ATTR, who.start)):
+    # Who asked, and when (a heartbeat as liveness reads it): until the trial's MLflow run exists and beats for it, a
+    # process on another host can tell a trial whose asker died at once from one being started.
+    attrs = {POINT_ATTR: [list(p) for p in point], HOST_ATTR: who.host, PID_ATTR: who.pid, PID_START_ATTR: who.start,
+             **heartbeat_tags()}
+    for key, value in attrs.items():
         asked.set_user_attr(key, value)
     trial = trial_for(study, resolve_point(study, point, index=asked.number), spec.seeds[0],
                       changes=f"Optuna trial {asked.number}")

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
@@ -157,8 +158,12 @@ class Tracker:
     # -- liveness, and the runs a dead invocation left behind -------------------------
 
     def run_alive(self, run_id: str) -> bool:
-        """Is a run still being worked on: RUNNING, its own process alive and, for a child run, its invocation too?"""
-        state = self.run_state(run_id)
+        """Is a run still being worked on: RUNNING, its own process alive and, for a child run, its invocation too?
+        A run the store does not hold (deleted) is not."""
+        try:
+            state = self.run_state(run_id)
+        except MlflowException:
+            return False
         if state.status != "RUNNING" or not alive(state.tags):
             return False
         parent = state.tags.get(MLFLOW_PARENT_RUN_ID)
