@@ -8,6 +8,7 @@ MLflow: `ablate plan` draws its table at once.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import TYPE_CHECKING
 
 from rich.console import Console, Group
@@ -75,9 +76,7 @@ def print_plan(study: Study, design: Design, statuses: dict[str, str] | None, ur
     console.print(table)
     console.print(plan_summary(study, design), markup=False)
     if statuses is not None:
-        counts: dict[str, int] = {}
-        for t in trials:
-            counts[status_of(statuses, t.hash)] = counts.get(status_of(statuses, t.hash), 0) + 1
+        counts = Counter(status_of(statuses, t.hash) for t in trials)
         parts = [f"{counts[k]} {k}" for k in STATUS_ORDER if k in counts]
         console.print(f"Against {uri}: {', '.join(parts)}; `ablate run` trains every trial not done.", markup=False)
 

@@ -119,6 +119,8 @@ class Worker:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.tracker = Tracker(config.tracking_uri)
+        # Who runs this worker's trials, as each trial run records it (its device, slot and process).
+        self.tags = {DEVICE: slot.device, WORKER: str(slot.index), **Identity.of_this_process().tags()}
         self.open_runs: set[str] = set()  # the runs whose heartbeat this worker writes
         self.heartbeat = Heartbeat(lambda: self.tracker.beat(sorted(self.open_runs))).start()
         self._parent_checked, self._parent_alive = -math.inf, True
@@ -306,9 +308,8 @@ class _TrialRun:
         if self.fault == "nan":  # an infinite learning rate: the loss is NaN within a few steps
             self.settings = replace(self.settings, train=replace(self.settings.train, lr=math.inf))
         slot, config = worker.slot, worker.config
-        who = {DEVICE: slot.device, WORKER: str(slot.index), **Identity.of_this_process().tags()}
         self.run_id = self.tracker.start_trial(config.experiment_id, config.parent_run_id, trial,
-                                               {**config.env_tags, **who, **tags}, role=role)
+                                               {**config.env_tags, **worker.tags, **tags}, role=role)
         worker.open_runs.add(self.run_id)
         worker.emit(Started(slot.index, key, trial, self.run_id))
 
