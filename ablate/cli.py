@@ -15,9 +15,7 @@ import traceback
 from pathlib import Path
 
 import ablate
-from ablate.errors import AblateError
-
-EXIT_FAILED_TRIALS, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
+from ablate.errors import EXIT_BAD_INPUT, EXIT_FAILED_TRIALS, EXIT_INTERRUPTED, EXIT_STORE, AblateError  # noqa: F401
 
 DESCRIPTION = """\
 ablate runs ablation studies of neural networks from one TOML file: it expands the
@@ -31,12 +29,16 @@ study into trials, trains them, logs every run to MLflow and writes comparison t
 
 EPILOG = """\
 exit codes: 0 success; 1 some trial failed (the others are recorded); 2 bad input
-(study file, flags, store) with one message naming the problem; 130 interrupted (Ctrl-C);
-run the same command again to resume."""
+(study file, flags, data files) with one message naming the problem; 3 the tracking store
+or Optuna storage failed or cannot be used (corrupt, read-only, full, unreachable, another
+program's experiment), nothing recorded changed; 130 interrupted (Ctrl-C); 143 stopped by
+SIGTERM (preempted). Run the same command again to resume."""
 
 
 def _default_uri() -> str:
-    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    from ablate.tracking import default_uri
+
+    return default_uri()
 
 
 def _positive(text: str) -> int:
@@ -63,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     tracking = argparse.ArgumentParser(add_help=False)
+    tracking.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                          help="show the full traceback of an error")
     tracking.add_argument(
         "--tracking-uri",
         default=None,
@@ -130,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     schema = commands.add_parser(
         "schema", help="print every key a study file accepts, with types and defaults (markdown)"
     )
+    schema.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     schema.set_defaults(func=cmd_schema)
     return parser
 
@@ -173,6 +178,15 @@ def _make_factories_importable(study_path: str) -> tuple[str, ...]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """Every check that needs neither MLflow nor a worker comes first — the study, the devices, the store's file,
+    the data — so bad input is said in seconds and nothing is created until all of it passes."""
+    from ablate.run import interruptible
+
+    with interruptible():  # Ctrl-C and SIGTERM stop the run alike (see ablate.run's signals)
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from ablate.design import expand
@@ -185,41 +199,53 @@ def cmd_run(args: argparse.Namespace) -> int:
                  "workers_per_device": args.workers_per_device, "max_workers": args.max_workers, "pack": args.pack}
     execution = replace(study.execution, **{k: v for k, v in overrides.items() if v is not None})  # flags win
 
-    from ablate.console import ConsoleReporter, print_failures
-    from ablate.datasets import default_data_dir
+    from ablate import datasets
+    from ablate.console import ConsoleReporter, print_failures, print_warnings
+    from ablate.run import plan_slots_for
+    from ablate.tracking import check_store, store_is_new, store_label
+
+    uri = args.tracking_uri or _default_uri()
+    data_dir = Path(args.data_dir) if args.data_dir else datasets.default_data_dir()
+    plan_slots_for(execution)  # a GPU asked for and absent
+    check_store(uri, write=True)
+    new_store = store_is_new(uri)
+    for dataset in sorted({t.settings.dataset for t in trials} | {study.info.dataset}):
+        datasets.check_data(dataset, data_dir)
+
     from ablate.report import build, markdown_table
     from ablate.run import run_search, run_study
     from ablate.tracking import Tracker
 
-    uri = args.tracking_uri or _default_uri()
-    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     reporter = ConsoleReporter()
     console = reporter.console
-    console.print(f"study [bold]{study.name}[/] ({args.study}), tracking {uri}")
+    console.print(f"study [bold]{study.name}[/] ({args.study})")
+    console.print(f"store {store_label(uri)}{' (new: this run creates it)' if new_store else ''}")
+    console.print(f"data  {data_dir.resolve()}")
+    print_warnings(console, study)
     try:
+        tracker = Tracker(uri)
         if study.search is not None:
             from ablate.search import default_storage
 
             storage = args.storage or default_storage(uri)
-            summary = run_search(study, Tracker(uri), data_dir, execution, reporter, storage,
+            summary = run_search(study, tracker, data_dir, execution, reporter, storage,
                                  command=args.command_line, import_paths=import_paths)
         else:
-            summary = run_study(study, trials, Tracker(uri), data_dir, execution, reporter,
+            summary = run_study(study, trials, tracker, data_dir, execution, reporter,
                                 command=args.command_line, import_paths=import_paths)
     finally:
         reporter.close()
-    if summary.recovered:
-        console.print(f"Recovered {len(summary.recovered)} run(s) a killed `ablate run` left RUNNING: marked FAILED "
-                      "(reason interrupted), and their trials ran again.")
-    if summary.running_elsewhere:
-        console.print(f"{summary.running_elsewhere} trial(s) are running in another live `ablate run`; left to it.")
+    _print_elsewhere(console, summary)
+    for note in summary.notes:
+        console.print(note)
     if summary.interrupted:
         print_failures(console, summary.failed)
         console.print(
-            f"[yellow]Interrupted[/]: {len(summary.finished)} trials finished and recorded; the running ones are "
-            f"marked KILLED. Resume with: {args.command_line}"
+            f"[yellow]{'Preempted (SIGTERM)' if summary.stop_reason == 'preempted' else 'Interrupted'}[/]: "
+            f"{len(summary.finished)} trials finished and recorded; the running ones are marked KILLED. "
+            f"Resume with: {args.command_line}"
         )
-        return EXIT_INTERRUPTED
+        return _interrupted_exit(summary.stop_reason)
     if not summary.finished and not summary.failed:
         console.print(f"All {summary.total} trials already done: nothing to train.")
     if study.search is not None and not build(uri, study.name)[0].runs.shape[0]:
@@ -235,9 +261,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(markdown_table(build(uri, study.name)[0]))
     print()
     print_failures(console, summary.failed)
-    ui = "mlflow ui" if uri == _default_uri() else f"mlflow ui --backend-store-uri {uri}"
-    console.print(f"See the runs: {ui}    The table: ablate report --study {study.name}")
+    _print_next_steps(console, uri, study.name, summary.experiment_id)
     return EXIT_FAILED_TRIALS if summary.failed else 0
+
+
+def _print_elsewhere(console, summary) -> None:
+    if summary.recovered:
+        console.print(f"Recovered {len(summary.recovered)} run(s) a killed `ablate run` left RUNNING: marked FAILED "
+                      "(reason interrupted), and their trials ran again.")
+    if summary.running_elsewhere:
+        console.print(f"{summary.running_elsewhere} trial(s) running in another invocation of this study: left to it; "
+                      "run the same command again after it ends to train any it did not finish.")
+    if summary.done_elsewhere:
+        console.print(f"{summary.done_elsewhere} trial(s) were finished by another invocation meanwhile: not trained "
+                      "again.")
+
+
+def _interrupted_exit(reason: str) -> int:
+    from ablate.errors import EXIT_TERMINATED
+
+    return EXIT_TERMINATED if reason == "preempted" else EXIT_INTERRUPTED
+
+
+def _print_next_steps(console, uri: str, study: str, experiment_id: str) -> None:
+    """How to see the runs and the table — for this store, whichever it is."""
+    default = uri == _default_uri()
+    store = "" if default else f" --tracking-uri {shlex.quote(uri)}"
+    ui = "mlflow ui" if default else f"mlflow ui --backend-store-uri {shlex.quote(uri)}"
+    console.print(f"See the runs: {ui}    then open http://127.0.0.1:5000/#/experiments/{experiment_id}/runs")
+    console.print(f"The table:    ablate report --study {shlex.quote(study)}{store}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -275,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.debug = getattr(args, "debug", False)
     args.command_line = "ablate " + " ".join(shlex.quote(a) for a in argv if a != "--debug")
     try:
         return args.func(args)
@@ -283,9 +336,16 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"ablate: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("ablate: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:  # before a run could record anything, or a command that records nothing
+        from ablate.run import Interrupted
+
+        stopped = exc if isinstance(exc, Interrupted) else Interrupted()
+        if args.debug:
+            traceback.print_exc()
+        resume = f"; resume with: {args.command_line}" if args.command == "run" else ""
+        print(f"ablate: {'stopped by SIGTERM' if stopped.exit_code != EXIT_INTERRUPTED else 'interrupted'}{resume}",
+              file=sys.stderr)
+        return stopped.exit_code
     except BrokenPipeError:
         # Output piped into `head` and the like: stop quietly, as Unix tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -1,4 +1,4 @@
-"""User-facing errors: one clear line, exit code 2, no traceback unless --debug."""
+"""User-facing errors: one clear line, a documented exit code, no traceback unless --debug."""
 
 from __future__ import annotations
 
@@ -6,10 +6,22 @@ import difflib
 from collections.abc import Iterable
 
 
-class AblateError(Exception):
-    """Bad input from the user (spec, flags, store): printed as one line, exit code 2."""
+# The exit codes of `ablate` (README "Exit codes"; the CLI's epilog). 1 is only ever "some trial failed".
+EXIT_FAILED_TRIALS, EXIT_BAD_INPUT, EXIT_STORE = 1, 2, 3
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM, as shells report them
 
-    exit_code = 2
+
+class AblateError(Exception):
+    """Bad input from the user (spec, flags, data files): printed as one line, exit code 2."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class StoreError(AblateError):
+    """The tracking store (or the Optuna storage) failed or cannot be used: corrupt, read-only, full, unreachable,
+    not ablate's. Exit code 3, with what to do; nothing it already holds is changed."""
+
+    exit_code = EXIT_STORE
 
 
 class SpecError(AblateError):

@@ -9,7 +9,7 @@ import pytest
 
 from ablate.cli import main
 from ablate.errors import SpecError
-from ablate.spec import LinearModel, MLPModel, load_study, parse_study
+from ablate.spec import LinearModel, MLPModel, load_study, parse_study, study_warnings
 from tests.conftest import REPO, TINY_STUDY
 
 GOOD = """
@@ -101,6 +101,52 @@ def test_bad_value_names_key_path_and_what_is_allowed(old, new, path, needles):
     assert str(error).startswith("bad.toml: ")
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "path", "shown"),
+    [
+        ("hidden = [32]", "hiden = [32]", "stage[2].model.hiden", 'stage[2] ("mlp").model.hiden'),
+        ('kind = "linear"', 'kind = "linaer"', "stage[1].model.kind", 'stage[1] ("linear").model.kind'),
+        ('name = "mlp"', 'name = "mlp"\ndescripton = "x"', "stage[2].descripton", 'stage[2] ("mlp").descripton'),
+        ('name = "mlp"', 'name = "mlp"\nreference = 101', "stage[2].reference", 'stage[2] ("mlp").reference'),
+        ('model = { kind = "linear" }', "", "stage[1].model.kind", 'stage[1] ("linear").model.kind'),
+        ("epochs = 2", "epochs = 0", "train.epochs", "train.epochs"),  # not in a stage: nothing to name
+    ],
+)
+def test_errors_in_a_stage_name_it_and_keep_the_key_path(old, new, path, shown):
+    error = _error(BASE.replace(old, new, 1))
+    assert error.path == path  # the key path as written, for tools
+    assert str(error).startswith(f"bad.toml: {shown}: "), str(error)
+
+
+def test_errors_in_a_grid_stage_name_it():
+    text = '[study]\nname = "g"\ndesign = "grid"\n[model]\nkind = "mlp"\n[grid]\n"model.dropout" = [0.0, 0.5]\n' \
+           '[[stage]]\nname = "narrow"\nmodel = { hidden = [8] }\n[[stage]]\nname = "wide"\nmodel = { hiden = [64] }\n'
+    error = _error(text)
+    assert error.path == "stage[2].model.hiden" and str(error).startswith('bad.toml: stage[2] ("wide").model.hiden: ')
+
+
+SEARCH = (REPO / "studies" / "search.toml").read_text()
+
+
+@pytest.mark.parametrize(("trials", "sampler", "warned"), [(8, "tpe", True), (4, "tpe", True), (9, "tpe", False),
+                                                             (4, "random", True), (4, "qmc", True)])
+def test_search_that_never_leaves_startup_trials_is_warned(trials, sampler, warned):
+    assert "\ntrials = 40\n" in SEARCH and "startup_trials = 8" in SEARCH and 'pruner = "median"' in SEARCH
+    text = SEARCH.replace("\ntrials = 40\n", f"\ntrials = {trials}\n").replace('sampler = "tpe"', f'sampler = "{sampler}"')
+    warnings = study_warnings(parse_study(text, "s.toml"))
+    assert bool(warnings) == warned, warnings
+    if warned:
+        assert warnings[0].startswith(f"s.toml: search.trials: {trials} ≤ search.startup_trials (8)")
+        assert "median pruner never prunes" in warnings[0] and "raise search.trials above 8" in warnings[0]
+        assert ("random search" in warnings[0]) == (sampler == "tpe")
+
+
+def test_search_without_a_pruner_or_startup_is_not_warned():
+    text = SEARCH.replace("\ntrials = 40\n", "\ntrials = 4\n").replace('pruner = "median"', 'pruner = "none"')
+    assert study_warnings(parse_study(text.replace('sampler = "tpe"', 'sampler = "random"'), "s.toml")) == []
+    assert study_warnings(parse_study(GOOD)) == []
+
+
 def test_missing_study_table_and_stages():
     assert _error('[train]\nepochs = 1\n').path == "study"
     assert "at least one [[stage]]" in str(_error('[study]\nname = "x"\n'))
@@ -129,7 +175,7 @@ def test_cli_bad_spec_exits_2_with_one_line_and_no_traceback(write_study):
         assert done.returncode == 2
         assert done.stderr.count("\n") == 1, done.stderr
         assert "Traceback" not in done.stderr
-        assert f"{path}: stage[2].model.hiden: unknown key (did you mean 'hidden'?); model kind 'mlp' allows:" in done.stderr
+        assert f"{path}: stage[2] (\"mlp\").model.hiden: unknown key (did you mean 'hidden'?); model kind 'mlp' allows:" in done.stderr
 
 
 def test_cli_missing_file_and_debug_traceback(tmp_path):

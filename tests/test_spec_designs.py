@@ -211,6 +211,13 @@ def test_bad_ablations_are_rejected(change, path, needle):
     assert info.value.path == path and needle in str(info.value), str(info.value)
 
 
+def test_errors_in_an_arm_name_it_and_keep_the_key_path():
+    with pytest.raises(SpecError) as info:
+        parse_study(ABLATION + '\n[[arm]]\nname = "x"\nmodel = { dropuot = 0.1 }\n', "bad.toml")
+    assert info.value.path == "arm[4].model.dropuot"
+    assert str(info.value).startswith('bad.toml: arm[4] ("x").model.dropuot: unknown key')
+
+
 @pytest.mark.parametrize("name", ["linearity", "classics", "fc-baseline", "cnn8k", "ablations"])
 def test_committed_studies_are_valid(name):
     design = expand_design(load_study(REPO / "studies" / f"{name}.toml"))

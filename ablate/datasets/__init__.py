@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING
 
 from ablate.datasets import _mnist  # noqa: F401  (registers MNIST)
 from ablate.datasets._registry import (
-    DEFAULT, Dataset, default_data_dir, ensure_files, get, names, read_arrays, register, unregister,
+    DEFAULT, Dataset, check_data, default_data_dir, ensure_files, get, names, read_arrays, register, unregister,
 )
 
 if TYPE_CHECKING:
     from ablate.datasets._resident import DeviceData, Split, load
 
-__all__ = ["DEFAULT", "Dataset", "DeviceData", "Split", "default_data_dir", "ensure_files", "get", "load", "names",
+__all__ = ["DEFAULT", "Dataset", "DeviceData", "Split", "check_data", "default_data_dir", "ensure_files", "get", "load", "names",
            "read_arrays", "register", "unregister"]
 
 _RESIDENT = ("load", "DeviceData", "Split")  # the torch side, imported on first use

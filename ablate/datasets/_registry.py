@@ -91,20 +91,54 @@ def find(folder: Path, name: str) -> Path | None:
 
 
 def ensure_files(name: str, root: Path) -> None:
-    """Download the dataset's files if they are missing, or stop with a clear error — before any run is recorded."""
+    """Download the dataset's files if they are missing, or stop with a clear error — before any run is recorded,
+    and leaving no empty folders behind."""
     dataset = get(name)
-    folder = Path(root) / dataset.folder
+    folder = Path(root).resolve() / dataset.folder
     if all(find(folder, file) is not None for file in dataset.files):
         return
+    missing_folders = [f for f in (folder, *folder.parents) if not f.exists()]
     try:
         dataset.download(Path(root))
     except Exception as exc:  # no network, a proxy, a mirror down: all mean the same to the user
+        _remove_empty(missing_folders)
         listed = ", ".join(f"{file}.gz" for file in dataset.files)
         raise AblateError(
             f"{dataset.title} is not in {folder} and could not be downloaded ({type(exc).__name__}: {exc}). "
             f"Put its files {listed} there, or point --data-dir / ABLATE_DATA_DIR at a folder that holds "
             f"{dataset.folder}/."
         ) from exc
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """The folders a failed download created, deepest first, where it left them empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, or not there
+            pass
+
+
+def check_data(name: str, root: Path) -> None:
+    """Read the dataset once and check it, so that a missing, truncated or damaged file is one error naming the
+    file, found before anything is recorded — not one failed run per trial."""
+    import numpy as np
+
+    dataset = get(name)
+    arrays = read_arrays(name, root)
+    folder = Path(root).resolve() / dataset.folder
+    for split, size in (("train", dataset.train_size), ("test", dataset.test_size)):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        problem = None
+        if images.shape[1:] != dataset.shape:
+            problem = f"images of shape {images.shape[1:]}, not {dataset.shape}"
+        elif len(images) != len(labels) or len(images) != size:
+            problem = f"{len(images):,} images and {len(labels):,} labels, not {size:,} of each"
+        elif labels.size and not 0 <= int(np.min(labels)) <= int(np.max(labels)) < dataset.classes:
+            problem = f"labels outside 0…{dataset.classes - 1}"
+        if problem:
+            raise AblateError(f"{dataset.title}'s {split} files in {folder} hold {problem}: replace them with the "
+                              "original files")
 
 
 def read_arrays(name: str, root: Path) -> dict[str, "np.ndarray"]:

@@ -14,9 +14,12 @@ nothing of where a worker runs beyond the Backend protocol.
 
 from ablate.run._backend import Backend
 from ablate.run._dispatch import MAX_LOST_IN_A_ROW, Dispatcher, Ledger, Reporter, RunSummary
-from ablate.run._events import Done, Epoch, Event, Failed, Finished, Killed, Outcome, Ready, Started
+from ablate.run._events import (
+    Done, Epoch, Event, Failed, Finished, Killed, Outcome, Ready, Skipped, Started, StoreFailed,
+)
 from ablate.run._inline import InlineBackend, WorkerDied
 from ablate.run._local import EventChannel, LocalBackend
+from ablate.run._signals import PREEMPTED, Interrupted, hurried, interruptible
 from ablate.run._slots import Slot, cpu_model, hardware, plan_slots, plan_slots_for
 from ablate.run._study import run_search, run_study
 from ablate.run._tasks import Task, task_key, task_trials
@@ -24,8 +27,8 @@ from ablate.run._worker import FAULTS_ENV, Orphaned, Worker, WorkerConfig, class
 
 __all__ = [
     "Backend", "Dispatcher", "Done", "Epoch", "Event", "EventChannel", "FAULTS_ENV", "Failed", "Finished",
-    "InlineBackend", "Killed", "Ledger", "LocalBackend", "MAX_LOST_IN_A_ROW", "Orphaned", "Outcome", "Ready",
-    "Reporter", "RunSummary", "Slot", "Started", "Task", "Worker", "WorkerConfig", "WorkerDied", "classify",
-    "cpu_model", "faults_from_env", "hardware", "plan_slots", "plan_slots_for", "run_search", "run_study", "task_key",
+    "InlineBackend", "Interrupted", "Killed", "Ledger", "LocalBackend", "MAX_LOST_IN_A_ROW", "Orphaned", "Outcome", "PREEMPTED", "Ready",
+    "Reporter", "RunSummary", "Skipped", "Slot", "Started", "StoreFailed", "Task", "Worker", "WorkerConfig", "WorkerDied", "classify",
+    "cpu_model", "faults_from_env", "hardware", "hurried", "interruptible", "plan_slots", "plan_slots_for", "run_search", "run_study", "task_key",
     "task_trials",
 ]

@@ -10,10 +10,15 @@ forever. Ctrl-C stops handing out tasks and ends the running trials KILLED.
 It asks the backend (ablate.run's backend protocol) for nothing but the protocol, and the
 store (a Ledger) for nothing but a run's state and ending a run: it works the same on
 processes, in-process, or on a cluster engine.
+
+A trial another invocation claimed first (see Tracker.claim_trial) comes back Skipped and is
+counted, not trained. A store that fails under a worker (StoreFailed) stops the run as
+Ctrl-C does: nothing more could be recorded.
 """
 
 from __future__ import annotations
 
+import signal
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -21,9 +26,11 @@ from typing import Protocol
 
 from ablate.design import Pack, Trial, pack_trials
 from ablate.run._backend import Backend
-from ablate.run._events import Done, Epoch, Event, Failed, Finished, Killed, Outcome, Ready, Started
+from ablate.run import _signals
+from ablate.run._events import Done, Epoch, Event, Failed, Finished, Killed, Outcome, Ready, Skipped, Started, StoreFailed
 from ablate.run._slots import Slot
 from ablate.run._tasks import Task, task_key, task_trials
+from ablate.errors import StoreError
 from ablate.tracking import ERROR, INTERRUPTED, REASON, WORKER_LOST, RunState
 
 # A slot whose workers keep dying before finishing anything is not worth restarting forever.
@@ -38,6 +45,7 @@ class Reporter(Protocol):
     def epoch(self, trial: Trial, slot: Slot, epoch: int, val_accuracy: float) -> None: ...
     def trial_finished(self, trial: Trial, slot: Slot, outcome: Outcome) -> None: ...
     def trial_failed(self, trial: Trial, slot: Slot, reason: str, error: str) -> None: ...
+    def trial_skipped(self, trial: Trial, elsewhere: str) -> None: ...
 
 
 class Ledger(Protocol):
@@ -57,8 +65,12 @@ class RunSummary:
     finished: list[tuple[Trial, Outcome]] = field(default_factory=list)
     failed: list[tuple[Trial, str, str]] = field(default_factory=list)  # (trial, reason, error)
     recovered: list[dict[str, str]] = field(default_factory=list)  # runs a killed invocation left RUNNING
-    running_elsewhere: int = 0
+    running_elsewhere: int = 0  # trials a live invocation elsewhere trains (seen at start, or lost claims)
+    done_elsewhere: int = 0  # trials another invocation finished while this one ran
     interrupted: bool = False
+    stop_reason: str = INTERRUPTED  # why an interrupted run stopped: interrupted (Ctrl-C) or preempted (SIGTERM)
+    store_error: str | None = None  # the store failed under a worker: its message
+    notes: list[str] = field(default_factory=list)  # what the user should know about this run (printed at its end)
     wall_seconds: float = 0.0
     slots: list[Slot] = field(default_factory=list)
 
@@ -115,9 +127,12 @@ class Dispatcher:
                 if event is not None:
                     self._handle(event)
                 self._check_dead()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             self.summary.interrupted = True
-            self._stop_running()
+            self.summary.stop_reason = _signals.reason_of(exc)
+            self._stop_running(getattr(exc, "signum", signal.SIGINT))
+        except _StoreFailed:
+            self._stop_running(signal.SIGINT)
 
     def close(self) -> None:
         self.backend.shutdown()
@@ -162,6 +177,13 @@ class Dispatcher:
                 self._finished(held.open.pop(trial_hash).trial, held, outcome)
             case Failed(trial_hash=trial_hash) if trial_hash in held.open:
                 self._failed(held.open.pop(trial_hash).trial, held, event.reason, event.error)
+            case Skipped(trial_hash=trial_hash, elsewhere=elsewhere) if trial_hash in held.open:
+                self._skipped(held.open.pop(trial_hash).trial, elsewhere)
+            case StoreFailed(message=message):
+                held.clear()
+                if self.summary.store_error is None:
+                    self.summary.store_error = message
+                    raise _StoreFailed()
             case Done():
                 self._feed(held)
             case Killed():
@@ -175,6 +197,13 @@ class Dispatcher:
     def _failed(self, trial: Trial, held: _Held, reason: str, error: str) -> None:
         self.summary.failed.append((trial, reason, error))
         self.reporter.trial_failed(trial, held.slot, reason, error)
+
+    def _skipped(self, trial: Trial, elsewhere: str) -> None:
+        if elsewhere == "done":
+            self.summary.done_elsewhere += 1
+        else:
+            self.summary.running_elsewhere += 1
+        self.reporter.trial_skipped(trial, elsewhere)
 
     def _drain(self) -> None:
         """What workers said just before one died still counts."""
@@ -238,16 +267,17 @@ class Dispatcher:
         held.clear()
         held.stopped = True
 
-    def _stop_running(self) -> None:
-        """Ctrl-C: hand out nothing more; running trials end as KILLED (by their workers, else here)."""
+    def _stop_running(self, signum: int) -> None:
+        """Ctrl-C, SIGTERM or a failed store: hand out nothing more; running trials end as KILLED (by their workers,
+        else here). A further signal (see ablate.run's signals) stops the waiting, not the recording."""
         self.pending.clear()
-        self.backend.interrupt([h.slot.index for h in self._busy()])
+        self.backend.interrupt([h.slot.index for h in self._busy()], signum)
         deadline = time.monotonic() + 20
         try:
-            while self._busy() and time.monotonic() < deadline:
+            while self._busy() and time.monotonic() < deadline and not _signals.hurried():
                 event = self.backend.next_event(timeout=0.2)
                 if event is not None:
-                    self._handle(event)
+                    self._handle_while_stopping(event)
                 for index in self.backend.dead():
                     self._drain()
                     self._mark_killed(self.held[index])
@@ -259,8 +289,25 @@ class Dispatcher:
             self.backend.terminate(held.slot.index)
             self._mark_killed(held)
 
+    def _handle_while_stopping(self, event: Event) -> None:
+        try:
+            self._handle(event)
+        except _StoreFailed:
+            pass  # already stopping
+
     def _mark_killed(self, held: _Held) -> None:
-        for open_trial in held.open.values():
-            if open_trial.run_id and self.ledger.run_state(open_trial.run_id).status == "RUNNING":
-                self.ledger.finish(open_trial.run_id, "KILLED", error="interrupted (Ctrl-C)", reason=INTERRUPTED)
+        """The runs a worker could not end itself; a store that failed cannot take them either (the next
+        invocation recovers them)."""
+        reason = self.summary.stop_reason
+        error = "interrupted (Ctrl-C)" if reason == INTERRUPTED else "preempted (SIGTERM)"
+        try:
+            for open_trial in held.open.values():
+                if open_trial.run_id and self.ledger.run_state(open_trial.run_id).status == "RUNNING":
+                    self.ledger.finish(open_trial.run_id, "KILLED", error=error, reason=reason)
+        except StoreError:
+            pass
         held.clear()
+
+
+class _StoreFailed(Exception):
+    """A worker reported the store failed: stop this phase (summary.store_error says why)."""

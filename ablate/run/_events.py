@@ -7,7 +7,9 @@ frozen dataclasses of picklable values: they cross a pipe, or a cluster engine's
 A task's events, in order: Started once per trial it trains (a pack starts several, a
 search task one once Optuna gave it a point), Epoch after each epoch of a trial, Finished or
 Failed once per trial, then Done when the worker is free again — or Killed instead of the
-rest when Ctrl-C cut the task short (its runs are already recorded KILLED).
+rest when Ctrl-C cut the task short (its runs are already recorded KILLED). A trial another
+invocation holds (its claim failed) is Skipped instead of Started. StoreFailed replaces Done
+when the tracking store broke under the task: nothing more can be recorded, the run stops.
 """
 
 from __future__ import annotations
@@ -68,6 +70,23 @@ class Failed:
 
 
 @dataclass(frozen=True)
+class Skipped:
+    """The trial is another invocation's: `elsewhere` is "done" (it finished there) or "running"."""
+
+    slot: int
+    task: str
+    trial_hash: str
+    elsewhere: str
+
+
+@dataclass(frozen=True)
+class StoreFailed:
+    slot: int
+    task: str
+    message: str  # the StoreError's: names the store and what to do
+
+
+@dataclass(frozen=True)
 class Killed:
     slot: int
     task: str
@@ -79,4 +98,4 @@ class Done:
     task: str
 
 
-Event = Ready | Started | Epoch | Finished | Failed | Killed | Done
+Event = Ready | Started | Epoch | Finished | Failed | Skipped | StoreFailed | Killed | Done

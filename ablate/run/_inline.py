@@ -110,7 +110,7 @@ class InlineBackend:
     def stop(self, slot: int) -> None:
         self.workers[slot].stopped = True  # it runs what it was handed, then nothing more
 
-    def interrupt(self, slots: list[int]) -> None:
+    def interrupt(self, slots: list[int], signum: int = 2) -> None:
         """Nothing runs between two waits of the dispatcher: Ctrl-C reaches the tasks not yet started, which end
         before they begin."""
         for slot in slots:

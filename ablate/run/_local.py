@@ -27,6 +27,7 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.queues import Queue
 
 from ablate.run._events import Event, Ready
+from ablate.run._signals import raise_on_sigterm
 from ablate.run._slots import Slot
 from ablate.run._tasks import Task
 from ablate.run._worker import Orphaned, Worker, WorkerConfig
@@ -56,6 +57,8 @@ class EventChannel:
 
 def serve(slot: Slot, config: WorkerConfig, tasks: Queue, connection: Connection) -> None:
     """A worker process's life: set up its device once, then run tasks until told to stop or orphaned."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # the worker server ignores Ctrl-C; a worker does not
+    raise_on_sigterm()
     channel = EventChannel(connection)
     worker = Worker(slot, config, channel.put, channel.die)
     try:
@@ -72,7 +75,8 @@ def serve(slot: Slot, config: WorkerConfig, tasks: Queue, connection: Connection
             try:
                 worker.run(task)
             except (KeyboardInterrupt, Orphaned):
-                signal.signal(signal.SIGINT, signal.SIG_IGN)  # recorded: a forwarded second Ctrl-C only stops us early
+                for sig in (signal.SIGINT, signal.SIGTERM):  # recorded: a second signal would only stop us early
+                    signal.signal(sig, signal.SIG_IGN)
                 return
     finally:
         worker.close()
@@ -83,7 +87,21 @@ def _context() -> multiprocessing.context.BaseContext:
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
+    _start_server_deaf_to_ctrl_c()
     return context
+
+
+def _start_server_deaf_to_ctrl_c() -> None:
+    """Start the worker server with Ctrl-C ignored. Ctrl-C reaches every process of the terminal's group; the
+    server, busy importing torch, would print a traceback for it (and die, taking later workers with it). A
+    process started with SIGINT ignored keeps it ignored, so its workers set their own handler (serve)."""
+    from multiprocessing import forkserver
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @dataclass
@@ -147,13 +165,14 @@ class LocalBackend:
             worker.tasks.put(None)
         worker.stopping = True
 
-    def interrupt(self, slots: list[int]) -> None:
-        """Ctrl-C reaches workers through the terminal; a signal sent to the parent alone is passed on."""
+    def interrupt(self, slots: list[int], signum: int = signal.SIGINT) -> None:
+        """Ctrl-C reaches workers through the terminal; a signal sent to the parent alone (`kill`, SIGTERM) is
+        passed on, as the same signal, so that the runs record why they stopped."""
         for slot in slots:
             process = self.workers[slot].process
             if process.is_alive():
                 try:
-                    os.kill(process.pid, signal.SIGINT)
+                    os.kill(process.pid, signum)
                 except ProcessLookupError:
                     pass
 

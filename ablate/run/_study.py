@@ -3,7 +3,10 @@
 The parent creates the experiment and its parent run before any worker starts (concurrent
 first use of a SQLite store races), recovers runs a killed invocation left RUNNING, beats
 the parent run's heartbeat while it works, then dispatches the tasks (ablate.run's
-dispatcher) and closes the parent run with the counts.
+dispatcher) and closes the parent run with the counts — whatever stops it: Ctrl-C or
+SIGTERM end it KILLED, an error FAILED, and a store that failed is said so (StoreError)
+once the workers have stopped. The data is read and checked by the caller before any of
+this (`check_data`), so a bad file is one error, not one failed run per trial.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ablate import datasets
 from ablate.design import Trial, pack_trials, plan_document
+from ablate.errors import StoreError
 from ablate.run._backend import Backend
 from ablate.run._dispatch import Dispatcher, Reporter, RunSummary
 from ablate.run._local import LocalBackend
@@ -38,7 +42,7 @@ def run_study(
 ) -> RunSummary:
     started = time.perf_counter()
     slots = plan_slots_for(execution)
-    for dataset in {t.settings.dataset for t in trials}:  # bad input stops the run before the store is touched
+    for dataset in {t.settings.dataset for t in trials}:  # the CLI checked them whole (check_data); a caller may not
         datasets.ensure_files(dataset, data_dir)
     experiment_id = tracker.experiment(study.name)
     recovered, elsewhere = tracker.recover_stale(experiment_id)
@@ -54,11 +58,10 @@ def run_study(
     invocation = _Invocation.start(study, tracker, experiment_id, len(trials), slots, command, {}, data_dir,
                                    import_paths)
     summary.parent_run_id = invocation.parent_id
-    tracker.log_dict(invocation.parent_id, plan_document(study, trials), PLAN_ARTIFACT)
-    with _dispatching(invocation, backend(slots, invocation.config), tracker, reporter, summary) as dispatcher:
-        dispatcher.run(tasks)
-    summary.wall_seconds = time.perf_counter() - started
-    _close_parent(tracker, summary)
+    with _closing_parent(tracker, summary, started):
+        tracker.log_dict(invocation.parent_id, plan_document(study, trials), PLAN_ARTIFACT)
+        with _dispatching(invocation, backend(slots, invocation.config), tracker, reporter, summary) as dispatcher:
+            dispatcher.run(tasks)
     return summary
 
 
@@ -105,7 +108,33 @@ def _dispatching(invocation: _Invocation, backend: Backend, tracker: Tracker, re
             dispatcher.close()
 
 
-def _close_parent(tracker: Tracker, summary: RunSummary) -> None:
+@contextmanager
+def _closing_parent(tracker: Tracker, summary: RunSummary, started: float) -> Iterator[None]:
+    """The parent run ends however the invocation does: with its counts, KILLED when interrupted before the
+    dispatcher could say so, FAILED on an error. A failed store (a worker's StoreFailed) is raised as StoreError."""
+    try:
+        yield
+    except BaseException as exc:
+        summary.interrupted = summary.interrupted or isinstance(exc, KeyboardInterrupt)
+        summary.wall_seconds = time.perf_counter() - started
+        if not isinstance(exc, StoreError):
+            _close_parent(tracker, summary, None if summary.interrupted else f"{type(exc).__name__}: {exc}")
+        raise
+    summary.wall_seconds = time.perf_counter() - started
+    if summary.store_error is not None:
+        raise StoreError(summary.store_error)
+    _close_parent(tracker, summary)
+
+
+def _close_parent(tracker: Tracker, summary: RunSummary, error: str | None = None) -> None:
+    try:
+        _write_parent_end(tracker, summary, error)
+    except StoreError:
+        if error is None and summary.store_error is None:
+            raise  # the store failed here, not before: that is the news
+
+
+def _write_parent_end(tracker: Tracker, summary: RunSummary, error: str | None) -> None:
     counts = {
         "trials_finished": str(len(summary.finished)),
         "trials_failed": str(len(summary.failed)),
@@ -115,8 +144,9 @@ def _close_parent(tracker: Tracker, summary: RunSummary) -> None:
     }
     for key, value in counts.items():
         tracker.set_tag(summary.parent_run_id, key, value)
-    status = "KILLED" if summary.interrupted else ("FAILED" if summary.failed else "FINISHED")
-    tracker.finish(summary.parent_run_id, status)
+    status = "KILLED" if summary.interrupted else ("FAILED" if summary.failed or error else "FINISHED")
+    reason = summary.stop_reason if summary.interrupted else None
+    tracker.finish(summary.parent_run_id, status, error=error, reason=reason)
 
 
 def _search_trial_alive(tracker: Tracker) -> Callable[[Mapping[str, Any]], bool]:
@@ -143,14 +173,17 @@ def run_search(
     datasets.ensure_files(study.info.dataset, data_dir)
     experiment_id = tracker.experiment(study.name)
     recovered, _ = tracker.recover_stale(experiment_id)
-    optuna_study = search.open_study(spec, storage, study.name, search.trial_epochs(study))  # created before any worker
+    name = search.optuna_name(study)
+    summary_note = _changed_search_note(storage, study.name, name)
+    optuna_study = search.open_study(spec, storage, name, search.trial_epochs(study))  # created before any worker
     search.recover_stale(optuna_study, _search_trial_alive(tracker))
     done = search.finished_count(optuna_study)
     remaining = (spec.settings.trials - done) if spec.settings.trials else 10_000  # a timeout ends an open count
     first = len(optuna_study.trials)
     tasks = [SearchTask(first + i, storage, study.path, study.text) for i in range(max(0, remaining))]
     slots = plan_slots_for(execution)
-    summary = RunSummary(experiment_id, None, total=done + len(tasks), skipped=done, recovered=recovered, slots=slots)
+    summary = RunSummary(experiment_id, None, total=done + len(tasks), skipped=done, recovered=recovered, slots=slots,
+                         notes=summary_note)
     reporter.start(summary.total, done, slots)
     if not tasks:  # the search is complete: only confirm runs may be missing
         _, confirm = search.confirm_trials(study, optuna_study)
@@ -159,27 +192,44 @@ def run_search(
             return summary
     invocation = _Invocation.start(
         study, tracker, experiment_id, summary.total, slots, command,
-        {"optuna_storage": storage, "optuna_study": study.name}, data_dir, import_paths,
+        {"optuna_storage": storage, "optuna_study": name}, data_dir, import_paths,
     )
     summary.parent_run_id = invocation.parent_id
-    arms, confirm = (), []
-    with _dispatching(invocation, backend(slots, invocation.config), tracker, reporter, summary) as dispatcher:
-        dispatcher.run(tasks, timeout=spec.settings.timeout)
-        if not summary.interrupted:  # the confirm phase, on the same workers
-            arms, confirm = search.confirm_trials(study, optuna_study)
-            todo = _unfinished(tracker, experiment_id, confirm)
-            summary.total += len(confirm)
-            summary.skipped += len(confirm) - len(todo)
-            reporter.start(len(confirm), len(confirm) - len(todo), slots)
-            dispatcher.run(pack_trials(todo, execution.pack))
-    if not summary.interrupted:  # an interrupted search has no confirm arms yet: reports keep the previous plan
-        document = plan_document(study, confirm, arms)
-        document["search"] = {"storage": storage, "study": study.name, "objective": spec.settings.objective,
-                              "trials": spec.settings.trials, "confirm_seeds": list(spec.confirm_seeds)}
-        tracker.log_dict(summary.parent_run_id, document, PLAN_ARTIFACT)
-    summary.wall_seconds = time.perf_counter() - started
-    _close_parent(tracker, summary)
+    with _closing_parent(tracker, summary, started):
+        arms, confirm = (), []
+        with _dispatching(invocation, backend(slots, invocation.config), tracker, reporter, summary) as dispatcher:
+            dispatcher.run(tasks, timeout=spec.settings.timeout)
+            if not _stopped(summary):  # the confirm phase, on the same workers
+                arms, confirm = search.confirm_trials(study, optuna_study)
+                todo = _unfinished(tracker, experiment_id, confirm)
+                summary.total += len(confirm)
+                summary.skipped += len(confirm) - len(todo)
+                reporter.start(len(confirm), len(confirm) - len(todo), slots)
+                dispatcher.run(pack_trials(todo, execution.pack))
+        if not _stopped(summary):  # an interrupted search has no confirm arms yet: reports keep the previous plan
+            document = plan_document(study, confirm, arms)
+            document["search"] = {"storage": storage, "study": optuna_study.study_name, "objective":
+                                  spec.settings.objective, "trials": spec.settings.trials,
+                                  "confirm_seeds": list(spec.confirm_seeds)}
+            tracker.log_dict(summary.parent_run_id, document, PLAN_ARTIFACT)
     return summary
+
+
+def _changed_search_note(storage: str, study_name: str, name: str) -> list[str]:
+    """Say so when this search starts afresh because its settings or space changed (see search_identity)."""
+    from ablate import search
+
+    stored = search.stored_searches(storage, study_name)
+    others = {n: count for n, count in stored.items() if n != name}
+    if not others or name in stored:
+        return []
+    listed = ", ".join(f"'{n}' ({count} trials)" for n, count in others.items())
+    return [f"The search's fixed settings or space changed since its last run, so its earlier scores do not rank "
+            f"these configurations: a new Optuna study '{name}' starts; the earlier {listed} is kept, not continued."]
+
+
+def _stopped(summary: RunSummary) -> bool:
+    return summary.interrupted or summary.store_error is not None
 
 
 def _unfinished(tracker: Tracker, experiment_id: str, trials: list[Trial]) -> list[Trial]:

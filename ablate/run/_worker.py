@@ -32,7 +32,9 @@ from typing import TYPE_CHECKING
 
 from ablate import datasets
 from ablate.design import Pack, Trial
-from ablate.run._events import Done, Epoch, Event, Failed, Finished, Killed, Outcome, Started
+from ablate.errors import StoreError
+from ablate.run._events import Done, Epoch, Event, Failed, Finished, Killed, Outcome, Skipped, Started, StoreFailed
+from ablate.run._signals import reason_of
 from ablate.run._slots import Slot
 from ablate.run._tasks import Task, task_key
 from ablate.search import SearchTask
@@ -76,6 +78,14 @@ class Orphaned(Exception):
     """The invocation that started this worker is gone (killed): stop, record the trial as interrupted, exit."""
 
 
+class _Elsewhere(Exception):
+    """The trial's claim failed: another invocation finished it or is training it."""
+
+    def __init__(self, elsewhere: str):
+        super().__init__(elsewhere)
+        self.elsewhere = elsewhere
+
+
 def classify(exc: BaseException) -> str:
     """The `reason` of a failed trial: diverged, oom or error."""
     import torch
@@ -91,17 +101,18 @@ def classify(exc: BaseException) -> str:
 
 @contextmanager
 def _second_ctrl_c_ignored() -> Iterator[None]:
-    """A second Ctrl-C must not cut the recording of the first short. The handler comes back afterwards: an inline
-    worker shares the dispatcher's process. Only a main thread may touch signal handlers (an actor's task may run
-    on another), so elsewhere this does nothing."""
+    """A second Ctrl-C (or SIGTERM) must not cut the recording of the first short. The handlers come back
+    afterwards: an inline worker shares the dispatcher's process. Only a main thread may touch signal handlers (an
+    actor's task may run on another), so elsewhere this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class Worker:
@@ -126,13 +137,19 @@ class Worker:
         self._parent_checked, self._parent_alive = -math.inf, True
 
     def run(self, task: Task) -> None:
-        """Train one task, then emit Done; KeyboardInterrupt and Orphaned end it early (and propagate)."""
-        if isinstance(task, Trial):
-            self._run_trial(task)
-        elif isinstance(task, Pack):
-            self._run_pack(task)
-        else:
-            self._run_search(task)
+        """Train one task, then emit Done; KeyboardInterrupt and Orphaned end it early (and propagate). A store that
+        fails under it ends it with StoreFailed: nothing more can be recorded, so the dispatcher stops the run."""
+        try:
+            if isinstance(task, Trial):
+                self._run_trial(task)
+            elif isinstance(task, Pack):
+                self._run_pack(task)
+            else:
+                self._run_search(task)
+        except StoreError as exc:
+            self.open_runs.clear()
+            self.emit(StoreFailed(self.slot.index, task_key(task), str(exc)))
+            return
         self.emit(Done(self.slot.index, task_key(task)))
 
     def close(self) -> None:
@@ -158,11 +175,17 @@ class Worker:
     def _run_trial(self, trial: Trial) -> None:
         from ablate.engine import train_trial
 
-        run = _TrialRun(self, trial, trial.hash)
+        try:
+            run = _TrialRun(self, trial, trial.hash)
+        except _Elsewhere as lost:
+            self.emit(Skipped(self.slot.index, trial.hash, trial.hash, lost.elsewhere))
+            return
         try:
             result = train_trial(run.settings, self._data(run.settings), self.device, run.epoch)
         except (KeyboardInterrupt, Orphaned) as exc:
             self._interrupted(exc, [run], trial.hash)
+            raise
+        except StoreError:
             raise
         except Exception as exc:
             run.failed(exc, traceback.format_exc())
@@ -175,7 +198,9 @@ class Worker:
         recorded as soon as it ends."""
         from ablate.engine import train_pack
 
-        runs = [_TrialRun(self, t, pack.key, **{PACK: pack.key, PACK_SIZE: str(len(pack.trials))}) for t in pack.trials]
+        runs = self._claim_pack(pack)
+        if not runs:
+            return
         open_runs = dict(enumerate(runs))  # the trials not yet recorded
 
         def on_end(i: int, result: TrialResult | BaseException) -> None:
@@ -192,11 +217,23 @@ class Worker:
         except (KeyboardInterrupt, Orphaned) as exc:
             self._interrupted(exc, list(open_runs.values()), pack.key)
             raise
+        except StoreError:
+            raise
         except Exception as exc:  # the pack failed (out of memory, a bug): each of its trials still open did
             trace = traceback.format_exc()
             for run in list(open_runs.values()):
                 run.failed(exc, trace)
             self._free_memory()
+
+    def _claim_pack(self, pack: Pack) -> list[_TrialRun]:
+        """The pack's trials this worker claimed (the others are another invocation's: Skipped); they train together."""
+        runs = []
+        for trial in pack.trials:
+            try:
+                runs.append(_TrialRun(self, trial, pack.key, **{PACK: pack.key, PACK_SIZE: str(len(pack.trials))}))
+            except _Elsewhere as lost:
+                self.emit(Skipped(self.slot.index, pack.key, trial.hash, lost.elsewhere))
+        return runs
 
     def _run_search(self, task: SearchTask) -> None:
         """Ask the shared Optuna storage for a trial, train it with pruning, tell the storage how it went."""
@@ -224,6 +261,8 @@ class Worker:
             return
         except (KeyboardInterrupt, Orphaned) as exc:
             self._interrupted(exc, [run], task.key, tell=asked.interrupted)  # its point is tried again on resume
+            raise
+        except StoreError:
             raise
         except Exception as exc:
             asked.failed()
@@ -258,7 +297,7 @@ class Worker:
             if tell is not None:
                 tell()
             for run in runs:
-                run.interrupted(killed)
+                run.interrupted(killed, reason_of(exc))
             if killed:
                 self.emit(Killed(self.slot.index, key))
 
@@ -308,8 +347,15 @@ class _TrialRun:
         if self.fault == "nan":  # an infinite learning rate: the loss is NaN within a few steps
             self.settings = replace(self.settings, train=replace(self.settings.train, lr=math.inf))
         slot, config = worker.slot, worker.config
-        self.run_id = self.tracker.start_trial(config.experiment_id, config.parent_run_id, trial,
-                                               {**config.env_tags, **worker.tags, **tags}, role=role)
+        run_tags = {**config.env_tags, **worker.tags, **tags}
+        if self.searched:  # Optuna gave this point to this worker alone
+            self.run_id = self.tracker.start_trial(config.experiment_id, config.parent_run_id, trial, run_tags,
+                                                   role=role)
+        else:
+            claim = self.tracker.claim_trial(config.experiment_id, config.parent_run_id, trial, run_tags)
+            if claim.run_id is None:
+                raise _Elsewhere(claim.elsewhere)
+            self.run_id = claim.run_id
         worker.open_runs.add(self.run_id)
         worker.emit(Started(slot.index, key, trial, self.run_id))
 
@@ -340,13 +386,15 @@ class _TrialRun:
         self._end("FAILED", error=message, reason=reason)
         self.worker.emit(Failed(self.worker.slot.index, self.key, self.trial.hash, reason, message))
 
-    def interrupted(self, killed: bool) -> None:
+    def interrupted(self, killed: bool, reason: str = INTERRUPTED) -> None:
         status = "KILLED" if killed else "FAILED"
         if self.searched:  # as search runs have always recorded it
             error = "interrupted"
+        elif not killed:
+            error = "the ablate run that started this trial is gone"
         else:
-            error = "interrupted (Ctrl-C)" if killed else "the ablate run that started this trial is gone"
-        self._end(status, error=error, reason=INTERRUPTED)
+            error = "interrupted (Ctrl-C)" if reason == INTERRUPTED else "preempted (SIGTERM)"
+        self._end(status, error=error, reason=reason)
 
     def _end(self, status: str, optuna_state: str = "FAIL", **why: str) -> None:
         if self.searched:

@@ -9,6 +9,7 @@ import optuna
 from ablate.design import Trial, trial_for
 from ablate.search._study import best_points, open_study, suggest
 from ablate.search._task import (
+    optuna_name,
     HOST_ATTR, INTERRUPTED_ATTR, PID_ATTR, PID_START_ATTR, POINT_ATTR, RUN_ATTR, SearchTask, trial_epochs,
 )
 from ablate.spec import Stage, Study, parse_study, resolve_point
@@ -66,7 +67,7 @@ def ask(task: SearchTask) -> AskedTrial:
     (on the search's seed)."""
     study = _study_of(task)
     spec = study.search
-    optuna_study = open_study(spec, task.storage, study.name, trial_epochs(study), task.index)
+    optuna_study = open_study(spec, task.storage, optuna_name(study), trial_epochs(study), task.index)
     asked = optuna_study.ask()
     point = suggest(asked, spec.space)
     who = Identity.of_this_process()

@@ -124,3 +124,11 @@ def best_points(study: optuna.Study, k: int) -> list[tuple[optuna.trial.FrozenTr
         if len(best) == k:
             break
     return best
+
+
+def stored_searches(storage: str, study_name: str) -> dict[str, int]:
+    """The Optuna studies of an ablate study in the storage — one per version of its search (optuna_name), earlier
+    ones kept when its settings or space changed — with their trial counts."""
+    opened = open_storage(storage)
+    names = [n for n in optuna.get_all_study_names(opened) if n.split("@")[0] == study_name]
+    return {name: len(optuna.load_study(study_name=name, storage=opened).trials) for name in names}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 
 from ablate.spec import Study, resolve_point
@@ -30,3 +32,29 @@ class SearchTask:
 def trial_epochs(study: Study) -> int:
     """The epochs of a search's trials (its pruner's resource), as the study's fixed settings say."""
     return resolve_point(study, ()).train.epochs
+
+
+def search_identity(study: Study) -> str:
+    """What a search's trials mean, hashed: the fixed settings of every stage it may pick, its space, the seed its
+    trials train on and its objective. Two runs of a study with the same identity continue one Optuna study; a
+    change to any of these (more epochs, another range) makes a new one, since old scores would rank configurations
+    on other terms. The budget (trials, timeout), the sampler, the pruner and the confirm phase are not part of it:
+    changing them continues the search."""
+    from ablate.design import identity, trial_for
+
+    spec = study.search
+    stages = [(("stage", s.name),) for s in study.sources] if len(study.sources) > 1 else [()]
+    seed = spec.seeds[0]
+    document = {
+        "stages": [identity(trial_for(study, resolve_point(study, point), seed).settings) for point in stages],
+        "space": [identity(entry) for entry in spec.space],
+        "objective": spec.settings.objective,
+        "maximize": spec.settings.maximize,
+    }
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:10]
+
+
+def optuna_name(study: Study) -> str:
+    """The Optuna study a search lives in: the study's name and its identity (search_identity)."""
+    return f"{study.name}@{search_identity(study)}"

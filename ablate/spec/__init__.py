@@ -14,6 +14,7 @@ torch-free registry sides only). Never torch, MLflow or Optuna: `ablate plan` an
 
 from ablate.models import CNNModel, ConvBlock, CustomModel, LinearModel, MLPModel, ModelSpec
 from ablate.spec._docs import schema_markdown, schema_rows, schema_tables
+from ablate.spec._arms import naming
 from ablate.spec._grid import format_label
 from ablate.spec._schema import (
     SCHEDULE_KINDS, Augment, ConstantSchedule, CosineSchedule, DataSettings, EarlyStopping, ExecutionSettings,
@@ -21,13 +22,13 @@ from ablate.spec._schema import (
     TrainSettings, TrialSettings, WarmupCosineSchedule,
 )
 from ablate.spec._space import SearchSettings, SearchSpec, SpaceEntry, resolve_point
-from ablate.spec._study import load_study, parse_study
+from ablate.spec._study import load_study, parse_study, study_warnings
 
 __all__ = [
     "Augment", "CNNModel", "ConstantSchedule", "ConvBlock", "CosineSchedule", "CustomModel", "DataSettings",
     "EarlyStopping", "ExecutionSettings", "ExponentialSchedule", "LinearModel", "MLPModel", "ModelSpec",
     "MultiStepSchedule", "OneCycleSchedule", "SCHEDULE_KINDS", "ScheduleSpec", "SearchSettings", "SearchSpec",
     "SpaceEntry", "Stage", "StepSchedule", "Study", "StudyInfo", "TrainSettings", "TrialSettings",
-    "WarmupCosineSchedule", "format_label", "load_study", "parse_study", "resolve_point", "schema_markdown",
-    "schema_rows", "schema_tables",
+    "WarmupCosineSchedule", "format_label", "load_study", "naming", "parse_study", "resolve_point", "schema_markdown",
+    "schema_rows", "schema_tables", "study_warnings",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,19 +27,41 @@ class ArmSource:
     where: str  # 'stage[2]', 'arm[1]', or '' for the top-level settings
 
 
+@contextmanager
+def naming(where: str, name: str) -> Iterator[None]:
+    """Errors inside a stage's or arm's table name it as the user knows it: `stage[4] ("linear-mse").model.kind`.
+
+    Only the message changes: the error's `path` stays the key path (`stage[4].model.kind`), which tools and
+    tests match on.
+    """
+    try:
+        yield
+    except SpecError as exc:
+        if not where or not (exc.path == where or exc.path.startswith((where + ".", where + "["))):
+            raise
+        named = SpecError(exc.file, f'{where} ("{name}"){exc.path[len(where):]}', exc.message)
+        named.path = exc.path  # SpecError has one path for both: keep the key path, show the name
+        raise named from None
+
+
 def _arm_source(raw: Any, index: int, table: str, file: str) -> ArmSource:
     path = f"{table}[{index + 1}]"
     if not isinstance(raw, dict):
         raise SpecError(file, path, f"must be a table ([[{table}]])")
-    for key in raw:
-        if key not in ARM_KEYS:
-            allowed = ", ".join(ARM_KEYS)
-            raise SpecError(file, join_path(path, key), f"unknown key{did_you_mean(key, ARM_KEYS)}; a {table} allows: {allowed}")
-    name = raw.get("name")
+    name = raw.get("name")  # first, so the errors below can name the table
     if name is None:
         raise SpecError(file, join_path(path, "name"), f"is required: every {table} needs a name")
     if not isinstance(name, str) or identifier(name):
         raise SpecError(file, join_path(path, "name"), f"{identifier(str(name))} (got {name!r})")
+    with naming(path, name):
+        return _arm_body(raw, name, path, table, file)
+
+
+def _arm_body(raw: dict, name: str, path: str, table: str, file: str) -> ArmSource:
+    for key in raw:
+        if key not in ARM_KEYS:
+            allowed = ", ".join(ARM_KEYS)
+            raise SpecError(file, join_path(path, key), f"unknown key{did_you_mean(key, ARM_KEYS)}; a {table} allows: {allowed}")
     description = raw.get("description", "")
     if not isinstance(description, str):
         raise SpecError(file, join_path(path, "description"), f"must be a string, not {description!r}")

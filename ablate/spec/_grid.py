@@ -9,7 +9,7 @@ from typing import Any
 
 from ablate import datasets
 from ablate.errors import SpecError, did_you_mean
-from ablate.spec._arms import ArmSource
+from ablate.spec._arms import ArmSource, naming
 from ablate.spec._schema import Stage, StudyInfo
 from ablate.spec._validate import KINDED, SETTING_TABLES, Context, Layer, resolve, written
 
@@ -155,7 +155,8 @@ def expand_grid(
         for point in points:
             ctx = Context(file, lenient=True)
             layers = [top, (source.layer, written(source.where)), (axis_layer(point), shown)]
-            data, model, train = resolve(layers, ctx, source.where or "grid", datasets.get(info.dataset))
+            with naming(source.where, source.name):
+                data, model, train = resolve(layers, ctx, source.where or "grid", datasets.get(info.dataset))
             live = []  # the axes that mean something at this point; the others are left out of its name
             for path, value in point:
                 reasons = [why for dropped, why in ctx.dropped if owning_axis(dropped, paths) == path]

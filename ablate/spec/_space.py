@@ -79,6 +79,24 @@ class SearchSpec:
 
 SEARCH_KEYS = tuple(f.name for f in fields(SearchSettings)) + ("space",)
 RANGE_KEYS = ("low", "high", "log", "step", "when")
+STARTUP_SAMPLERS = ("tpe", "cmaes", "gp")  # sample at random for their first `startup_trials` trials
+STARTUP_PRUNERS = ("median", "percentile")  # prune nothing in their first `startup_trials` trials
+
+
+def search_warnings(settings: SearchSettings) -> list[str]:
+    """'key path: message' for each setting that is valid but leaves the search doing less than it says."""
+    trials, startup = settings.trials, settings.startup_trials
+    if trials is None or trials > startup:
+        return []
+    idle = []
+    if settings.sampler in STARTUP_SAMPLERS:
+        idle.append(f"the {settings.sampler} sampler samples at random for the first {startup} trials, so this is a random search")
+    if settings.pruner in STARTUP_PRUNERS:
+        idle.append(f"the {settings.pruner} pruner never prunes")
+    if not idle:
+        return []
+    return [f"search.trials: {trials} ≤ search.startup_trials ({startup}): {' and '.join(idle)}; "
+            f"raise search.trials above {startup} or lower search.startup_trials"]
 
 
 def _field_type(path: str) -> Any:

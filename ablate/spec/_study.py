@@ -8,10 +8,10 @@ from pathlib import Path
 
 from ablate import datasets
 from ablate.errors import SpecError, did_you_mean
-from ablate.spec._arms import TOP_KEYS, arm_sources
+from ablate.spec._arms import TOP_KEYS, arm_sources, naming
 from ablate.spec._grid import expand_grid, parse_grid
 from ablate.spec._schema import ExecutionSettings, Stage, Study, StudyInfo
-from ablate.spec._space import check_space_resolves, parse_search
+from ablate.spec._space import check_space_resolves, parse_search, search_warnings
 from ablate.spec._validate import SETTING_TABLES, Context, Layer, build, check_table, coerce, resolve, written
 
 
@@ -54,8 +54,8 @@ def parse_study(text: str, file: str = "<study>") -> Study:
                      axes=tuple(p for p, _ in grid.axes), excluded=excluded, execution=execution)
     stages: list[Stage] = []
     for index, source in enumerate(sources):
-        ctx = Context(file)
-        data, model, train = resolve([top, (source.layer, written(source.where))], ctx, source.where or "baseline", dataset)
+        with naming(source.where, source.name):
+            data, model, train = resolve([top, (source.layer, written(source.where))], Context(file), source.where or "baseline", dataset)
         compare_to = (index - 1 if info.design == "ladder" else 0) if index else None
         stages.append(Stage(name=source.name, description=source.description, reference=source.reference,
                             index=index, data=data, model=model, train=train, compare_to=compare_to,
@@ -70,6 +70,13 @@ def _check_baseline(info: StudyInfo, stages: list[Stage], file: str) -> None:
         what = "a grid point's name (see `ablate plan`)" if info.design == "grid" else "a stage's name"
         raise SpecError(file, "study.baseline", f"{info.baseline!r} is not {what}{did_you_mean(info.baseline, names)}; "
                         f"one of: {', '.join(names[:8])}{' …' if len(names) > 8 else ''}")
+
+
+def study_warnings(study: Study) -> list[str]:
+    """'file: key path: message' for each setting that is valid but probably not what was meant (a search that
+    never leaves its random start-up trials); `ablate plan` and `ablate run` print them, neither refuses."""
+    found = search_warnings(study.search.settings) if study.search is not None else []
+    return [f"{study.path}: {warning}" for warning in found]
 
 
 def load_study(path: str | Path) -> Study:

@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING
 from ablate.tracking._liveness import (
     BEAT_SECONDS, STALE_AFTER, Heartbeat, Identity, alive, beat_is_fresh, heartbeat_tags, process_start,
 )
-from ablate.tracking._store import RunState, trial_statuses
+from ablate.tracking._store import (
+    RunState, check_store, default_uri, store_is_new, store_label, trial_statuses,
+)
 from ablate.tracking._tags import (
     ARCHITECTURE, CHANGES, DEVICE, DIVERGED, ERROR, EXPERIMENT_TAG, FAILED_ERROR, HEARTBEAT, HEARTBEAT_EVERY, HOST,
     INTERRUPTED, OOM, OUTPUTS_ARTIFACT, PACK, PACK_SIZE, PID, PID_START, PLAN_ARTIFACT, REASON, ROLE, SEED, STAGE,
@@ -25,17 +27,17 @@ from ablate.tracking._tags import (
 )
 
 if TYPE_CHECKING:
-    from ablate.tracking._tracker import Tracker, environment_tags, read_plan
+    from ablate.tracking._tracker import Claim, Tracker, environment_tags, read_plan
 
 __all__ = [
-    "ARCHITECTURE", "BEAT_SECONDS", "CHANGES", "DEVICE", "DIVERGED", "ERROR", "EXPERIMENT_TAG", "FAILED_ERROR",
+    "ARCHITECTURE", "Claim", "BEAT_SECONDS", "CHANGES", "DEVICE", "DIVERGED", "ERROR", "EXPERIMENT_TAG", "FAILED_ERROR",
     "HEARTBEAT", "HEARTBEAT_EVERY", "HOST", "Heartbeat", "INTERRUPTED", "Identity", "OOM", "OUTPUTS_ARTIFACT", "PACK",
     "PACK_SIZE", "PID", "PID_START", "PLAN_ARTIFACT", "REASON", "ROLE", "RunState", "SEED", "STAGE", "STAGE_INDEX",
-    "STALE_AFTER", "STUDY", "TRIAL_HASH", "Tracker", "WORKER", "WORKER_LOST", "alive", "beat_is_fresh",
+    "STALE_AFTER", "STUDY", "TRIAL_HASH", "Tracker", "check_store", "default_uri", "store_is_new", "store_label", "WORKER", "WORKER_LOST", "alive", "beat_is_fresh",
     "environment_tags", "heartbeat_tags", "process_start", "read_plan", "sqlite_path", "trial_statuses",
 ]
 
-_MLFLOW_SIDE = ("Tracker", "environment_tags", "read_plan")
+_MLFLOW_SIDE = ("Claim", "Tracker", "environment_tags", "read_plan")
 
 
 def __getattr__(name: str):

@@ -1,17 +1,93 @@
-"""What the tracking store already holds for a study, read without importing MLflow.
+"""The tracking store before MLflow opens it, and what it already holds for a study — read without MLflow.
 
 `ablate plan` shows each trial's status against the store and must stay fast, so for the
 default SQLite store it reads MLflow's tables directly (read-only); other stores go through
-MLflow's client.
+MLflow's client. `check_store` finds, before anything is created or MLflow is imported,
+every problem a SQLite store can have that would otherwise surface as a traceback halfway
+through a study: a directory, a missing folder, a read-only file, a file that is not an
+SQLite database, a store whose first-use setup was cut short.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from ablate.errors import StoreError
 from ablate.tracking._tags import ROLE, TRIAL_HASH, sqlite_path
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+URI_SPECIAL = set("?#%")  # characters that a sqlite:/// URI would read as a query, a fragment or an escape
+
+
+def default_uri(folder: Path | None = None) -> str:
+    """The default store: mlflow.db in `folder` (the current one). A folder whose path holds URI-special
+    characters gets the relative form (`sqlite:///mlflow.db`, what `mlflow ui` opens by default): SQLAlchemy and
+    MLflow would each read an escaped absolute path differently."""
+    folder = Path.cwd() if folder is None else folder
+    path = folder.resolve() / "mlflow.db"
+    if URI_SPECIAL & set(str(path)) and folder.resolve() == Path.cwd().resolve():
+        return "sqlite:///mlflow.db"
+    return f"sqlite:///{path}"
+
+
+def store_label(uri: str) -> str:
+    """The store as a person reads it: an absolute file for SQLite (which folder matters), else the URI."""
+    path = sqlite_path(uri)
+    return str(path.resolve()) if path is not None else uri
+
+
+def store_is_new(uri: str) -> bool:
+    """A SQLite store that does not exist yet (the first `ablate run` creates it)."""
+    path = sqlite_path(uri)
+    return path is not None and not path.exists()
+
+
+def check_store(uri: str, write: bool) -> None:
+    """Stop, before anything is created, on a SQLite store that cannot work (see the module docstring).
+    `write`: the caller records runs (a read-only store is fine for plan and report). Other stores are
+    checked when MLflow opens them (ablate.tracking's open_tracker)."""
+    path = sqlite_path(uri)
+    if path is None:
+        return
+    where = store_label(uri)
+    if path.is_dir():
+        raise StoreError(f"tracking store {where} is a folder, not an MLflow database: pass "
+                         f"--tracking-uri sqlite:///{path.resolve() / 'mlflow.db'} (a file inside it), or move it away")
+    if not path.exists():
+        if not path.resolve().parent.is_dir():
+            raise StoreError(f"tracking store {where}: its folder {path.resolve().parent} does not exist; create it "
+                             "or pass another --tracking-uri")
+        if write and not os.access(path.resolve().parent, os.W_OK):
+            raise StoreError(f"tracking store {where} cannot be created: {path.resolve().parent} is read-only; run "
+                             "from a writable folder or pass --tracking-uri sqlite:////a/writable/folder/mlflow.db")
+        return
+    _check_sqlite_file(path, where)
+    if write and not (os.access(path, os.W_OK) and os.access(path.resolve().parent, os.W_OK)):
+        raise StoreError(f"tracking store {where} is read-only (SQLite also needs to write beside it, in "
+                         f"{path.resolve().parent}): make both writable, or copy the store to a writable folder and "
+                         "pass --tracking-uri")
+
+
+def _check_sqlite_file(path: Path, where: str) -> None:
+    with open(path, "rb") as file:
+        header = file.read(len(SQLITE_HEADER))
+    if header and header != SQLITE_HEADER:
+        raise StoreError(f"tracking store {where} is not an SQLite database (a damaged or foreign file): move it "
+                         "away to start a new store, or pass --tracking-uri with the right one; ablate did not "
+                         "touch it")
+    try:
+        with sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True) as connection:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            revision = "alembic_version" in tables
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"tracking store {where} is damaged ({exc}): restore it from a backup, or move it away to "
+                         "start a new store; ablate did not touch it") from exc
+    if tables and "experiments" not in tables and not revision:  # (a store being set up has both early on)
+        raise StoreError(f"tracking store {where} is an SQLite database but not an MLflow store (another program's): "
+                         "pass --tracking-uri with another file; ablate did not touch it")
 
 
 @dataclass(frozen=True)
@@ -29,6 +105,7 @@ def trial_statuses(uri: str, study: str) -> dict[str, str] | None:
     if path is not None:
         if not path.exists():
             return None
+        check_store(uri, write=False)  # a damaged store is said so, not shown as "every trial to do"
         rows = _sqlite_rows(path, study)
     else:
         rows = _client_rows(uri, study)
@@ -47,11 +124,10 @@ def _sqlite_rows(path: Path, study: str) -> list[tuple[str, str]]:
         WHERE e.name = ? AND r.lifecycle_stage = 'active'
         ORDER BY r.start_time
     """
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
-            return connection.execute(query, (TRIAL_HASH, study)).fetchall()
-    except sqlite3.DatabaseError:  # not (yet) an MLflow store: nothing recorded
-        return []
+    with sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True) as connection:
+        if not connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs'").fetchall():
+            return []  # an empty file: nothing recorded yet
+        return connection.execute(query, (TRIAL_HASH, study)).fetchall()
 
 
 def _client_rows(uri: str, study: str) -> list[tuple[str, str]]:

@@ -7,7 +7,7 @@ written by an earlier version must still be read.
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 # Tags of every run.
 STUDY, ROLE, STAGE, STAGE_INDEX, SEED, TRIAL_HASH = "study", "role", "stage", "stage_index", "seed", "trial_hash"
@@ -25,8 +25,9 @@ FAILED_ERROR, DIVERGED, OOM, WORKER_LOST, INTERRUPTED = "error", "diverged", "oo
 
 
 def sqlite_path(uri: str) -> Path | None:
-    """The database file of a sqlite:// URI (sqlite:////abs/db → /abs/db; sqlite:///rel.db → rel.db), else None."""
+    """The database file of a sqlite:// URI (sqlite:////abs/db → /abs/db; sqlite:///rel.db → rel.db), else None.
+    Percent-escapes are decoded, as SQLAlchemy decodes them."""
     parsed = urlparse(uri)
     if parsed.scheme == "sqlite" and parsed.path not in ("", "/:memory:"):
-        return Path(parsed.path[1:])
+        return Path(unquote(parsed.path[1:]))
     return None

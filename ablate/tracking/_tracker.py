@@ -8,13 +8,17 @@ same code works from worker processes and against a remote tracking server.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import platform
+import random
+import re
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
@@ -24,8 +28,10 @@ from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, ML
 
 import ablate
 from ablate.design import Trial
+from ablate.errors import StoreError
 from ablate.tracking._liveness import Identity, alive, heartbeat_tags
-from ablate.tracking._store import RunState
+from ablate.tracking._open import GuardedClient, open_client
+from ablate.tracking._store import RunState, store_label
 from ablate.tracking._tags import (
     ARCHITECTURE, CHANGES, ERROR, EXPERIMENT_TAG, HEARTBEAT, HOST, INTERRUPTED, PID, PLAN_ARTIFACT, REASON, ROLE, SEED,
     STAGE, STAGE_INDEX, STUDY, TRIAL_HASH, sqlite_path,
@@ -41,6 +47,27 @@ def _artifact_root(uri: str) -> str | None:
     """Keep artifacts beside a local SQLite store (mlartifacts/), not in whatever folder we run from."""
     database = sqlite_path(uri)
     return (database.resolve().parent / "mlartifacts").as_uri() if database else None
+
+
+def artifact_folder(study: str) -> str:
+    """The study's artifact folder name: the study name when it makes a short, plain file name, else a plain
+    prefix of it and a hash of the whole (a name too long for the file system, or one with a '/', must not crash
+    the run)."""
+    plain = re.sub(r"[^A-Za-z0-9._-]+", "-", study).strip("-.") or "study"
+    if plain == study and len(study) <= 100:
+        return study
+    return f"{plain[:80]}-{hashlib.sha256(study.encode()).hexdigest()[:10]}"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The outcome of claiming a trial (Tracker.claim_trial): the run to train it in, or why another has it."""
+
+    run_id: str | None  # the claimant's RUNNING run, None when the trial is another's
+    elsewhere: str = ""  # "done" (a FINISHED run exists) or "running" (a live invocation trains it)
+
+
+CLAIM_ATTEMPTS = 8  # rounds of a claim contested by another claimant at the same moment, each after a random pause
 
 
 def git_commit(folder: Path) -> str | None:
@@ -60,20 +87,32 @@ def git_commit(folder: Path) -> str | None:
 class Tracker:
     def __init__(self, uri: str):
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
+        self.client: MlflowClient = GuardedClient(open_client(uri), uri)  # type: ignore[assignment]
 
     # -- experiments -----------------------------------------------------------------
 
     def experiment(self, study: str) -> str:
-        """The study's experiment id, created if needed (by the parent, before any worker starts)."""
+        """The study's experiment id, created if needed (by the parent, before any worker starts). Two invocations
+        creating it at once both get the one that won; an experiment of that name that ablate did not make is
+        refused (its runs are not a study's, and the report would never show ours)."""
         found = self.client.get_experiment_by_name(study)
-        if found is not None:
-            if found.lifecycle_stage == "deleted":
-                self.client.restore_experiment(found.experiment_id)
-            return found.experiment_id
-        root = _artifact_root(self.uri)
-        location = f"{root}/{study}" if root else None
-        return self.client.create_experiment(study, artifact_location=location, tags={EXPERIMENT_TAG: study})
+        if found is None:
+            root = _artifact_root(self.uri)
+            location = f"{root}/{artifact_folder(study)}" if root else None
+            try:
+                return self.client.create_experiment(study, artifact_location=location, tags={EXPERIMENT_TAG: study})
+            except MlflowException:
+                found = self.client.get_experiment_by_name(study)  # created by another invocation meanwhile
+                if found is None:
+                    raise
+        if found.tags.get(EXPERIMENT_TAG) != study:
+            raise StoreError(
+                f"tracking store {store_label(self.uri)} already holds an MLflow experiment named '{study}' that "
+                "ablate did not create: rename the study ([study] name) or use another store (--tracking-uri); "
+                "that experiment was not touched")
+        if found.lifecycle_stage == "deleted":
+            self.client.restore_experiment(found.experiment_id)
+        return found.experiment_id
 
     def finished_hashes(self, experiment_id: str) -> set[str]:
         """Hashes of trials with a FINISHED run: the work resume must not repeat."""
@@ -123,6 +162,50 @@ class Tracker:
         params = [Param(k, v) for k, v in trial.params().items()]
         self.client.log_batch(run.info.run_id, params=params)
         return run.info.run_id
+
+    def claim_trial(self, experiment_id: str, parent_id: str, trial: Trial, env_tags: dict[str, str]) -> Claim:
+        """Claim a trial before training it, so that it trains once however many invocations run its study.
+
+        The claim is the trial's RUNNING run itself, carrying the claimant's invocation (its parent run) and
+        heartbeat. A claimant creates its run, then looks for a rival — another run of the trial that is
+        FINISHED, or RUNNING under a live process and invocation (a dead one is taken over, marked FAILED):
+        - no rival: the claim holds. Any later claimant creates its run after this one exists, so it sees this
+          one and backs off — of two claimants, at most one finds no rival;
+        - a rival: it deletes its run (the claim never happened), and either yields (the rival FINISHED, or is
+          still there after a random pause: it won) or, when the rival backed off too, tries again.
+        Only reads and writes of single runs are used, through any MLflow store (SQLite, a tracking server
+        over a shared database), so the protocol holds across machines as it does across processes.
+        """
+        rival = None
+        for _ in range(CLAIM_ATTEMPTS):
+            rival = self._rival(experiment_id, trial.hash, mine=None)
+            if rival is None:
+                run_id = self.start_trial(experiment_id, parent_id, trial, env_tags)
+                rival = self._rival(experiment_id, trial.hash, mine=run_id)
+                if rival is None:
+                    return Claim(run_id)
+                self.client.delete_run(run_id)
+            if rival.info.status == "FINISHED":
+                return Claim(None, "done")
+            time.sleep(random.uniform(0.05, 0.5))
+            if self._rival(experiment_id, trial.hash, mine=None) is not None:
+                return Claim(None, "running")
+        return Claim(None, "done" if rival is not None and rival.info.status == "FINISHED" else "running")
+
+    def _rival(self, experiment_id: str, trial_hash: str, mine: str | None):
+        """Another run of the trial that stands in the way of a claim (see claim_trial); a dead claim found on the
+        way is ended FAILED (interrupted) so that nobody waits on it."""
+        runs = self.search(experiment_id, f"tags.{ROLE} = 'trial' and tags.{TRIAL_HASH} = '{trial_hash}'")
+        for run in sorted(runs, key=lambda r: r.info.status != "FINISHED"):
+            if run.info.run_id == mine or run.info.status not in ("FINISHED", "RUNNING"):
+                continue
+            if run.info.status == "FINISHED" or self.run_alive(run.info.run_id):
+                return run
+            tags = run.data.tags
+            self.finish(run.info.run_id, "FAILED", reason=INTERRUPTED,
+                        error=f"claimed by an ablate run that is gone (pid {tags.get(PID, '?')} on "
+                              f"{tags.get(HOST, '?')}); taken over")
+        return None
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)

@@ -1,0 +1,201 @@
+"""Opening the MLflow store, and turning its failures into one clear message (StoreError, exit 3).
+
+Three things go wrong with a store in practice, and each used to end in a raw traceback:
+- First use races. MLflow creates and migrates a new SQLite store's tables the first time a
+  client opens it, with no lock: two processes opening one new file at once (a second
+  `ablate run`, `mlflow ui`, a notebook) collide ("table _alembic_tmp_experiments already
+  exists"), and a first use cut short (Ctrl-C, a full disk) leaves a half-built store. ablate
+  builds a new store in a private file and links it into place only when complete (link, not
+  rename: an existing store is never replaced), and retries an open that met someone else's
+  migration halfway until it is done.
+- The store breaks mid-study: a full disk, a read-only file, a server that went away. Every
+  MLflow call goes through `GuardedClient`, which raises StoreError naming the store and what
+  to do; the worker stops on it rather than dying and being restarted.
+- The server is unreachable: MLflow retries an HTTP request for minutes by default; the
+  first probe of a server store fails fast instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from ablate.errors import StoreError
+from ablate.tracking._store import store_label
+from ablate.tracking._tags import sqlite_path
+
+RACE_SECONDS = 60.0  # how long an open waits for another process's first-use migration to finish
+QUIET_SECONDS = 15.0  # a store being set up is written to at least this often, even on a busy machine
+_RACE_SIGNS = ("already exists", "duplicate column", "out-of-date database schema", "database is locked",
+               "no such table", "alembic_version")
+
+
+def open_client(uri: str) -> MlflowClient:
+    """A client on the store, created complete if new; StoreError when it cannot be used."""
+    path = sqlite_path(uri)
+    with guarded(uri):
+        if path is not None and not path.exists():
+            _create_sqlite_store(path)
+        elif path is not None:
+            _wait_for_another_setup(path)
+        if uri.startswith(("http://", "https://")):
+            _probe_server(uri)
+        return _open_waiting_out_races(uri)
+
+
+def _create_sqlite_store(path: Path) -> None:
+    """Build a new store's tables in a private file, then link it into place: the store appears complete or not
+    at all, and one that appeared meanwhile (another process won) is kept."""
+    import sqlalchemy
+    from mlflow.store.db.utils import _initialize_tables  # what `mlflow db upgrade` and first use run
+
+    private = path.resolve().parent / f".{path.name}.{os.getpid()}.creating"
+    engine = sqlalchemy.create_engine(sqlalchemy.engine.URL.create("sqlite", database=str(private)))
+    try:
+        _initialize_tables(engine)
+        engine.dispose()
+        with contextlib.suppress(FileExistsError):
+            os.link(private, path)
+    finally:
+        engine.dispose()
+        with contextlib.suppress(FileNotFoundError):
+            private.unlink()
+
+
+def _wait_for_another_setup(path: Path) -> None:
+    """Another program (`mlflow ui`, a notebook) may be setting up this store right now: opening it meanwhile would
+    run a second setup beside its own, and make *it* fail. Wait while the store is incomplete and being written."""
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    head = _get_latest_schema_revision()
+    deadline = time.monotonic() + RACE_SECONDS
+    while _revision(path) != head and time.monotonic() < deadline:
+        try:
+            if time.time() - path.stat().st_mtime > QUIET_SECONDS:
+                return  # nobody is writing it: an older MLflow's store, or a setup that was cut short
+        except FileNotFoundError:
+            return
+        time.sleep(0.2)
+
+
+def _revision(path: Path) -> str | None:
+    """The store's schema revision, read without MLflow; None when it has none (yet)."""
+    try:
+        with sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True) as connection:
+            rows = connection.execute("SELECT version_num FROM alembic_version").fetchall()
+    except sqlite3.Error:
+        return None
+    return rows[0][0] if rows else None
+
+
+def _open_waiting_out_races(uri: str) -> MlflowClient:
+    deadline = time.monotonic() + RACE_SECONDS
+    while True:
+        try:
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)
+            return client
+        except Exception as exc:  # noqa: BLE001 — sorted below: a race is waited out, anything else is raised
+            if not _is_race(exc):
+                raise
+            if time.monotonic() > deadline:
+                raise StoreError(f"tracking store {store_label(uri)} is only half set up (MLflow's first-use setup "
+                                 "was cut short, or another program keeps changing it): move it away to start a new "
+                                 "store; ablate did not touch it") from exc
+            time.sleep(0.5)
+
+
+def _is_race(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(sign in text for sign in _RACE_SIGNS)
+
+
+def _probe_server(uri: str) -> None:
+    """One quick request: an unreachable server is said so in seconds, not after MLflow's minutes of retries."""
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=10)
+    except requests.RequestException as exc:
+        raise StoreError(f"cannot reach the tracking server {uri} ({type(exc).__name__}): start it (mlflow server "
+                         "--host … --port …) or check --tracking-uri; nothing was recorded") from exc
+
+
+# -- failures -------------------------------------------------------------------------
+
+def store_failure(exc: BaseException, uri: str) -> StoreError | None:
+    """The StoreError a failed store call means, or None when the error is not the store's (a missing run, …)."""
+    if isinstance(exc, StoreError):
+        return exc
+    where = store_label(uri)
+    text = str(exc).lower()
+    code = getattr(exc, "errno", None)
+    if code == errno.ENOSPC or "disk is full" in text or "no space left" in text:
+        return StoreError(f"the disk holding the tracking store {where} is full: free some space and run the same "
+                          "command again; what is recorded is kept, the trials in flight are retried")
+    if code in (errno.EROFS, errno.EACCES) or "readonly database" in text or "read-only" in text:
+        return StoreError(f"tracking store {where} became read-only: make it (and its folder) writable and run the "
+                          "same command again")
+    if "file is not a database" in text or "malformed" in text:
+        return StoreError(f"tracking store {where} is damaged ({exc}): restore it from a backup, or move it away to "
+                          "start a new one")
+    if "out-of-date database schema" in text:
+        return StoreError(f"tracking store {where} was written by an older MLflow: back it up, then run "
+                          f"`mlflow db upgrade {uri}`")
+    if _unreachable(exc):
+        return StoreError(f"the tracking server {where} stopped answering ({type(exc).__name__}): check it and run "
+                          "the same command again to resume")
+    if isinstance(exc, OSError) or (isinstance(exc, MlflowException) and exc.error_code in (
+            "TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR")):
+        return StoreError(f"the tracking store {where} failed: {str(exc).splitlines()[0][:300]}")
+    return None
+
+
+def _unreachable(exc: BaseException) -> bool:
+    try:
+        import requests
+    except ImportError:
+        return False
+    text = str(exc)
+    return isinstance(exc, requests.RequestException) or "Max retries exceeded" in text or "API request to" in text
+
+
+@contextlib.contextmanager
+def guarded(uri: str) -> Iterator[None]:
+    """Store failures raised inside become StoreError (see store_failure); everything else passes unchanged."""
+    try:
+        yield
+    except Exception as exc:
+        failure = store_failure(exc, uri)
+        if failure is None or failure is exc:
+            raise
+        raise failure from exc
+
+
+class GuardedClient:
+    """An MlflowClient whose every method raises StoreError for a store failure (see store_failure)."""
+
+    def __init__(self, client: MlflowClient, uri: str):
+        self._client, self._uri = client, uri
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+        return self._guard(attribute)
+
+    def _guard(self, method: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with guarded(self._uri):
+                return method(*args, **kwargs)
+
+        return call
