@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("study", metavar="STUDY.toml", help="the study file")
     plan.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
+    plan.add_argument("--storage", default=None, metavar="URL|FILE",
+                      help="search studies: the Optuna storage to read (default: optuna-journal.log beside the store)")
     plan.set_defaults(func=cmd_plan)
 
     report = commands.add_parser(
@@ -150,22 +152,54 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     study = load_study(args.study)
     _make_factories_importable(study.path)
+    uri = args.tracking_uri or _default_uri()
     if study.search is not None:  # a search has no fixed trial list: its space, budget and confirm phase
+        held = _search_held(study, uri, args.storage)
         if args.format == "json":
             rows, summary = console.search_plan(study)
-            document = {"study": study.name, "design": "search", "space": rows, "summary": summary}
+            document = {"study": study.name, "design": "search", "space": rows, "summary": summary, "store": held}
             print(json.dumps(document, indent=2, default=str))
         else:
             console.print_search_plan(study)
+            _print_search_held(held)
         return 0
     design = expand_design(study)
-    uri = args.tracking_uri or _default_uri()
     statuses = trial_statuses(uri, study.name)
     if args.format == "json":
         print(json.dumps(console.plan_json(study, design, statuses), indent=2))
     else:
         console.print_plan(study, design, statuses, uri)
     return 0
+
+
+def _search_held(study, uri: str, storage: str | None) -> dict:
+    """What the stores hold of a search: its Optuna study's trials by state, earlier versions, finished confirm runs."""
+    from ablate import search
+    from ablate.tracking import store_label, trial_statuses
+
+    storage = storage or search.default_storage(uri)
+    name = search.optuna_name(study)
+    progress = search.search_progress(storage, study.name, name)
+    states, earlier = progress if progress is not None else ({}, {})
+    statuses = trial_statuses(uri, study.name) or {}
+    return {"tracking_store": store_label(uri), "optuna_storage": storage, "optuna_study": name, "trials": states,
+            "trials_budget": study.search.settings.trials, "earlier_versions": earlier,
+            "finished_trial_runs": sum(1 for status in statuses.values() if status == "done")}
+
+
+def _print_search_held(held: dict) -> None:
+    states, budget = held["trials"], held["trials_budget"]
+    if not states:
+        print(f"store: no trials yet; a run starts Optuna study '{held['optuna_study']}' in {held['optuna_storage']}")
+    else:
+        done = sum(count for state, count in states.items() if state in ("complete", "pruned"))
+        listed = ", ".join(f"{count} {state}" for state, count in sorted(states.items()))
+        print(f"store: Optuna study '{held['optuna_study']}' in {held['optuna_storage']}: {done} of "
+              f"{budget or 'open-ended'} trials done ({listed}); {held['finished_trial_runs']} confirm runs finished "
+              f"in {held['tracking_store']}")
+    for name, count in held["earlier_versions"].items():
+        print(f"       earlier version '{name}' ({count} trials): the search's settings or space changed since; kept, "
+              "not continued")
 
 
 def _make_factories_importable(study_path: str) -> tuple[str, ...]:
@@ -288,7 +322,9 @@ def _print_next_steps(console, uri: str, study: str, experiment_id: str) -> None
     default = uri == _default_uri()
     store = "" if default else f" --tracking-uri {shlex.quote(uri)}"
     ui = "mlflow ui" if default else f"mlflow ui --backend-store-uri {shlex.quote(uri)}"
-    console.print(f"See the runs: {ui}    then open http://127.0.0.1:5000/#/experiments/{experiment_id}/runs")
+    from ablate.tracking import runs_url
+
+    console.print(f"See the runs: {ui}    then open {runs_url(experiment_id)}")
     console.print(f"The table:    ablate report --study {shlex.quote(study)}{store}")
 
 

@@ -49,7 +49,7 @@ def test_a_claim_holds_when_no_one_else_has_the_trial(tracked):
 def test_a_live_claim_or_a_finished_run_is_never_claimed_again(tracked):
     tracker, experiment, study, trials = tracked
     parent = _parent(tracker, experiment, study)
-    running = tracker.claim_trial(experiment, parent, trials[0], Identity.of_this_process().tags())
+    assert tracker.claim_trial(experiment, parent, trials[0], Identity.of_this_process().tags()).run_id
     finished = tracker.claim_trial(experiment, parent, trials[1], {})
     tracker.finish(finished.run_id)
 
@@ -195,6 +195,9 @@ def test_a_search_whose_epochs_changed_reuses_none_of_its_trials(write_study, st
     out = capsys.readouterr().out
     assert "4 trials: 0 already done, 4 to train" in out  # before: "4 already done"
     assert "a new Optuna study 'tiny-search@" in out
+    assert main(["plan", str(path), "--tracking-uri", store]) == 0  # what the store holds, as the README promises
+    out = capsys.readouterr().out
+    assert "4 of 4 trials done" in out and "earlier version 'tiny-search@" in out and "(4 trials)" in out
 
 
 # -- two invocations of one study at once ----------------------------------------------

@@ -123,6 +123,7 @@ class Dispatcher:
             for held in self._idle():
                 self._feed(held)
             while self._busy():
+                _signals.raise_if_received()
                 event = self.backend.next_event(timeout=0.5)
                 if event is not None:
                     self._handle(event)

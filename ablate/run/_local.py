@@ -20,6 +20,8 @@ import os
 import queue
 import signal
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as connection_wait
@@ -56,30 +58,38 @@ class EventChannel:
 
 
 def serve(slot: Slot, config: WorkerConfig, tasks: Queue, connection: Connection) -> None:
-    """A worker process's life: set up its device once, then run tasks until told to stop or orphaned."""
+    """A worker process's life: set up its device once, then run tasks until told to stop or orphaned. A stop
+    before it holds a task (Ctrl-C or SIGTERM while it starts or waits, its parent gone) ends it quietly: it has
+    nothing to record."""
     signal.signal(signal.SIGINT, signal.default_int_handler)  # the worker server ignores Ctrl-C; a worker does not
     raise_on_sigterm()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     channel = EventChannel(connection)
-    worker = Worker(slot, config, channel.put, channel.die)
+    try:
+        worker = Worker(slot, config, channel.put, channel.die)
+    except (KeyboardInterrupt, Orphaned):
+        return
     try:
         channel.put(Ready(slot.index, os.getpid()))
-        while True:
-            try:
-                task = tasks.get(timeout=1.0)
-            except queue.Empty:
-                if worker.orphaned():
-                    return
-                continue
-            if task is None:
-                return
-            try:
-                worker.run(task)
-            except (KeyboardInterrupt, Orphaned):
-                for sig in (signal.SIGINT, signal.SIGTERM):  # recorded: a second signal would only stop us early
-                    signal.signal(sig, signal.SIG_IGN)
-                return
+        _serve_tasks(worker, tasks)
+    except (KeyboardInterrupt, Orphaned):
+        for sig in (signal.SIGINT, signal.SIGTERM):  # recorded: a second signal would only stop us early
+            signal.signal(sig, signal.SIG_IGN)
     finally:
         worker.close()
+
+
+def _serve_tasks(worker: Worker, tasks: Queue) -> None:
+    while True:
+        try:
+            task = tasks.get(timeout=1.0)
+        except queue.Empty:
+            if worker.orphaned():
+                return
+            continue
+        if task is None:
+            return
+        worker.run(task)
 
 
 def _context() -> multiprocessing.context.BaseContext:
@@ -94,14 +104,30 @@ def _context() -> multiprocessing.context.BaseContext:
 def _start_server_deaf_to_ctrl_c() -> None:
     """Start the worker server with Ctrl-C ignored. Ctrl-C reaches every process of the terminal's group; the
     server, busy importing torch, would print a traceback for it (and die, taking later workers with it). A
-    process started with SIGINT ignored keeps it ignored, so its workers set their own handler (serve)."""
+    process started with SIGINT ignored keeps it ignored, so its workers set their own handler (serve). SIGINT is
+    also held (blocked) meanwhile, so that a Ctrl-C meant for us in that moment is delivered afterwards, not lost;
+    the server and its workers inherit the block, which serve lifts."""
     from multiprocessing import forkserver
 
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         forkserver.ensure_running()
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends (then they are delivered): a process started halfway would be
+    lost to us, and print a traceback when it finds its parent gone."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @dataclass
@@ -119,7 +145,22 @@ class LocalBackend:
         self.slots, self.config = slots, config
         self.context = _context()
         self.received: deque[Event] = deque()  # events read from the pipes, not yet handed out
-        self.workers = {slot.index: self._start(slot) for slot in slots}
+        self.workers: dict[int, _Process] = {}
+        try:
+            with _signals_deferred():  # a worker is started whole or not at all: Ctrl-C lands between two
+                for slot in slots:
+                    self.workers[slot.index] = self._start(slot)
+        except BaseException:  # Ctrl-C while workers start: none may be left starting without us (see _abandon)
+            self._abandon()
+            raise
+
+    def _abandon(self) -> None:
+        """End the workers started so far. One still starting would unpickle its task queue after we are gone and
+        print a traceback; SIGTERM ends it silently before it has set any handler."""
+        for worker in self.workers.values():
+            worker.process.terminate()
+        for worker in self.workers.values():
+            worker.process.join(timeout=5)
 
     def _start(self, slot: Slot) -> _Process:
         tasks = self.context.Queue()

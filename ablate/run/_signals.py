@@ -57,6 +57,13 @@ def first_signal() -> int | None:
     return _received[0] if _received else None
 
 
+def raise_if_received() -> None:
+    """Raise the interruption again if a signal came and its exception was swallowed on the way (library code
+    that catches everything while we waited in it): the dispatcher asks between two events, so no signal is lost."""
+    if _received:
+        raise Interrupted(_received[0])
+
+
 def _handle(signum: int, frame: object) -> None:
     _received.append(signum)
     if len(_received) == 1:

@@ -60,7 +60,8 @@ def run_study(
     summary.parent_run_id = invocation.parent_id
     with _closing_parent(tracker, summary, started):
         tracker.log_dict(invocation.parent_id, plan_document(study, trials), PLAN_ARTIFACT)
-        with _dispatching(invocation, backend(slots, invocation.config), tracker, reporter, summary) as dispatcher:
+        with _dispatching(invocation, lambda: backend(slots, invocation.config), tracker, reporter,
+                         summary) as dispatcher:
             dispatcher.run(tasks)
     return summary
 
@@ -97,11 +98,11 @@ class _Invocation:
 
 
 @contextmanager
-def _dispatching(invocation: _Invocation, backend: Backend, tracker: Tracker, reporter: Reporter,
+def _dispatching(invocation: _Invocation, make_backend: Callable[[], Backend], tracker: Tracker, reporter: Reporter,
                  summary: RunSummary) -> Iterator[Dispatcher]:
     """A dispatcher on the backend's workers while the invocation's heartbeat beats; the workers shut down after."""
     with invocation.heartbeat:
-        dispatcher = Dispatcher(backend, tracker, reporter, summary)
+        dispatcher = Dispatcher(make_backend(), tracker, reporter, summary)
         try:
             yield dispatcher
         finally:
@@ -197,7 +198,8 @@ def run_search(
     summary.parent_run_id = invocation.parent_id
     with _closing_parent(tracker, summary, started):
         arms, confirm = (), []
-        with _dispatching(invocation, backend(slots, invocation.config), tracker, reporter, summary) as dispatcher:
+        with _dispatching(invocation, lambda: backend(slots, invocation.config), tracker, reporter,
+                         summary) as dispatcher:
             dispatcher.run(tasks, timeout=spec.settings.timeout)
             if not _stopped(summary):  # the confirm phase, on the same workers
                 arms, confirm = search.confirm_trials(study, optuna_study)

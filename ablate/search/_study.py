@@ -10,6 +10,7 @@ still running and retry it if not.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -132,3 +133,17 @@ def stored_searches(storage: str, study_name: str) -> dict[str, int]:
     opened = open_storage(storage)
     names = [n for n in optuna.get_all_study_names(opened) if n.split("@")[0] == study_name]
     return {name: len(optuna.load_study(study_name=name, storage=opened).trials) for name in names}
+
+
+def search_progress(storage: str, study_name: str, current: str) -> tuple[dict[str, int], dict[str, int]] | None:
+    """What the storage holds of a search, read without creating anything: the trial states of its current Optuna
+    study (state name → count; empty when it has none yet) and the earlier versions' trial counts. None: there is no
+    storage yet (a journal file not made)."""
+    if "://" not in storage and not Path(storage).exists():
+        return None
+    stored = stored_searches(storage, study_name)
+    states: dict[str, int] = {}
+    if current in stored:
+        for trial in optuna.load_study(study_name=current, storage=open_storage(storage)).trials:
+            states[trial.state.name.lower()] = states.get(trial.state.name.lower(), 0) + 1
+    return states, {name: count for name, count in stored.items() if name != current}

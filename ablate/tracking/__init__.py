@@ -21,20 +21,20 @@ from ablate.tracking._store import (
     RunState, check_store, default_uri, store_is_new, store_label, trial_statuses,
 )
 from ablate.tracking._tags import (
-    ARCHITECTURE, CHANGES, DEVICE, DIVERGED, ERROR, EXPERIMENT_TAG, FAILED_ERROR, HEARTBEAT, HEARTBEAT_EVERY, HOST,
+    ARCHITECTURE, CHANGES, DEVICE, DIVERGED, ERROR, EXPERIMENT_KIND, EXPERIMENT_TAG, FAILED_ERROR, HEARTBEAT, HEARTBEAT_EVERY, HOST,
     INTERRUPTED, OOM, OUTPUTS_ARTIFACT, PACK, PACK_SIZE, PID, PID_START, PLAN_ARTIFACT, REASON, ROLE, SEED, STAGE,
-    STAGE_INDEX, STUDY, TRIAL_HASH, WORKER, WORKER_LOST, sqlite_path,
+    STAGE_INDEX, STUDY, TRIAL_HASH, WORKER, WORKER_LOST, runs_url, sqlite_path,
 )
 
 if TYPE_CHECKING:
     from ablate.tracking._tracker import Claim, Tracker, environment_tags, read_plan
 
 __all__ = [
-    "ARCHITECTURE", "Claim", "BEAT_SECONDS", "CHANGES", "DEVICE", "DIVERGED", "ERROR", "EXPERIMENT_TAG", "FAILED_ERROR",
+    "ARCHITECTURE", "Claim", "BEAT_SECONDS", "CHANGES", "DEVICE", "DIVERGED", "ERROR", "EXPERIMENT_KIND", "EXPERIMENT_TAG", "FAILED_ERROR",
     "HEARTBEAT", "HEARTBEAT_EVERY", "HOST", "Heartbeat", "INTERRUPTED", "Identity", "OOM", "OUTPUTS_ARTIFACT", "PACK",
     "PACK_SIZE", "PID", "PID_START", "PLAN_ARTIFACT", "REASON", "ROLE", "RunState", "SEED", "STAGE", "STAGE_INDEX",
     "STALE_AFTER", "STUDY", "TRIAL_HASH", "Tracker", "check_store", "default_uri", "store_is_new", "store_label", "WORKER", "WORKER_LOST", "alive", "beat_is_fresh",
-    "environment_tags", "heartbeat_tags", "process_start", "read_plan", "sqlite_path", "trial_statuses",
+    "environment_tags", "heartbeat_tags", "process_start", "read_plan", "runs_url", "sqlite_path", "trial_statuses",
 ]
 
 _MLFLOW_SIDE = ("Claim", "Tracker", "environment_tags", "read_plan")

@@ -33,7 +33,7 @@ from ablate.tracking._liveness import Identity, alive, heartbeat_tags
 from ablate.tracking._open import GuardedClient, open_client
 from ablate.tracking._store import RunState, store_label
 from ablate.tracking._tags import (
-    ARCHITECTURE, CHANGES, ERROR, EXPERIMENT_TAG, HEARTBEAT, HOST, INTERRUPTED, PID, PLAN_ARTIFACT, REASON, ROLE, SEED,
+    ARCHITECTURE, CHANGES, ERROR, EXPERIMENT_KIND, EXPERIMENT_TAG, HEARTBEAT, HOST, INTERRUPTED, PID, PLAN_ARTIFACT, REASON, ROLE, SEED,
     STAGE, STAGE_INDEX, STUDY, TRIAL_HASH, sqlite_path,
 )
 
@@ -100,7 +100,8 @@ class Tracker:
             root = _artifact_root(self.uri)
             location = f"{root}/{artifact_folder(study)}" if root else None
             try:
-                return self.client.create_experiment(study, artifact_location=location, tags={EXPERIMENT_TAG: study})
+                return self.client.create_experiment(study, artifact_location=location,
+                                                    tags={EXPERIMENT_TAG: study, **EXPERIMENT_KIND})
             except MlflowException:
                 found = self.client.get_experiment_by_name(study)  # created by another invocation meanwhile
                 if found is None:
