@@ -74,3 +74,16 @@ def hooked_macs(model, shape: tuple[int, ...]) -> int:
     for handle in handles:
         handle.remove()
     return sum(counted)
+
+
+@pytest.fixture
+def tracked(tmp_path, store):
+    """A tracker with the tiny study's experiment, a study file to log, and its trials."""
+    from ablate.design import expand
+    from ablate.spec import parse_study
+    from ablate.tracking import Tracker
+
+    study = tmp_path / "tiny.toml"
+    study.write_text(TINY_STUDY)
+    tracker = Tracker(store)
+    return tracker, tracker.experiment("tiny"), study, expand(parse_study(TINY_STUDY))

@@ -48,28 +48,11 @@ from typing import Self
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY_STUDY = """
-[study]
-name = "uicheck"
-seeds = [0, 1]
+if str(REPO) not in sys.path:  # run as a script: `python tests/mlflow_ui_check.py`
+    sys.path.insert(0, str(REPO))
+from tests.conftest import TINY_STUDY as _TESTS_TINY_STUDY  # noqa: E402
 
-[data]
-val_size = 500
-train_limit = 1000
-test_limit = 500
-
-[train]
-epochs = 2
-batch_size = 128
-
-[[stage]]
-name = "linear"
-model = { kind = "linear" }
-
-[[stage]]
-name = "mlp"
-model = { kind = "mlp", hidden = [32] }
-"""
+TINY_STUDY = _TESTS_TINY_STUDY.replace('name = "tiny"', 'name = "uicheck"')
 
 # The tags --apply-tags sets on the experiment (ablate sets them at creation, ablate.tracking.EXPERIMENT_KIND; the
 # flag re-applies them to a store made by something else). MLflow 3.17.2's UI ignores this one for choosing the

@@ -12,21 +12,12 @@ import time
 import mlflow
 import pytest
 
-from ablate.design import expand
 from ablate.search import optuna_name, search_identity
 from ablate.spec import parse_study
 from ablate.tracking import HEARTBEAT, INTERRUPTED, Identity, Tracker
 from tests.conftest import DATA_DIR, REPO, TINY_STUDY
 
 ELSEWHERE = Identity("a-node-that-is-not-this-one", 4242, "1")
-
-
-@pytest.fixture
-def tracked(tmp_path, store):
-    study = tmp_path / "tiny.toml"
-    study.write_text(TINY_STUDY)
-    tracker = Tracker(store)
-    return tracker, tracker.experiment("tiny"), study, expand(parse_study(TINY_STUDY))
 
 
 def _parent(tracker, experiment, study, identity: Identity = None, beat_age: float = 0.0) -> str:

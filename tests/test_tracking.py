@@ -5,15 +5,12 @@ from __future__ import annotations
 import os
 import time
 
-import pytest
 
-from ablate.design import expand
 from ablate.run import Slot, Worker, WorkerConfig
-from ablate.spec import parse_study
 from ablate.tracking import (
-    HEARTBEAT, INTERRUPTED, STALE_AFTER, Heartbeat, Identity, Tracker, alive, heartbeat_tags,
+    HEARTBEAT, INTERRUPTED, STALE_AFTER, Heartbeat, Identity, alive, heartbeat_tags,
 )
-from tests.conftest import DATA_DIR, TINY_STUDY
+from tests.conftest import DATA_DIR
 
 ELSEWHERE = Identity("another-host.example", 4242, "99")  # a process this machine cannot look up
 
@@ -60,15 +57,6 @@ def test_a_heartbeat_beats_until_stopped_and_survives_a_failed_beat():
 
     with Heartbeat(busy_store, every=0.02):
         assert _wait_until(lambda: len(calls) >= 3)  # a failed beat is skipped, not fatal
-
-
-@pytest.fixture
-def tracked(tmp_path, store):
-    """A tracker with the tiny study's experiment, a study file to log, and its trials."""
-    study = tmp_path / "tiny.toml"
-    study.write_text(TINY_STUDY)
-    tracker = Tracker(store)
-    return tracker, tracker.experiment("tiny"), study, expand(parse_study(TINY_STUDY))
 
 
 def _invocation(tracker, experiment, study, trials, identity: Identity, parent_beat: float, trial_beat: float):
