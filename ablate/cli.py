@@ -129,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "baseline, a grid's first point, a search's best); needs --study")
     report.add_argument("--no-figures", action="store_true",
                         help="skip the PNG figures (written next to --out and logged to the study's parent run)")
+    report.add_argument("--columns", default="default", metavar="default|all|A,B",
+                        help="table columns of md and latex: default (arm, changes, n, metric ± std, 95%% CI, Δ vs "
+                        "baseline, p (Holm), params, reference), all, or a comma list of arm, changes, model, params, "
+                        "macs, n, metric, ci, delta, p, val_acc, epochs, test_loss, train_time, samples_s, peak_mem, "
+                        "reference, vs_reference (csv and json always hold every number)")
     report.add_argument("--by", default=None, metavar="A,B",
                         help="add the interaction table of two settings, e.g. --by model.dropout,model.batchnorm")
     report.set_defaults(func=cmd_report)
@@ -246,7 +251,8 @@ def _run(args: argparse.Namespace) -> int:
     for dataset in sorted({t.settings.dataset for t in trials} | {study.info.dataset}):
         datasets.check_data(dataset, data_dir)
 
-    from ablate.report import build, markdown_table
+    from ablate.console import print_report_table, terminal
+    from ablate.report import build
     from ablate.run import run_search, run_study
     from ablate.tracking import Tracker
 
@@ -292,7 +298,7 @@ def _run(args: argparse.Namespace) -> int:
             f"{len(summary.failed)} failed; {summary.skipped} were already done."
         )
     print()
-    print(markdown_table(build(uri, study.name)[0]))
+    print_report_table(terminal(), build(uri, study.name)[0])
     print()
     print_failures(console, summary.failed)
     _print_next_steps(console, uri, study.name, summary.experiment_id)
@@ -329,24 +335,45 @@ def _print_next_steps(console, uri: str, study: str, experiment_id: str) -> None
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ablate.report import build, render
+    """The cheap checks first (format, the store's file), so that a missing store is said before MLflow loads."""
+    from ablate.tracking import check_store, sqlite_path, store_label
 
     suffix = Path(args.out).suffix.lstrip(".") if args.out else "md"
     fmt = args.format or {"tex": "latex"}.get(suffix, suffix)
     if fmt not in ("md", "csv", "json", "latex"):
         raise AblateError(f"--out {args.out}: cannot tell the format from '.{suffix}'; pass --format md, csv, json or latex")
+    uri = args.tracking_uri or _default_uri()
+    store = sqlite_path(uri)
+    if store is not None and not store.exists():
+        raise AblateError(f"no MLflow store at {store_label(uri)}; run `ablate run STUDY.toml` here first, or pass "
+                          "--tracking-uri")
+    check_store(uri, write=False)
+
+    from ablate.report import build, column_keys, render
+
+    column_keys(args.columns)  # before anything is read
     figures = Path(args.out).resolve().parent if args.out and fmt == "md" and not args.no_figures else None
     by = [b.strip() for b in args.by.split(",")] if args.by else None
-    reports = build(args.tracking_uri or _default_uri(), args.study, figures, args.baseline, args.metric)
-    text = render(reports, fmt, by)
+    reports = build(uri, args.study, figures, args.baseline, args.metric)
+    text = render(reports, fmt, by, args.columns)
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
         print(f"wrote {out}")
+        _print_figures(reports)
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _print_figures(reports) -> None:
+    for report in reports:
+        for path in report.figures:
+            print(f"wrote {path}")
+        if report.figures and report.parent_run_id:
+            print(f"logged {len(report.figures)} figure(s) of {report.name} to its latest run {report.parent_run_id} "
+                  "(artifacts, folder figures/)")
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

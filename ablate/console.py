@@ -447,3 +447,14 @@ class ConsoleReporter:
         finished = self.done + self.failed
         self.console.print(f"[{finished:>{len(str(self.total))}}/{self.total}] {text}")
         self._refresh()
+
+
+def print_report_table(console: Console, report) -> None:
+    """A study's comparison table in the terminal: the default columns (ablate.report's), fitted to its width."""
+    from ablate.report import summary_frame
+
+    frame = summary_frame(report, "default")
+    numeric = {"n", "Params", "Reference (%)"}
+    columns = [Column(str(h), right=h in numeric, nowrap=h in numeric or h == "n") for h in frame.columns]
+    rows = [[str(v).replace("**", "") for v in row] for row in frame.itertuples(index=False)]
+    print_fitted(console, f"{report.name}: {len(report.runs)} of {report.planned} planned trials finished", columns, rows)

@@ -268,3 +268,30 @@ def test_ctrl_c_while_the_workers_start_prints_no_traceback(tiny, store):
     out, _ = parent.communicate(timeout=60)
     assert parent.returncode == EXIT_INTERRUPTED, out
     assert "Traceback" not in out, out
+
+
+@pytest.mark.slow
+def test_a_report_of_a_study_whose_trials_all_failed_is_written_without_figures(tiny, store, tmp_path, capsys,
+                                                                                monkeypatch):
+    faults = {f"{stage}:{seed}": "raise" for stage in ("linear", "mlp") for seed in (0, 1)}
+    monkeypatch.setenv("ABLATE_TEST_FAULTS", __import__("json").dumps(faults))
+    assert main(["run", str(tiny), "--tracking-uri", store]) == 1
+    capsys.readouterr()
+    out = tmp_path / "results" / "tiny.md"
+    code, printed = _run(capsys, "report", "--study", "tiny", "--out", str(out), "--tracking-uri", store)
+    assert code == 0 and "Traceback" not in printed, printed  # before: ValueError: Axis limits cannot be NaN or Inf
+    assert "0 of 4 planned trials finished" in out.read_text()
+    assert not list(out.parent.glob("*.png"))
+
+
+def test_report_without_a_store_and_a_missing_gpu_are_said_before_mlflow_loads(tiny, tmp_path):
+    probe = ("import sys; from ablate.cli import main; code = main(sys.argv[1:]); "
+             "print('mlflow loaded' if 'mlflow' in sys.modules else 'mlflow not loaded', code)")
+    for args in (["report"], ["run", str(tiny), "--devices", "0"]):
+        done = subprocess.run([sys.executable, "-c", probe, *args], cwd=tmp_path, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO), "ABLATE_DATA_DIR": str(DATA_DIR)},
+                              timeout=120)
+        assert done.stdout.split()[-3:] == ["mlflow", "not", "loaded"] or "mlflow not loaded 2" in done.stdout, \
+            (args, done.stdout, done.stderr)
+        assert "mlflow not loaded 2" in done.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.toml"]

@@ -69,7 +69,31 @@ def test_report_counts_the_latest_finished_run_and_leaves_out_the_rest(store, ca
     assert main(["report", "--tracking-uri", uri, "--study", "tiny"]) == 0
     text = capsys.readouterr().out
     assert "Left out of the statistics: 1 FAILED, 1 RUNNING run(s)." in text
-    assert "95% CI" in text and "p (Holm)" in text and "MACs" in text and "Samples/s" in text
+    assert "95% CI" in text and "p (Holm)" in text and "| Params" in text and "| MACs" not in text  # the default set
+    table_rows = [line for line in text.splitlines() if line.startswith("| ")]
+    assert max(map(len, table_rows)) < 140  # before: 17 columns, ~330 characters a row
+    assert main(["report", "--tracking-uri", uri, "--study", "tiny", "--columns", "all"]) == 0
+    text = capsys.readouterr().out
+    assert "MACs" in text and "Samples/s" in text and "Worker peak RSS (MB)" in text and "Peak mem" not in text
+    assert main(["report", "--tracking-uri", uri, "--study", "tiny", "--columns", "n,metric,macs"]) == 0
+    header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| "))
+    assert [c.strip() for c in header.strip("|").split("|")] == ["Stage", "n", "Test acc (%)", "MACs"]
+    assert main(["report", "--tracking-uri", uri, "--columns", "acc"]) == 2
+    assert "unknown column 'acc'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_terminal_table_fits_100_columns(store):
+    from rich.console import Console
+
+    from ablate.console import print_report_table
+    from ablate.report import build
+
+    uri, _ = store
+    console = Console(width=100, record=True, highlight=False)
+    print_report_table(console, build(uri, "tiny")[0])
+    text = console.export_text()
+    assert max(map(len, text.splitlines())) <= 100 and "mlp" in text and "…" not in text
 
 
 @pytest.mark.slow
@@ -95,6 +119,8 @@ def test_figures_are_non_blank_pngs_linked_and_logged(store, capsys):
     uri, folder = store
     out = folder / "figs" / "tiny.md"
     assert main(["report", "--tracking-uri", uri, "--study", "tiny", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out.parent / 'tiny-curves.png'}" in printed and "logged 5 figure(s) of tiny" in printed
     text = out.read_text()
     for name in ("tiny-curves.png", "tiny-test_accuracy.png", "tiny-confusion.png", "tiny-mistakes.png",
                  "tiny-templates.png"):
@@ -155,3 +181,15 @@ def test_latex_compiles_with_booktabs(store, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:]
     assert (tmp_path / "doc.pdf").stat().st_size > 1000
+
+
+def test_losses_of_different_kinds_are_never_ranked_against_each_other():
+    """linear-mse's test loss 0.0112 (an MSE) is smaller than cross-entropy's 0.27, not better: no bold across."""
+    import pandas as pd
+
+    from ablate.report._render import _bold_best_per_loss
+
+    values = pd.Series([0.0112, 0.2700, 0.2500])
+    losses = pd.Series(["mse", "cross_entropy", "cross_entropy"])
+    cells = _bold_best_per_loss(["0.0112", "0.2700", "0.2500"], values, losses)
+    assert cells == ["0.0112", "0.2700", "**0.2500**"]

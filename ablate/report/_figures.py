@@ -28,8 +28,8 @@ def write_figures(tracker: Tracker, report: StudyReport, folder: Path) -> list[P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not len(report.table):
-        return []
+    if not len(report.table) or report.table[f"{report.metric}_mean"].isna().all():
+        return []  # nothing finished yet (a live study, or every trial failed): nothing to draw
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{report.name}-curves.png", folder / f"{report.name}-{report.metric}.png"]
     _curves_figure(tracker, report, paths[0], plt)
@@ -195,7 +195,8 @@ def _picture(image: np.ndarray) -> tuple[np.ndarray, str | None]:
 
 
 def _bar_figure(report: StudyReport, path: Path, plt) -> None:
-    table, metric = report.table, report.metric
+    metric = report.metric
+    table = report.table[report.table[f"{metric}_mean"].notna()]  # arms with no finished run have no bar
     means = table[f"{metric}_mean"]
     errors = [(m - lo if not pd.isna(lo) else 0, hi - m if not pd.isna(hi) else 0)
               for m, lo, hi in zip(means, table["ci_low"], table["ci_high"])]

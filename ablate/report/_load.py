@@ -14,7 +14,7 @@ from ablate.report._report import METRICS, StudyReport
 from ablate.report._search import search_summary
 from ablate.report._table import summarise
 from ablate.tracking import (
-    EXPERIMENT_TAG, PACK_SIZE, ROLE, SEED, STAGE, STAGE_INDEX, TRIAL_HASH, Tracker, read_plan, sqlite_path,
+    DEVICE, EXPERIMENT_TAG, PACK_SIZE, ROLE, SEED, STAGE, STAGE_INDEX, TRIAL_HASH, Tracker, read_plan, sqlite_path,
 )
 
 DATASET_PARAM = "dataset"  # the trial setting naming the dataset (TrialSettings.dataset)
@@ -50,13 +50,14 @@ def _run_rows(runs) -> pd.DataFrame:
             "stage_index": int(tags.get(STAGE_INDEX, 0)),
             "seed": int(tags.get(SEED, 0)),
             "pack_size": int(tags.get(PACK_SIZE, 1)),
+            "device": tags.get(DEVICE),
         }
         row.update({m: metrics.get(m, math.nan) for m in METRICS})
         row["train_size"] = _train_size(run.data.params)
         row.update({f"param:{k}": v for k, v in run.data.params.items()})
         rows.append(row)
     columns = ["run_id", "parent_run_id", "status", "start_time", "trial_hash", "stage", "stage_index", "seed",
-               "pack_size", *METRICS, "train_size"]
+               "pack_size", "device", *METRICS, "train_size"]
     frame = pd.DataFrame(rows)
     return frame.reindex(columns=columns + sorted(c for c in frame.columns if c.startswith("param:")))
 
@@ -166,6 +167,7 @@ def _invocation(run) -> dict[str, str]:
         "trials_finished": tags.get("trials_finished", ""),
         "trials_skipped": tags.get("trials_skipped", ""),
         "git_commit": tags.get("git_commit", ""),
+        "torch_version": tags.get("torch_version", ""),
         "started": pd.Timestamp(start, unit="ms").strftime("%Y-%m-%d %H:%M UTC"),
     }
 

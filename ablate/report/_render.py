@@ -30,6 +30,18 @@ def _bold_best(cells: list[str], values: pd.Series, higher_is_better: bool) -> l
     return [f"**{c}**" if not pd.isna(v) and np.isclose(v, best) else c for c, v in zip(cells, values)]
 
 
+def _bold_best_per_loss(cells: list[str], values: pd.Series, losses: pd.Series) -> list[str]:
+    """A loss column's best in bold among the arms trained with the same loss only: an MSE of 0.01 is not better
+    than a cross-entropy of 0.27, only smaller."""
+    cells = list(cells)
+    for loss in losses.unique():
+        rows = [i for i, value in enumerate(losses) if value == loss]
+        marked = _bold_best([cells[i] for i in rows], values.iloc[rows], higher_is_better=False)
+        for i, cell in zip(rows, marked):
+            cells[i] = cell
+    return cells
+
+
 def _count(value: float) -> str:
     if value is None or pd.isna(value):
         return "—"
@@ -40,8 +52,63 @@ def _count(value: float) -> str:
     return f"{value:.0f}"
 
 
-def summary_frame(report: StudyReport) -> pd.DataFrame:
-    """The table as the reader sees it (strings), shared by markdown and LaTeX."""
+# The names `--columns` takes, in table order; DEFAULT_COLUMNS is what a reader takes in at a glance (and pastes),
+# `all` every column. Keys absent from a report (no references, no early stopping) are skipped.
+COLUMN_KEYS = ("arm", "changes", "model", "params", "macs", "n", "metric", "ci", "delta", "p", "val_acc", "epochs",
+               "test_loss", "train_time", "samples_s", "peak_mem", "reference", "vs_reference")
+DEFAULT_COLUMNS = ("arm", "changes", "n", "metric", "ci", "delta", "p", "params", "reference")
+
+
+def column_keys(spec: str) -> tuple[str, ...]:
+    """`default`, `all` or a comma list of COLUMN_KEYS (in the order given; `arm` always first)."""
+    if spec == "default":
+        return DEFAULT_COLUMNS
+    if spec == "all":
+        return COLUMN_KEYS
+    keys = tuple(k.strip() for k in spec.split(",") if k.strip())
+    unknown = [k for k in keys if k not in COLUMN_KEYS]
+    if unknown:
+        raise AblateError(f"--columns {spec}: unknown column {unknown[0]!r}; use default, all or a comma list of "
+                          f"{', '.join(COLUMN_KEYS)}")
+    return ("arm", *(k for k in keys if k != "arm"))
+
+
+def _key_of(header: str, report: StudyReport) -> str:
+    if header == PRIMARY_METRICS[report.metric]:  # e.g. "Test loss" when ranked by test loss
+        return "metric"
+    fixed = {"Stage": "arm", "Arm": "arm", "Model": "model", "Params": "params", "MACs": "macs", "n": "n",
+             "95% CI": "ci", "p (Holm)": "p", "Val acc (%)": "val_acc",
+             "Test loss": "test_loss", "Train time (s)": "train_time", "Samples/s": "samples_s",
+             "Reference (%)": "reference", "Ours − ref (pts)": "vs_reference"}
+    if header in fixed:
+        return fixed[header]
+    if header in CHANGES_HEADING.values():
+        return "changes"
+    for prefix, key in (("Δ vs", "delta"), ("Epochs run", "epochs"), ("Worker peak", "peak_mem"),
+                        ("Peak GPU", "peak_mem")):
+        if header.startswith(prefix):
+            return key
+    raise KeyError(header)
+
+
+def summary_frame(report: StudyReport, columns: str = "all") -> pd.DataFrame:
+    """The table as the reader sees it (strings), shared by markdown, LaTeX and the terminal; `columns` as for
+    column_keys."""
+    frame = _full_frame(report)
+    by_key = {_key_of(header, report): header for header in frame.columns}
+    return frame[[by_key[key] for key in column_keys(columns) if key in by_key]]
+
+
+def _peak_memory_header(report: StudyReport) -> str:
+    """What the peak-memory column measures: the trial's own peak allocation on a GPU, but on the CPU the worker
+    process's peak resident memory (its whole process: interpreter, torch, the resident dataset, every trial so far)."""
+    devices = set(report.runs["device"].dropna()) if "device" in report.runs else set()
+    if devices and all(str(d).startswith("cuda") for d in devices):
+        return "Peak GPU alloc (MB)"
+    return "Worker peak RSS (MB)"
+
+
+def _full_frame(report: StudyReport) -> pd.DataFrame:
     table, metric = report.table, report.metric
     higher = metric.endswith("accuracy")
     digits = 2 if higher else 4
@@ -58,7 +125,8 @@ def summary_frame(report: StudyReport) -> pd.DataFrame:
     label = PRIMARY_METRICS[metric]
     means = [fmt(m, digits) + (f" ± {fmt(sd, digits)}" if not pd.isna(sd) else "")
              for m, sd in zip(table[f"{metric}_mean"], table[f"{metric}_std"])]
-    columns[label] = _bold_best(means, table[f"{metric}_mean"], higher)
+    columns[label] = (_bold_best(means, table[f"{metric}_mean"], higher) if higher
+                      else _bold_best_per_loss(means, table[f"{metric}_mean"], table["loss"]))
     columns["95% CI"] = [f"[{fmt(lo, digits)}, {fmt(hi, digits)}]" if not pd.isna(lo) else "—"
                          for lo, hi in zip(table["ci_low"], table["ci_high"])]
     unit = " (pts)" if higher else ""
@@ -73,11 +141,12 @@ def summary_frame(report: StudyReport) -> pd.DataFrame:
         columns["Epochs run / tested"] = [f"{fmt(r, 1)} / {fmt(t, 1)}"
                                           for r, t in zip(table["epochs_run_mean"], table["tested_epoch_mean"])]
     if metric != "test_loss":
-        columns["Test loss"] = _bold_best([fmt(v, 4) for v in table["test_loss_mean"]], table["test_loss_mean"], False)
+        columns["Test loss"] = _bold_best_per_loss([fmt(v, 4) for v in table["test_loss_mean"]],
+                                                   table["test_loss_mean"], table["loss"])
     columns["Train time (s)"] = _bold_best([fmt(v, 1) for v in table["train_seconds_mean"]], table["train_seconds_mean"], False)
     columns["Samples/s"] = _bold_best([_count(v) for v in table["throughput_mean"]], table["throughput_mean"], True)
     if table["peak_memory_mb_mean"].notna().any():
-        columns["Peak mem (MB)"] = [fmt(v, 0) for v in table["peak_memory_mb_mean"]]
+        columns[_peak_memory_header(report)] = [fmt(v, 0) for v in table["peak_memory_mb_mean"]]
     if _has_reference(report):
         columns["Reference (%)"] = ["—" if v is None or pd.isna(v) else f"{v:g}" for v in table["reference"]]
         columns["Ours − ref (pts)"] = [
@@ -87,13 +156,13 @@ def summary_frame(report: StudyReport) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
-def markdown_table(report: StudyReport) -> str:
-    return summary_frame(report).to_markdown(index=False, disable_numparse=True)
+def markdown_table(report: StudyReport, columns: str = "default") -> str:
+    return summary_frame(report, columns).to_markdown(index=False, disable_numparse=True)
 
 
-def latex_table(report: StudyReport) -> str:
+def latex_table(report: StudyReport, columns: str = "default") -> str:
     """A booktabs table (needs \\usepackage{booktabs}); bold and significance marks carried over."""
-    frame = summary_frame(report)
+    frame = summary_frame(report, columns)
     frame = frame.drop(columns=[c for c in frame.columns if c.startswith(("Changes", "Search result"))])
 
     def tex(text: object) -> str:
@@ -127,7 +196,7 @@ def _footnote(report: StudyReport) -> str:
         f"Δ: the {arm}'s difference from '{base}', averaged over the seeds both ran (paired); p (Holm): the paired "
         f"t-test's two-sided p-value, Holm-corrected over the {len(report.table) - 1} comparisons; * marks p < 0.05 "
         "after correction (— when there are fewer than two pairs or the differences do not vary). Bold: the best "
-        "value of a column. Val acc, test loss, train time: means over the seeds; val acc is that of the tested "
+        "value of a column (of a loss column, among the arms trained with the same loss only). Val acc, test loss, train time: means over the seeds; val acc is that of the tested "
         "weights; each trial's test loss is its own training loss (MSE or cross-entropy, never smoothed). Train "
         "time: seconds of training and per-epoch validation per trial, MLflow logging excluded; samples/s: "
         "training examples per second of it. MACs: multiply-accumulates of one forward pass of one image."
@@ -162,14 +231,14 @@ def _search_lines(report: StudyReport) -> list[str]:
     return lines
 
 
-def markdown_section(report: StudyReport, by: list[str] | None = None) -> str:
+def markdown_section(report: StudyReport, by: list[str] | None = None, columns: str = "default") -> str:
     lines = [f"## {report.name}", ""]
     if report.description:
         lines += [report.description, ""]
     lines += [
         f"{len(report.runs)} of {report.planned} planned trials finished.",
         "",
-        markdown_table(report),
+        markdown_table(report, columns),
         "",
         _footnote(report),
     ]
@@ -189,6 +258,8 @@ def markdown_section(report: StudyReport, by: list[str] | None = None) -> str:
             bits = [f"`{inv['command']}`" if inv["command"] else "(command not recorded)"]
             if inv["hardware"]:
                 bits.append(f"on {inv['hardware']}")
+            if inv.get("torch_version"):
+                bits.append(f"torch {inv['torch_version']}")
             bits.append(f"started {inv['started']}")
             if inv["wall_seconds"]:
                 bits.append(f"wall time {float(inv['wall_seconds']):.0f} s")
@@ -201,11 +272,12 @@ def markdown_section(report: StudyReport, by: list[str] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render(reports: list[StudyReport], fmt: str, by: list[str] | None = None) -> str:
+def render(reports: list[StudyReport], fmt: str, by: list[str] | None = None, columns: str = "default") -> str:
+    """Markdown and LaTeX show `columns` (column_keys); CSV and JSON hold every number of the table."""
     if fmt == "md":
-        return "\n".join(markdown_section(r, by) for r in reports)
+        return "\n".join(markdown_section(r, by, columns) for r in reports)
     if fmt == "latex":
-        return "\n".join(latex_table(r) for r in reports)
+        return "\n".join(latex_table(r, columns) for r in reports)
     tables = []
     for r in reports:
         t = r.table.copy()

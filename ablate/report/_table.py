@@ -55,6 +55,7 @@ def summarise(runs: pd.DataFrame, stages: list[dict], baseline: int = 0, metric:
                 "throughput_mean": group["throughput"].mean(),
                 "peak_memory_mb_mean": group["peak_memory_mb"].mean(),
                 "reference": stage.get("reference"),
+                "loss": _loss_of(group),
             }
         )
     table = pd.DataFrame(rows)
@@ -62,3 +63,12 @@ def summarise(runs: pd.DataFrame, stages: list[dict], baseline: int = 0, metric:
         table["p_holm"] = stats.holm(list(table["p_value"]))
         table["significant"] = table["p_holm"] < stats.ALPHA
     return table
+
+
+def _loss_of(group: pd.DataFrame) -> str:
+    """The training loss of an arm's runs (its test loss is measured in it): losses of different kinds are never
+    ranked against each other."""
+    column = "param:train.loss"
+    if column not in group or not group[column].notna().any():
+        return "cross_entropy"  # the default, and all a run logged before the parameter existed could have used
+    return str(group[column].dropna().iloc[0])
