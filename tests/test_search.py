@@ -140,6 +140,13 @@ def test_stale_running_trial_is_failed_and_retried(tmp_path):
     assert search.finished_count(study) == 0  # an interrupted trial does not count towards `trials`
 
 
+def _optuna_name(trials: int) -> str:
+    """The Optuna study of the search: its name and identity (a budget of more trials continues the same one)."""
+    from ablate.search import optuna_name
+
+    return optuna_name(parse_study(SEARCH.format(trials=trials)))
+
+
 def _runs(store: str) -> pd.DataFrame:
     mlflow.set_tracking_uri(store)
     return mlflow.search_runs(experiment_names=["srch"])
@@ -161,7 +168,7 @@ def test_search_runs_prunes_confirms_and_resumes(write_study, tmp_path, capsys):
     assert confirmed["tags.stage"].str.startswith("top").all()
 
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "optuna-journal.log")))
-    loaded = optuna.load_study(study_name="srch", storage=storage)  # the storage ablate wrote, opened by Optuna itself
+    loaded = optuna.load_study(study_name=_optuna_name(5), storage=storage)  # the storage ablate wrote, opened by Optuna itself
     assert len(loaded.trials) == 5
 
     assert main(["run", str(study), "--tracking-uri", store]) == 0  # nothing left to do
@@ -170,7 +177,7 @@ def test_search_runs_prunes_confirms_and_resumes(write_study, tmp_path, capsys):
     assert main(["run", str(bigger), "--tracking-uri", store]) == 0  # continues up to 7, two workers
     searched = _runs(store).query("`tags.role` == 'search'")
     assert len(searched) == 7 and searched["tags.optuna_trial"].is_unique  # no trial evaluated twice
-    assert len(optuna.load_study(study_name="srch", storage=storage).trials) == 7
+    assert len(optuna.load_study(study_name=_optuna_name(5), storage=storage).trials) == 7
 
     out = tmp_path / "report" / "srch.md"
     assert main(["report", "--tracking-uri", store, "--study", "srch", "--out", str(out)]) == 0

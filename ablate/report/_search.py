@@ -31,7 +31,7 @@ def search_summary(info: dict, figures: Path | None) -> dict:
         importances = {}
     figure = None
     if figures is not None and complete:
-        figure = figures / f"{info['study']}-history.png"
+        figure = figures / f"{info['study'].split('@')[0]}-history.png"  # the ablate study's name, not its Optuna one
         _history_figure(study, figure)
     return {"counts": counts, "best": pd.DataFrame(rows).fillna("—"), "importances": importances, "figure": figure,
             "objective": info["objective"], "storage": info["storage"]}
