@@ -30,6 +30,7 @@ from rich.text import Text
 from ablate import models
 from ablate.design import Design, Pack, flatten, format_value, pack_trials, varying_settings
 from ablate.spec import Study, format_label, study_warnings
+from ablate.tracking import store_label
 
 if TYPE_CHECKING:
     from ablate.design import Trial
@@ -103,10 +104,14 @@ def print_plan(study: Study, design: Design, statuses: dict[str, str] | None, ur
     if labels != varying:  # a column named by a suffix: say which setting it is
         console.print("settings: " + ", ".join(varying), markup=False)
     console.print(plan_summary(study, design), markup=False)
+    where = store_label(uri)
     if statuses is not None:
         counts = Counter(status_of(statuses, t.hash) for t in trials)
         parts = [f"{counts[k]} {k}" for k in STATUS_ORDER if k in counts]
-        console.print(f"Against {uri}: {', '.join(parts)}; `ablate run` trains every trial not done.", markup=False)
+        console.print(f"Against {where}: {', '.join(parts)}; `ablate run` trains every trial not done.", markup=False)
+    else:  # say which store was looked at: run from another folder, this is the first thing to know
+        console.print(f"No store at {where} yet: every trial is to do; the first `ablate run` here creates it "
+                      "(--tracking-uri for another).", markup=False)
     print_warnings(console, study)
 
 

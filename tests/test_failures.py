@@ -196,6 +196,13 @@ def test_a_missing_gpu_is_said_before_the_store_is_made(tiny, tmp_path, capsys, 
 
 # -- the command line ------------------------------------------------------------------
 
+def test_plan_says_which_store_it_looked_at_even_when_there_is_none(tiny, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out = _run(capsys, "plan", str(tiny))
+    assert code == 0 and f"No store at {tmp_path / 'mlflow.db'} yet" in out.replace("\n", " ")
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 def test_debug_works_after_the_command_too(tiny, tmp_path, capsys):
     code, out = _run(capsys, "plan", str(tiny), "--debug", "--tracking-uri", f"sqlite:///{tmp_path / 'x'}")
     assert code == 0
@@ -235,6 +242,7 @@ def test_sigterm_ends_the_running_trials_preempted_and_exits_143(tiny, store):
     out, _ = parent.communicate(timeout=60)
     assert parent.returncode == EXIT_TERMINATED, out
     assert "Resume with: ablate run" in out and "Traceback" not in out
+    assert f"store {store.removeprefix('sqlite:///')} (new: this run creates it)" in out and f"data  {DATA_DIR}" in out
     runs = _runs(store)
     killed = runs[runs["status"] == "KILLED"]
     assert set(killed["tags.reason"]) == {"preempted"} and set(killed["tags.role"]) == {"parent", "trial"}

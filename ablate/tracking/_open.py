@@ -43,10 +43,10 @@ def open_client(uri: str) -> MlflowClient:
     """A client on the store, created complete if new; StoreError when it cannot be used."""
     path = sqlite_path(uri)
     with guarded(uri):
-        if path is not None and not path.exists():
-            _create_sqlite_store(path)
-        elif path is not None:
-            _wait_for_another_setup(path)
+        if path is not None:
+            if not path.exists():
+                _create_sqlite_store(path)
+            _wait_for_another_setup(path)  # ours is complete at once; one another program made first may not be
         if uri.startswith(("http://", "https://")):
             _probe_server(uri)
         return _open_waiting_out_races(uri)
