@@ -459,7 +459,19 @@ def print_report_table(console: Console, report) -> None:
     from ablate.report import summary_frame
 
     frame = summary_frame(report, "default")
-    numeric = {"n", "Params", "Reference (%)"}
-    columns = [Column(str(h), right=h in numeric, nowrap=h in numeric or h == "n") for h in frame.columns]
+    delta = next((str(h) for h in frame.columns if str(h).startswith("Δ vs")), None)
+    frame.columns = [_short_header(str(h)) for h in frame.columns]  # the markdown's footnote is not here to explain
+    numeric = {"n", "Params", "Ref (%)"}
+    whole = numeric | {"95% CI", frame.columns[3] if len(frame.columns) > 3 else ""}  # numbers never break mid-way
+    columns = [Column(h, right=h in numeric, nowrap=h in whole or h.startswith(("Test", "Val"))) for h in frame.columns]
     rows = [[str(v).replace("**", "") for v in row] for row in frame.itertuples(index=False)]
-    print_fitted(console, f"{report.name}: {len(report.runs)} of {report.planned} planned trials finished", columns, rows)
+    title = f"{report.name}: {len(report.runs)} of {report.planned} planned trials finished"
+    print_fitted(console, title + (f"; Δ: {delta.removeprefix('Δ ')}" if delta else ""), columns, rows)
+
+
+def _short_header(header: str) -> str:
+    """A terminal header without what the end-of-run line and the markdown already say."""
+    for long, short in (("Changes (", "Changes"), ("Search result (", "Search result"), ("Reference (%)", "Ref (%)")):
+        if header.startswith(long):
+            return short
+    return "Δ" if header.startswith("Δ vs") else header
