@@ -196,6 +196,20 @@ def test_a_missing_gpu_is_said_before_the_store_is_made(tiny, tmp_path, capsys, 
 
 # -- the command line ------------------------------------------------------------------
 
+def test_run_says_which_store_and_data_it_uses_and_that_the_store_is_new(tiny, tmp_path, capsys, monkeypatch):
+    from ablate.tracking import _tracker
+
+    def interrupted(self, uri):
+        raise KeyboardInterrupt()
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(_tracker.Tracker, "__init__", interrupted)
+    code, out = _run(capsys, "run", str(tiny))  # stopped right after the header, before the store is opened
+    assert code == EXIT_INTERRUPTED
+    assert f"store {tmp_path / 'mlflow.db'} (new: this run creates it)" in out and f"data  {DATA_DIR}" in out
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 def test_plan_says_which_store_it_looked_at_even_when_there_is_none(tiny, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, out = _run(capsys, "plan", str(tiny))
@@ -242,7 +256,7 @@ def test_sigterm_ends_the_running_trials_preempted_and_exits_143(tiny, store):
     out, _ = parent.communicate(timeout=60)
     assert parent.returncode == EXIT_TERMINATED, out
     assert "Resume with: ablate run" in out and "Traceback" not in out
-    assert f"store {store.removeprefix('sqlite:///')} (new: this run creates it)" in out and f"data  {DATA_DIR}" in out
+    assert f"store {store.removeprefix('sqlite:///')}" in out and f"data  {DATA_DIR}" in out  # absolute paths
     runs = _runs(store)
     killed = runs[runs["status"] == "KILLED"]
     assert set(killed["tags.reason"]) == {"preempted"} and set(killed["tags.role"]) == {"parent", "trial"}
