@@ -107,8 +107,12 @@ def _start_server_deaf_to_ctrl_c() -> None:
     process started with SIGINT ignored keeps it ignored, so its workers set their own handler (serve). SIGINT is
     also held (blocked) meanwhile, so that a Ctrl-C meant for us in that moment is delivered afterwards, not lost;
     the server and its workers inherit the block, which serve lifts."""
+    import threading
     from multiprocessing import forkserver
 
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        forkserver.ensure_running()
+        return
     previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
