@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 
 import ablate
-from ablate.errors import EXIT_BAD_INPUT, EXIT_FAILED_TRIALS, EXIT_INTERRUPTED, EXIT_STORE, AblateError  # noqa: F401
+from ablate.errors import EXIT_FAILED_TRIALS, EXIT_INTERRUPTED, EXIT_TERMINATED, AblateError
 
 DESCRIPTION = """\
 ablate runs ablation studies of neural networks from one TOML file: it expands the
@@ -318,8 +318,6 @@ def _print_elsewhere(console, summary) -> None:
 
 
 def _interrupted_exit(reason: str) -> int:
-    from ablate.errors import EXIT_TERMINATED
-
     return EXIT_TERMINATED if reason == "preempted" else EXIT_INTERRUPTED
 
 

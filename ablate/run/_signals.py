@@ -53,10 +53,6 @@ def hurried() -> bool:
     return len(_received) > 1
 
 
-def first_signal() -> int | None:
-    return _received[0] if _received else None
-
-
 def raise_if_received() -> None:
     """Raise the interruption again if a signal came and its exception was swallowed on the way (library code
     that catches everything while we waited in it): the dispatcher asks between two events, so no signal is lost."""
