@@ -209,3 +209,18 @@ def test_two_invocations_of_one_study_at_once_train_each_trial_once(write_study,
     finished = trials[trials["status"] == "FINISHED"].groupby("tags.trial_hash").size()
     assert len(finished) == 6 and set(finished) == {1}, finished  # before: every hash twice
     assert any("another invocation" in out for out in outputs)
+
+
+def test_a_run_that_ended_since_the_search_is_judged_by_its_end_not_overwritten(tracked, monkeypatch):
+    """The search saw it RUNNING; its worker finished it a moment later: it is done, never marked FAILED."""
+    tracker, experiment, study, trials = tracked
+    gone = Identity(Identity.of_this_process().host, 2**22 + 17, "1")  # its process has exited since
+    finished = tracker.start_trial(experiment, _parent(tracker, experiment, study), trials[0], gone.tags())
+    stale = tracker.search(experiment, "tags.role = 'trial'")
+    tracker.finish(finished)
+    monkeypatch.setattr(tracker, "search", lambda *args: stale)
+
+    claim = tracker.claim_trial(experiment, _parent(tracker, experiment, study), trials[0], {})
+
+    assert claim.run_id is None and claim.elsewhere == "done"
+    assert tracker.run_state(finished).status == "FINISHED"

@@ -206,10 +206,11 @@ class Dispatcher:
             self.summary.running_elsewhere += 1
         self.reporter.trial_skipped(trial, elsewhere)
 
-    def _drain(self) -> None:
+    def _drain(self, stopping: bool = False) -> None:
         """What workers said just before one died still counts."""
+        handle = self._handle_while_stopping if stopping else self._handle
         while (event := self.backend.next_event(0.0)) is not None:
-            self._handle(event)
+            handle(event)
 
     def _check_dead(self) -> None:
         if not self.backend.dead():
@@ -280,7 +281,7 @@ class Dispatcher:
                 if event is not None:
                     self._handle_while_stopping(event)
                 for index in self.backend.dead():
-                    self._drain()
+                    self._drain(stopping=True)
                     self._mark_killed(self.held[index])
                     self.backend.stop(index)
                     self.held[index].stopped = True

@@ -61,11 +61,11 @@ def serve(slot: Slot, config: WorkerConfig, tasks: Queue, connection: Connection
     """A worker process's life: set up its device once, then run tasks until told to stop or orphaned. A stop
     before it holds a task (Ctrl-C or SIGTERM while it starts or waits, its parent gone) ends it quietly: it has
     nothing to record."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # the worker server ignores Ctrl-C; a worker does not
-    raise_on_sigterm()
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     channel = EventChannel(connection)
     try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the worker server ignores Ctrl-C; a worker does not
+        raise_on_sigterm()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # a held one lands here, inside
         worker = Worker(slot, config, channel.put, channel.die)
     except (KeyboardInterrupt, Orphaned):
         return

@@ -35,8 +35,9 @@ from ablate.tracking._tags import sqlite_path
 
 RACE_SECONDS = 60.0  # how long an open waits for another process's first-use migration to finish
 QUIET_SECONDS = 15.0  # a store being set up is written to at least this often, even on a busy machine
-_RACE_SIGNS = ("already exists", "duplicate column", "out-of-date database schema", "database is locked",
-               "no such table", "alembic_version")
+# (Not "out-of-date database schema": a store being set up is waited for before it is opened, so that message means
+# a store of an older MLflow, which store_failure says how to upgrade.)
+_RACE_SIGNS = ("already exists", "duplicate column", "database is locked", "no such table", "alembic_version")
 
 
 def open_client(uri: str) -> MlflowClient:

@@ -182,26 +182,43 @@ class Tracker:
             rival = self._rival(experiment_id, trial.hash, mine=None)
             if rival is None:
                 run_id = self.start_trial(experiment_id, parent_id, trial, env_tags)
-                rival = self._rival(experiment_id, trial.hash, mine=run_id)
+                try:
+                    rival = self._rival(experiment_id, trial.hash, mine=run_id)
+                except BaseException:  # interrupted, or the store failed: the claim never happened
+                    self._withdraw(run_id)
+                    raise
                 if rival is None:
                     return Claim(run_id)
-                self.client.delete_run(run_id)
-            if rival.info.status == "FINISHED":
+                self._withdraw(run_id)
+            if rival == "done":
                 return Claim(None, "done")
             time.sleep(random.uniform(0.05, 0.5))
             if self._rival(experiment_id, trial.hash, mine=None) is not None:
                 return Claim(None, "running")
-        return Claim(None, "done" if rival is not None and rival.info.status == "FINISHED" else "running")
+        return Claim(None, rival or "running")
 
-    def _rival(self, experiment_id: str, trial_hash: str, mine: str | None):
-        """Another run of the trial that stands in the way of a claim (see claim_trial); a dead claim found on the
-        way is ended FAILED (interrupted) so that nobody waits on it."""
+    def _withdraw(self, run_id: str) -> None:
+        try:
+            self.client.delete_run(run_id)
+        except StoreError:
+            pass  # left RUNNING, its worker's heartbeat stops: the next invocation recovers it
+
+    def _rival(self, experiment_id: str, trial_hash: str, mine: str | None) -> str | None:
+        """What stands in the way of a claim (see claim_trial): "done" (a FINISHED run of the trial), "running" (a
+        RUNNING one whose process and invocation live), or None. Each run is read again before it is judged, as it
+        may have ended since the search; a dead claim found on the way is ended FAILED (interrupted) so that nobody
+        waits on it."""
         runs = self.search(experiment_id, f"tags.{ROLE} = 'trial' and tags.{TRIAL_HASH} = '{trial_hash}'")
         for run in sorted(runs, key=lambda r: r.info.status != "FINISHED"):
             if run.info.run_id == mine or run.info.status not in ("FINISHED", "RUNNING"):
                 continue
-            if run.info.status == "FINISHED" or self.run_alive(run.info.run_id):
-                return run
+            status = run.info.status if run.info.status == "FINISHED" else self.run_state(run.info.run_id).status
+            if status == "FINISHED":
+                return "done"
+            if status != "RUNNING":
+                continue  # ended (failed, killed) since the search: nothing to take over
+            if self.run_alive(run.info.run_id):
+                return "running"
             tags = run.data.tags
             self.finish(run.info.run_id, "FAILED", reason=INTERRUPTED,
                         error=f"claimed by an ablate run that is gone (pid {tags.get(PID, '?')} on "
@@ -269,6 +286,8 @@ class Tracker:
             if tags.get(MLFLOW_PARENT_RUN_ID) in live and alive(tags):
                 elsewhere.add(tags.get(TRIAL_HASH, ""))
                 continue
+            if self.run_state(run.info.run_id).status != "RUNNING":
+                continue  # it ended since the search: its end stands
             who = f"pid {tags.get(PID, '?')} on {tags.get(HOST, '?')}"
             self.finish(run.info.run_id, "FAILED", error=f"left RUNNING by an ablate run that is gone ({who})",
                         reason=INTERRUPTED)
