@@ -1,8 +1,9 @@
 """Datasets: a registry of what ablate trains on — the only place that knows a dataset.
 
 Owns each dataset's files and their layout under the data folder (torchvision's), how they
-are read, its shape (C, H, W), classes and class names, split sizes and normalisation
-constants (`get`, `names`, `read_arrays`, `ensure_files`); and its resident copy on a
+are read, its shape (C, H, W), classes and class names and split sizes (`get`, `names`,
+`read_arrays`, `ensure_files`); the per-channel mean and std of its training images, computed
+and cached (`train_stats`); and its resident copy on a
 training device (`load` → `DeviceData`). Everything downstream — models, parameter and MAC
 counts, augmentation, figures — takes the shape and classes from here. Adding a dataset is
 one module in this folder that calls `register`.
@@ -16,14 +17,15 @@ from typing import TYPE_CHECKING
 
 from ablate.datasets import _mnist  # noqa: F401  (registers MNIST)
 from ablate.datasets._registry import (
-    DEFAULT, Dataset, check_data, default_data_dir, ensure_files, get, names, read_arrays, register, unregister,
+    DEFAULT, Dataset, check_data, default_data_dir, ensure_files, get, names, read_arrays, register, train_stats,
+    unregister,
 )
 
 if TYPE_CHECKING:
     from ablate.datasets._resident import DeviceData, Split, load
 
 __all__ = ["DEFAULT", "Dataset", "DeviceData", "Split", "check_data", "default_data_dir", "ensure_files", "get", "load", "names",
-           "read_arrays", "register", "unregister"]
+           "read_arrays", "register", "train_stats", "unregister"]
 
 _RESIDENT = ("load", "DeviceData", "Split")  # the torch side, imported on first use
 

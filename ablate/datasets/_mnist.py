@@ -27,6 +27,5 @@ def _download(root: Path) -> None:
 MNIST = register(Dataset(
     name="mnist", title="MNIST", folder="MNIST/raw", files=tuple(FILES.values()),
     shape=(1, 28, 28), class_names=tuple(str(digit) for digit in range(10)), train_size=60_000, test_size=10_000,
-    mean=(0.1307,), std=(0.3081,),  # of the 60k training images, the usual constants
     read=_read, download=_download,
 ))

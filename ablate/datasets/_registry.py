@@ -35,8 +35,6 @@ class Dataset:
     class_names: tuple[str, ...]
     train_size: int
     test_size: int
-    mean: tuple[float, ...]  # per channel, of the training images scaled to [0, 1]: what `standard` subtracts
-    std: tuple[float, ...]
     read: Callable[[Path], dict[str, "np.ndarray"]]
     download: Callable[[Path], None]
 
@@ -55,8 +53,6 @@ _DATASETS: dict[str, Dataset] = {}
 
 
 def register(dataset: Dataset) -> Dataset:
-    if len(dataset.mean) != dataset.shape[0] or len(dataset.std) != dataset.shape[0]:
-        raise ValueError(f"dataset {dataset.name}: mean and std need one value per channel")
     _DATASETS[dataset.name] = dataset
     return dataset
 
@@ -139,6 +135,17 @@ def check_data(name: str, root: Path) -> None:
         if problem:
             raise AblateError(f"{dataset.title}'s {split} files in {folder} hold {problem}: replace them with the "
                               "original files")
+
+
+def train_stats(name: str, root: Path, arrays: dict[str, "np.ndarray"]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of the dataset's training images (scaled to [0, 1] when uint8), computed once and
+    cached beside its files; `arrays` are the dataset's, as read_arrays returned them."""
+    from ablate.datasets._stats import cached_stats
+
+    dataset = get(name)
+    folder = Path(root).resolve() / dataset.folder
+    files = [found for file in dataset.files if (found := find(folder, file)) is not None]
+    return cached_stats(f"{name}@{folder}", arrays["train_images"], files)
 
 
 def read_arrays(name: str, root: Path) -> dict[str, "np.ndarray"]:

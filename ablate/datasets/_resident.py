@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
-from ablate.datasets._registry import get, read_arrays
+from ablate.datasets._registry import read_arrays, train_stats
 
 if TYPE_CHECKING:
     from ablate.spec import DataSettings
@@ -73,11 +74,12 @@ def build(dataset: str, settings: "DataSettings", data_dir: Path, device: torch.
     def split(x: torch.Tensor, y: torch.Tensor) -> Split:
         return Split(images=x.contiguous().to(device), labels=y.contiguous().to(device))
 
-    info = get(dataset)
+    mean, std = train_stats(dataset, data_dir, arrays)
     standard = settings.normalize == "standard"  # `unit` is the same formula with mean 0 and std 1: x / 255
+    scale = 255.0 if arrays["train_images"].dtype == np.uint8 else 1.0  # float images are normalised as they are
 
     def per_channel(values: tuple[float, ...], unit: float) -> torch.Tensor | float:
-        scaled = [255.0 * (v if standard else unit) for v in values]  # in double precision, as a scalar would be
+        scaled = [scale * (v if standard else unit) for v in values]  # in double precision, as a scalar would be
         if len(scaled) == 1:
             return scaled[0]
         return torch.tensor(scaled, dtype=torch.float32, device=device).view(-1, 1, 1)
@@ -86,6 +88,6 @@ def build(dataset: str, settings: "DataSettings", data_dir: Path, device: torch.
         train=split(images[train_idx], labels[train_idx]),
         val=split(images[val_idx], labels[val_idx]),
         test=split(test_images, test_labels),
-        mean=per_channel(info.mean, 0.0),
-        std=per_channel(info.std, 1.0),
+        mean=per_channel(mean, 0.0),
+        std=per_channel(std, 1.0),
     )
