@@ -155,8 +155,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from ablate.spec import load_study
     from ablate.tracking import trial_statuses
 
+    _make_factories_importable(args.study)  # before the study is read: a dataset factory is called to validate it
     study = load_study(args.study)
-    _make_factories_importable(study.path)
     uri = args.tracking_uri or _default_uri()
     if study.search is not None:  # a search has no fixed trial list: its space, budget and confirm phase
         held = _search_held(study, uri, args.storage)
@@ -208,7 +208,7 @@ def _print_search_held(held: dict) -> None:
 
 
 def _make_factories_importable(study_path: str) -> tuple[str, ...]:
-    """A custom model's `package.module` may live in the current directory or beside the study file."""
+    """A custom model's or dataset's `package.module` may live in the current directory or beside the study file."""
     folders = (str(Path(study_path).resolve().parent), os.getcwd())
     for folder in folders:
         if folder not in sys.path:
@@ -231,8 +231,8 @@ def _run(args: argparse.Namespace) -> int:
     from ablate.design import expand
     from ablate.spec import load_study
 
+    import_paths = _make_factories_importable(args.study)  # before the study is read, as in plan
     study = load_study(args.study)
-    import_paths = _make_factories_importable(study.path)
     trials = expand(study)  # every check on the spec happens before torch or mlflow load
     overrides = {"devices": _devices(args.devices) if args.devices else None,
                  "workers_per_device": args.workers_per_device, "max_workers": args.max_workers, "pack": args.pack}
@@ -240,12 +240,13 @@ def _run(args: argparse.Namespace) -> int:
 
     from ablate import datasets
     from ablate.console import ConsoleReporter, print_failures, print_warnings
-    from ablate.run import plan_slots_for
+    from ablate.design import resident_needs
+    from ablate.run import check_memory, plan_slots_for
     from ablate.tracking import check_store, store_is_new, store_label
 
     uri = args.tracking_uri or _default_uri()
     data_dir = Path(args.data_dir) if args.data_dir else datasets.default_data_dir()
-    plan_slots_for(execution)  # a GPU asked for and absent
+    check_memory(plan_slots_for(execution), resident_needs(study, trials))  # a GPU asked for and absent; too little memory
     check_store(uri, write=True)
     new_store = store_is_new(uri)
     for dataset in sorted({t.settings.dataset for t in trials} | {study.info.dataset}):

@@ -27,8 +27,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table
 from rich.text import Text
 
-from ablate import models
-from ablate.design import Design, Pack, flatten, format_value, pack_trials, varying_settings
+from ablate import datasets, models
+from ablate.design import Design, Pack, flatten, format_value, pack_trials, resident_needs, varying_settings
 from ablate.spec import Study, format_label, study_warnings
 from ablate.tracking import store_label
 
@@ -53,10 +53,26 @@ def status_of(statuses: dict[str, str] | None, trial_hash: str) -> str:
     return "to do" if statuses is None else statuses.get(trial_hash, "to do")
 
 
+def dataset_info(study: Study, trials: list) -> dict:
+    """The study's dataset as a plan states it: shape, classes, sizes and what one worker holds resident."""
+    data = datasets.get(study.info.dataset)
+    return {"name": data.name, "title": data.title, "shape": list(data.shape), "classes": data.classes,
+            "train_size": data.train_size, "test_size": data.test_size,
+            "resident_bytes_per_worker": sum(resident_needs(study, trials).values())}
+
+
+def dataset_line(info: dict) -> str:
+    """'data: CIFAR-10, 3×32×32, 10 classes, 50,000 train / 10,000 test; 184 MB resident per worker'."""
+    shape = "×".join(map(str, info["shape"]))
+    return (f"data: {info['title']}, {shape}, {info['classes']} classes, {info['train_size']:,} train / "
+            f"{info['test_size']:,} test; {info['resident_bytes_per_worker'] / 1e6:,.0f} MB resident per worker")
+
+
 def plan_json(study: Study, design: Design, statuses: dict[str, str] | None) -> dict:
     return {
         "study": study.name,
         "design": study.info.design,
+        "dataset": dataset_info(study, design.trials),
         "count": len(design.trials),
         "arms": design.arms,
         "excluded": study.excluded,
@@ -104,6 +120,7 @@ def print_plan(study: Study, design: Design, statuses: dict[str, str] | None, ur
     if labels != varying:  # a column named by a suffix: say which setting it is
         console.print("settings: " + ", ".join(varying), markup=False)
     console.print(plan_summary(study, design), markup=False)
+    console.print(dataset_line(dataset_info(study, trials)), markup=False)
     where = store_label(uri)
     if statuses is not None:
         counts = Counter(status_of(statuses, t.hash) for t in trials)
@@ -265,6 +282,7 @@ def print_search_plan(study: Study) -> None:
     console = terminal()
     print_fitted(console, f"{study.name}: search space", columns, [list(row.values()) for row in rows])
     console.print(summary, markup=False)
+    console.print(dataset_line(dataset_info(study, [])), markup=False)
     print_warnings(console, study)
 
 

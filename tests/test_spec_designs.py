@@ -102,7 +102,7 @@ def test_plan_counts_merged_and_excluded(tmp_path):
     done = subprocess.run([sys.executable, "-m", "ablate", "plan", str(path), "--tracking-uri", store],
                           capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
-    summary = done.stdout.replace("\n", " ")
+    summary = " ".join(done.stdout.split())  # rich wraps long lines at the pipe's 80 columns
     assert "14 trials: 7 arms × 2 seeds" in summary
     assert "grid of 12 points, 2 excluded by [[exclude]], 3 merged" in summary
     as_json = subprocess.run([sys.executable, "-m", "ablate", "plan", str(path), "--format", "json"],

@@ -3,8 +3,8 @@
 Owns each dataset's files and their layout under the data folder (torchvision's), how they
 are read, its shape (C, H, W), classes and class names and split sizes (`get`, `names`,
 `read_arrays`, `ensure_files`); the per-channel mean and std of its training images, computed
-and cached (`train_stats`); and its resident copy on a
-training device (`load` → `DeviceData`). Everything downstream — models, parameter and MAC
+and cached (`train_stats`); a researcher's own data from a factory function (`from_factory`);
+and its resident copy on a training device (`load` → `DeviceData`). Everything downstream — models, parameter and MAC
 counts, augmentation, figures — takes the shape and classes from here. Adding a dataset is
 one module in this folder that calls `register`.
 
@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING
 
 from ablate.datasets import _mnist  # noqa: F401  (registers MNIST)
 from ablate.datasets._registry import (
-    DEFAULT, Dataset, check_data, default_data_dir, ensure_files, get, names, read_arrays, register, train_stats,
-    unregister,
+    DEFAULT, Dataset, check_data, default_data_dir, ensure_files, get, is_factory_key, names, read_arrays, register,
+    train_stats, unregister,
 )
 
 if TYPE_CHECKING:
     from ablate.datasets._resident import DeviceData, Split, load
 
-__all__ = ["DEFAULT", "Dataset", "DeviceData", "Split", "check_data", "default_data_dir", "ensure_files", "get", "load", "names",
-           "read_arrays", "register", "train_stats", "unregister"]
+__all__ = ["DEFAULT", "Dataset", "DeviceData", "Split", "check_data", "default_data_dir", "ensure_files", "from_factory",
+           "get", "is_factory_key", "load", "names", "read_arrays", "register", "train_stats", "unregister"]
 
 _RESIDENT = ("load", "DeviceData", "Split")  # the torch side, imported on first use
 
@@ -35,4 +35,8 @@ def __getattr__(name: str):
         from ablate.datasets import _resident
 
         return getattr(_resident, name)
+    if name == "from_factory":  # numpy, imported only by a study that names a factory
+        from ablate.datasets._factory import from_factory
+
+        return from_factory
     raise AttributeError(f"module 'ablate.datasets' has no attribute {name!r}")

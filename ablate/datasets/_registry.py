@@ -13,7 +13,10 @@ from ablate.errors import AblateError
 if TYPE_CHECKING:
     import numpy as np
 
+    from ablate.spec import DataSettings
+
 DEFAULT = "mnist"  # the dataset of a study that names none
+FACTORY_PREFIX = "factory:"  # the name of a dataset a factory returned starts so (see _factory)
 ROLES = ("train_images", "train_labels", "test_images", "test_labels")  # what a reader returns
 
 
@@ -37,10 +40,19 @@ class Dataset:
     test_size: int
     read: Callable[[Path], dict[str, "np.ndarray"]]
     download: Callable[[Path], None]
+    pixel_bytes: int = 1  # per stored pixel value: uint8 images; a factory's float images are kept as float32 (4)
 
     @property
     def classes(self) -> int:
         return len(self.class_names)
+
+    def resident_bytes(self, data: "DataSettings") -> int:
+        """What one worker holds on its device for these data settings: the split's images, as stored, and labels."""
+        train = self.train_size - data.val_size
+        if data.train_limit is not None:
+            train = min(train, data.train_limit)
+        test = self.test_size if data.test_limit is None else min(self.test_size, data.test_limit)
+        return (train + data.val_size + test) * (self.inputs * self.pixel_bytes + 8)  # int64 labels
 
     @property
     def inputs(self) -> int:
@@ -62,16 +74,25 @@ def unregister(name: str) -> None:
     _DATASETS.pop(name, None)
 
 
+def is_factory_key(name: str) -> bool:
+    return name.startswith(FACTORY_PREFIX)
+
+
 def names() -> tuple[str, ...]:
-    return tuple(_DATASETS)
+    """The built-in and registered datasets a study may name (a factory's dataset is named by its table instead)."""
+    return tuple(name for name in _DATASETS if not is_factory_key(name))
 
 
 def get(name: str) -> Dataset:
-    """The registered dataset; the study file's `dataset` is validated against names(), so a miss is a bug."""
-    try:
+    """The registered dataset, or a factory's rebuilt from its key; the study file's `dataset` is validated against
+    names(), so a miss is a bug."""
+    if name in _DATASETS:
         return _DATASETS[name]
-    except KeyError:
-        raise AblateError(f"no dataset named {name!r}; known: {', '.join(_DATASETS)}") from None
+    if is_factory_key(name):  # a dataset of the user's factory, in a process that has not called it yet
+        from ablate.datasets._factory import from_key
+
+        return from_key(name)
+    raise AblateError(f"no dataset named {name!r}; known: {', '.join(names())}")
 
 
 def default_data_dir() -> Path:

@@ -11,11 +11,11 @@ ablate.errors. Never torch or MLflow: `ablate plan` expands studies at once.
 
 from ablate.design._identity import HASH_LENGTH, flatten, format_value, identity, settings_hash
 from ablate.design._pack import PACKABLE_TRAIN, Pack, pack_key, pack_trials
-from ablate.design._plan import plan_document
+from ablate.design._plan import plan_document, resident_needs
 from ablate.design._trials import (
     Design, Trial, describe_changes, expand, expand_design, trial_for, varying_settings,
 )
 
 __all__ = ["Design", "HASH_LENGTH", "PACKABLE_TRAIN", "Pack", "Trial", "describe_changes", "expand", "expand_design",
-           "flatten", "format_value", "identity", "pack_key", "pack_trials", "plan_document", "settings_hash",
-           "trial_for", "varying_settings"]
+           "flatten", "format_value", "identity", "pack_key", "pack_trials", "plan_document", "resident_needs",
+           "settings_hash", "trial_for", "varying_settings"]

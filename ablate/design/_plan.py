@@ -6,7 +6,7 @@ from typing import Any
 
 from ablate import datasets, models
 from ablate.design._trials import Trial
-from ablate.spec import Stage, Study
+from ablate.spec import Stage, Study, resolve_point
 
 
 def plan_document(study: Study, trials: list[Trial], arms: tuple[Stage, ...] | None = None) -> dict[str, Any]:
@@ -35,3 +35,16 @@ def plan_document(study: Study, trials: list[Trial], arms: tuple[Stage, ...] | N
         "stages": list(stages.values()),
         "trials": [{"hash": t.hash, "stage": t.stage, "seed": t.seed} for t in trials],
     }
+
+
+def resident_needs(study: Study, trials: list[Trial]) -> dict[str, int]:
+    """Bytes one worker holds resident per dataset (a worker keeps every split its trials use: one per distinct
+    dataset and data settings), by the dataset's title."""
+    pairs = {(t.settings.dataset, t.settings.data) for t in trials}
+    if not pairs:  # a search: its trials are not known yet; its base settings' data
+        pairs = {(study.info.dataset, resolve_point(study, ()).data)}
+    needs: dict[str, int] = {}
+    for name, data in pairs:
+        dataset = datasets.get(name)
+        needs[dataset.title] = needs.get(dataset.title, 0) + dataset.resident_bytes(data)
+    return needs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,3 +78,41 @@ def plan_slots_for(execution: ExecutionSettings) -> list[Slot]:
 
     return plan_slots(execution.devices, execution.workers_per_device, execution.max_workers,
                       torch.cuda.device_count(), joblib.cpu_count())
+
+
+FITS = 0.9  # of a device's free memory the resident data may take: the rest is for models, activations and slack
+
+
+def check_memory(slots: list[Slot], needs: dict[str, int]) -> None:
+    """Refuse, before any run starts, a study whose data would not fit: every worker loads its own resident copy,
+    so a device needs (its workers) × (one worker's data) free."""
+    per_worker = sum(needs.values())
+    for device, workers in Counter(s.device for s in slots).items():
+        free = free_memory(device)
+        if free is None or workers * per_worker <= FITS * free:
+            continue
+        held = ", ".join(f"{title} {size / MB:,.0f} MB" for title, size in needs.items())
+        raise AblateError(
+            f"the data would not fit on {device}: {workers} worker(s) each hold it resident ({held}), "
+            f"{workers * per_worker / MB:,.0f} MB in all, and {device} has {free / MB:,.0f} MB free. Use fewer workers "
+            "(--workers-per-device or --max-workers), a smaller data.train_limit, or a device with more memory"
+        )
+
+
+MB = 1e6
+
+
+def free_memory(device: str) -> int | None:
+    """Free bytes on a device: a GPU's as CUDA reports it; the host's available memory for the CPU (None where the
+    system does not say)."""
+    if device != "cpu":
+        import torch
+
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

@@ -17,7 +17,7 @@ from ablate.spec._docs import schema_markdown, schema_rows, schema_tables
 from ablate.spec._arms import naming
 from ablate.spec._grid import format_label
 from ablate.spec._schema import (
-    SCHEDULE_KINDS, Augment, ConstantSchedule, CosineSchedule, DataSettings, EarlyStopping, ExecutionSettings,
+    SCHEDULE_KINDS, Augment, ConstantSchedule, CosineSchedule, DataSettings, DatasetFactory, EarlyStopping, ExecutionSettings,
     ExponentialSchedule, MultiStepSchedule, OneCycleSchedule, ScheduleSpec, Stage, StepSchedule, Study, StudyInfo,
     TrainSettings, TrialSettings, WarmupCosineSchedule,
 )
@@ -25,7 +25,7 @@ from ablate.spec._space import SearchSettings, SearchSpec, SpaceEntry, resolve_p
 from ablate.spec._study import load_study, parse_study, study_warnings
 
 __all__ = [
-    "Augment", "CNNModel", "ConstantSchedule", "ConvBlock", "CosineSchedule", "CustomModel", "DataSettings",
+    "Augment", "CNNModel", "ConstantSchedule", "ConvBlock", "CosineSchedule", "CustomModel", "DataSettings", "DatasetFactory",
     "EarlyStopping", "ExecutionSettings", "ExponentialSchedule", "LinearModel", "MLPModel", "ModelSpec",
     "MultiStepSchedule", "OneCycleSchedule", "SCHEDULE_KINDS", "ScheduleSpec", "SearchSettings", "SearchSpec",
     "SpaceEntry", "Stage", "StepSchedule", "Study", "StudyInfo", "TrainSettings", "TrialSettings",

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from ablate import datasets
-from ablate.fields import above, at_least, fraction_below_one, identifier, option, unique_ints
+from ablate.fields import above, at_least, factory_reference, fraction_below_one, identifier, option, unique_ints
 from ablate.models import ModelSpec
 
 if TYPE_CHECKING:
@@ -21,11 +21,29 @@ if TYPE_CHECKING:
     from ablate.spec._validate import Layer
 
 
+@dataclass(frozen=True, kw_only=True)
+class DatasetFactory:
+    """Your own data: every key besides `factory` is passed to the factory as a keyword argument."""
+
+    factory: str = option(
+        doc="`package.module:function` returning train and test images and labels (see the README's \"Your own "
+        "data\"); importable from the current directory or the study file's folder.",
+        check=factory_reference,
+    )
+    kwargs: dict = option({}, "Keyword arguments of the factory; any other key of the table lands here.")
+
+    EXTRA_KEYS = "kwargs"  # where validation puts keys the schema does not name
+
+
 @dataclass(frozen=True)
 class StudyInfo:
     name: str = option(doc="Study name; also the MLflow experiment name.", check=identifier)
     # The registry is read whenever the schema is (get_type_hints evaluates this), so a dataset registered later counts.
-    dataset: Literal[datasets.names()] = option(datasets.DEFAULT, "Dataset every trial trains on.")
+    dataset: Literal[datasets.names()] | DatasetFactory = option(
+        datasets.DEFAULT,
+        "Dataset every trial trains on: a built-in's name, or `{ factory = \"pkg.module:function\", ... }` for your "
+        "own (its arguments, and a fingerprint of the data it returns, are part of every trial's identity).",
+    )
     design: Literal["ladder", "grid", "ablation", "search"] = option(
         "ladder",
         "How the study becomes trials. `ladder`: the `[[stage]]`s in order, each compared with the first; "

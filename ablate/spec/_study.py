@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 from ablate import datasets
-from ablate.errors import SpecError, did_you_mean
+from ablate.errors import AblateError, SpecError, did_you_mean
 from ablate.spec._arms import TOP_KEYS, arm_sources, naming
 from ablate.spec._grid import expand_grid, parse_grid
-from ablate.spec._schema import ExecutionSettings, Stage, Study, StudyInfo
+from ablate.spec._schema import DatasetFactory, ExecutionSettings, Stage, Study, StudyInfo
 from ablate.spec._space import check_space_resolves, parse_search, search_warnings
 from ablate.spec._validate import SETTING_TABLES, Context, Layer, build, check_table, coerce, resolve, written
 
@@ -37,6 +38,7 @@ def parse_study(text: str, file: str = "<study>") -> Study:
     if "study" not in raw:
         raise SpecError(file, "study", "is required: a [study] table with at least `name`")
     info = build(StudyInfo, check_table(raw["study"], StudyInfo, Context(file), "study"), Context(file), "study")
+    info = _resolve_dataset(info, file)
     execution = coerce(raw.get("execution", {}), ExecutionSettings, Context(file), "execution")
     top: Layer = ({key: raw[key] for key in SETTING_TABLES if key in raw}, written(""))
     sources = arm_sources(raw, info, file)
@@ -62,6 +64,18 @@ def parse_study(text: str, file: str = "<study>") -> Study:
                             source=source.where))
     _check_baseline(info, stages, file)
     return Study(info=info, stages=tuple(stages), path=file, text=text, execution=execution)
+
+
+def _resolve_dataset(info: StudyInfo, file: str) -> StudyInfo:
+    """A factory's dataset is called, checked and registered here, once; the study then names it by its key (factory,
+    arguments and fingerprint), which every trial's settings carry."""
+    if not isinstance(info.dataset, DatasetFactory):
+        return info
+    try:
+        dataset = datasets.from_factory(info.dataset.factory, info.dataset.kwargs)
+    except AblateError as exc:
+        raise SpecError(file, "study.dataset", str(exc)) from exc
+    return replace(info, dataset=dataset.name)
 
 
 def _check_baseline(info: StudyInfo, stages: list[Stage], file: str) -> None:

@@ -111,6 +111,9 @@ def coerce(value: Any, tp: Any, ctx: Context, path: str) -> Any:
                 return coerce(value, member, ctx, path)
             except SpecError:
                 continue
+        named = [m for m in members if typing.get_origin(m) is Literal]
+        if isinstance(value, str) and named:  # a misspelt name: say which names there are, and the closest
+            coerce(value, named[0], ctx, path)
         raise wrong
     if origin is tuple:
         if not isinstance(value, list | tuple):
