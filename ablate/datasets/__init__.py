@@ -22,6 +22,7 @@ from ablate.datasets._registry import (
 )
 
 if TYPE_CHECKING:
+    from ablate.datasets._factory import from_factory
     from ablate.datasets._resident import DeviceData, Split, load
 
 __all__ = ["DEFAULT", "Dataset", "DeviceData", "Split", "check_data", "default_data_dir", "ensure_files", "from_factory",
