@@ -347,6 +347,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise AblateError(f"no MLflow store at {store_label(uri)}; run `ablate run STUDY.toml` here first, or pass "
                           "--tracking-uri")
     check_store(uri, write=False)
+    if os.getcwd() not in sys.path:  # a dataset factory the figures call again, as `ablate run` found it
+        sys.path.insert(0, os.getcwd())
 
     from ablate.report import build, column_keys, render
 
