@@ -70,11 +70,12 @@ def _write_cache(path: Path, key: str, entry: dict) -> None:
     cache = _read_cache(path)
     cache[key] = entry
     try:
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".ablate-stats-", delete=False) as out:
-            json.dump(cache, out, indent=1)
-        os.replace(out.name, path)
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".ablate-stats-")
     except OSError:
-        try:
-            os.unlink(out.name)
-        except (OSError, UnboundLocalError):
-            pass
+        return
+    try:
+        with os.fdopen(descriptor, "w") as out:
+            json.dump(cache, out, indent=1)
+        os.replace(temporary, path)
+    except OSError:  # a full disk: the numbers are computed again next time
+        Path(temporary).unlink(missing_ok=True)
