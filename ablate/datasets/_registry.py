@@ -41,6 +41,7 @@ class Dataset:
     read: Callable[[Path], dict[str, "np.ndarray"]]
     download: Callable[[Path], None]
     pixel_bytes: int = 1  # per stored pixel value: uint8 images; a factory's float images are kept as float32 (4)
+    gzipped: bool = False  # its files are downloaded gzipped (the IDX family): an error names them so
 
     @property
     def classes(self) -> int:
@@ -119,7 +120,7 @@ def ensure_files(name: str, root: Path) -> None:
         dataset.download(Path(root))
     except Exception as exc:  # no network, a proxy, a mirror down: all mean the same to the user
         _remove_empty(missing_folders)
-        listed = ", ".join(f"{file}.gz" for file in dataset.files)
+        listed = ", ".join(f"{file}.gz" if dataset.gzipped else file for file in dataset.files)
         raise AblateError(
             f"{dataset.title} is not in {folder} and could not be downloaded ({type(exc).__name__}: {exc}). "
             f"Put its files {listed} there, or point --data-dir / ABLATE_DATA_DIR at a folder that holds "
