@@ -15,7 +15,7 @@ this package imports on first use (`load`, `DeviceData`, `Split`), so that valid
 
 from typing import TYPE_CHECKING
 
-from ablate.datasets import _cifar, _mnist, _svhn  # noqa: F401  (they register the built-in datasets)
+from ablate.datasets import _mnist, _cifar, _svhn  # noqa: F401, I001  (they register the built-ins, in this order)
 from ablate.datasets._registry import (
     DEFAULT, Dataset, check_data, default_data_dir, ensure_files, get, is_factory_key, names, read_arrays, register,
     train_stats, unregister,

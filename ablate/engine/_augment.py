@@ -1,8 +1,16 @@
-"""Augmentation on the device: a random rotation, zoom and shift per image, as one batched resampling."""
+"""Augmentation on the device, batched, a different transform per image: a padded random crop, a horizontal flip,
+then a random rotation, zoom and shift as one affine resampling — on uint8 pixels cast to float, before
+normalisation, so the pixels moved in are black.
+
+Every draw comes from the trial's own augment generator, in a fixed order (crop offsets, flips, affine numbers),
+and a part that is off draws nothing: switching crop or flip on leaves the affine draws of a study without them
+unchanged, and a packed trial draws exactly what its single run would (the packed engine concatenates per-trial
+`Draws`)."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +50,56 @@ def resample(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+@dataclass(frozen=True)
+class Draws:
+    """One batch's random numbers; None where that part of the augmentation is off."""
+
+    offsets: torch.Tensor | None  # (n, 2) ints in [0, 2·crop]: the crop window's top-left corner in the padded image
+    flips: torch.Tensor | None  # (n,) bool: mirror this image
+    affine: torch.Tensor | None  # (n, 4) U(-1, 1): angle, scale, shifts
+
+
+def draw(n: int, augment: Augment, generator: torch.Generator, device: torch.device) -> Draws:
+    offsets = flips = affine = None
+    if augment.crop:
+        offsets = torch.randint(0, 2 * augment.crop + 1, (n, 2), device=device, generator=generator)
+    if augment.flip:
+        flips = torch.rand(n, device=device, generator=generator) < 0.5
+    if augment.affine:
+        affine = affine_draws(n, generator, device)
+    return Draws(offsets, flips, affine)
+
+
+def concat(draws: list[Draws]) -> Draws:
+    """Several trials' draws as one batch's, trial after trial (a pack's images are stacked in that order)."""
+    def joined(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
+        return None if parts[0] is None else torch.cat(parts)
+
+    return Draws(*(joined([getattr(d, part) for d in draws]) for part in ("offsets", "flips", "affine")))
+
+
+def crop(images: torch.Tensor, offsets: torch.Tensor, padding: int) -> torch.Tensor:
+    """Each image padded with `padding` zeros and cut to its size at its own offset: two gathers, no loop."""
+    n, channels, height, width = images.shape
+    padded = F.pad(images, (padding, padding, padding, padding))
+    rows = offsets[:, 0, None] + torch.arange(height, device=images.device)  # (n, H)
+    cols = offsets[:, 1, None] + torch.arange(width, device=images.device)  # (n, W)
+    picked = padded.gather(2, rows.view(n, 1, height, 1).expand(n, channels, height, padded.shape[3]))
+    return picked.gather(3, cols.view(n, 1, 1, width).expand(n, channels, height, width))
+
+
+def apply(images: torch.Tensor, draws: Draws, augment: Augment) -> torch.Tensor:
+    """Crop, flip, then the affine resampling, each where its draws say (float images, 0 … 255)."""
+    if draws.offsets is not None:
+        images = crop(images, draws.offsets, augment.crop)
+    if draws.flips is not None:
+        images = torch.where(draws.flips.view(-1, 1, 1, 1), images.flip(-1), images)
+    if draws.affine is not None:
+        images = resample(images, affine_theta(draws.affine, augment))
+    return images
+
+
 def augment_batch(images: torch.Tensor, augment: Augment, generator: torch.Generator) -> torch.Tensor:
-    """Random rotation, shift and zoom, a different one per image, as one batched affine resampling on the device."""
-    return resample(images, affine_theta(affine_draws(images.shape[0], generator, images.device), augment))
+    """The study's augmentation of one training batch, a different transform per image, on the device."""
+    return apply(images, draw(images.shape[0], augment, generator, images.device), augment)
 

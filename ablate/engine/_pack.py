@@ -27,7 +27,7 @@ from torch import nn
 
 from ablate import datasets, models
 from ablate.datasets import DeviceData, Split
-from ablate.engine._augment import AUGMENT_SEED_OFFSET, affine_draws, affine_theta, resample
+from ablate.engine._augment import AUGMENT_SEED_OFFSET, apply, concat, draw
 from ablate.engine._optim import make_optimizer, make_schedule
 from ablate.engine._train import EVAL_BATCH, Diverged, EarlyStopper, TrialResult
 from ablate.spec import TrainSettings, TrialSettings
@@ -350,9 +350,8 @@ class _Packed:
         augment = self.train.augment
         if augment.active:
             k, b = index.shape
-            draws = torch.cat([affine_draws(b, g, self.device) for g in self.augment_generators])
-            theta = affine_theta(draws, augment)
-            images = resample(images.flatten(0, 1).float(), theta).unflatten(0, (k, b))
+            draws = concat([draw(b, augment, g, self.device) for g in self.augment_generators])
+            images = apply(images.flatten(0, 1).float(), draws, augment).unflatten(0, (k, b))
         return self.data.normalise(images)
 
     def epoch(self) -> tuple[list[float], list[float], list[bool]]:

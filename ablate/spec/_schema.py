@@ -163,10 +163,20 @@ class Augment:
     rotation: float = option(0.0, "Random rotation in ± degrees; 0 turns it off.", at_least(0.0))
     translate: float = option(0.0, "Random shift of up to this fraction of the width and height; 0: off.", fraction_below_one)
     scale: tuple[float, ...] = option((1.0, 1.0), "Random zoom factor drawn from [low, high]; [1, 1]: off.", scale_range)
+    crop: int = option(
+        0, "Pad each image with this many black pixels on every side and take a random window of its size "
+        "(torchvision's RandomCrop(size, padding=crop)); 0: off.", at_least(0),
+    )
+    flip: bool = option(False, "Mirror a random half of the images left to right (RandomHorizontalFlip).")
+
+    @property
+    def affine(self) -> bool:
+        """Rotation, shift or zoom: the batched affine resampling."""
+        return bool(self.rotation or self.translate or self.scale != (1.0, 1.0))
 
     @property
     def active(self) -> bool:
-        return bool(self.rotation or self.translate or self.scale != (1.0, 1.0))
+        return self.affine or bool(self.crop) or self.flip
 
 
 @dataclass(frozen=True)
