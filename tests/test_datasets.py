@@ -152,7 +152,7 @@ def test_a_study_on_a_registered_dataset_runs_and_reports(colours, tmp_path, cap
 
     out = tmp_path / "report" / "colours.md"
     assert main(["report", "--tracking-uri", store, "--study", "colours", "--out", str(out)]) == 0
-    for figure in ("confusion", "mistakes", "templates", "curves", "test_accuracy"):
+    for figure in ("confusion", "mistakes", "templates", "curves", "test_accuracy", "samples"):
         pixels = matplotlib.image.imread(out.parent / f"colours-{figure}.png")
         assert pixels.std() > 0.05, figure  # something is drawn
     assert "| linear" in out.read_text()
@@ -164,3 +164,26 @@ def test_a_dataset_not_registered_is_a_spec_error_naming_the_known_ones():
     with pytest.raises(SpecError) as info:
         parse_study(STUDY.replace(NAME, "colors"), "bad.toml")
     assert info.value.path == "study.dataset" and "allowed: 'mnist'" in str(info.value)
+
+
+@pytest.mark.parametrize("classes, rows", [(4, 4), (100, 20)])
+def test_the_samples_figure_has_a_row_per_class_up_to_twenty(tmp_path, monkeypatch, classes, rows):
+    from types import SimpleNamespace
+
+    import matplotlib.pyplot as plt
+
+    from ablate.report import _figures
+
+    data = datasets.Dataset(
+        name="many", title="Many", folder="", files=(), shape=SHAPE, class_names=tuple(f"c{k}" for k in range(classes)),
+        train_size=0, test_size=0, read=_read, download=_offline)
+    rng = np.random.default_rng(0)
+    arrays = {"train_images": rng.integers(0, 256, (20 * classes, *SHAPE), dtype=np.uint8),
+              "train_labels": np.arange(20 * classes) % classes}
+    closed = []
+    monkeypatch.setattr(plt, "close", closed.append)
+    path = _figures._samples_figure(SimpleNamespace(name="many"), data, arrays, tmp_path, plt)
+    labels = [axes.get_ylabel() for axes in closed[0].axes if axes.get_ylabel()]
+    assert len(labels) == rows and labels[0] == "c0" and labels[-1] == f"c{classes - 1}"
+    assert len(closed[0].axes) == rows * _figures.SAMPLES_PER_CLASS
+    assert matplotlib.image.imread(path).std() > 0.05

@@ -108,13 +108,15 @@ def find(folder: Path, name: str) -> Path | None:
     return None
 
 
-def ensure_files(name: str, root: Path) -> None:
-    """Download the dataset's files if they are missing, or stop with a clear error — before any run is recorded,
-    and leaving no empty folders behind."""
+def ensure_files(name: str, root: Path, download: bool = True) -> None:
+    """Download the dataset's files if they are missing (`download`), or stop with a clear error — before any run is
+    recorded, and leaving no empty folders behind."""
     dataset = get(name)
     folder = Path(root).resolve() / dataset.folder
     if all(find(folder, file) is not None for file in dataset.files):
         return
+    if not download:
+        raise AblateError(f"{dataset.title} is not in {folder}")
     missing_folders = [f for f in (folder, *folder.parents) if not f.exists()]
     try:
         dataset.download(Path(root))
@@ -170,12 +172,13 @@ def train_stats(name: str, root: Path, arrays: dict[str, "np.ndarray"]) -> tuple
     return cached_stats(f"{name}@{folder}", arrays["train_images"], files)
 
 
-def read_arrays(name: str, root: Path) -> dict[str, "np.ndarray"]:
-    """The dataset's train and test arrays as numpy: images uint8 (N, C, H, W), labels int64 (N,)."""
+def read_arrays(name: str, root: Path, download: bool = True) -> dict[str, "np.ndarray"]:
+    """The dataset's train and test arrays as numpy: images uint8 (N, C, H, W), labels int64 (N,); missing files are
+    downloaded first unless `download` is false (then they are an AblateError)."""
     import numpy as np
 
     dataset = get(name)
-    ensure_files(name, root)
+    ensure_files(name, root, download)
     arrays = dataset.read(Path(root) / dataset.folder)
     for role in ("train_images", "test_images"):
         images = arrays[role]

@@ -2,8 +2,8 @@
 
 Validation curves per arm, the primary metric per arm with 95% whiskers, and from the best
 arm's most accurate run its confusion matrix and most confident mistakes; a linear model's
-weight rows drawn as class templates. Every figure takes the images' shape and the class
-names from the dataset registry.
+weight rows drawn as class templates; a grid of training images per class. Every figure takes
+the images' shape and the class names from the dataset registry; none downloads data.
 """
 
 from __future__ import annotations
@@ -96,11 +96,12 @@ def _output_figures(tracker: Tracker, report: StudyReport, folder: Path, plt) ->
     paths: list[Path] = []
     if report.dataset is None:
         return paths
-    try:  # a dataset this process does not know, or whose files are not here: no figures of its images
+    try:  # a dataset this process does not know, or whose files are not here (never downloaded for a report)
         data = datasets.get(report.dataset)
-        arrays = datasets.read_arrays(report.dataset, datasets.default_data_dir())
+        arrays = datasets.read_arrays(report.dataset, datasets.default_data_dir(), download=False)
     except AblateError:
         return paths
+    paths.append(_samples_figure(report, data, arrays, folder, plt))
     if found is not None:
         _, outputs = found
         labels = arrays["test_labels"][: len(outputs["predictions"])].astype(int)
@@ -114,19 +115,58 @@ def _output_figures(tracker: Tracker, report: StudyReport, folder: Path, plt) ->
     return paths
 
 
+SAMPLES_PER_CLASS = 8
+SAMPLE_CLASSES = 20  # rows of the samples figure at most: with 47 or 100 classes, an even choice of them
+
+
+def _samples_figure(report: StudyReport, data: datasets.Dataset, arrays: dict, folder: Path, plt) -> Path:
+    """The first training images of each class, a row per class named by it: what the study trained on."""
+    images, labels = arrays["train_images"], arrays["train_labels"]
+    shown = np.unique(np.linspace(0, data.classes - 1, min(data.classes, SAMPLE_CLASSES)).round().astype(int))
+    _, height, width = data.shape
+    cell = 0.9 / max(height, width)  # inches per pixel: a cell about 0.9 inch on its longer side
+    figure, grid = plt.subplots(len(shown), SAMPLES_PER_CLASS, squeeze=False,
+                                figsize=(1.6 + SAMPLES_PER_CLASS * width * cell, 0.7 + len(shown) * height * cell))
+    for row, k in zip(grid, shown):
+        for axes, index in zip(row, np.flatnonzero(labels == k)[:SAMPLES_PER_CLASS]):
+            picture, cmap = _picture(images[index])
+            axes.imshow(picture, cmap=cmap)
+        for axes in row:
+            axes.set_xticks([])
+            axes.set_yticks([])
+            axes.spines[:].set_visible(False)
+        row[0].set_ylabel(data.class_names[k], rotation=0, ha="right", va="center", fontsize=8)
+    some = f", {len(shown)} of its {data.classes} classes" if len(shown) < data.classes else ""
+    figure.suptitle(f"{data.title} training images ({'×'.join(map(str, data.shape))}){some}", fontsize=9)
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.35 / figure.get_figheight()))  # room for the title
+    path = folder / f"{report.name}-samples.png"
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def _class_ticks(axes, names: tuple[str, ...]) -> None:
+    """Class names on both axes, readable: long ones slanted, small type when there are many."""
+    size = max(4.5, min(7.0, 250 / len(names)))
+    slant = max(map(len, names)) > 3
+    axes.set_xticks(range(len(names)), names, fontsize=size, rotation=45 if slant else 0, ha="right" if slant else "center")
+    axes.set_yticks(range(len(names)), names, fontsize=size)
+
+
 def _confusion_figure(report: StudyReport, data: datasets.Dataset, arm: str, labels: np.ndarray, outputs: dict,
                       folder: Path, plt) -> Path:
     classes = data.classes
     matrix = np.zeros((classes, classes), dtype=int)
     np.add.at(matrix, (labels, outputs["predictions"].astype(int)), 1)
-    figure, axes = plt.subplots(figsize=(6, 5.5))
+    side = 6 if classes <= 20 else min(16, 6 + classes / 10)
+    figure, axes = plt.subplots(figsize=(side, side * 0.92))
     image = axes.imshow(matrix, cmap="Blues")
-    for i in range(classes):
-        for j in range(classes):
-            axes.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7,
-                      color="white" if matrix[i, j] > matrix.max() / 2 else "black")
-    axes.set_xticks(range(classes), data.class_names)
-    axes.set_yticks(range(classes), data.class_names)
+    if classes <= 20:  # counts in the cells while they fit
+        for i in range(classes):
+            for j in range(classes):
+                axes.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7,
+                          color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+    _class_ticks(axes, data.class_names)
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
     axes.set_title(f"{report.name}: confusion matrix of {arm} (best run, test set)", fontsize=9)
@@ -190,8 +230,15 @@ def _templates_figure(report: StudyReport, data: datasets.Dataset, arm: str, wei
 
 
 def _picture(image: np.ndarray) -> tuple[np.ndarray, str | None]:
-    """A (C, H, W) uint8 image as imshow takes it: one channel in grey (dark ink on white), else colour."""
-    return (image[0], "gray_r") if image.shape[0] == 1 else (image.transpose(1, 2, 0), None)
+    """A (C, H, W) image as imshow takes it: three channels in colour, uint8 as it is, float (a factory's) scaled to
+    its own range; any other count its first channel in grey (dark ink on white)."""
+    if image.shape[0] != 3:
+        return image[0], "gray_r"
+    picture = image.transpose(1, 2, 0)
+    if picture.dtype != np.uint8:
+        low, high = float(picture.min()), float(picture.max())
+        picture = (picture - low) / ((high - low) or 1.0)
+    return picture, None
 
 
 def _bar_figure(report: StudyReport, path: Path, plt) -> None:
