@@ -73,3 +73,22 @@ def test_the_hosts_free_memory_is_read_for_cpu_workers():
 
     free = free_memory("cpu")
     assert free is None or 0 < free < 1 << 50  # bytes, where the system says (Linux does)
+
+
+def test_a_gpus_free_memory_comes_from_nvml_and_else_from_cuda(monkeypatch):
+    """No GPU here: torch's calls are stood in for, to check which is asked (NVML leaves no CUDA context behind)."""
+    import torch
+
+    from ablate.run._slots import free_memory
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: type("P", (), {"total_memory": 80})())
+    monkeypatch.setattr(torch.cuda, "device_memory_used", lambda device: 30)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: pytest.fail("a CUDA context was opened"))
+    assert free_memory("cuda:1") == 50
+
+    def no_pynvml(device):
+        raise ModuleNotFoundError("nvidia-ml-py does not seem to be installed")
+
+    monkeypatch.setattr(torch.cuda, "device_memory_used", no_pynvml)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (42, 80))
+    assert free_memory("cuda:0") == 42

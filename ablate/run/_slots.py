@@ -106,9 +106,7 @@ def free_memory(device: str) -> int | None:
     """Free bytes on a device: a GPU's as CUDA reports it; the host's available memory for the CPU (None where the
     system does not say)."""
     if device != "cpu":
-        import torch
-
-        return torch.cuda.mem_get_info(torch.device(device))[0]
+        return _gpu_free(device)
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
@@ -116,3 +114,15 @@ def free_memory(device: str) -> int | None:
     except OSError:
         pass
     return None
+
+
+def _gpu_free(device: str) -> int:
+    """Through NVML where pynvml is installed: asking CUDA itself (mem_get_info) would open a CUDA context on every
+    GPU in this driver process, half a gigabyte each held for the whole run."""
+    import torch
+
+    index = torch.device(device)
+    try:
+        return torch.cuda.get_device_properties(index).total_memory - torch.cuda.device_memory_used(index)
+    except (ImportError, AttributeError):  # no pynvml (torch raises ModuleNotFoundError), or an older torch
+        return torch.cuda.mem_get_info(index)[0]
