@@ -124,10 +124,15 @@ def ensure_files(name: str, root: Path, download: bool = True) -> None:
         _remove_empty(missing_folders)
         listed = ", ".join(f"{file}.gz" if dataset.gzipped else file for file in dataset.files)
         raise AblateError(
-            f"{dataset.title} is not in {folder} and could not be downloaded ({type(exc).__name__}: {exc}). "
+            f"{dataset.title} is not in {folder} and could not be downloaded ({type(exc).__name__}: {_one_line(exc)}). "
             f"Put its files {listed} there, or point --data-dir / ABLATE_DATA_DIR at a folder that holds "
             f"{dataset.folder}/."
         ) from exc
+
+
+def _one_line(exc: Exception) -> str:
+    """torchvision's download errors span lines (the mirror tried, then the reason): one line, one message."""
+    return " ".join(str(exc).split())
 
 
 def _remove_empty(folders: list[Path]) -> None:
