@@ -89,5 +89,5 @@ def build(dataset: str, settings: "DataSettings", data_dir: Path, device: torch.
         val=split(images[val_idx], labels[val_idx]),
         test=split(test_images, test_labels),
         mean=per_channel(mean, 0.0),
-        std=per_channel(std, 1.0),
+        std=per_channel(tuple(s or 1.0 for s in std), 1.0),  # a constant channel: centred, never divided by 0
     )
