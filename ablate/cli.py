@@ -252,6 +252,10 @@ def _run(args: argparse.Namespace) -> int:
     for dataset in sorted({t.settings.dataset for t in trials} | {study.info.dataset}):
         datasets.check_data(dataset, data_dir)
 
+    from ablate.run import start_worker_server
+
+    start_worker_server()  # before MLflow loads and starts threads (see there)
+
     from ablate.console import print_report_table, terminal
     from ablate.report import build
     from ablate.run import run_search, run_study

@@ -97,15 +97,36 @@ def _context() -> multiprocessing.context.BaseContext:
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
-    _start_server_deaf_to_ctrl_c()
+    if _server_started:
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()  # restarts it only if it died
+    else:
+        _start_server_deaf_to_ctrl_c()
     return context
+
+
+_server_started = False
+
+
+def start_worker_server() -> None:
+    """Start the worker server now, while this process has no other thread: call it before MLflow loads (its
+    telemetry thread) and before the heartbeat starts. Ctrl-C is ignored here while the server starts (see
+    _start_server_deaf_to_ctrl_c), and a thread other than the main one could take a Ctrl-C in that moment and drop
+    it; with one thread, it is held for the main one. It also lets the server import torch while the run sets up."""
+    global _server_started
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        multiprocessing.get_context("forkserver").set_forkserver_preload(PRELOAD)
+        _start_server_deaf_to_ctrl_c()
+        _server_started = True
 
 
 def _start_server_deaf_to_ctrl_c() -> None:
     """Start the worker server with Ctrl-C ignored. Ctrl-C reaches every process of the terminal's group; the
     server, busy importing torch, would print a traceback for it (and die, taking later workers with it). A
     process started with SIGINT ignored keeps it ignored, so its workers set their own handler (serve). SIGINT is
-    also held (blocked) meanwhile, so that a Ctrl-C meant for us in that moment is delivered afterwards, not lost;
+    also held (blocked) meanwhile, so that a Ctrl-C meant for us in that moment is delivered afterwards, not lost
+    (to this thread: start it while no other thread runs, see start_worker_server);
     the server and its workers inherit the block, which serve lifts."""
     import threading
     from multiprocessing import forkserver

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import platform
+import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -127,6 +128,9 @@ class Heartbeat:
             self._thread.join(timeout=self.every)
 
     def _run(self) -> None:
+        # Ctrl-C and SIGTERM are for the main thread (Python runs handlers only there): blocked here, the kernel never
+        # hands this thread a signal sent to the process, which it could drop while the main one ignores it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         while not self._stop.wait(self.every):
             try:
                 self.beat()
