@@ -166,24 +166,115 @@ def test_a_dataset_not_registered_is_a_spec_error_naming_the_known_ones():
     assert info.value.path == "study.dataset" and "allowed: 'mnist'" in str(info.value)
 
 
-@pytest.mark.parametrize("classes, rows", [(4, 4), (100, 20)])
-def test_the_samples_figure_has_a_row_per_class_up_to_twenty(tmp_path, monkeypatch, classes, rows):
-    from types import SimpleNamespace
+def _dataset(name: str, shape: tuple[int, ...], names: tuple[str, ...]) -> datasets.Dataset:
+    return datasets.Dataset(name=name, title=name.title(), folder="", files=(), shape=shape, class_names=names,
+                            train_size=0, test_size=0, read=_read, download=_offline)
 
+
+def _samples(data: datasets.Dataset, arrays: dict):
+    """The samples grid drawn: the figure and its pixels (RGB, top row first)."""
     import matplotlib.pyplot as plt
 
     from ablate.report import _figures
 
-    data = datasets.Dataset(
-        name="many", title="Many", folder="", files=(), shape=SHAPE, class_names=tuple(f"c{k}" for k in range(classes)),
-        train_size=0, test_size=0, read=_read, download=_offline)
+    figure = _figures.samples_grid(data, arrays, plt)
+    figure.canvas.draw()
+    pixels = np.asarray(figure.canvas.buffer_rgba())[..., :3].astype(int)
+    plt.close(figure)
+    return figure, pixels
+
+
+def _pixel(pixels: np.ndarray, axes, down: float = 0.5) -> np.ndarray:
+    """The pixel `down` of the way from an axes' top edge, at its middle (display y grows upwards)."""
+    box = axes.get_window_extent()
+    return pixels[pixels.shape[0] - 1 - int(box.y1 - down * box.height), int((box.x0 + box.x1) / 2)]
+
+
+@pytest.mark.parametrize("classes, rows", [(4, 4), (100, 20)])
+def test_the_samples_figure_has_a_row_per_class_up_to_twenty(classes, rows):
+    from ablate.report import _figures
+
+    data = _dataset("many", SHAPE, tuple(f"c{k}" for k in range(classes)))
     rng = np.random.default_rng(0)
     arrays = {"train_images": rng.integers(0, 256, (20 * classes, *SHAPE), dtype=np.uint8),
               "train_labels": np.arange(20 * classes) % classes}
-    closed = []
-    monkeypatch.setattr(plt, "close", closed.append)
-    path = _figures._samples_figure(SimpleNamespace(name="many"), data, arrays, tmp_path, plt)
-    labels = [axes.get_ylabel() for axes in closed[0].axes if axes.get_ylabel()]
+    figure, pixels = _samples(data, arrays)
+    labels = [axes.get_ylabel() for axes in figure.axes if axes.get_ylabel()]
     assert len(labels) == rows and labels[0] == "c0" and labels[-1] == f"c{classes - 1}"
-    assert len(closed[0].axes) == rows * _figures.SAMPLES_PER_CLASS
-    assert matplotlib.image.imread(path).std() > 0.05
+    assert len(figure.axes) == rows * _figures.SAMPLES_PER_CLASS and pixels.std() > 20
+    assert ("of its 100 classes" in figure.get_suptitle()) == (classes == 100)
+
+
+def test_the_samples_figure_draws_colour_as_rgb_upright_at_the_datas_aspect():
+    """Solid red, green, blue and white images under a grey band at the top: a channel swap (BGR) or mix, a flip or
+    a stretched cell would each show at the pixels sampled."""
+    hues = np.array([(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)], dtype=np.uint8)
+    labels = np.arange(40) % 4
+    images = np.broadcast_to(hues[labels][:, :, None, None], (40, 3, 12, 20)).copy()
+    images[:, :, :3] = 128
+    figure, pixels = _samples(_dataset("hues", (3, 12, 20), ("red", "green", "blue", "white")),
+                              {"train_images": images, "train_labels": labels})
+    assert figure.get_suptitle() == "Hues training images (3×12×20)"
+    rows = [figure.axes[8 * k:8 * k + 8] for k in range(4)]
+    assert [row[0].get_ylabel() for row in rows] == ["red", "green", "blue", "white"]
+    for row, hue in zip(rows, hues):
+        for axes in row:
+            assert np.abs(_pixel(pixels, axes, 0.6) - hue).max() <= 2 and np.abs(_pixel(pixels, axes, 0.05) - 128).max() <= 2
+            box = axes.get_window_extent()
+            assert box.width / box.height == pytest.approx(20 / 12, rel=0.03)
+
+
+def test_the_samples_figure_draws_one_channel_grey_with_long_class_names():
+    names = ("T-shirt/top", "Ankle boot", "o")
+    labels = np.arange(30) % 3
+    images = np.zeros((30, 1, 14, 9), dtype=np.uint8)
+    images[:, 0, 4:10, 2:7] = (80 * (labels + 1))[:, None, None]  # a block darker per class, on a white ground
+    figure, pixels = _samples(_dataset("greys", (1, 14, 9), names), {"train_images": images, "train_labels": labels})
+    assert [axes.get_ylabel() for axes in figure.axes if axes.get_ylabel()] == list(names)
+    assert figure.get_suptitle() == "Greys training images (1×14×9)"
+    inks = []
+    for axes in figure.axes:
+        ground, ink = _pixel(pixels, axes, 0.1), _pixel(pixels, axes, 0.5)
+        assert ground.tolist() == [255, 255, 255] and ink[0] == ink[1] == ink[2]  # grey, not a colour map
+        inks.append(ink[0])
+    assert inks[0] > inks[8] > inks[16]  # 80, 160, 240 on the 0–255 scale: darker, not stretched to one black
+    label = figure.axes[8].yaxis.label.get_window_extent()
+    assert label.x0 >= 0  # "Ankle boot" is inside the figure
+
+
+def test_the_samples_figure_is_written_and_logged_before_any_trial_finished(colours, tmp_path):
+    """A live study (only a running trial): the dataset comes from that trial's params."""
+    import pandas as pd
+
+    from ablate.report import StudyReport, write_figures
+    from ablate.tracking import ROLE
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = tracker.client.create_experiment("live")
+    parent = tracker.client.create_run(experiment, tags={ROLE: "parent"}).info.run_id
+    trial = tracker.client.create_run(experiment, tags={ROLE: "trial"}).info.run_id
+    tracker.client.log_param(trial, "dataset", NAME)
+    report = StudyReport(name="live", description="", design="ladder", dataset=None, planned=4, parent_run_id=parent,
+                         table=pd.DataFrame({"stage": [], "test_accuracy_mean": []}), runs=pd.DataFrame())
+    assert write_figures(tracker, report, tmp_path / "figs") == [tmp_path / "figs" / "live-samples.png"]
+    assert matplotlib.image.imread(tmp_path / "figs" / "live-samples.png").std() > 0.05
+    assert [a.path for a in tracker.client.list_artifacts(parent, "figures")] == ["figures/live-samples.png"]
+    datasets.unregister(NAME)  # the data cannot be read: nothing to draw, as before
+    assert write_figures(tracker, report, tmp_path / "none") == [] and not (tmp_path / "none").exists()
+    datasets.register(colours)
+
+
+@pytest.mark.parametrize("names, slanted", [(CLASSES, True), (tuple("0123456789"), False)])
+def test_class_ticks_slant_long_names_and_shrink_with_many(names, slanted):
+    import matplotlib.pyplot as plt
+
+    from ablate.report import _figures
+
+    figure, axes = plt.subplots()
+    _figures._class_ticks(axes, names)
+    ticks = axes.get_xticklabels()
+    assert [t.get_text() for t in ticks] == list(names) and (ticks[0].get_rotation() == 45) == slanted
+    few = ticks[0].get_fontsize()
+    _figures._class_ticks(axes, tuple(f"class {k}" for k in range(100)))
+    assert axes.get_xticklabels()[0].get_fontsize() < few  # smaller type with many classes
+    plt.close(figure)

@@ -16,30 +16,61 @@ import pandas as pd
 
 from ablate import datasets
 from ablate.errors import AblateError
+from ablate.report._load import DATASET_PARAM
 from ablate.report._report import PRIMARY_METRICS, StudyReport
-from ablate.tracking import OUTPUTS_ARTIFACT, Tracker
+from ablate.tracking import OUTPUTS_ARTIFACT, ROLE, Tracker
 
 
 def write_figures(tracker: Tracker, report: StudyReport, folder: Path) -> list[Path]:
     """Validation curves per arm (mean with a min–max band over seeds) and the primary metric per arm with 95%
-    confidence whiskers, as PNGs in `folder`, logged to the study's latest parent run too."""
+    confidence whiskers, as PNGs in `folder`, logged to the study's latest parent run too; the training images per
+    class whenever the dataset is readable, before any trial finished too."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not len(report.table) or report.table[f"{report.metric}_mean"].isna().all():
-        return []  # nothing finished yet (a live study, or every trial failed): nothing to draw
+    finished = bool(len(report.table)) and bool(report.table[f"{report.metric}_mean"].notna().any())
+    images = _images(tracker, report)
+    if not finished and images is None:
+        return []  # nothing finished yet (a live study, or every trial failed) and no images: nothing to draw
     folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / f"{report.name}-curves.png", folder / f"{report.name}-{report.metric}.png"]
-    _curves_figure(tracker, report, paths[0], plt)
-    _bar_figure(report, paths[1], plt)
-    paths += _output_figures(tracker, report, folder, plt)
+    paths: list[Path] = []
+    if finished:
+        paths = [folder / f"{report.name}-curves.png", folder / f"{report.name}-{report.metric}.png"]
+        _curves_figure(tracker, report, paths[0], plt)
+        _bar_figure(report, paths[1], plt)
+    if images is not None:
+        paths.append(_samples_figure(report, *images, folder, plt))
+        if finished:
+            paths += _output_figures(tracker, report, *images, folder, plt)
     if report.parent_run_id:
         for path in paths:
             tracker.log_artifact(report.parent_run_id, str(path), "figures")
     report.figures = paths
     return paths
+
+
+def _images(tracker: Tracker, report: StudyReport) -> tuple[datasets.Dataset, dict] | None:
+    """The study's dataset and its arrays, or None: a dataset this process does not know, or whose files are not
+    here (never downloaded for a report)."""
+    name = report.dataset or _started_dataset(tracker, report.name)
+    if name is None:
+        return None
+    try:
+        return datasets.get(name), datasets.read_arrays(name, datasets.default_data_dir(), download=False)
+    except AblateError:
+        return None
+
+
+def _started_dataset(tracker: Tracker, study: str) -> str | None:
+    """The dataset of a study none of whose trials finished, from a running or failed trial's params (a trial logs
+    them when it starts; one study trains on one dataset)."""
+    experiment = tracker.client.get_experiment_by_name(study)
+    if experiment is None:
+        return None
+    runs = tracker.client.search_runs([experiment.experiment_id], f"tags.{ROLE} = 'trial'", max_results=1)
+    return runs[0].data.params.get(DATASET_PARAM) if runs else None
 
 
 def _curves_figure(tracker: Tracker, report: StudyReport, path: Path, plt) -> None:
@@ -84,24 +115,15 @@ def _outputs(tracker: Tracker, runs: pd.DataFrame) -> tuple[str, dict] | None:
     return None
 
 
-def _output_figures(tracker: Tracker, report: StudyReport, folder: Path, plt) -> list[Path]:
+def _output_figures(tracker: Tracker, report: StudyReport, data: datasets.Dataset, arrays: dict, folder: Path,
+                    plt) -> list[Path]:
     """The best arm's most accurate run: confusion matrix and its 25 most confident mistakes; a linear arm's
-    class templates. Skipped (no file) for runs logged before test outputs were kept, or without the data."""
+    class templates. Skipped (no file) for runs logged before test outputs were kept."""
     table, metric = report.table, report.metric
     means = table[f"{metric}_mean"]
-    if means.isna().all():
-        return []
     best = table["stage"].iloc[int(means.idxmax() if metric.endswith("accuracy") else means.idxmin())]
     found = _outputs(tracker, report.runs[report.runs["stage"] == best])
     paths: list[Path] = []
-    if report.dataset is None:
-        return paths
-    try:  # a dataset this process does not know, or whose files are not here (never downloaded for a report)
-        data = datasets.get(report.dataset)
-        arrays = datasets.read_arrays(report.dataset, datasets.default_data_dir(), download=False)
-    except AblateError:
-        return paths
-    paths.append(_samples_figure(report, data, arrays, folder, plt))
     if found is not None:
         _, outputs = found
         labels = arrays["test_labels"][: len(outputs["predictions"])].astype(int)
@@ -119,26 +141,43 @@ SAMPLES_PER_CLASS = 8
 SAMPLE_CLASSES = 20  # rows of the samples figure at most: with 47 or 100 classes, an even choice of them
 
 
-def _samples_figure(report: StudyReport, data: datasets.Dataset, arrays: dict, folder: Path, plt) -> Path:
-    """The first training images of each class, a row per class named by it: what the study trained on."""
+def samples_grid(data: datasets.Dataset, arrays: dict, plt):
+    """The first training images of each class (at most SAMPLE_CLASSES classes, evenly chosen), a row per class named
+    by it, at the images' own aspect ratio: what the study trained on. The figure, still open."""
     images, labels = arrays["train_images"], arrays["train_labels"]
     shown = np.unique(np.linspace(0, data.classes - 1, min(data.classes, SAMPLE_CLASSES)).round().astype(int))
-    _, height, width = data.shape
-    cell = 0.9 / max(height, width)  # inches per pixel: a cell about 0.9 inch on its longer side
-    figure, grid = plt.subplots(len(shown), SAMPLES_PER_CLASS, squeeze=False,
-                                figsize=(1.6 + SAMPLES_PER_CLASS * width * cell, 0.7 + len(shown) * height * cell))
+    size, layout = _grid_layout(data.shape, len(shown), max(len(data.class_names[k]) for k in shown))
+    figure, grid = plt.subplots(len(shown), SAMPLES_PER_CLASS, squeeze=False, figsize=size, gridspec_kw=layout)
     for row, k in zip(grid, shown):
         for axes, index in zip(row, np.flatnonzero(labels == k)[:SAMPLES_PER_CLASS]):
-            picture, cmap = _picture(images[index])
-            axes.imshow(picture, cmap=cmap)
+            _show(axes, images[index])
         for axes in row:
             axes.set_xticks([])
             axes.set_yticks([])
-            axes.spines[:].set_visible(False)
+            axes.spines[:].set_color("#c8c8c8")  # a faint frame: a white image or a white background still shows
         row[0].set_ylabel(data.class_names[k], rotation=0, ha="right", va="center", fontsize=8)
     some = f", {len(shown)} of its {data.classes} classes" if len(shown) < data.classes else ""
-    figure.suptitle(f"{data.title} training images ({'×'.join(map(str, data.shape))}){some}", fontsize=9)
-    figure.tight_layout(rect=(0, 0, 1, 1 - 0.35 / figure.get_figheight()))  # room for the title
+    figure.suptitle(f"{data.title} training images ({'×'.join(map(str, data.shape))}){some}", fontsize=9,
+                    y=1 - 0.12 / size[1], va="top")
+    return figure
+
+
+def _grid_layout(shape: tuple[int, ...], rows: int, longest: int) -> tuple[tuple[float, float], dict]:
+    """Figure size and margins, in inches, for a grid of cells at the images' aspect ratio with thin gaps between:
+    tight_layout would stretch the gaps instead when the images are not square."""
+    _, height, width = shape
+    scale = 0.9 / max(height, width)  # inches per pixel: a cell about 0.9 inch on its longer side
+    cell_w, cell_h, gap = width * scale, height * scale, 0.08
+    left, top, bottom = 0.25 + 0.075 * longest, 0.45, 0.1  # the longest row label at 8 pt; the title
+    grid_w = SAMPLES_PER_CLASS * cell_w + (SAMPLES_PER_CLASS - 1) * gap
+    grid_h = rows * cell_h + (rows - 1) * gap
+    size = (max(left + grid_w + 0.1, 5.0), top + grid_h + bottom)
+    return size, {"left": left / size[0], "right": (left + grid_w) / size[0], "bottom": bottom / size[1],
+                  "top": 1 - top / size[1], "wspace": gap / cell_w, "hspace": gap / cell_h}
+
+
+def _samples_figure(report: StudyReport, data: datasets.Dataset, arrays: dict, folder: Path, plt) -> Path:
+    figure = samples_grid(data, arrays, plt)
     path = folder / f"{report.name}-samples.png"
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -149,7 +188,8 @@ def _class_ticks(axes, names: tuple[str, ...]) -> None:
     """Class names on both axes, readable: long ones slanted, small type when there are many."""
     size = max(4.5, min(7.0, 250 / len(names)))
     slant = max(map(len, names)) > 3
-    axes.set_xticks(range(len(names)), names, fontsize=size, rotation=45 if slant else 0, ha="right" if slant else "center")
+    axes.set_xticks(range(len(names)), names, fontsize=size, rotation=45 if slant else 0, ha="right" if slant else "center",
+                   rotation_mode="anchor")
     axes.set_yticks(range(len(names)), names, fontsize=size)
 
 
@@ -183,14 +223,14 @@ def _mistakes_figure(report: StudyReport, data: datasets.Dataset, arm: str, labe
     predictions, confidences = outputs["predictions"].astype(int), outputs["confidences"].astype(float)
     wrong = np.flatnonzero(predictions != labels)
     worst = wrong[np.argsort(-confidences[wrong])][:25]
-    figure, grid = plt.subplots(5, 5, figsize=(7, 7.8))
+    figure, grid = plt.subplots(5, 5, figsize=(7, 8.4))
     for axes in grid.flat:
         axes.axis("off")
     names = data.class_names
     for axes, index in zip(grid.flat, worst):
-        picture, cmap = _picture(images[index])
-        axes.imshow(picture, cmap=cmap)
-        axes.set_title(f"{names[predictions[index]]} ({confidences[index]:.2f}), true {names[labels[index]]}", fontsize=7,
+        _show(axes, images[index])
+        # two lines: "T-shirt/top (0.97), true Ankle boot" on one would run into the next cell's title
+        axes.set_title(f"{names[predictions[index]]} ({confidences[index]:.2f})\ntrue {names[labels[index]]}", fontsize=7,
                        color="red")
     figure.suptitle(f"{report.name}: the {len(worst)} most confident test mistakes of {arm}\n"
                     "(predicted class, its probability, true class)", fontsize=9)
@@ -204,23 +244,23 @@ def _mistakes_figure(report: StudyReport, data: datasets.Dataset, arm: str, labe
 def _templates_figure(report: StudyReport, data: datasets.Dataset, arm: str, weights: np.ndarray, folder: Path,
                       plt) -> Path:
     """A linear model's weight row per class, drawn at the images' shape: one channel in red (+) and blue (−)
-    around zero, several as a colour image scaled to the row's range."""
+    around zero, three as a colour image around mid grey scaled to the row's largest weight."""
     columns = 5
     rows = -(-data.classes // columns)
-    figure, grid = plt.subplots(rows, columns, figsize=(9, 2 * rows), squeeze=False)
+    figure, grid = plt.subplots(rows, columns, figsize=(9, 0.4 + 2.1 * rows), squeeze=False)
     bound = float(np.abs(weights).max())
     channels, height, width = data.shape
     for axes in grid.flat:
         axes.axis("off")
     for k, axes in zip(range(data.classes), grid.flat):
         template = weights[k].reshape(data.shape)
-        if channels == 1:
+        if channels != 3:  # one channel (any other count: its first, as _picture draws them)
             axes.imshow(template[0], cmap="RdBu_r", vmin=-bound, vmax=bound)
-        else:
-            low, high = template.min(), template.max()
-            axes.imshow(((template - low) / ((high - low) or 1.0)).transpose(1, 2, 0))
-        axes.set_title(data.class_names[k])
-    colours = "red +, blue −" if channels == 1 else "scaled to each row's range"
+        else:  # zero at mid grey, so a weight's sign shows as its channel brighter or darker (min–max would hide it)
+            row_bound = float(np.abs(template).max()) or 1.0
+            axes.imshow((0.5 + template / (2 * row_bound)).transpose(1, 2, 0))
+        axes.set_title(data.class_names[k], fontsize=9)
+    colours = "red +, blue −" if channels != 3 else "per channel: grey 0, brighter +, darker −"
     figure.suptitle(f"{report.name}: {arm}'s weight row per class as a {height}×{width} template ({colours})", fontsize=9)
     figure.tight_layout()
     path = folder / f"{report.name}-templates.png"
@@ -239,6 +279,13 @@ def _picture(image: np.ndarray) -> tuple[np.ndarray, str | None]:
         low, high = float(picture.min()), float(picture.max())
         picture = (picture - low) / ((high - low) or 1.0)
     return picture, None
+
+
+def _show(axes, image: np.ndarray) -> None:
+    """One image drawn as `_picture` says; grey uint8 on the full 0–255 range, so that a faint image looks faint."""
+    picture, cmap = _picture(image)
+    span = {"vmin": 0, "vmax": 255} if cmap and picture.dtype == np.uint8 else {}
+    axes.imshow(picture, cmap=cmap, **span)
 
 
 def _bar_figure(report: StudyReport, path: Path, plt) -> None:
