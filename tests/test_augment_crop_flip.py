@@ -11,7 +11,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from ablate import datasets
-from ablate.engine import train_pack, train_trial
+from ablate.engine import _train, train_pack, train_trial
 from ablate.engine._augment import affine_draws, affine_theta, apply, augment_batch, draw, resample
 from ablate.errors import SpecError
 from ablate.spec import Augment, CNNModel, ConvBlock, DataSettings, TrainSettings, TrialSettings, parse_study
@@ -45,6 +45,25 @@ def test_flip_mirrors_the_drawn_half_of_the_images():
     assert 16 < int(draws.flips.sum()) < 48
 
 
+def test_crop_keeps_the_expected_share_of_each_image_and_moves_almost_every_one():
+    """Offsets are uniform in [0, 2·crop]: each image keeps (H − |dy|)(W − |dx|) of its pixels, E|d| = c(c+1)/(2c+1)."""
+    images, augment = _images(4000), Augment(crop=2)
+    out = augment_batch(images, augment, torch.Generator().manual_seed(5))
+    lost = 2 * 3 / 5
+    expected = (8 - lost) / 8 * (6 - lost) / 6
+    assert out.shape == images.shape and out.dtype == images.dtype
+    assert out.mean() / images.mean() == pytest.approx(expected, rel=0.02)
+    moved = (out != images).flatten(1).any(1).float().mean()
+    assert moved == pytest.approx(24 / 25, abs=0.02)  # only the centred window (1 in 25) leaves an image alone
+
+
+def test_flip_keeps_every_images_pixels_and_changes_about_half():
+    images, augment = _images(4000), Augment(flip=True)
+    out = augment_batch(images, augment, torch.Generator().manual_seed(6))
+    assert torch.equal(out.flatten(1).sort(1).values, images.flatten(1).sort(1).values)
+    assert (out != images).flatten(1).any(1).float().mean() == pytest.approx(0.5, abs=0.03)
+
+
 def test_off_draws_nothing_and_an_affine_study_is_unchanged():
     """A study without crop or flip draws exactly what it did before they existed: the same affine numbers from the
     same stream, so its results are bit-identical."""
@@ -68,12 +87,27 @@ def test_crop_and_flip_come_before_the_affine_part_from_one_stream():
     assert torch.equal(draws.affine, affine_draws(len(images), generator, CPU))
 
 
+def _affine_only(images: torch.Tensor, augment: Augment, generator: torch.Generator) -> torch.Tensor:
+    """augment_batch as it was before crop and flip: affine draws straight from the stream, one resampling."""
+    return resample(images, affine_theta(affine_draws(len(images), generator, images.device), augment))
+
+
 DATA = DataSettings(val_size=200, train_limit=600, test_limit=300)
 CNN = CNNModel(blocks=(ConvBlock(out=4, padding=1, pool=True), ConvBlock(out=6, batchnorm=True)), head="linear").resolved()
 
 
 def _trial(seed: int, **train) -> TrialSettings:
     return TrialSettings("mnist", seed, DATA, CNN, replace(TrainSettings(epochs=2, batch_size=64), **train))
+
+
+def test_a_rotation_only_training_is_bit_identical_to_before(monkeypatch):
+    data = datasets.load("mnist", DATA, DATA_DIR, CPU)
+    trial = _trial(0, augment=Augment(rotation=10.0, crop=0, flip=False), epochs=1)
+    now = train_trial(trial, data, CPU)
+    monkeypatch.setattr(_train, "augment_batch", _affine_only)
+    before = train_trial(trial, data, CPU)
+    timeless = lambda history: [{k: v for k, v in h.items() if k != "epoch_seconds"} for h in history]  # noqa: E731
+    assert timeless(now.history) == timeless(before.history) and now.test_loss == before.test_loss
 
 
 def test_packed_trials_get_their_single_runs_crops_and_flips():
