@@ -118,6 +118,18 @@ def test_a_fresh_store_opened_by_several_processes_at_once_works_for_all(tmp_pat
     assert not list(tmp_path.glob(".mlflow.db.*"))  # no private store left behind
 
 
+def test_a_store_is_created_on_a_filesystem_without_hard_links(tmp_path, monkeypatch):
+    def no_links(source, target):
+        raise PermissionError(1, "Operation not permitted")  # what some network and FUSE mounts answer
+
+    monkeypatch.setattr(os, "link", no_links)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment = Tracker(uri).experiment("tiny")
+    assert experiment and (tmp_path / "mlflow.db").exists()
+    assert mlflow.MlflowClient(uri).get_experiment_by_name("tiny") is not None
+    assert not list(tmp_path.glob(".mlflow.db.*"))  # the private store was moved, not left behind
+
+
 def test_a_study_named_after_an_experiment_ablate_did_not_make_is_refused(tmp_path, store):
     from ablate.errors import StoreError
 

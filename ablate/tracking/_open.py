@@ -64,8 +64,13 @@ def _create_sqlite_store(path: Path) -> None:
     try:
         _initialize_tables(engine)
         engine.dispose()
-        with contextlib.suppress(FileExistsError):
+        try:
             os.link(private, path)
+        except FileExistsError:
+            pass
+        except OSError:  # a filesystem without hard links (some network and FUSE mounts): move it, if still free
+            if not path.exists():
+                os.replace(private, path)  # a racer in the instant between could only have placed an empty store
     finally:
         engine.dispose()
         with contextlib.suppress(FileNotFoundError):
