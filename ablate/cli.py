@@ -221,7 +221,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     the data — so bad input is said in seconds and nothing is created until all of it passes."""
     from ablate.run import interruptible
 
-    with interruptible():  # Ctrl-C and SIGTERM stop the run alike (see ablate.run's signals)
+    with interruptible(exits_after=args.own_process):  # Ctrl-C and SIGTERM stop the run alike (see ablate.run's signals)
         return _run(args)
 
 
@@ -392,10 +392,12 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    own_process = argv is None
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args = parser.parse_args(argv)
     args.debug = getattr(args, "debug", False)
+    args.own_process = own_process  # the process ends when main returns (not a caller's in-process call)
     args.command_line = "ablate " + " ".join(shlex.quote(a) for a in argv if a != "--debug")
     try:
         return args.func(args)

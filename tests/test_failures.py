@@ -278,6 +278,117 @@ def test_two_ctrl_c_in_a_row_still_close_every_run_and_print_the_resume_hint(tin
     assert set(runs.loc[runs["tags.role"] == "parent", "status"]) == {"KILLED"}
 
 
+@pytest.fixture
+def ctrl_c_raises():
+    """Ctrl-C raises KeyboardInterrupt in this process, as in a terminal (a shell starts a background job with Ctrl-C
+    ignored, and Python then leaves it so)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_inside_a_store_query_lands_after_it_and_leaves_the_store_writable(store, ctrl_c_raises):
+    """Ctrl-C right after a query's statement ran, before its rows were read. Cut there, the statement stayed open
+    (the exception's traceback holds it) and SQLite kept the whole file locked: recording the interruption, from this
+    process or another, failed with "database is locked" after 20 s, and the runs stayed RUNNING."""
+    import sqlalchemy
+
+    from ablate.tracking import Tracker
+
+    tracker = Tracker(store)
+    run_id = tracker.client.create_run(tracker.experiment("tiny")).info.run_id
+    engine = tracker.client._client._tracking_client.store.engine
+    pressed = []
+
+    def press_ctrl_c(conn, cursor, statement, *args) -> None:
+        if not pressed and statement.lstrip().upper().startswith("SELECT"):
+            pressed.append(statement)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    sqlalchemy.event.listen(engine, "after_cursor_execute", press_ctrl_c)
+    try:
+        with pytest.raises(KeyboardInterrupt) as interrupted:
+            tracker.run_state(run_id)
+    finally:
+        sqlalchemy.event.remove(engine, "after_cursor_execute", press_ctrl_c)
+    assert pressed and interrupted.value is not None  # still alive, as while a worker records its interruption
+    started = time.monotonic()
+    Tracker(store).finish(run_id, "KILLED")  # another process's client
+    tracker.finish(run_id, "KILLED", reason="interrupted")
+    assert time.monotonic() - started < 5 and tracker.run_state(run_id).status == "KILLED"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_while_a_claim_makes_its_run_leaves_no_run_behind(tiny, store, monkeypatch, ctrl_c_raises):
+    """Ctrl-C between the claim's run being created and its parameters logged: the run is withdrawn, not left
+    RUNNING under a name nobody heard of."""
+    from mlflow.tracking import MlflowClient
+
+    from ablate.design import expand
+    from ablate.spec import load_study
+    from ablate.tracking import Tracker
+
+    tracker = Tracker(store)
+    experiment = tracker.experiment("tiny")
+    parent = tracker.client.create_run(experiment).info.run_id
+    trial = expand(load_study(tiny))[0]
+    real = MlflowClient.log_batch
+
+    def ctrl_c_on_params(self, run_id, *args, params=(), **kwargs):
+        if params:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, run_id, *args, params=params, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", ctrl_c_on_params)
+    with pytest.raises(KeyboardInterrupt):
+        tracker.claim_trial(experiment, parent, trial, {})
+    monkeypatch.setattr(MlflowClient, "log_batch", real)
+    assert tracker.search(experiment, f"tags.trial_hash = '{trial.hash}'") == []
+    assert tracker.claim_trial(experiment, parent, trial, {}).run_id is not None  # nothing stands in its way
+
+
+def test_an_interrupted_run_ends_killed_the_trial_runs_no_one_heard_of(tiny, store):
+    """Ctrl-C landed in a worker just after it made a trial's run, before it said so: neither the worker nor the
+    dispatcher could end that run. Once the workers are gone, the invocation ends its own runs still RUNNING KILLED,
+    and nothing else: a FINISHED run stays FINISHED, another invocation's RUNNING run stays RUNNING."""
+    from ablate.console import ConsoleReporter
+    from ablate.design import expand
+    from ablate.run import InlineBackend, run_study
+    from ablate.run._events import Done, Finished, Outcome, Started
+    from ablate.run._tasks import task_key, task_trials
+    from ablate.spec import load_study
+    from ablate.tracking import Tracker
+
+    study = load_study(tiny)
+    trials = expand(study)
+    tracker = Tracker(store)
+    elsewhere = []
+
+    def backend(slots, config):
+        def execute(slot, task, emit) -> None:
+            trial = task_trials(task)[0]
+            if not elsewhere:  # made while this invocation runs (one made before would be recovered at its start)
+                elsewhere.append(tracker.start_trial(config.experiment_id, "another-invocation", trials[3], {}))
+            run_id = tracker.start_trial(config.experiment_id, config.parent_run_id, trial, {})
+            if trial is trials[1]:
+                raise KeyboardInterrupt()  # before Started: the dispatcher never hears of run_id
+            emit(Started(slot.index, task_key(task), trial, run_id))
+            tracker.finish(run_id, "FINISHED")
+            emit(Finished(slot.index, task_key(task), trial.hash, Outcome(test_accuracy=0.5, train_seconds=1.0)))
+            emit(Done(slot.index, task_key(task)))
+
+        return InlineBackend(slots, execute=execute)
+
+    summary = run_study(study, trials[:2], tracker, DATA_DIR, study.execution, ConsoleReporter(), backend=backend)
+    assert summary.interrupted
+    runs = _runs(store).set_index("run_id")
+    by_trial = {f"{row['tags.stage']}:{row['tags.seed']}": row for _, row in runs.iterrows() if row["tags.role"] == "trial"}
+    assert by_trial["linear:0"]["status"] == "FINISHED"
+    assert (by_trial["linear:1"]["status"], by_trial["linear:1"]["tags.reason"]) == ("KILLED", "interrupted")
+    assert runs.loc[elsewhere[0], "status"] == "RUNNING"
+    assert list(runs.loc[runs["tags.role"] == "parent", "status"]) == ["KILLED"]
+
+
 @pytest.mark.slow
 def test_ctrl_c_while_the_workers_start_prints_no_traceback(tiny, store):
     parent = subprocess.Popen([sys.executable, "-m", "ablate", "run", str(tiny), "--tracking-uri", store],
@@ -317,3 +428,22 @@ def test_report_without_a_store_and_a_missing_gpu_are_said_before_mlflow_loads(t
             (args, done.stdout, done.stderr)
         assert "mlflow not loaded 2" in done.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.toml"]
+
+
+@pytest.mark.parametrize("exits_after", [False, True])
+def test_once_interrupted_the_ablate_process_ignores_later_signals_to_its_exit(exits_after, ctrl_c_raises):
+    """A second Ctrl-C that lands after the interruption was recorded, while the interpreter shuts down, used to
+    print a KeyboardInterrupt traceback from an exit hook or kill the process by SIGINT (exit -2, not 130). The
+    `ablate` process ignores signals once interrupted; a caller in-process gets its handlers back."""
+    from ablate.run import Interrupted, interruptible
+
+    previous_term = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(Interrupted), interruptible(exits_after=exits_after):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        expected = signal.SIG_IGN if exits_after else signal.default_int_handler
+        assert signal.getsignal(signal.SIGINT) is expected
+        assert signal.getsignal(signal.SIGTERM) is (signal.SIG_IGN if exits_after else previous_term)
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)

@@ -14,7 +14,9 @@ does; the backend carries it out and reports what happens, nothing more:
 - `stop(slot)` lets the slot's worker exit once idle (it gets no more tasks); it also
   retires a dead slot. `interrupt(slots)` passes Ctrl-C to those workers, whose tasks then
   end KILLED; `terminate(slot)` ends a worker at once; `shutdown()` stops every worker,
-  waiting a while for each.
+  waiting a while for each. Once `shutdown()` returns no worker writes to the store any more:
+  the dispatcher then records the runs of the workers it terminated, and an interrupted
+  invocation ends every trial run of its own still RUNNING (ablate.run's study).
 
 Nothing else is assumed of a worker: it may be a process of this machine (LocalBackend), the
 dispatcher's own process (InlineBackend), or an actor on another node.

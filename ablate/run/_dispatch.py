@@ -21,6 +21,7 @@ from __future__ import annotations
 import signal
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -111,6 +112,7 @@ class Dispatcher:
         self.pending: deque[Task] = deque()
         self.lost_in_a_row = 0
         self.deadline: float | None = None
+        self.terminated: list[_OpenTrial] = []  # open trials of workers ended at once: recorded once they are gone
 
     def run(self, tasks: list[Task], timeout: float | None = None) -> None:
         """One phase: every task handed out and ended, unless `timeout` seconds pass (start nothing new) or Ctrl-C
@@ -136,7 +138,10 @@ class Dispatcher:
             self._stop_running(signal.SIGINT)
 
     def close(self) -> None:
+        """Shut the workers down; then the runs of those ended at once (see _stop_running) are recorded KILLED."""
         self.backend.shutdown()
+        self._end_killed(self.terminated)
+        self.terminated.clear()
 
     def _busy(self) -> list[_Held]:
         return [h for h in self.held.values() if h.task is not None]
@@ -271,7 +276,9 @@ class Dispatcher:
 
     def _stop_running(self, signum: int) -> None:
         """Ctrl-C, SIGTERM or a failed store: hand out nothing more; running trials end as KILLED (by their workers,
-        else here). A further signal (see ablate.run's signals) stops the waiting, not the recording."""
+        else here). A further signal (see ablate.run's signals) stops the waiting, not the recording. A worker still
+        busy when the waiting stops is terminated, and its trials are recorded only once it is gone (close): until
+        then it may still write, and a run it ends FINISHED meanwhile must stay FINISHED."""
         self.pending.clear()
         self.backend.interrupt([h.slot.index for h in self._busy()], signum)
         deadline = time.monotonic() + 20
@@ -289,7 +296,8 @@ class Dispatcher:
             pass  # a second Ctrl-C: stop waiting
         for held in self._busy():
             self.backend.terminate(held.slot.index)
-            self._mark_killed(held)
+            self.terminated.extend(held.open.values())
+            held.clear()
 
     def _handle_while_stopping(self, event: Event) -> None:
         try:
@@ -298,17 +306,25 @@ class Dispatcher:
             pass  # already stopping
 
     def _mark_killed(self, held: _Held) -> None:
-        """The runs a worker could not end itself; a store that failed cannot take them either (the next
-        invocation recovers them)."""
+        """The runs a worker that is gone could not end itself."""
+        self._end_killed(held.open.values())
+        held.clear()
+
+    def _end_killed(self, open_trials: Iterable[_OpenTrial]) -> None:
+        """End KILLED those of these runs still RUNNING (their workers are gone); a store that failed cannot take
+        them either (the next invocation recovers them)."""
         reason = self.summary.stop_reason
-        error = "interrupted (Ctrl-C)" if reason == INTERRUPTED else "preempted (SIGTERM)"
         try:
-            for open_trial in held.open.values():
+            for open_trial in open_trials:
                 if open_trial.run_id and self.ledger.run_state(open_trial.run_id).status == "RUNNING":
-                    self.ledger.finish(open_trial.run_id, "KILLED", error=error, reason=reason)
+                    self.ledger.finish(open_trial.run_id, "KILLED", error=killed_error(reason), reason=reason)
         except StoreError:
             pass
-        held.clear()
+
+
+def killed_error(reason: str) -> str:
+    """The `error` of a run ended KILLED for `reason` (interrupted or preempted)."""
+    return "interrupted (Ctrl-C)" if reason == INTERRUPTED else "preempted (SIGTERM)"
 
 
 class _StoreFailed(Exception):

@@ -246,6 +246,8 @@ class LocalBackend:
         self.workers[slot].process.terminate()
 
     def shutdown(self, timeout: float = 10.0) -> None:
+        """Every worker gone when it returns: one deaf to SIGTERM as well (it records its runs with signals
+        ignored, and a store may hang) is killed, since what it left RUNNING is ended by the parent next."""
         for slot in self.workers:
             self.stop(slot)
         for worker in self.workers.values():
@@ -253,3 +255,6 @@ class LocalBackend:
             if worker.process.is_alive():
                 worker.process.terminate()
                 worker.process.join(timeout=2)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()

@@ -67,9 +67,16 @@ def _handle(signum: int, frame: object) -> None:
 
 
 @contextmanager
-def interruptible() -> Iterator[None]:
+def interruptible(exits_after: bool = False) -> Iterator[None]:
     """SIGINT and SIGTERM raise Interrupted once (see the module docstring), in the main thread only (the only
-    one that may set handlers); elsewhere this does nothing."""
+    one that may set handlers); elsewhere this does nothing.
+
+    `exits_after`: the process ends with the block (the `ablate` command, not a caller in-process). Once it was
+    interrupted, the signals are then ignored to the end rather than given back to Python's handlers: recording an
+    interruption takes well under a second, and an impatient second Ctrl-C that lands after it, while the
+    interpreter shuts down, would otherwise print a KeyboardInterrupt traceback from an exit hook, or kill the
+    process by the signal (Python puts SIGINT back to the default action while it finalises) instead of exit 130.
+    Ignored (SIG_IGN) is the one disposition the interpreter's shutdown leaves alone."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -79,7 +86,17 @@ def interruptible() -> Iterator[None]:
         yield
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            _set_handler(sig, signal.SIG_IGN if exits_after and _received else handler)
+
+
+def _set_handler(sig: int, handler: object) -> None:
+    """signal.signal for sure: it first runs the Python handlers of signals already received, and _handle may raise
+    (the first signal, arriving just now); the interruption is then re-raised once the handler is in place."""
+    try:
+        signal.signal(sig, handler)
+    except Interrupted:
+        signal.signal(sig, handler)
+        raise
 
 
 def raise_on_sigterm() -> None:

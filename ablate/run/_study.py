@@ -22,7 +22,7 @@ from ablate import datasets
 from ablate.design import Trial, pack_trials, plan_document
 from ablate.errors import StoreError
 from ablate.run._backend import Backend
-from ablate.run._dispatch import Dispatcher, Reporter, RunSummary
+from ablate.run._dispatch import Dispatcher, Reporter, RunSummary, killed_error
 from ablate.run._local import LocalBackend
 from ablate.run._slots import Slot, hardware, plan_slots_for
 from ablate.run._worker import WorkerConfig, faults_from_env
@@ -112,19 +112,37 @@ def _dispatching(invocation: _Invocation, make_backend: Callable[[], Backend], t
 @contextmanager
 def _closing_parent(tracker: Tracker, summary: RunSummary, started: float) -> Iterator[None]:
     """The parent run ends however the invocation does: with its counts, KILLED when interrupted before the
-    dispatcher could say so, FAILED on an error. A failed store (a worker's StoreFailed) is raised as StoreError."""
+    dispatcher could say so, FAILED on an error. A failed store (a worker's StoreFailed) is raised as StoreError.
+    The block holds the workers (_dispatching): when it ends they are gone, so an interrupted invocation's trial
+    runs still RUNNING are ended KILLED here (_end_left_running) before the parent run."""
     try:
         yield
     except BaseException as exc:
         summary.interrupted = summary.interrupted or isinstance(exc, KeyboardInterrupt)
         summary.wall_seconds = time.perf_counter() - started
         if not isinstance(exc, StoreError):
+            _end_left_running(tracker, summary)
             _close_parent(tracker, summary, None if summary.interrupted else f"{type(exc).__name__}: {exc}")
         raise
     summary.wall_seconds = time.perf_counter() - started
     if summary.store_error is not None:
         raise StoreError(summary.store_error)
+    _end_left_running(tracker, summary)
     _close_parent(tracker, summary)
+
+
+def _end_left_running(tracker: Tracker, summary: RunSummary) -> None:
+    """An interrupted invocation's trial runs that no one ended: a worker stopped where it could not record its
+    run (Ctrl-C just after it created the run, before the dispatcher heard of it) leaves it RUNNING. They end
+    KILLED, as the running trials do; only RUNNING runs are touched. A store that fails here leaves them to the
+    next invocation, which recovers them."""
+    if not summary.interrupted:
+        return
+    reason = summary.stop_reason
+    try:
+        tracker.end_left_running(summary.experiment_id, summary.parent_run_id, "KILLED", killed_error(reason), reason)
+    except StoreError:
+        pass
 
 
 def _close_parent(tracker: Tracker, summary: RunSummary, error: str | None = None) -> None:

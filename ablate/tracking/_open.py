@@ -13,6 +13,13 @@ Three things go wrong with a store in practice, and each used to end in a raw tr
   to do; the worker stops on it rather than dying and being restarted.
 - The server is unreachable: MLflow retries an HTTP request for minutes by default; the
   first probe of a server store fails fast instead.
+- Ctrl-C or SIGTERM lands inside a call. Cut halfway through a query, a call to a database
+  store leaves the query's statement open, referenced by the exception's traceback: SQLite
+  then keeps a lock on the whole file while the interrupted process records its interruption,
+  and every writer, that process included, fails with "database is locked" after MLflow's 20 s
+  busy timeout (the runs stay RUNNING). So a database store's call is never cut: a signal that
+  comes during it is delivered as soon as it returns (`signals_held`). A server store's call
+  holds no lock and may hang for minutes: Ctrl-C still cuts it.
 """
 
 from __future__ import annotations
@@ -20,7 +27,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -187,11 +196,61 @@ def guarded(uri: str) -> Iterator[None]:
         raise failure from exc
 
 
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends, then deliver them, in order, to the handlers the block began
+    with: whatever they raise is raised where the block ends, never inside it. Held at the Python level (a mask
+    would not do: another thread may take the signal), and in the main thread only, the only one that signals
+    interrupt; a signal that is ignored stays ignored. Blocks nest."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    previous: dict[int, Any] = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            handler = signal.getsignal(sig)
+            if handler is not None and handler != signal.SIG_IGN:  # None: a handler not set from Python, left alone
+                previous[sig] = handler  # first: a swap cut short (see _restore) is undone all the same
+                signal.signal(sig, hold)
+        yield
+    finally:
+        raised = _restore(previous)
+        for signum in received:  # each one: a second Ctrl-C is news to the parent's handler (ablate.run's signals)
+            try:
+                signal.raise_signal(signum)
+            except BaseException as exc:  # noqa: BLE001 — raised below, once every held signal is delivered
+                raised = raised or exc
+        if raised is not None:
+            raise raised
+
+
+def _restore(handlers: dict[int, Any]) -> BaseException | None:
+    """Put these handlers back, each one for sure, and return what a handler raised meanwhile: signal.signal first
+    runs the handlers of the signals that already came (one that came just after an earlier handler was put back),
+    and when one raises, its swap is not done."""
+    raised = None
+    for sig, handler in handlers.items():
+        while True:
+            try:
+                signal.signal(sig, handler)
+                break
+            except BaseException as exc:  # noqa: BLE001 — raised by the caller once every handler is back
+                raised = raised or exc
+    return raised
+
+
 class GuardedClient:
-    """An MlflowClient whose every method raises StoreError for a store failure (see store_failure)."""
+    """An MlflowClient whose every method raises StoreError for a store failure (see store_failure), and whose
+    calls to a database store a signal does not cut halfway (see the module docstring)."""
 
     def __init__(self, client: MlflowClient, uri: str):
         self._client, self._uri = client, uri
+        self._whole = signals_held if not uri.startswith(("http://", "https://")) else contextlib.nullcontext
 
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self._client, name)
@@ -201,7 +260,7 @@ class GuardedClient:
 
     def _guard(self, method: Callable[..., Any]) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
-            with guarded(self._uri):
+            with guarded(self._uri), self._whole():
                 return method(*args, **kwargs)
 
         return call

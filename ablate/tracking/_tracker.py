@@ -30,7 +30,7 @@ import ablate
 from ablate.design import Trial
 from ablate.errors import StoreError
 from ablate.tracking._liveness import Identity, alive, heartbeat_tags
-from ablate.tracking._open import GuardedClient, open_client
+from ablate.tracking._open import GuardedClient, open_client, signals_held
 from ablate.tracking._store import RunState, store_label
 from ablate.tracking._tags import (
     ARCHITECTURE, CHANGES, ERROR, EXPERIMENT_KIND, EXPERIMENT_TAG, HEARTBEAT, HOST, INTERRUPTED, PID, PLAN_ARTIFACT, REASON, ROLE, SEED,
@@ -181,11 +181,14 @@ class Tracker:
         for _ in range(CLAIM_ATTEMPTS):
             rival = self._rival(experiment_id, trial.hash, mine=None)
             if rival is None:
-                run_id = self.start_trial(experiment_id, parent_id, trial, env_tags)
+                run_id = None
                 try:
+                    with signals_held():  # a Ctrl-C while the run is made lands once run_id names it, here
+                        run_id = self.start_trial(experiment_id, parent_id, trial, env_tags)
                     rival = self._rival(experiment_id, trial.hash, mine=run_id)
                 except BaseException:  # interrupted, or the store failed: the claim never happened
-                    self._withdraw(run_id)
+                    if run_id is not None:
+                        self._withdraw(run_id)
                     raise
                 if rival is None:
                     return Claim(run_id)
@@ -297,6 +300,21 @@ class Tracker:
                 self.finish(parent.info.run_id, "FAILED", error="this ablate run was killed before it ended",
                             reason=INTERRUPTED)
         return recovered, elsewhere
+
+    def end_left_running(self, experiment_id: str, parent_id: str, status: str, error: str, reason: str) -> list[str]:
+        """End `status` the runs of one invocation (the children of its parent run) still RUNNING; their ids.
+
+        For the invocation itself, once none of its workers can write any more: a worker stopped at an awkward
+        moment (Ctrl-C just after it created a trial's run, before anyone heard of it) leaves its run RUNNING.
+        Only RUNNING runs are touched: a run that ended (FINISHED above all) stays as it ended."""
+        ended = []
+        children = self.search(experiment_id, f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_id}' and "
+                                              "attributes.status = 'RUNNING'")
+        for run in children:
+            if self.run_state(run.info.run_id).status == "RUNNING":
+                self.finish(run.info.run_id, status, error=error, reason=reason)
+                ended.append(run.info.run_id)
+        return ended
 
     def log_dict(self, run_id: str, document: dict, artifact: str) -> None:
         self.client.log_dict(run_id, document, artifact)
