@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="worker processes per device (CPU: the number of CPU workers); overrides [execution]")
     run.add_argument("--max-workers", type=_positive, default=None, metavar="N",
                      help="at most N worker processes overall; overrides [execution]")
+    run.add_argument("--backend", choices=("local", "ray"), default=None,
+                     help="local: worker processes on this machine; ray: actors on every node of a Ray cluster "
+                          '(pip install "ablate[ray]"); overrides [execution]')
+    run.add_argument("--address", default=None, metavar="HOST:PORT",
+                     help="the Ray cluster's head (or auto) for --backend ray; overrides [execution]")
     run.add_argument("--pack", type=_positive, default=None, metavar="K",
                      help="train up to K trials of one architecture together as one batched network; "
                      "overrides [execution] pack")
@@ -235,7 +240,8 @@ def _run(args: argparse.Namespace) -> int:
     study = load_study(args.study)
     trials = expand(study)  # every check on the spec happens before torch or mlflow load
     overrides = {"devices": _devices(args.devices) if args.devices else None,
-                 "workers_per_device": args.workers_per_device, "max_workers": args.max_workers, "pack": args.pack}
+                 "workers_per_device": args.workers_per_device, "max_workers": args.max_workers, "pack": args.pack,
+                 "backend": args.backend, "address": args.address}
     execution = replace(study.execution, **{k: v for k, v in overrides.items() if v is not None})  # flags win
 
     from ablate import datasets
@@ -246,7 +252,8 @@ def _run(args: argparse.Namespace) -> int:
 
     uri = args.tracking_uri or _default_uri()
     data_dir = Path(args.data_dir) if args.data_dir else datasets.default_data_dir()
-    check_memory(plan_slots_for(execution), resident_needs(study, trials))  # a GPU asked for and absent; too little memory
+    if execution.backend == "local":  # a cluster's nodes are not this machine's to check
+        check_memory(plan_slots_for(execution), resident_needs(study, trials))  # a GPU absent; too little memory
     check_store(uri, write=True)
     new_store = store_is_new(uri)
     for dataset in sorted({t.settings.dataset for t in trials} | {study.info.dataset}):
@@ -254,7 +261,8 @@ def _run(args: argparse.Namespace) -> int:
 
     from ablate.run import start_worker_server
 
-    start_worker_server()  # before MLflow loads and starts threads (see there)
+    if execution.backend == "local":
+        start_worker_server()  # before MLflow loads and starts threads (see there)
 
     from ablate.console import print_report_table, terminal
     from ablate.report import build

@@ -428,6 +428,12 @@ class ConsoleReporter:
         self._worker(slot, "idle")
         self._line(f"[red]FAILED[/] ({reason}) {trial.stage} seed {trial.seed} [dim]{trial.hash}[/]  {error}")
 
+    def trial_retried(self, trial: Trial, slot: Slot, why: str) -> None:
+        """A trial lost with its worker's node, back in the queue (its run stays FAILED, worker-lost)."""
+        self.times.end(trial.hash, finished=False)
+        self._worker(slot, "lost")
+        self._line(f"[yellow]lost[/]  {trial.stage} seed {trial.seed} [dim]{trial.hash}[/]  {why}: training it again")
+
     def trial_skipped(self, trial: Trial, elsewhere: str) -> None:
         """A trial another invocation claimed first: no longer this run's to train."""
         self.total -= 1

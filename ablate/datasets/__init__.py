@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 from ablate.datasets import _mnist, _cifar, _svhn  # noqa: F401, I001  (they register the built-ins, in this order)
 from ablate.datasets._registry import (
-    DEFAULT, Dataset, check_data, default_data_dir, ensure_files, get, is_factory_key, names, read_arrays, register,
-    train_stats, unregister,
+    DEFAULT, Dataset, check_data, default_data_dir, ensure_files, get, is_factory_key, names, provide, read_arrays,
+    register, train_stats, unregister,
 )
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from ablate.datasets._resident import DeviceData, Split, load
 
 __all__ = ["DEFAULT", "Dataset", "DeviceData", "Split", "check_data", "default_data_dir", "ensure_files", "from_factory",
-           "get", "is_factory_key", "load", "names", "read_arrays", "register", "train_stats", "unregister"]
+           "get", "is_factory_key", "load", "names", "provide", "read_arrays", "register", "train_stats", "unregister"]
 
 _RESIDENT = ("load", "DeviceData", "Split")  # the torch side, imported on first use
 

@@ -70,6 +70,19 @@ def register(dataset: Dataset) -> Dataset:
     return dataset
 
 
+# Datasets this process trains on from arrays it was given, not from files (see `provide`).
+_PROVIDED: dict[str, tuple[dict[str, "np.ndarray"], tuple[tuple[float, ...], tuple[float, ...]]]] = {}
+
+
+def provide(dataset: Dataset, arrays: dict[str, "np.ndarray"],
+            stats: tuple[tuple[float, ...], tuple[float, ...]]) -> None:
+    """This process reads `dataset` from these arrays (as read_arrays returned them) and takes these training
+    statistics (train_stats'), not its files: a worker on another node of a cluster gets the data from the driver,
+    through the cluster's object store, and needs no data folder nor the factory's module."""
+    _DATASETS.setdefault(dataset.name, dataset)
+    _PROVIDED[dataset.name] = (arrays, stats)
+
+
 def unregister(name: str) -> None:
     """Remove a dataset from the registry (one a plugin or a test registered for a while)."""
     _DATASETS.pop(name, None)
@@ -171,6 +184,8 @@ def train_stats(name: str, root: Path, arrays: dict[str, "np.ndarray"]) -> tuple
     cached beside its files; `arrays` are the dataset's, as read_arrays returned them."""
     from ablate.datasets._stats import cached_stats
 
+    if name in _PROVIDED:
+        return _PROVIDED[name][1]
     dataset = get(name)
     folder = Path(root).resolve() / dataset.folder
     files = [found for file in dataset.files if (found := find(folder, file)) is not None]
@@ -182,6 +197,8 @@ def read_arrays(name: str, root: Path, download: bool = True) -> dict[str, "np.n
     downloaded first unless `download` is false (then they are an AblateError)."""
     import numpy as np
 
+    if name in _PROVIDED:
+        return dict(_PROVIDED[name][0])
     dataset = get(name)
     ensure_files(name, root, download)
     arrays = dataset.read(Path(root) / dataset.folder)

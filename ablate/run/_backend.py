@@ -10,7 +10,11 @@ does; the backend carries it out and reports what happens, nothing more:
   worker sent before it died still arrives (a half-written event does not).
 - `dead()` names the slots whose worker died without being asked to stop, each with how it
   died ("the worker process died (exit code -9)"), until the dispatcher answers with
-  `replace(slot)` (a fresh worker takes the slot) or `stop(slot)` (the slot is retired).
+  `replace(slot)` (a fresh worker takes the slot; False where none can: a cluster that lost
+  the node has no room left, and the slot is retired) or `stop(slot)` (the slot is retired).
+- `retries_lost`: how many times a trial whose worker was lost while training it is trained
+  again (0: it stays FAILED, worker-lost, for the next invocation). Where a worker dies of its
+  trial (one machine) retrying is futile; where it dies with its node (a cluster) it is not.
 - `stop(slot)` lets the slot's worker exit once idle (it gets no more tasks); it also
   retires a dead slot. `interrupt(slots)` passes Ctrl-C to those workers, whose tasks then
   end KILLED; `terminate(slot)` ends a worker at once; `shutdown()` stops every worker,
@@ -33,6 +37,7 @@ from ablate.run._tasks import Task
 
 class Backend(Protocol):
     slots: list[Slot]
+    retries_lost: int
 
     def give(self, slot: int, task: Task) -> None: ...
 
@@ -40,7 +45,7 @@ class Backend(Protocol):
 
     def dead(self) -> dict[int, str]: ...
 
-    def replace(self, slot: int) -> None: ...
+    def replace(self, slot: int) -> bool: ...
 
     def stop(self, slot: int) -> None: ...
 

@@ -47,6 +47,7 @@ class Reporter(Protocol):
     def trial_finished(self, trial: Trial, slot: Slot, outcome: Outcome) -> None: ...
     def trial_failed(self, trial: Trial, slot: Slot, reason: str, error: str) -> None: ...
     def trial_skipped(self, trial: Trial, elsewhere: str) -> None: ...
+    def trial_retried(self, trial: Trial, slot: Slot, why: str) -> None: ...
 
 
 class Ledger(Protocol):
@@ -113,6 +114,7 @@ class Dispatcher:
         self.lost_in_a_row = 0
         self.deadline: float | None = None
         self.terminated: list[_OpenTrial] = []  # open trials of workers ended at once: recorded once they are gone
+        self.lost_tries: dict[str, int] = {}  # trial hash → how many times its worker was lost while training it
 
     def run(self, tasks: list[Task], timeout: float | None = None) -> None:
         """One phase: every task handed out and ended, unless `timeout` seconds pass (start nothing new) or Ctrl-C
@@ -153,8 +155,7 @@ class Dispatcher:
         """Slots retired in an earlier phase (their worker died when there was nothing left to give it) get a fresh
         worker when this phase has work for them."""
         for held in self.held.values():
-            if self.pending and held.stopped:
-                self.backend.replace(held.slot.index)
+            if self.pending and held.stopped and self.backend.replace(held.slot.index):
                 held.stopped = False
 
     def _feed(self, held: _Held) -> None:
@@ -231,9 +232,13 @@ class Dispatcher:
             self.lost_in_a_row += 1
             if self.lost_in_a_row > MAX_LOST_IN_A_ROW * len(self.held):
                 self._give_up(held)
-            else:
-                self.backend.replace(index)
+            elif self.backend.replace(index):
                 self._feed(held)
+            else:  # no room for a fresh worker (a cluster lost the node): the others carry on, if any are left
+                self.backend.stop(index)
+                held.stopped = True
+                if not self._busy() and not self._idle():
+                    self._give_up(held, "not run: no worker left (every slot's worker was lost)")
 
     def _record_lost(self, held: _Held, why: str) -> None:
         """The dead worker's trials that had started and not ended are FAILED (worker-lost). What it had not
@@ -243,12 +248,25 @@ class Dispatcher:
         for open_trial in held.open.values():
             if open_trial.run_id is not None and not self._ended_unheard(open_trial, held):
                 self.ledger.finish(open_trial.run_id, "FAILED", error=error, reason=WORKER_LOST)
-                self._failed(open_trial.trial, held, WORKER_LOST, error)
+                if self._retried(open_trial.trial, held, why):
+                    unstarted.append(open_trial.trial)
+                else:
+                    self._failed(open_trial.trial, held, WORKER_LOST, error)
         if isinstance(held.task, Trial | Pack):
             self.pending.extendleft(reversed(pack_trials(unstarted, len(unstarted))))  # they were one pack
         elif held.task is not None and not held.open:  # a search task that died before drawing its trial
             self.pending.appendleft(held.task)
         held.clear()
+
+    def _retried(self, trial: Trial, held: _Held, why: str) -> bool:
+        """Is this trial, lost with its worker, trained again (see the backend's retries_lost)? Its FAILED run stays,
+        a record of the loss; the new one is a run of its own."""
+        tries = self.lost_tries.get(trial.hash, 0)
+        if tries >= self.backend.retries_lost:
+            return False
+        self.lost_tries[trial.hash] = tries + 1
+        self.reporter.trial_retried(trial, held.slot, why)
+        return True
 
     def _ended_unheard(self, open_trial: _OpenTrial, held: _Held) -> bool:
         """Did the worker end this run (FINISHED, or FAILED with a reason) before dying, unheard? Then that stands."""
@@ -264,11 +282,12 @@ class Dispatcher:
             self._failed(open_trial.trial, held, state.tags.get(REASON, "error"), state.tags.get(ERROR, ""))
         return True
 
-    def _give_up(self, held: _Held) -> None:
-        """Workers keep dying before they finish anything: fail what is left rather than loop forever."""
+    def _give_up(self, held: _Held, why: str = "not run: workers kept dying") -> None:
+        """Workers keep dying before they finish anything, or none is left: fail what is left rather than loop
+        forever."""
         for task in self.pending:
             for trial in task_trials(task):
-                self.summary.failed.append((trial, WORKER_LOST, "not run: workers kept dying"))
+                self.summary.failed.append((trial, WORKER_LOST, why))
         self.pending.clear()
         self.backend.stop(held.slot.index)
         held.clear()

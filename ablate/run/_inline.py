@@ -54,6 +54,8 @@ class InlineBackend:
     WorkerDied. The Done event that ends a task is the worker's (or the script's) to emit.
     """
 
+    retries_lost = 0  # as the local backend; a test sets it to stage a cluster's retries
+
     def __init__(self, slots: list[Slot], config: WorkerConfig | None = None, execute: Execute | None = None):
         if (config is None) == (execute is None):
             raise ValueError("InlineBackend needs a WorkerConfig (real workers) or an execute function (scripted)")
@@ -102,10 +104,11 @@ class InlineBackend:
     def dead(self) -> dict[int, str]:
         return {index: w.died for index, w in self.workers.items() if w.died is not None and not w.stopped}
 
-    def replace(self, slot: int) -> None:
+    def replace(self, slot: int) -> bool:
         old = self.workers[slot]
         self._close(old)
         self.workers[slot] = _Slot(old.slot, old.make_worker)
+        return True
 
     def stop(self, slot: int) -> None:
         self.workers[slot].stopped = True  # it runs what it was handed, then nothing more

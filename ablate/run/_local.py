@@ -166,6 +166,8 @@ class _Process:
 class LocalBackend:
     """Worker processes on this machine, one per slot (see the module docstring and the Backend protocol)."""
 
+    retries_lost = 0  # a worker process dies of its trial (a crash in native code, the OOM killer): no retry
+
     def __init__(self, slots: list[Slot], config: WorkerConfig):
         self.slots, self.config = slots, config
         self.context = _context()
@@ -216,7 +218,7 @@ class LocalBackend:
         return {index: f"the worker process died (exit code {w.process.exitcode})"
                 for index, w in self.workers.items() if not w.stopping and not w.process.is_alive()}
 
-    def replace(self, slot: int) -> None:
+    def replace(self, slot: int) -> bool:
         old = self.workers[slot]
         old.process.join(timeout=1)
         if old.process.is_alive():  # a retired worker still on its way out: it must not outlive its slot
@@ -224,6 +226,7 @@ class LocalBackend:
             old.process.join(timeout=2)
         old.events.close()
         self.workers[slot] = self._start(next(s for s in self.slots if s.index == slot))
+        return True
 
     def stop(self, slot: int) -> None:
         worker = self.workers[slot]

@@ -87,6 +87,7 @@ def interruptible(exits_after: bool = False) -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             _set_handler(sig, signal.SIG_IGN if exits_after and _received else handler)
+        _received.clear()  # they were this block's: a dispatcher run later in this process must not see them
 
 
 def _set_handler(sig: int, handler: object) -> None:

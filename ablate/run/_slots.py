@@ -18,6 +18,7 @@ class Slot:
     index: int
     device: str
     threads: int
+    cluster: str = ""  # the cluster whose scheduler places this slot's worker on a node; "": this machine
 
 
 def plan_slots(
@@ -65,6 +66,9 @@ def hardware(slots: list[Slot]) -> str:
     import torch
 
     devices = sorted({s.device for s in slots})
+    if slots and slots[0].cluster:
+        kind = "CPU worker(s), 1 thread each" if devices == ["cpu"] else "GPU worker(s)"
+        return f"{slots[0].cluster}: {len(slots)} {kind}"
     if devices == ["cpu"]:
         return f"{cpu_model()}, {len(slots)} worker(s) × {slots[0].threads} thread(s)"
     names = sorted({torch.cuda.get_device_name(torch.device(d)) for d in devices})

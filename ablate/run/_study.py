@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,12 +37,21 @@ if TYPE_CHECKING:
 MakeBackend = Callable[[list[Slot], WorkerConfig], Backend]
 
 
+def placement(execution: ExecutionSettings, backend: MakeBackend | None = None) -> tuple[list[Slot], MakeBackend]:
+    """The slots of the execution's backend and how to make it (`backend`: a caller's own, for tests)."""
+    if execution.backend == "ray":
+        from ablate.run._ray import RayBackend, ray_slots
+
+        return ray_slots(execution), backend or partial(RayBackend, address=execution.address)
+    return plan_slots_for(execution), backend or LocalBackend
+
+
 def run_study(
     study: Study, trials: list[Trial], tracker: Tracker, data_dir: Path, execution: ExecutionSettings,
-    reporter: Reporter, command: str = "", import_paths: tuple[str, ...] = (), backend: MakeBackend = LocalBackend,
+    reporter: Reporter, command: str = "", import_paths: tuple[str, ...] = (), backend: MakeBackend | None = None,
 ) -> RunSummary:
     started = time.perf_counter()
-    slots = plan_slots_for(execution)
+    slots, backend = placement(execution, backend)
     for dataset in {t.settings.dataset for t in trials}:  # the CLI checked them whole (check_data); a caller may not
         datasets.ensure_files(dataset, data_dir)
     experiment_id = tracker.experiment(study.name)
@@ -182,7 +192,7 @@ def _search_trial_alive(tracker: Tracker) -> Callable[[Mapping[str, Any]], bool]
 
 def run_search(
     study: Study, tracker: Tracker, data_dir: Path, execution: ExecutionSettings, reporter: Reporter,
-    storage: str, command: str = "", import_paths: tuple[str, ...] = (), backend: MakeBackend = LocalBackend,
+    storage: str, command: str = "", import_paths: tuple[str, ...] = (), backend: MakeBackend | None = None,
 ) -> RunSummary:
     """An Optuna search on the workers, then its best configurations re-trained on fresh seeds and tested."""
     from ablate import search
@@ -200,7 +210,7 @@ def run_search(
     remaining = (spec.settings.trials - done) if spec.settings.trials else 10_000  # a timeout ends an open count
     first = len(optuna_study.trials)
     tasks = [SearchTask(first + i, storage, study.path, study.text) for i in range(max(0, remaining))]
-    slots = plan_slots_for(execution)
+    slots, backend = placement(execution, backend)
     summary = RunSummary(experiment_id, None, total=done + len(tasks), skipped=done, recovered=recovered, slots=slots,
                          notes=summary_note)
     reporter.start(summary.total, done, slots)

@@ -69,9 +69,17 @@ class WorkerConfig:
     faults: dict[str, str] = field(default_factory=dict)
 
 
+SLOW_SECONDS = "slow-seconds"  # a key of the faults: how long "slow" sleeps (ABLATE_TEST_SLOW_SECONDS, default 30)
+
+
 def faults_from_env() -> dict[str, str]:
+    """The faults to inject, read in the driver: they travel in the WorkerConfig, since a worker on a cluster's
+    node does not share the driver's environment."""
     raw = os.environ.get(FAULTS_ENV)
-    return json.loads(raw) if raw else {}
+    faults = json.loads(raw) if raw else {}
+    if faults and "ABLATE_TEST_SLOW_SECONDS" in os.environ:
+        faults[SLOW_SECONDS] = os.environ["ABLATE_TEST_SLOW_SECONDS"]
+    return faults
 
 
 class Orphaned(Exception):
@@ -331,8 +339,10 @@ class Worker:
             raise RuntimeError("injected fault")
         if fault == "oom":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
-        if fault == "slow":
-            time.sleep(float(os.environ.get("ABLATE_TEST_SLOW_SECONDS", "30")))
+        if fault == "slow":  # in short sleeps, as a training loop's steps: an interrupt raised in this thread by
+            deadline = time.monotonic() + float(self.config.faults.get(SLOW_SECONDS, "30"))  # a Ray actor lands
+            while time.monotonic() < deadline:  # between two
+                time.sleep(0.05)
 
 
 class _TrialRun:

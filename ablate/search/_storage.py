@@ -26,11 +26,20 @@ def default_storage(tracking_uri: str) -> str:
 
 
 def open_storage(storage: str) -> "str | optuna.storages.BaseStorage":
-    """An RDB URL as is; anything else is a journal file path (the storage Optuna makes for several processes on one
-    machine)."""
+    """A journal file for a path (the storage Optuna makes for several processes on one machine); for an RDB URL, a
+    storage holding one database connection at most.
+
+    Why one: every worker of every node opens its own storage and asks and tells through it, and a database server
+    takes a bounded number of connections (PostgreSQL: 100 by default). SQLAlchemy's default pool lets a process
+    hold up to 15; a worker asks or tells one thing at a time, so one suffices, and a study's connections are then
+    its workers plus the driver's. (Optuna's gRPC storage proxy would bring it to one, at the price of a server
+    process the driver must keep up and every node must reach; a run of a few hundred workers does not need it.)"""
     import optuna
 
-    if "://" in storage:
+    if storage.startswith(("sqlite:", "sqlite+")):
         return storage
+    if "://" in storage:
+        return optuna.storages.RDBStorage(storage, engine_kwargs={"pool_size": 1, "max_overflow": 0,
+                                                                  "pool_pre_ping": True})
     Path(storage).parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))

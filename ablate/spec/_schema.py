@@ -238,6 +238,16 @@ class ExecutionSettings:
         at_least(1),
     )
     max_workers: int | None = option(None, "Upper bound on the worker processes overall; unset: no bound.", at_least(1))
+    backend: Literal["local", "ray"] = option(
+        "local",
+        "`local`: worker processes on this machine. `ray`: one actor per slot on every node of a Ray cluster "
+        "(`pip install \"ablate[ray]\"`); `devices` is then `auto` (every GPU of every node) or `cpu`.",
+    )
+    address: str | None = option(
+        None,
+        "The Ray cluster for `backend = \"ray\"`: `host:port` of its head, or `auto`; unset: `RAY_ADDRESS`, else a "
+        "cluster running on this machine, else a new one on this machine.",
+    )
     pack: int = option(
         1,
         "Train up to this many trials of one architecture together, as one batched network in one worker (each "

@@ -1,0 +1,389 @@
+"""The Ray backend: one actor per slot on the nodes of a Ray cluster, each running ablate's Worker.
+
+`ray` is imported here only, and this module only when a run asks for `backend = "ray"`.
+
+Slots (`ray_slots`): every GPU of every live node `workers_per_device` times over (an actor
+asks for `1 / workers_per_device` of a GPU, and Ray sets CUDA_VISIBLE_DEVICES, so inside it
+the GPU is `cuda:0`); on a cluster without GPUs (or `devices = "cpu"`), one single-threaded
+actor per CPU, as on one machine: a result never depends on how many workers ran it. Ray,
+not ablate, places the actors on nodes.
+
+Data (`_DataShelf`): the driver reads each dataset once — the files need be on the driver's
+machine only — and puts its uint8 arrays and training statistics into Ray's object store;
+a task carries the reference, so each node fetches the data once, and its actors read it
+from there (ablate.datasets' `provide`), never from a data folder.
+
+Events: a threaded actor runs a task in one thread while the driver collects the events it
+emitted with a long poll (`events`) in another; one poll per actor is outstanding at a time,
+so an actor's events arrive in the order it sent them. What it emitted and nobody collected
+before it died is lost, as a half-written event is on one machine: the dispatcher reads the
+store for those runs.
+
+Loss: a poll or task that raises RayActorError (ActorDiedError: the actor's process or its
+node died; ActorUnavailableError: unreachable) makes the slot dead. The actor is killed at
+once, before the dispatcher re-queues its trials: a node cut off from the cluster, not dead,
+must not finish them a second time. Were it to anyway, readers count the first FINISHED run
+of a trial, so a double finish is harmless. A lost node is the cluster's fault, not the
+trial's, so this backend asks for a started trial to be trained again (`retries_lost`) where
+the local backend fails it (there, a worker's death is most often the trial's own doing).
+
+Ctrl-C and SIGTERM reach the driver only: `interrupt` raises Interrupted in the thread that
+runs the actor's task (as the signal would in a worker process), so its runs end KILLED with
+the reason. A driver killed with -9 takes its actors with it (Ray ends the actors of a dead
+owner); the next invocation recovers their RUNNING runs through their heartbeat.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+import signal
+import socket
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from ablate.errors import AblateError
+from ablate.run._events import Event, Ready
+from ablate.run._signals import Interrupted
+from ablate.run._slots import Slot
+from ablate.run._tasks import Task, task_trials
+from ablate.run._worker import Orphaned, Worker, WorkerConfig
+from ablate.search import SearchTask
+from ablate.spec import ExecutionSettings
+
+POLL_SECONDS = 1.0  # how long an actor's event poll waits for news before it answers empty
+RETRIES_LOST = 2  # a trial lost with its node is trained again this many times at most
+GONE_SECONDS = 10.0  # how long shutdown waits for a killed actor to be gone
+
+
+def connect(address: str | None) -> Any:
+    """Ray, connected to the cluster at `address` ("host:port" or "auto"; None: RAY_ADDRESS, else a cluster running
+    on this machine, else a new one on this machine only, as ray.init does); a clear error if it cannot."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise AblateError('the ray backend needs Ray: pip install "ablate[ray]"') from exc
+    if not ray.is_initialized():
+        handlers = _handlers()
+        try:
+            ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = f"at {address}" if address else "(RAY_ADDRESS, or one on this machine)"
+            raise AblateError(f"no Ray cluster {where}: {exc}. Start one with `ray start --head` (and `ray start "
+                              "--address=HEAD:PORT` on the other nodes), then give its address") from exc
+        finally:
+            _restore(handlers)
+    return ray
+
+
+def _handlers() -> dict[int, Any]:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore(handlers: dict[int, Any]) -> None:
+    """ray.init sets its own SIGTERM handler in a driver (it exits at once): ours stays, since SIGTERM ends a run
+    as Ctrl-C does, recording its runs (ablate.run's signals)."""
+    for sig, handler in handlers.items():
+        if handler is not None:
+            signal.signal(sig, handler)
+
+
+def ray_slots(execution: ExecutionSettings) -> list[Slot]:
+    """The slots of the cluster (see the module docstring), connecting to it first."""
+    ray = connect(execution.address)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    gpus = int(sum(n["Resources"].get("GPU", 0) for n in nodes))
+    cpus = [int(n["Resources"].get("CPU", 0)) for n in nodes]
+    if isinstance(execution.devices, tuple):
+        raise AblateError(f"devices {list(execution.devices)}: with the ray backend, devices is \"auto\" or \"cpu\" "
+                          "(Ray places the workers on the GPUs of every node)")
+    cluster = f"Ray cluster {ray.get_runtime_context().gcs_address}, {len(nodes)} node(s)"
+    if execution.devices == "cpu" or gpus == 0:
+        count = sum(cpus) if execution.workers_per_device is None else execution.workers_per_device * sum(
+            1 for c in cpus if c)
+        device, threads = "cpu", 1
+    else:
+        count = gpus * (execution.workers_per_device or 1)
+        device, threads = "cuda:0", max(1, sum(cpus) // count)
+    if execution.max_workers is not None:
+        count = min(count, execution.max_workers)
+    if count == 0:
+        raise AblateError(f"the {cluster} has no {'GPU' if device != 'cpu' else 'CPU'} for a worker")
+    return [Slot(index=k, device=device, threads=threads, cluster=cluster) for k in range(count)]
+
+
+class _InterruptedHere(Interrupted):
+    """Ctrl-C raised in an actor's task thread (an exception raised in another thread is made from its class)."""
+
+    def __init__(self) -> None:
+        super().__init__(signal.SIGINT)
+
+
+class _PreemptedHere(Interrupted):
+    """SIGTERM raised in an actor's task thread."""
+
+    def __init__(self) -> None:
+        super().__init__(signal.SIGTERM)
+
+
+class SlotActor:
+    """A slot's worker inside a Ray actor (made remote by RayBackend, with room for three calls at once: the task,
+    the event poll and an interrupt)."""
+
+    def __init__(self, slot: Slot, config: WorkerConfig):
+        self._events: list[Event] = []
+        self._news = threading.Condition()
+        self._task_thread: int | None = None
+        self.worker = Worker(slot, config, self._emit, self._die)
+        self._emit(Ready(slot.index, os.getpid()))
+
+    def where(self) -> str:
+        """The node this actor runs on, as a person names it."""
+        return socket.gethostname()
+
+    def run(self, task: Task, *data: tuple) -> None:
+        """Train one task on the data the driver shelved (see _DataShelf); a stop was recorded by the worker."""
+        from ablate import datasets
+
+        for dataset, arrays, stats in data:
+            datasets.provide(dataset, arrays, stats)
+        self._task_thread = threading.get_ident()
+        try:
+            self.worker.run(task)
+        except (KeyboardInterrupt, Orphaned):
+            pass  # its runs are recorded KILLED (or interrupted) and Killed was emitted
+        finally:
+            self._task_thread = None
+
+    def events(self, wait: float) -> list[Event]:
+        """The events emitted since the last call, waiting up to `wait` seconds for one."""
+        with self._news:
+            self._news.wait_for(lambda: bool(self._events), timeout=wait)
+            events, self._events = self._events, []
+        return events
+
+    def interrupt(self, signum: int) -> None:
+        """Raise Interrupted in the task's thread, where the running trial then ends KILLED."""
+        thread = self._task_thread
+        if thread is not None:
+            kind = _PreemptedHere if signum == signal.SIGTERM else _InterruptedHere
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), ctypes.py_object(kind))
+
+    def close(self) -> None:
+        self.worker.close()
+
+    def _emit(self, event: Event) -> None:
+        with self._news:
+            self._events.append(event)
+            self._news.notify_all()
+
+    def _die(self, mid_event: bool) -> None:
+        """The test-only kill faults: the actor's process ends at once, as a lost node's would."""
+        os._exit(1)
+
+
+class _DataShelf:
+    """Each dataset a task needs, read once by the driver and put in Ray's object store (see the module docstring)."""
+
+    def __init__(self, ray: Any, data_dir: Path):
+        self.ray, self.data_dir = ray, data_dir
+        self.refs: dict[str, Any] = {}
+        self.search_datasets: dict[str, str] = {}
+
+    def refs_for(self, task: Task) -> list[Any]:
+        return [self._ref(name) for name in sorted(self._datasets(task))]
+
+    def _datasets(self, task: Task) -> set[str]:
+        if isinstance(task, SearchTask):
+            if task.study_text not in self.search_datasets:
+                from ablate.spec import parse_study
+
+                self.search_datasets[task.study_text] = parse_study(task.study_text, task.study_path).info.dataset
+            return {self.search_datasets[task.study_text]}
+        return {t.settings.dataset for t in task_trials(task)}
+
+    def _ref(self, name: str) -> Any:
+        if name not in self.refs:
+            from ablate import datasets
+
+            arrays = datasets.read_arrays(name, self.data_dir)
+            stats = datasets.train_stats(name, self.data_dir, arrays)
+            self.refs[name] = self.ray.put((datasets.get(name), arrays, stats))
+        return self.refs[name]
+
+
+class _Actor:
+    """The driver's side of one slot's actor."""
+
+    def __init__(self, handle: Any):
+        self.handle = handle
+        self.node = "?"
+        self.where_ref = handle.where.remote()
+        self.run_ref: Any = None
+        self.poll_ref: Any = None
+        self.stopping = False
+        self.lost: str | None = None
+
+
+class RayBackend:
+    """Actors on a Ray cluster, one per slot (see the module docstring and the Backend protocol)."""
+
+    retries_lost = RETRIES_LOST
+
+    def __init__(self, slots: list[Slot], config: WorkerConfig, address: str | None = None):
+        self.ray = connect(address)
+        self.slots, self.config = slots, config
+        self.remote_actor = self.ray.remote(max_concurrency=3)(SlotActor)
+        self.gpus = max(1, int(self.ray.cluster_resources().get("GPU", 0)))
+        self.shelf = _DataShelf(self.ray, Path(config.data_dir))
+        self.received: deque[Event] = deque()
+        self.actors = {slot.index: self._start(slot) for slot in slots}
+
+    def _resources(self, slot: Slot) -> dict[str, float]:
+        """A CPU slot asks for its threads' CPUs; a GPU slot for its share of a GPU (workers per GPU, rounded up so
+        that every slot fits) and no CPU, so that the GPUs decide where the actors go."""
+        if slot.device == "cpu":
+            return {"num_cpus": slot.threads, "num_gpus": 0}
+        return {"num_cpus": 0, "num_gpus": 1 / math.ceil(len(self.slots) / self.gpus)}
+
+    def _start(self, slot: Slot) -> _Actor:
+        options = self._resources(slot) | {"max_restarts": 0}
+        return _Actor(self.remote_actor.options(**options).remote(slot, self.config))
+
+    def _fits(self, slot: Slot) -> bool:
+        """Does the cluster still have room for this slot's actor (a lost node takes its resources with it)?"""
+        free = self.ray.available_resources()
+        asked = self._resources(slot)
+        return free.get("CPU", 0) >= asked["num_cpus"] and free.get("GPU", 0) >= asked["num_gpus"] - 1e-9
+
+    def give(self, slot: int, task: Task) -> None:
+        actor = self.actors[slot]
+        actor.run_ref = actor.handle.run.remote(task, *self.shelf.refs_for(task))
+
+    def next_event(self, timeout: float) -> Event | None:
+        if not self.received:
+            self._receive(timeout)
+        return self.received.popleft() if self.received else None
+
+    def _receive(self, timeout: float) -> None:
+        waiting: dict[Any, tuple[int, str]] = {}
+        for index, actor in self.actors.items():
+            if actor.lost is not None or (actor.stopping and actor.run_ref is None and actor.poll_ref is None):
+                continue
+            if actor.poll_ref is None:
+                actor.poll_ref = actor.handle.events.remote(POLL_SECONDS)
+            waiting[actor.poll_ref] = (index, "poll")
+            if actor.run_ref is not None:
+                waiting[actor.run_ref] = (index, "run")
+            if actor.where_ref is not None:
+                waiting[actor.where_ref] = (index, "where")
+        if not waiting:
+            time.sleep(timeout)
+            return
+        ready, _ = self.ray.wait(list(waiting), num_returns=1, timeout=timeout)
+        if ready:
+            ready, _ = self.ray.wait(list(waiting), num_returns=len(waiting), timeout=0)
+        for ref in ready:
+            index, kind = waiting[ref]
+            self._collect(self.actors[index], ref, kind)
+
+    def _collect(self, actor: _Actor, ref: Any, kind: str) -> None:
+        if actor.lost is not None:
+            return
+        try:
+            value = self.ray.get(ref)
+        except self.ray.exceptions.RayActorError as exc:
+            self._lose(actor, exc)
+            return
+        except self.ray.exceptions.RayTaskError as exc:  # escaped the worker's own recording: a worker process dies
+            self._lose(actor, exc)
+            return
+        if kind == "poll":
+            actor.poll_ref = None
+            self.received.extend(value)
+        elif kind == "run":
+            actor.run_ref = None
+            if actor.stopping:
+                self._retire(actor)
+        else:
+            actor.where_ref, actor.node = None, value
+
+    def _lose(self, actor: _Actor, exc: BaseException) -> None:
+        """The actor is lost: killed at once (see the module docstring), then said so by dead()."""
+        actor.lost = f"the worker on node {actor.node} was lost ({type(exc).__name__})"
+        actor.run_ref = actor.poll_ref = actor.where_ref = None
+        try:
+            self.ray.kill(actor.handle, no_restart=True)
+        except Exception:  # noqa: BLE001 — already gone
+            pass
+
+    def dead(self) -> dict[int, str]:
+        return {index: a.lost for index, a in self.actors.items() if a.lost is not None and not a.stopping}
+
+    def replace(self, slot: int) -> bool:
+        """A fresh actor for the slot, if the cluster has room for it; False: it has not (the slot stays empty)."""
+        spec = next(s for s in self.slots if s.index == slot)
+        old = self.actors[slot]
+        if old.lost is None:
+            self._kill(old)
+        if not self._fits(spec):
+            old.stopping = True
+            return False
+        self.actors[slot] = self._start(spec)
+        return True
+
+    def stop(self, slot: int) -> None:
+        actor = self.actors[slot]
+        actor.stopping = True
+        if actor.lost is None and actor.run_ref is None:
+            self._retire(actor)
+
+    def _retire(self, actor: _Actor) -> None:
+        """Let an idle actor close its worker and exit, after what it was already asked."""
+        actor.handle.close.remote()
+        actor.handle.__ray_terminate__.remote()
+
+    def interrupt(self, slots: list[int], signum: int = signal.SIGINT) -> None:
+        for slot in slots:
+            actor = self.actors[slot]
+            if actor.lost is None:
+                actor.handle.interrupt.remote(signum)
+
+    def terminate(self, slot: int) -> None:
+        self._kill(self.actors[slot])
+
+    def _kill(self, actor: _Actor) -> None:
+        try:
+            self.ray.kill(actor.handle, no_restart=True)
+        except Exception:  # noqa: BLE001 — already gone
+            pass
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Every actor gone when it returns: the busy ones are given `timeout` seconds to end their task (an
+        interrupted one records its runs), then each closes its worker and is killed, and we wait until Ray says
+        it is dead (no actor writes to the store after this)."""
+        busy = [a.run_ref for a in self.actors.values() if a.run_ref is not None and a.lost is None]
+        if busy:
+            self.ray.wait(busy, num_returns=len(busy), timeout=timeout)
+        closing = [a.handle.close.remote() for a in self.actors.values() if a.lost is None]
+        if closing:
+            self.ray.wait(closing, num_returns=len(closing), timeout=timeout)
+        for actor in self.actors.values():
+            self._kill(actor)
+        self._wait_gone()
+
+    def _wait_gone(self) -> None:
+        deadline = time.monotonic() + GONE_SECONDS
+        for actor in self.actors.values():
+            while time.monotonic() < deadline:
+                try:
+                    self.ray.get(actor.handle.where.remote(), timeout=1)
+                except (self.ray.exceptions.RayActorError, self.ray.exceptions.GetTimeoutError):
+                    break
+                time.sleep(0.1)
