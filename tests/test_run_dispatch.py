@@ -248,3 +248,58 @@ def test_ctrl_c_on_the_inline_backend_kills_the_running_trial_and_hands_out_noth
     parents = mlflow.search_runs(experiment_names=["tiny"]).query("`tags.role` == 'parent'")
     assert list(parents["status"]) == ["KILLED"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def _dies_mid_trial(slot, task, emit) -> None:
+    """Started the trial's run, then the worker (its node) was lost."""
+    emit(Started(slot.index, task_key(task), task, f"lost-{task.hash}"))
+    raise WorkerDied("its node was lost")
+
+
+def test_a_trial_lost_with_its_node_is_trained_again_where_the_backend_retries(trials):
+    """A cluster's backend (retries_lost > 0): the lost run stays FAILED worker-lost, and the trial is trained again
+    by a fresh worker, first in the queue, up to retries_lost times; then it stays FAILED."""
+    ledger = _Ledger()
+    dispatcher, backend, summary = _dispatcher(_scripted(_dies_mid_trial, _trains, _trains), ledger)
+    backend.retries_lost = 1
+    dispatcher.run(trials[:2])
+    assert [t for t, _ in summary.finished] == trials[:2] and summary.failed == []
+    assert ledger.finished == [(f"lost-{trials[0].hash}", "FAILED", "worker-lost")]
+
+    ledger = _Ledger()
+    dispatcher, backend, summary = _dispatcher(_scripted(_dies_mid_trial, _dies_mid_trial, _trains), ledger)
+    backend.retries_lost = 1
+    dispatcher.run(trials[:2])
+    assert [t for t, _ in summary.finished] == [trials[1]]
+    assert [(t, reason) for t, reason, _ in summary.failed] == [(trials[0], "worker-lost")]
+    assert [status for _, status, _ in ledger.finished] == ["FAILED", "FAILED"]
+
+
+def test_a_slot_the_cluster_has_no_room_to_refill_is_retired_and_the_others_carry_on(trials):
+    """replace() says no (the lost node took its resources): the slot is retired; the other slot trains the rest.
+    With no slot left, what is left is failed as not run, instead of waiting forever."""
+
+    class NoRoom(InlineBackend):
+        def replace(self, slot: int) -> bool:
+            return False
+
+    lost_first = iter([True])
+
+    def execute(slot, task, emit) -> None:
+        if slot.index == 0 and next(lost_first, False):
+            _dies_mid_trial(slot, task, emit)
+        _trains(slot, task, emit)
+
+    backend = NoRoom([Slot(i, "cpu", 1) for i in range(2)], execute=execute)
+    backend.retries_lost = 1
+    summary = RunSummary("exp", "parent", 4, 0)
+    dispatcher = Dispatcher(backend, _Ledger(), _Reporter(), summary)
+    dispatcher.run(list(trials))
+    assert sorted(t.hash for t, _ in summary.finished) == sorted(t.hash for t in trials) and summary.failed == []
+    assert dispatcher.held[0].stopped
+
+    backend = NoRoom([Slot(0, "cpu", 1)], execute=_dies_mid_trial)
+    summary = RunSummary("exp", "parent", 4, 0)
+    Dispatcher(backend, _Ledger(), _Reporter(), summary).run(list(trials))
+    assert summary.finished == [] and len(summary.failed) == len(trials)
+    assert {error for *_, error in summary.failed[1:]} == {"not run: no worker left (every slot's worker was lost)"}
