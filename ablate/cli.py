@@ -415,9 +415,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ablate: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:  # before a run could record anything, or a command that records nothing
-        from ablate.run import Interrupted
+        from ablate.run import as_interrupted
 
-        stopped = exc if isinstance(exc, Interrupted) else Interrupted()
+        stopped = as_interrupted(exc)
         if args.debug:
             traceback.print_exc()
         resume = f"; resume with: {args.command_line}" if args.command == "run" else ""

@@ -447,3 +447,22 @@ def test_once_interrupted_the_ablate_process_ignores_later_signals_to_its_exit(e
         assert signal.getsignal(signal.SIGTERM) is (signal.SIG_IGN if exits_after else previous_term)
     finally:
         signal.signal(signal.SIGTERM, previous_term)
+
+
+def test_sigterm_turned_into_a_plain_keyboard_interrupt_by_library_code_still_reads_as_preempted(ctrl_c_raises):
+    """Ray's ray.wait runs our handler in native code and raises a KeyboardInterrupt of its own: the SIGTERM behind
+    it must still end the runs `preempted` and exit 143, not `interrupted` and 130."""
+    from ablate.run import Interrupted, as_interrupted, interruptible
+
+    previous_term = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(Interrupted) as stopped, interruptible():
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(1)
+            except KeyboardInterrupt:
+                assert as_interrupted(KeyboardInterrupt()).reason == "preempted"  # what the dispatcher records
+                raise KeyboardInterrupt() from None  # what the library raises instead of ours
+        assert (stopped.value.reason, stopped.value.exit_code) == ("preempted", 143)
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)

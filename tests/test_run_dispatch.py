@@ -303,3 +303,27 @@ def test_a_slot_the_cluster_has_no_room_to_refill_is_retired_and_the_others_carr
     Dispatcher(backend, _Ledger(), _Reporter(), summary).run(list(trials))
     assert summary.finished == [] and len(summary.failed) == len(trials)
     assert {error for *_, error in summary.failed[1:]} == {"not run: no worker left (every slot's worker was lost)"}
+
+
+def test_what_a_lost_slot_leaves_goes_to_a_slot_that_had_run_out_of_work(trials):
+    """Slot 1 finished its trial and idles (nothing left to hand out); then slot 0 is lost in its second trial and
+    cannot be refilled: slot 1 trains that trial, rather than the run ending with it neither trained nor failed."""
+
+    class NoRoom(InlineBackend):
+        def replace(self, slot: int) -> bool:
+            return False
+
+    handed = []
+
+    def execute(slot, task, emit) -> None:
+        handed.append(slot.index)
+        if handed.count(0) == 2 and slot.index == 0:
+            _dies_mid_trial(slot, task, emit)
+        _trains(slot, task, emit)
+
+    backend = NoRoom([Slot(i, "cpu", 1) for i in range(2)], execute=execute)
+    backend.retries_lost = 1
+    summary = RunSummary("exp", "parent", 3, 0)
+    Dispatcher(backend, _Ledger(), _Reporter(), summary).run(trials[:3])
+    assert handed == [0, 1, 0, 1]
+    assert sorted(t.hash for t, _ in summary.finished) == sorted(t.hash for t in trials[:3]) and summary.failed == []

@@ -134,8 +134,9 @@ class Dispatcher:
                 self._check_dead()
         except KeyboardInterrupt as exc:
             self.summary.interrupted = True
-            self.summary.stop_reason = _signals.reason_of(exc)
-            self._stop_running(getattr(exc, "signum", signal.SIGINT))
+            stopped = _signals.as_interrupted(exc)
+            self.summary.stop_reason = stopped.reason
+            self._stop_running(stopped.signum)
         except _StoreFailed:
             self._stop_running(signal.SIGINT)
 
@@ -239,6 +240,9 @@ class Dispatcher:
                 held.stopped = True
                 if not self._busy() and not self._idle():
                     self._give_up(held, "not run: no worker left (every slot's worker was lost)")
+        for idle in self._idle():  # what the lost slots left, for a slot that had run out of work
+            if self.pending:
+                self._feed(idle)
 
     def _record_lost(self, held: _Held, why: str) -> None:
         """The dead worker's trials that had started and not ended are FAILED (worker-lost). What it had not

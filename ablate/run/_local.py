@@ -68,15 +68,24 @@ def serve(slot: Slot, config: WorkerConfig, tasks: Queue, connection: Connection
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # a held one lands here, inside
         worker = Worker(slot, config, channel.put, channel.die)
     except (KeyboardInterrupt, Orphaned):
+        _deaf()
         return
     try:
         channel.put(Ready(slot.index, os.getpid()))
         _serve_tasks(worker, tasks)
     except (KeyboardInterrupt, Orphaned):
-        for sig in (signal.SIGINT, signal.SIGTERM):  # recorded: a second signal would only stop us early
-            signal.signal(sig, signal.SIG_IGN)
+        _deaf()  # recorded: a second signal would only stop us early
     finally:
         worker.close()
+        _deaf()
+
+
+def _deaf() -> None:
+    """A worker on its way out ignores Ctrl-C and SIGTERM: it has nothing left to record, and a second one — Ctrl-C
+    reaches it from the terminal and again from the parent, which passes signals on — would otherwise raise in
+    multiprocessing's bootstrap after serve returned and print a traceback."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _serve_tasks(worker: Worker, tasks: Queue) -> None:

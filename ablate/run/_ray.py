@@ -58,6 +58,8 @@ from ablate.spec import ExecutionSettings
 POLL_SECONDS = 1.0  # how long an actor's event poll waits for news before it answers empty
 RETRIES_LOST = 2  # a trial lost with its node is trained again this many times at most
 GONE_SECONDS = 10.0  # how long shutdown waits for a killed actor to be gone
+ROOM_SECONDS = 5.0  # how long a lost slot waits for the cluster to show room for a fresh actor
+NODE_TAG = "ray_node"  # a trial run's tag: the id of the Ray node whose actor trained it
 
 
 def connect(address: str | None) -> Any:
@@ -141,11 +143,18 @@ class SlotActor:
         self._news = threading.Condition()
         self._task_thread: int | None = None
         self.worker = Worker(slot, config, self._emit, self._die)
+        self.worker.tags[NODE_TAG] = self._node_id()  # on each of its runs, beside host and pid
         self._emit(Ready(slot.index, os.getpid()))
 
+    @staticmethod
+    def _node_id() -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
     def where(self) -> str:
-        """The node this actor runs on, as a person names it."""
-        return socket.gethostname()
+        """The node this actor runs on, as a person names it: host and Ray node id (several nodes may share a host)."""
+        return f"{socket.gethostname()} ({self._node_id()[:12]})"
 
     def run(self, task: Task, *data: tuple) -> None:
         """Train one task on the data the driver shelved (see _DataShelf); a stop was recorded by the worker."""
@@ -257,10 +266,17 @@ class RayBackend:
         return _Actor(self.remote_actor.options(**options).remote(slot, self.config))
 
     def _fits(self, slot: Slot) -> bool:
-        """Does the cluster still have room for this slot's actor (a lost node takes its resources with it)?"""
-        free = self.ray.available_resources()
+        """Does the cluster still have room for this slot's actor (a lost node takes its resources with it)? A dead
+        actor's own share comes back to the cluster's count a moment after its death, so this waits a little."""
         asked = self._resources(slot)
-        return free.get("CPU", 0) >= asked["num_cpus"] and free.get("GPU", 0) >= asked["num_gpus"] - 1e-9
+        deadline = time.monotonic() + ROOM_SECONDS
+        while True:
+            free = self.ray.available_resources()
+            if free.get("CPU", 0) >= asked["num_cpus"] and free.get("GPU", 0) >= asked["num_gpus"] - 1e-9:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.25)
 
     def give(self, slot: int, task: Task) -> None:
         actor = self.actors[slot]

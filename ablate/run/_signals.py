@@ -40,9 +40,18 @@ class Interrupted(KeyboardInterrupt):
         return EXIT_TERMINATED if self.signum == signal.SIGTERM else EXIT_INTERRUPTED
 
 
+def as_interrupted(exc: BaseException) -> Interrupted:
+    """The interruption `exc` stands for. A plain KeyboardInterrupt may stand for SIGTERM: library code that waits in
+    native code runs our handler there and, when it raises, raises a KeyboardInterrupt of its own (Ray's ray.wait
+    and ray.get do), so the signal that came first (`interruptible` keeps it) says which it was."""
+    if isinstance(exc, Interrupted):
+        return exc
+    return Interrupted(_received[0] if _received else signal.SIGINT)
+
+
 def reason_of(exc: BaseException) -> str:
     """The `reason` a run stopped by `exc` records: preempted (SIGTERM) or interrupted (Ctrl-C)."""
-    return exc.reason if isinstance(exc, Interrupted) else INTERRUPTED
+    return as_interrupted(exc).reason
 
 
 _received: list[int] = []  # the signals received while `interruptible` is on, in order
@@ -84,6 +93,11 @@ def interruptible(exits_after: bool = False) -> Iterator[None]:
     previous = {sig: signal.signal(sig, _handle) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
+    except KeyboardInterrupt as exc:  # which signal it was, said before the block forgets it (see as_interrupted)
+        stopped = as_interrupted(exc)
+        if stopped is exc:
+            raise
+        raise stopped.with_traceback(exc.__traceback__) from None
     finally:
         for sig, handler in previous.items():
             _set_handler(sig, signal.SIG_IGN if exits_after and _received else handler)

@@ -87,6 +87,9 @@ def git_commit(folder: Path) -> str | None:
 class Tracker:
     def __init__(self, uri: str):
         self.uri = uri
+        # MLflow prints "🏃 View run … at: …" for every run a tracking server's client ends, a line per trial in the
+        # middle of ablate's progress; ablate prints the one link that is useful, at the end.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.client: MlflowClient = GuardedClient(open_client(uri), uri)  # type: ignore[assignment]
 
     # -- experiments -----------------------------------------------------------------
