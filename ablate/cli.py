@@ -258,6 +258,10 @@ def _run(args: argparse.Namespace) -> int:
     new_store = store_is_new(uri)
     for dataset in sorted({t.settings.dataset for t in trials} | {study.info.dataset}):
         datasets.check_data(dataset, data_dir)
+    if execution.backend == "ray":
+        from ablate.run import placement
+
+        placement(execution, tracking_uri=uri)  # Ray installed, the cluster reachable, the store one its nodes reach
 
     from ablate.run import start_worker_server
 

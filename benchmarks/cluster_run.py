@@ -45,9 +45,14 @@ def trial_runs(uri: str, study: str) -> list:
     return [r for r in runs if r.data.tags.get("role") == "trial"]
 
 
+def finished_per_hash(runs) -> collections.Counter:
+    """Trial hash → how many FINISHED runs it has."""
+    return collections.Counter(r.data.tags["trial_hash"] for r in runs if r.info.status == "FINISHED")
+
+
 def finished(runs) -> dict[str, float]:
     """Trial hash → test accuracy of its FINISHED run (asserting there is one per hash)."""
-    counts = collections.Counter(r.data.tags["trial_hash"] for r in runs if r.info.status == "FINISHED")
+    counts = finished_per_hash(runs)
     assert set(counts.values()) == {1}, f"a trial finished more than once: {counts.most_common(3)}"
     return {r.data.tags["trial_hash"]: r.data.metrics["test_accuracy"] for r in runs if r.info.status == "FINISHED"}
 
@@ -75,6 +80,7 @@ def main() -> None:
                                           "--tracking-uri", str(tracking))
             print(ray_out.splitlines()[-1] if ray_out else "")
             runs = trial_runs(str(tracking), name)
+            per_hash = finished_per_hash(runs)
             on_cluster = finished(runs)
             per_node = collections.Counter(r.data.tags.get("ray_node", "?")[:12] for r in runs if r.info.status == "FINISHED")
             _, table = ablate("report", "--study", name, "--tracking-uri", str(tracking))
@@ -100,8 +106,8 @@ def main() -> None:
         f"| the same command again | {again_seconds:.0f} | 0 more (\"{_last_line(again)}\") |",
         f"| local backend, same machine | {local_seconds:.0f} | {len(local)} |",
         "",
-        f"FINISHED runs per trial hash on the cluster: {dict(collections.Counter(collections.Counter(on_cluster).values()))} "
-        f"(every hash exactly once); trials per Ray node: {dict(per_node)}.",
+        f"FINISHED runs per trial hash on the cluster: {len(per_hash)} hashes; how many hashes have n FINISHED runs: "
+        f"{dict(collections.Counter(per_hash.values()))}; trials per Ray node: {dict(per_node)}.",
         "",
         f"Per-trial test accuracy, cluster vs local: {same} of {len(local)} identical, largest difference "
         f"{max(differences):.2e} (one torch thread per CPU worker: a result depends on its settings and seed only).",

@@ -466,3 +466,23 @@ def test_sigterm_turned_into_a_plain_keyboard_interrupt_by_library_code_still_re
         assert (stopped.value.reason, stopped.value.exit_code) == ("preempted", 143)
     finally:
         signal.signal(signal.SIGTERM, previous_term)
+
+
+def test_the_ray_backend_without_ray_installed_is_one_message_and_no_store(tiny, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as where `pip install "ablate[ray]"` was not run
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code, out = _run(capsys, "run", str(tiny), "--backend", "ray", "--tracking-uri", uri)
+    assert code == 2 and 'pip install "ablate[ray]"' in out and "Traceback" not in out, out
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_ray_head_that_does_not_answer_is_one_message_in_seconds_and_no_store(tiny, tmp_path, capsys):
+    pytest.importorskip("ray")
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    started = time.monotonic()
+    code, out = _run(capsys, "run", str(tiny), "--backend", "ray", "--address", f"127.0.0.1:{port}", "--tracking-uri", uri)
+    assert code == 2 and f"no Ray cluster at 127.0.0.1:{port}" in out and "Traceback" not in out, out
+    assert time.monotonic() - started < 30 and not (tmp_path / "mlflow.db").exists()

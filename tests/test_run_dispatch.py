@@ -23,15 +23,19 @@ from tests.conftest import DATA_DIR, TINY_STUDY
 class _Ledger:
     """Records what the dispatcher writes to the store; runs have the statuses the test gives them."""
 
-    def __init__(self, statuses: dict[str, str] | None = None):
+    def __init__(self, statuses: dict[str, str] | None = None, claimed: dict[str, tuple[str, str]] | None = None):
         self.finished: list[tuple[str, str, str | None]] = []
         self.statuses = statuses or {}
+        self.claimed = claimed or {}  # run id → (status, trial hash): runs in the store the dispatcher never heard of
 
     def run_state(self, run_id: str) -> RunState:
         return RunState(self.statuses.get(run_id, "RUNNING"), {"test_accuracy": 0.9, "train_seconds": 1.0}, {})
 
     def finish(self, run_id: str, status: str = "FINISHED", error: str | None = None, reason: str | None = None) -> None:
         self.finished.append((run_id, status, reason))
+
+    def running_runs(self, experiment_id: str, parent_id: str, trial_hash: str) -> list[str]:
+        return [run_id for run_id, (status, hash_) in self.claimed.items() if status == "RUNNING" and hash_ == trial_hash]
 
 
 class _Reporter:
@@ -327,3 +331,18 @@ def test_what_a_lost_slot_leaves_goes_to_a_slot_that_had_run_out_of_work(trials)
     Dispatcher(backend, _Ledger(), _Reporter(), summary).run(trials[:3])
     assert handed == [0, 1, 0, 1]
     assert sorted(t.hash for t, _ in summary.finished) == sorted(t.hash for t in trials[:3]) and summary.failed == []
+
+
+def test_a_claim_whose_started_never_arrived_is_ended_before_its_trial_is_queued_again(trials):
+    """The worker created the trial's run, then was lost before its Started reached the dispatcher: that RUNNING run
+    (which another host would take for alive a while) ends FAILED worker-lost, and the trial trains again."""
+    trial = trials[0]
+
+    def claims_then_dies(slot, task, emit) -> None:
+        raise WorkerDied("lost just after claiming")
+
+    ledger = _Ledger(claimed={"unheard": ("RUNNING", trial.hash), "other": ("RUNNING", trials[1].hash)})
+    dispatcher, _, summary = _dispatcher(_scripted(claims_then_dies, _trains), ledger)
+    dispatcher.run([trial])
+    assert ledger.finished == [("unheard", "FAILED", "worker-lost")]
+    assert [t for t, _ in summary.finished] == [trial] and summary.failed == []

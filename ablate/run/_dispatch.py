@@ -56,6 +56,7 @@ class Ledger(Protocol):
     def run_state(self, run_id: str) -> RunState: ...
     def finish(self, run_id: str, status: str = "FINISHED", error: str | None = None,
                reason: str | None = None) -> None: ...
+    def running_runs(self, experiment_id: str, parent_id: str, trial_hash: str) -> list[str]: ...
 
 
 @dataclass
@@ -256,11 +257,22 @@ class Dispatcher:
                     unstarted.append(open_trial.trial)
                 else:
                     self._failed(open_trial.trial, held, WORKER_LOST, error)
+        self._end_unheard_claims(unstarted, error)
         if isinstance(held.task, Trial | Pack):
             self.pending.extendleft(reversed(pack_trials(unstarted, len(unstarted))))  # they were one pack
         elif held.task is not None and not held.open:  # a search task that died before drawing its trial
             self.pending.appendleft(held.task)
         held.clear()
+
+    def _end_unheard_claims(self, trials: list[Trial], error: str) -> None:
+        """A worker lost just after it claimed a trial, before its Started reached us (a cluster's events travel by
+        poll), left the trial's run RUNNING under this invocation; seen from another host that run looks alive for
+        a while (its heartbeat is fresh), and the trial's retry would yield to it. It ends FAILED worker-lost."""
+        if self.summary.parent_run_id is None:
+            return
+        for trial in trials:
+            for run_id in self.ledger.running_runs(self.summary.experiment_id, self.summary.parent_run_id, trial.hash):
+                self.ledger.finish(run_id, "FAILED", error=error, reason=WORKER_LOST)
 
     def _retried(self, trial: Trial, held: _Held, why: str) -> bool:
         """Is this trial, lost with its worker, trained again (see the backend's retries_lost)? Its FAILED run stays,

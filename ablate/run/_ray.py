@@ -47,17 +47,21 @@ from pathlib import Path
 from typing import Any
 
 from ablate.errors import AblateError
-from ablate.run._events import Event, Ready
+from ablate.run._events import Event, Killed, Ready
 from ablate.run._signals import Interrupted
 from ablate.run._slots import Slot
-from ablate.run._tasks import Task, task_trials
+from ablate.run._tasks import Task, task_key, task_trials
 from ablate.run._worker import Orphaned, Worker, WorkerConfig
 from ablate.search import SearchTask
 from ablate.spec import ExecutionSettings
+from ablate.tracking import sqlite_path
 
 POLL_SECONDS = 1.0  # how long an actor's event poll waits for news before it answers empty
 RETRIES_LOST = 2  # a trial lost with its node is trained again this many times at most
 GONE_SECONDS = 10.0  # how long shutdown waits for a killed actor to be gone
+PROBE_SECONDS = 5.0  # how long the head's port may take to answer before the cluster counts as unreachable
+UNAVAILABLE_PAUSE = 0.5  # between two asks of an actor Ray cannot reach for now
+PLACE_SECONDS = 60.0  # how long a new actor may wait for the cluster to place it before its slot is given up
 ROOM_SECONDS = 5.0  # how long a lost slot waits for the cluster to show room for a fresh actor
 NODE_TAG = "ray_node"  # a trial run's tag: the id of the Ray node whose actor trained it
 
@@ -70,16 +74,32 @@ def connect(address: str | None) -> Any:
     except ImportError as exc:
         raise AblateError('the ray backend needs Ray: pip install "ablate[ray]"') from exc
     if not ray.is_initialized():
+        _probe(address)
         handlers = _handlers()
         try:
             ray.init(address=address, logging_level="ERROR", log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = f"at {address}" if address else "(RAY_ADDRESS, or one on this machine)"
-            raise AblateError(f"no Ray cluster {where}: {exc}. Start one with `ray start --head` (and `ray start "
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__  # not Ray's traceback
+            raise AblateError(f"no Ray cluster {where}: {first}. Start one with `ray start --head` (and `ray start "
                               "--address=HEAD:PORT` on the other nodes), then give its address") from exc
         finally:
             _restore(handlers)
     return ray
+
+
+def _probe(address: str | None) -> None:
+    """A head that does not answer is said so in seconds: ray.init itself retries for minutes, printing warnings."""
+    if not address or address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=PROBE_SECONDS):
+            pass
+    except (OSError, ValueError) as exc:
+        raise AblateError(f"no Ray cluster at {address}: nothing answers there ({exc}). Start its head with `ray start "
+                          "--head --port=PORT` (and `ray start --address=HEAD:PORT` on the other nodes), or give the "
+                          "address `ray start` printed") from exc
 
 
 def _handlers() -> dict[int, Any]:
@@ -96,10 +116,15 @@ def _restore(handlers: dict[int, Any]) -> None:
             signal.signal(sig, handler)
 
 
-def ray_slots(execution: ExecutionSettings) -> list[Slot]:
-    """The slots of the cluster (see the module docstring), connecting to it first."""
+def ray_slots(execution: ExecutionSettings, tracking_uri: str | None = None) -> list[Slot]:
+    """The slots of the cluster (see the module docstring), connecting to it first; a SQLite `tracking_uri` is
+    refused on a cluster of several nodes (its file is on the driver's machine only)."""
     ray = connect(execution.address)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if tracking_uri is not None and sqlite_path(tracking_uri) is not None and len(nodes) > 1:
+        raise AblateError(f"tracking store {tracking_uri}: a SQLite file is on this machine only, and the workers on "
+                          f"the other {len(nodes) - 1} node(s) of the Ray cluster cannot write to it. Use a tracking "
+                          "server every node reaches: --tracking-uri http://HOST:5000 (README: Several machines)")
     gpus = int(sum(n["Resources"].get("GPU", 0) for n in nodes))
     cpus = [int(n["Resources"].get("CPU", 0)) for n in nodes]
     if isinstance(execution.devices, tuple):
@@ -142,6 +167,8 @@ class SlotActor:
         self._events: list[Event] = []
         self._news = threading.Condition()
         self._task_thread: int | None = None
+        self._task_lock = threading.Lock()  # an interrupt is raised in the task's thread only while the task runs
+        self._interrupted = False
         self.worker = Worker(slot, config, self._emit, self._die)
         self.worker.tags[NODE_TAG] = self._node_id()  # on each of its runs, beside host and pid
         self._emit(Ready(slot.index, os.getpid()))
@@ -162,13 +189,19 @@ class SlotActor:
 
         for dataset, arrays, stats in data:
             datasets.provide(dataset, arrays, stats)
-        self._task_thread = threading.get_ident()
+        with self._task_lock:
+            self._task_thread, self._interrupted = threading.get_ident(), False
         try:
             self.worker.run(task)
         except (KeyboardInterrupt, Orphaned):
-            pass  # its runs are recorded KILLED (or interrupted) and Killed was emitted
+            if self._interrupted:  # Killed is the dispatcher's cue; the worker emits it unless cut off before
+                self._emit(Killed(self.worker.slot.index, task_key(task)))
         finally:
-            self._task_thread = None
+            with self._task_lock:
+                thread, self._task_thread = self._task_thread, None
+                # An interrupt raised just as the task ended has not fired yet: cancelled, or it would fire in this
+                # thread's next call (an event poll) and lose that poll's events.
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), None)
 
     def events(self, wait: float) -> list[Event]:
         """The events emitted since the last call, waiting up to `wait` seconds for one."""
@@ -178,11 +211,12 @@ class SlotActor:
         return events
 
     def interrupt(self, signum: int) -> None:
-        """Raise Interrupted in the task's thread, where the running trial then ends KILLED."""
-        thread = self._task_thread
-        if thread is not None:
-            kind = _PreemptedHere if signum == signal.SIGTERM else _InterruptedHere
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), ctypes.py_object(kind))
+        """Raise Interrupted in the task's thread, where the running trial then ends KILLED (once)."""
+        with self._task_lock:
+            if self._task_thread is not None and not self._interrupted:
+                self._interrupted = True
+                kind = _PreemptedHere if signum == signal.SIGTERM else _InterruptedHere
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._task_thread), ctypes.py_object(kind))
 
     def close(self) -> None:
         self.worker.close()
@@ -195,6 +229,16 @@ class SlotActor:
     def _die(self, mid_event: bool) -> None:
         """The test-only kill faults: the actor's process ends at once, as a lost node's would."""
         os._exit(1)
+
+
+def _cause(exc: BaseException) -> str:
+    """What killed an actor, in a line, where Ray's message says more than the class: its creation task's error."""
+    text = str(exc)
+    if "creation task" not in text:
+        return ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if line.split(":")[0].endswith(("Error", "Exception"))]
+    return f": {errors[-1]}" if errors else ""
 
 
 class _DataShelf:
@@ -253,6 +297,30 @@ class RayBackend:
         self.shelf = _DataShelf(self.ray, Path(config.data_dir))
         self.received: deque[Event] = deque()
         self.actors = {slot.index: self._start(slot) for slot in slots}
+        self._keep_placed()
+
+    def _keep_placed(self) -> None:
+        """Keep the slots whose actor the cluster placed within PLACE_SECONDS; the others are given up, so that no
+        task waits forever on an actor that never runs (more workers asked than the cluster holds, or another
+        driver holding its room). With none placed, nothing can run: said so."""
+        unplaced = self._unplaced(list(self.actors.values()), PLACE_SECONDS)
+        for index, actor in list(self.actors.items()):
+            if actor in unplaced:
+                self._kill(actor)
+                del self.actors[index]
+        if not self.actors:
+            causes = sorted({a.lost for a in unplaced if a.lost})
+            raise AblateError(f"the Ray cluster placed none of {len(self.slots)} worker(s) in {PLACE_SECONDS:.0f} s: "
+                              + ("; ".join(causes) if causes else "it has no free room for one (another job holds it?)"))
+        self.slots = [s for s in self.slots if s.index in self.actors]
+
+    def _unplaced(self, actors: list[_Actor], timeout: float) -> list[_Actor]:
+        """Those of these new actors not running on a node after `timeout` seconds (or dead as they started)."""
+        by_ref = {a.where_ref: a for a in actors}
+        ready, _ = self.ray.wait(list(by_ref), num_returns=len(by_ref), timeout=timeout)
+        for ref in ready:
+            self._collect(by_ref[ref], ref, "where")
+        return [a for a in actors if a.where_ref is not None or a.lost is not None]
 
     def _resources(self, slot: Slot) -> dict[str, float]:
         """A CPU slot asks for its threads' CPUs; a GPU slot for its share of a GPU (workers per GPU, rounded up so
@@ -314,6 +382,12 @@ class RayBackend:
             return
         try:
             value = self.ray.get(ref)
+        except self.ray.exceptions.ActorUnavailableError:
+            # Unreachable for now, perhaps alive and training: not lost until Ray says it died (it does once the node
+            # is declared dead), or a cut-off actor would finish the trial its retry trains again. Asked again later.
+            self._forget(actor, kind)
+            time.sleep(UNAVAILABLE_PAUSE)
+            return
         except self.ray.exceptions.RayActorError as exc:
             self._lose(actor, exc)
             return
@@ -330,9 +404,17 @@ class RayBackend:
         else:
             actor.where_ref, actor.node = None, value
 
+    @staticmethod
+    def _forget(actor: _Actor, kind: str) -> None:
+        if kind == "poll":
+            actor.poll_ref = None
+        elif kind == "where":
+            actor.where_ref = actor.handle.where.remote()
+
     def _lose(self, actor: _Actor, exc: BaseException) -> None:
-        """The actor is lost: killed at once (see the module docstring), then said so by dead()."""
-        actor.lost = f"the worker on node {actor.node} was lost ({type(exc).__name__})"
+        """The actor is lost: killed at once (see the module docstring), then said so by dead(), with the cause
+        when Ray gives one (an actor that could not start: ablate or torch missing on its node, say)."""
+        actor.lost = f"the worker on node {actor.node} was lost ({type(exc).__name__}{_cause(exc)})"
         actor.run_ref = actor.poll_ref = actor.where_ref = None
         try:
             self.ray.kill(actor.handle, no_restart=True)
@@ -351,7 +433,12 @@ class RayBackend:
         if not self._fits(spec):
             old.stopping = True
             return False
-        self.actors[slot] = self._start(spec)
+        fresh = self._start(spec)
+        if self._unplaced([fresh], PLACE_SECONDS):  # the room seen was taken meanwhile, or the actor could not start
+            self._kill(fresh)
+            old.stopping = True
+            return False
+        self.actors[slot] = fresh
         return True
 
     def stop(self, slot: int) -> None:

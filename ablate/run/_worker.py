@@ -407,10 +407,15 @@ class _TrialRun:
         self._end(status, error=error, reason=reason)
 
     def _end(self, status: str, optuna_state: str = "FAIL", **why: str) -> None:
+        """End the run — unless someone else already did: a dispatcher that lost touch with this worker (a node cut
+        off from its cluster, not dead) records the run FAILED worker-lost and has the trial trained again, and this
+        worker's late FINISHED must not overwrite that and make two."""
+        self.worker.open_runs.discard(self.run_id)
+        if self.tracker.run_state(self.run_id).status != "RUNNING":
+            return
         if self.searched:
             self.tracker.set_tag(self.run_id, "optuna_state", optuna_state)
         self.tracker.finish(self.run_id, status, **why)
-        self.worker.open_runs.discard(self.run_id)
 
     def _emit(self, outcome: Outcome) -> None:
         self.worker.emit(Finished(self.worker.slot.index, self.key, self.trial.hash, outcome))

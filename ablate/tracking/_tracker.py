@@ -304,6 +304,12 @@ class Tracker:
                             reason=INTERRUPTED)
         return recovered, elsewhere
 
+    def running_runs(self, experiment_id: str, parent_id: str, trial_hash: str) -> list[str]:
+        """The RUNNING runs of a trial under one invocation (the children of its parent run)."""
+        found = self.search(experiment_id, f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_id}' and "
+                                           f"tags.`{TRIAL_HASH}` = '{trial_hash}' and attributes.status = 'RUNNING'")
+        return [run.info.run_id for run in found]
+
     def end_left_running(self, experiment_id: str, parent_id: str, status: str, error: str, reason: str) -> list[str]:
         """End `status` the runs of one invocation (the children of its parent run) still RUNNING; their ids.
 
