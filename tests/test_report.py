@@ -193,3 +193,41 @@ def test_losses_of_different_kinds_are_never_ranked_against_each_other():
     losses = pd.Series(["mse", "cross_entropy", "cross_entropy"])
     cells = _bold_best_per_loss(["0.0112", "0.2700", "0.2500"], values, losses)
     assert cells == ["0.0112", "0.2700", "**0.2500**"]
+
+
+def test_accuracy_per_arm_is_dots_with_whiskers_and_a_one_epoch_curve_has_markers(store, monkeypatch, tmp_path):
+    """A bar's length reads as a proportion, which an axis cut to the arms' range makes a lie; dots do not. A study of
+    one or two epochs draws its curves with markers, or they would be invisible dots or stubs."""
+    import matplotlib.pyplot as plt
+
+    from ablate.report import build
+    from ablate.report._figures import _arms_figure, _curves_figure
+    from ablate.tracking import Tracker
+
+    uri, _ = store
+    report = build(uri, "tiny")[0]
+    drawn = []
+    monkeypatch.setattr(plt, "close", drawn.append)
+    _arms_figure(report, tmp_path / "arms.png", plt)
+    axes = drawn[0].axes[0]
+    assert not [p for p in axes.patches if type(p).__name__ == "Rectangle"]  # no bars
+    assert any(line.get_marker() == "o" for line in axes.lines) and any(line.get_linestyle() == "--" for line in axes.lines)
+    _curves_figure(Tracker(uri), report, tmp_path / "curves.png", plt)  # the tiny study trains 2 epochs
+    assert all(line.get_marker() == "o" for line in drawn[1].axes[0].lines)
+
+
+def test_optunas_plotting_leaves_the_style_of_later_figures_alone(tmp_path):
+    import matplotlib
+    import optuna
+
+    from ablate.report._search import _history_figure
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study()
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1) ** 2, n_trials=3)
+    matplotlib.use("Agg")  # as the report does first
+    before = dict(matplotlib.rcParams)
+    _history_figure(study, tmp_path / "history.png")
+    assert (tmp_path / "history.png").exists()
+    assert matplotlib.rcParams["axes.facecolor"] == before["axes.facecolor"]  # ggplot's grey, before
+    assert {k: v for k, v in matplotlib.rcParams.items() if v != before[k]} == {}

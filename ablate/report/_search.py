@@ -48,10 +48,12 @@ def _history_figure(study, path: Path) -> None:
     from optuna.visualization.matplotlib import plot_optimization_history
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
+    # Optuna's plotting calls plt.style.use("ggplot"), which changes every later figure of the process (the report's
+    # other figures came out grey-backed): its style is confined to this figure.
+    with warnings.catch_warnings(), matplotlib.rc_context():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         axes = plot_optimization_history(study)
-    axes.figure.set_size_inches(8, 4.5)
-    axes.figure.tight_layout()
-    axes.figure.savefig(path, dpi=120)
-    plt.close(axes.figure)
+        axes.figure.set_size_inches(8, 4.5)
+        axes.figure.tight_layout()
+        axes.figure.savefig(path, dpi=120)
+        plt.close(axes.figure)
