@@ -5,10 +5,17 @@ from __future__ import annotations
 import os
 import time
 
+import pytest
 
 from ablate.run import Slot, Worker, WorkerConfig
 from ablate.tracking import (
-    HEARTBEAT, INTERRUPTED, STALE_AFTER, Heartbeat, Identity, alive, heartbeat_tags,
+    HEARTBEAT,
+    INTERRUPTED,
+    STALE_AFTER,
+    Heartbeat,
+    Identity,
+    alive,
+    heartbeat_tags,
 )
 from tests.conftest import DATA_DIR
 
@@ -102,3 +109,29 @@ def test_a_worker_on_another_host_than_its_invocation_stops_when_the_invocation_
             assert worker.orphaned() is orphaned
         finally:
             worker.close()
+
+
+def test_a_store_that_fails_while_the_plan_is_read_is_an_error_not_a_run_without_a_plan():
+    """A missing plan artifact means a run ablate did not make (None); a failed store must not read the same."""
+    from types import SimpleNamespace
+
+    from ablate.errors import StoreError
+    from ablate.tracking import read_plan
+
+    def fails(*args, **kwargs):
+        raise StoreError("tracking store x.db: database is locked")
+
+    def missing(*args, **kwargs):
+        raise OSError("no such artifact")
+
+    with pytest.raises(StoreError):
+        read_plan(SimpleNamespace(client=SimpleNamespace(download_artifacts=fails)), "run")
+    assert read_plan(SimpleNamespace(client=SimpleNamespace(download_artifacts=missing)), "run") is None
+
+
+def test_a_search_trials_run_left_running_by_a_gone_invocation_is_recovered_too(tracked):
+    tracker, experiment, study, trials = tracked
+    _, searched = _invocation(tracker, experiment, study, trials[:1], ELSEWHERE, 3600, 3600)
+    tracker.set_tag(searched, "role", "search")
+    recovered, _ = tracker.recover_stale(experiment)
+    assert tracker.run_state(searched).status == "FAILED" and len(recovered) == 1

@@ -287,7 +287,9 @@ class Tracker:
         parents = self.search(experiment_id, f"tags.{ROLE} = 'parent' and attributes.status = 'RUNNING'")
         live = {p.info.run_id for p in parents if alive(p.data.tags)}
         recovered, elsewhere = [], set()
-        for run in self.search(experiment_id, f"tags.{ROLE} = 'trial' and attributes.status = 'RUNNING'"):
+        runs = [run for role in ("trial", "search")  # a search trial's run too (its Optuna trial is search's to recover)
+                for run in self.search(experiment_id, f"tags.{ROLE} = '{role}' and attributes.status = 'RUNNING'")]
+        for run in runs:
             tags = run.data.tags
             if tags.get(MLFLOW_PARENT_RUN_ID) in live and alive(tags):
                 elsewhere.add(tags.get(TRIAL_HASH, ""))
@@ -351,6 +353,8 @@ def read_plan(tracker: Tracker, run_id: str) -> dict | None:
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = tracker.client.download_artifacts(run_id, PLAN_ARTIFACT, dst_path=tmp)
+        except StoreError:  # the store failed (locked, full, unreachable): said so, not taken for "no plan"
+            raise
         except Exception:  # MLflow raises several types for a missing artifact
             return None
         return json.loads(Path(path).read_text())
