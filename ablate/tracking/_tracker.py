@@ -306,6 +306,23 @@ class Tracker:
                             reason=INTERRUPTED)
         return recovered, elsewhere
 
+    def log_checks(self, study: str, results: list) -> list[str]:
+        """One run per architecture's sanity checks (ablate.check), role `check`: each check's value as a metric and
+        its verdict as a tag, FINISHED when all passed, else FAILED. Readers of trials never see them (no hash)."""
+        experiment_id = self.experiment(study)
+        run_ids = []
+        for stage in results:
+            tags = {ROLE: "check", STAGE: stage.stage, SEED: str(stage.seed), MLFLOW_RUN_NAME: f"check-{stage.stage}"}
+            tags |= {f"check.{_metric_name(c.name)}": {True: "pass", False: "fail", None: "n/a"}[c.passed]
+                     for c in stage.checks}
+            run_id = self.client.create_run(experiment_id, tags=tags).info.run_id
+            for check in stage.checks:
+                if check.value == check.value:  # NaN (a diverged run) is not a metric value MLflow keeps
+                    self.client.log_metric(run_id, f"check_{_metric_name(check.name)}", check.value)
+            self.client.set_terminated(run_id, "FINISHED" if stage.passed else "FAILED")
+            run_ids.append(run_id)
+        return run_ids
+
     def running_runs(self, experiment_id: str, parent_id: str, trial_hash: str) -> list[str]:
         """The RUNNING runs of a trial under one invocation (the children of its parent run)."""
         found = self.search(experiment_id, f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_id}' and "
@@ -358,3 +375,8 @@ def read_plan(tracker: Tracker, run_id: str) -> dict | None:
         except Exception:  # MLflow raises several types for a missing artifact
             return None
         return json.loads(Path(path).read_text())
+
+
+def _metric_name(check: str) -> str:
+    """'overfit 128 examples' → 'overfit_128_examples'."""
+    return re.sub(r"[^a-z0-9]+", "_", check.lower()).strip("_")
