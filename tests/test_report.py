@@ -7,6 +7,7 @@ import json
 import math
 
 import matplotlib.image
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
@@ -14,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from ablate import datasets
 from ablate.cli import main
 from ablate.report import holm, mean_interval, paired_difference
-from tests.conftest import TINY_STUDY
+from tests.conftest import DATA_DIR, TINY_STUDY
 
 
 def test_interval_and_paired_test_match_a_hand_worked_example():
@@ -120,10 +121,10 @@ def test_figures_are_non_blank_pngs_linked_and_logged(store, capsys):
     out = folder / "figs" / "tiny.md"
     assert main(["report", "--tracking-uri", uri, "--study", "tiny", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert f"wrote {out.parent / 'tiny-curves.png'}" in printed and "logged 6 figure(s) of tiny" in printed
+    assert f"wrote {out.parent / 'tiny-curves.png'}" in printed and "logged 7 figure(s) of tiny" in printed
     text = out.read_text()
     for name in ("tiny-curves.png", "tiny-test_accuracy.png", "tiny-confusion.png", "tiny-mistakes.png",
-                 "tiny-templates.png", "tiny-samples.png"):
+                 "tiny-templates.png", "tiny-samples.png", "tiny-per-class.png"):
         path = out.parent / name
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({name})" in text
         assert matplotlib.image.imread(path).std() > 0.05  # something is drawn
@@ -231,3 +232,21 @@ def test_optunas_plotting_leaves_the_style_of_later_figures_alone(tmp_path):
     assert (tmp_path / "history.png").exists()
     assert matplotlib.rcParams["axes.facecolor"] == before["axes.facecolor"]  # ggplot's grey, before
     assert {k: v for k, v in matplotlib.rcParams.items() if v != before[k]} == {}
+
+
+def test_per_class_accuracy_weighted_by_the_class_counts_is_the_arms_accuracy(store):
+    """Each arm's per-class test accuracies, weighted by how many test images each class has, give back the mean
+    test accuracy of its runs: the heat map shows where an arm's accuracy comes from, not other numbers."""
+    from ablate import datasets
+    from ablate.report import build
+    from ablate.report._figures import per_class_accuracy
+    from ablate.tracking import Tracker
+
+    uri, _ = store
+    report = build(uri, "tiny")[0]
+    labels = datasets.read_arrays("mnist", DATA_DIR)["test_labels"][:500].astype(int)
+    accuracy = per_class_accuracy(Tracker(uri), report, labels, 10)
+    assert list(accuracy.index) == ["linear", "mlp"] and accuracy.shape == (2, 10)
+    weights = np.bincount(labels, minlength=10) / len(labels)
+    linear = report.runs[report.runs["stage"] == "linear"]
+    assert float(accuracy.loc["linear"] @ weights) == pytest.approx(linear["test_accuracy"].mean(), abs=1e-9)

@@ -107,14 +107,78 @@ def _curves_figure(tracker: Tracker, report: StudyReport, path: Path, plt) -> No
 def _outputs(tracker: Tracker, runs: pd.DataFrame) -> tuple[str, dict] | None:
     """The test outputs a run logged (the most accurate run first), or None for runs made before they were logged."""
     for run_id in runs.sort_values("test_accuracy", ascending=False)["run_id"]:
-        with tempfile.TemporaryDirectory() as folder:
-            try:
-                path = tracker.client.download_artifacts(run_id, OUTPUTS_ARTIFACT, dst_path=folder)
-            except Exception:
-                continue
-            with np.load(path) as arrays:
-                return run_id, {key: arrays[key] for key in arrays.files}
+        outputs = _run_outputs(tracker, run_id)
+        if outputs is not None:
+            return run_id, outputs
     return None
+
+
+def _run_outputs(tracker: Tracker, run_id: str) -> dict | None:
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            path = tracker.client.download_artifacts(run_id, OUTPUTS_ARTIFACT, dst_path=folder)
+        except Exception:  # MLflow raises several types for a missing artifact
+            return None
+        with np.load(path) as arrays:
+            return {key: arrays[key] for key in arrays.files}
+
+
+PER_CLASS_MAX = 20  # classes a per-class figure shows at most: beyond, its cells are unreadable
+
+
+def per_class_accuracy(tracker: Tracker, report: StudyReport, labels: np.ndarray, classes: int) -> pd.DataFrame:
+    """Test accuracy per class (columns) of each arm (rows, in the table's order): each run's accuracy on the test
+    images of that class, averaged over the arm's runs that kept their test outputs."""
+    rows = {}
+    for arm in report.table["stage"]:
+        per_run = []
+        for run_id in report.runs.loc[report.runs["stage"] == arm, "run_id"]:
+            outputs = _run_outputs(tracker, run_id)
+            if outputs is None:
+                continue
+            predictions = outputs["predictions"].astype(int)
+            truth = labels[: len(predictions)]
+            per_run.append([(predictions[truth == c] == c).mean() if (truth == c).any() else np.nan
+                            for c in range(classes)])
+        if per_run:
+            rows[arm] = np.nanmean(np.array(per_run, dtype=float), axis=0)
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def _per_class_figure(report: StudyReport, data: datasets.Dataset, accuracy: pd.DataFrame, folder: Path,
+                      plt) -> Path:
+    """Arms × classes: the test accuracy per class (left) and its difference from the first arm's (right, the
+    reference row), so that an arm's gain or loss shows on the classes where it happens."""
+    percent = 100 * accuracy.to_numpy()
+    delta = percent - percent[:1]
+    height = max(2.5, 0.35 * len(accuracy) + 1.6)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(min(16, 4 + 0.9 * accuracy.shape[1]), height), sharey=True)
+    spread = float(np.nanmax(np.abs(delta))) or 1.0
+    for axes, values, cmap, span, title in (
+        (left, percent, "viridis", {}, "test accuracy per class (%)"),
+        (right, delta, "RdBu", {"vmin": -spread, "vmax": spread}, f"Δ vs {accuracy.index[0]} (pts)"),
+    ):
+        image = axes.imshow(values, cmap=cmap, aspect="auto", **span)
+        figure.colorbar(image, ax=axes, fraction=0.046)
+        _class_ticks_x(axes, data.class_names[: accuracy.shape[1]])
+        axes.set_title(title, fontsize=10)
+        if values.size <= 400:
+            for (row, col), value in np.ndenumerate(values):
+                if not np.isnan(value):
+                    dark = value < np.nanmean(values) if axes is left else abs(value) > 0.6 * spread
+                    axes.text(col, row, f"{value:.1f}" if axes is left else f"{value:+.1f}", ha="center", va="center",
+                              fontsize=6, color="white" if dark else "black")
+    left.set_yticks(range(len(accuracy)), accuracy.index, fontsize=7 if len(accuracy) > 12 else 9)
+    figure.suptitle(f"{report.name}: test accuracy per class and arm (mean over seeds)")
+    figure.tight_layout()
+    path = folder / f"{report.name}-per-class.png"
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def _class_ticks_x(axes, names: tuple[str, ...]) -> None:
+    axes.set_xticks(range(len(names)), names, rotation=90 if max(map(len, names)) > 2 else 0, fontsize=8)
 
 
 def _output_figures(tracker: Tracker, report: StudyReport, data: datasets.Dataset, arrays: dict, folder: Path,
@@ -131,6 +195,10 @@ def _output_figures(tracker: Tracker, report: StudyReport, data: datasets.Datase
         labels = arrays["test_labels"][: len(outputs["predictions"])].astype(int)
         paths.append(_confusion_figure(report, data, best, labels, outputs, folder, plt))
         paths.append(_mistakes_figure(report, data, best, labels, arrays["test_images"], outputs, folder, plt))
+    if data.classes <= PER_CLASS_MAX:
+        accuracy = per_class_accuracy(tracker, report, arrays["test_labels"].astype(int), data.classes)
+        if len(accuracy):
+            paths.append(_per_class_figure(report, data, accuracy, folder, plt))
     linear = [name for name, model in zip(table["stage"], table["architecture"]) if str(model).startswith("linear")]
     for name in linear[:1]:
         found = _outputs(tracker, report.runs[report.runs["stage"] == name])
