@@ -110,14 +110,17 @@ class _Cluster:
     def trial_runs(self, name: str):
         return [r for r in self.runs(name) if r.data.tags.get("role") == "trial"]
 
-    def wait_running(self, name: str, stage: str, timeout: float = 120):
+    def wait_running(self, name: str, stage: str, seed: int = 0, timeout: float = 120):
+        """The run of trial `stage` seed `seed` once it is RUNNING (the slow one of the faults: another trial of the
+        stage may be RUNNING for a moment and be done by the time the test acts on it)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            running = [r for r in self.trial_runs(name) if r.info.status == "RUNNING" and r.data.tags.get("stage") == stage]
+            running = [r for r in self.trial_runs(name) if r.info.status == "RUNNING"
+                       and r.data.tags.get("stage") == stage and r.data.tags.get("seed") == str(seed)]
             if running:
                 return running[0]
             time.sleep(0.5)
-        raise AssertionError(f"no {stage} trial of {name} started in {timeout} s")
+        raise AssertionError(f"trial {stage} seed {seed} of {name} did not start in {timeout} s")
 
 
 def _finished_per_hash(runs) -> dict[str, int]:
