@@ -13,9 +13,14 @@ import shlex
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ablate
 from ablate.errors import EXIT_FAILED_TRIALS, EXIT_INTERRUPTED, EXIT_TERMINATED, AblateError
+
+if TYPE_CHECKING:
+    from ablate.design import Trial
+    from ablate.spec import Study
 
 DESCRIPTION = """\
 ablate runs ablation studies of neural networks from one TOML file: it expands the
@@ -236,21 +241,14 @@ def _make_factories_importable(study_path: str) -> tuple[str, ...]:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """The study and its data are checked as `run` checks them, before anything is trained or recorded."""
-    from ablate import datasets
-    from ablate.design import expand
-    from ablate.spec import load_study
-
-    _make_factories_importable(args.study)
-    study = load_study(args.study)
-    trials = expand(study)
-    data_dir = Path(args.data_dir) if args.data_dir else datasets.default_data_dir()
+    _, study, trials = _load_study(args)
+    data_dir = _data_dir(args)
     uri = args.tracking_uri or _default_uri()
     if not args.no_record:
         from ablate.tracking import check_store
 
         check_store(uri, write=True)
-    for dataset in sorted({t.settings.dataset for t in trials}):
-        datasets.check_data(dataset, data_dir)
+    _check_data(study, trials, data_dir)
     from ablate.check import check_study
 
     results = check_study(trials, data_dir)
@@ -275,38 +273,54 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _run(args)
 
 
-def _run(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
+def _load_study(args: argparse.Namespace) -> tuple[tuple[str, ...], Study, list[Trial]]:
+    """The study file read and expanded (every check on the spec, before torch or MLflow load), with the folders its
+    factories are imported from."""
     from ablate.design import expand
     from ablate.spec import load_study
 
     import_paths = _make_factories_importable(args.study)  # before the study is read, as in plan
     study = load_study(args.study)
-    trials = expand(study)  # every check on the spec happens before torch or mlflow load
+    return import_paths, study, expand(study)
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    from ablate import datasets
+
+    return Path(args.data_dir) if args.data_dir else datasets.default_data_dir()
+
+
+def _check_data(study: Study, trials: list[Trial], data_dir: Path) -> None:
+    """Every dataset the study trains on, read and checked whole: a bad file is one error before anything starts."""
+    from ablate import datasets
+
+    for dataset in sorted({t.settings.dataset for t in trials} | {study.info.dataset}):
+        datasets.check_data(dataset, data_dir)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    import_paths, study, trials = _load_study(args)
     overrides = {"devices": _devices(args.devices) if args.devices else None,
                  "workers_per_device": args.workers_per_device, "max_workers": args.max_workers, "pack": args.pack,
                  "backend": args.backend, "address": args.address}
     execution = replace(study.execution, **{k: v for k, v in overrides.items() if v is not None})  # flags win
 
-    from ablate import datasets
     from ablate.console import ConsoleReporter, print_failures, print_warnings
     from ablate.design import resident_needs
-    from ablate.run import check_memory, plan_slots_for
+    from ablate.run import check_memory, placement
     from ablate.tracking import check_store, store_is_new, store_label
 
     uri = args.tracking_uri or _default_uri()
-    data_dir = Path(args.data_dir) if args.data_dir else datasets.default_data_dir()
+    data_dir = _data_dir(args)
+    # Local: a GPU asked for and absent. Ray: installed, the cluster reachable, the store one its nodes reach.
+    slots, _ = placement(execution, tracking_uri=uri)
     if execution.backend == "local":  # a cluster's nodes are not this machine's to check
-        check_memory(plan_slots_for(execution), resident_needs(study, trials))  # a GPU absent; too little memory
+        check_memory(slots, resident_needs(study, trials))  # too little memory
     check_store(uri, write=True)
     new_store = store_is_new(uri)
-    for dataset in sorted({t.settings.dataset for t in trials} | {study.info.dataset}):
-        datasets.check_data(dataset, data_dir)
-    if execution.backend == "ray":
-        from ablate.run import placement
-
-        placement(execution, tracking_uri=uri)  # Ray installed, the cluster reachable, the store one its nodes reach
+    _check_data(study, trials, data_dir)
 
     from ablate.run import start_worker_server
 

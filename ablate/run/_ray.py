@@ -54,7 +54,7 @@ from ablate.run._tasks import Task, task_key, task_trials
 from ablate.run._worker import Orphaned, Worker, WorkerConfig
 from ablate.search import SearchTask
 from ablate.spec import ExecutionSettings
-from ablate.tracking import sqlite_path
+from ablate.tracking import restore_signal_handlers, sqlite_path
 
 POLL_SECONDS = 1.0  # how long an actor's event poll waits for news before it answers empty
 RETRIES_LOST = 2  # a trial lost with its node is trained again this many times at most
@@ -84,7 +84,11 @@ def connect(address: str | None) -> Any:
             raise AblateError(f"no Ray cluster {where}: {first}. Start one with `ray start --head` (and `ray start "
                               "--address=HEAD:PORT` on the other nodes), then give its address") from exc
         finally:
-            _restore(handlers)
+            # ray.init sets its own SIGTERM handler in a driver (it exits at once): ours stays, since SIGTERM ends a
+            # run as Ctrl-C does, recording its runs (ablate.run's signals).
+            raised = restore_signal_handlers(handlers)
+        if raised is not None:
+            raise raised
     return ray
 
 
@@ -103,17 +107,11 @@ def _probe(address: str | None) -> None:
 
 
 def _handlers() -> dict[int, Any]:
+    """Ctrl-C's and SIGTERM's Python handlers (none off the main thread, where none may be set)."""
     if threading.current_thread() is not threading.main_thread():
         return {}
-    return {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-
-def _restore(handlers: dict[int, Any]) -> None:
-    """ray.init sets its own SIGTERM handler in a driver (it exits at once): ours stays, since SIGTERM ends a run
-    as Ctrl-C does, recording its runs (ablate.run's signals)."""
-    for sig, handler in handlers.items():
-        if handler is not None:
-            signal.signal(sig, handler)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    return {sig: handler for sig, handler in handlers.items() if handler is not None}
 
 
 def ray_slots(execution: ExecutionSettings, tracking_uri: str | None = None) -> list[Slot]:
@@ -388,10 +386,8 @@ class RayBackend:
             self._forget(actor, kind)
             time.sleep(UNAVAILABLE_PAUSE)
             return
-        except self.ray.exceptions.RayActorError as exc:
-            self._lose(actor, exc)
-            return
-        except self.ray.exceptions.RayTaskError as exc:  # escaped the worker's own recording: a worker process dies
+        # RayTaskError: an error escaped the worker's own recording, which ends a worker process too.
+        except (self.ray.exceptions.RayActorError, self.ray.exceptions.RayTaskError) as exc:
             self._lose(actor, exc)
             return
         if kind == "poll":
@@ -416,10 +412,7 @@ class RayBackend:
         when Ray gives one (an actor that could not start: ablate or torch missing on its node, say)."""
         actor.lost = f"the worker on node {actor.node} was lost ({type(exc).__name__}{_cause(exc)})"
         actor.run_ref = actor.poll_ref = actor.where_ref = None
-        try:
-            self.ray.kill(actor.handle, no_restart=True)
-        except Exception:  # noqa: BLE001 — already gone
-            pass
+        self._kill(actor)
 
     def dead(self) -> dict[int, str]:
         return {index: a.lost for index, a in self.actors.items() if a.lost is not None and not a.stopping}

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ablate.errors import EXIT_INTERRUPTED, EXIT_TERMINATED
-from ablate.tracking import INTERRUPTED
+from ablate.tracking import INTERRUPTED, restore_signal_handlers
 
 PREEMPTED = "preempted"  # the reason of a run ended by SIGTERM
 
@@ -99,19 +99,12 @@ def interruptible(exits_after: bool = False) -> Iterator[None]:
             raise
         raise stopped.with_traceback(exc.__traceback__) from None
     finally:
-        for sig, handler in previous.items():
-            _set_handler(sig, signal.SIG_IGN if exits_after and _received else handler)
+        # For sure: _handle may raise as a handler is put back (the first signal, arriving just now); raised after.
+        raised = restore_signal_handlers({sig: signal.SIG_IGN if exits_after and _received else handler
+                                          for sig, handler in previous.items()})
         _received.clear()  # they were this block's: a dispatcher run later in this process must not see them
-
-
-def _set_handler(sig: int, handler: object) -> None:
-    """signal.signal for sure: it first runs the Python handlers of signals already received, and _handle may raise
-    (the first signal, arriving just now); the interruption is then re-raised once the handler is in place."""
-    try:
-        signal.signal(sig, handler)
-    except Interrupted:
-        signal.signal(sig, handler)
-        raise
+        if raised is not None:
+            raise raised
 
 
 def raise_on_sigterm() -> None:

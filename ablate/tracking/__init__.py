@@ -14,6 +14,7 @@ so that `ablate plan` stays MLflow-free.
 
 from typing import TYPE_CHECKING
 
+from ablate.tracking._handlers import restore_signal_handlers
 from ablate.tracking._liveness import (
     BEAT_SECONDS, STALE_AFTER, Heartbeat, Identity, alive, beat_is_fresh, heartbeat_tags, process_start,
 )
@@ -34,7 +35,8 @@ __all__ = [
     "HEARTBEAT", "HEARTBEAT_EVERY", "HOST", "Heartbeat", "INTERRUPTED", "Identity", "OOM", "OUTPUTS_ARTIFACT", "PACK",
     "PACK_SIZE", "PID", "PID_START", "PLAN_ARTIFACT", "REASON", "ROLE", "RunState", "SEED", "STAGE", "STAGE_INDEX",
     "STALE_AFTER", "STUDY", "TRIAL_HASH", "Tracker", "check_store", "default_uri", "store_is_new", "store_label", "WORKER", "WORKER_LOST", "alive", "beat_is_fresh",
-    "environment_tags", "heartbeat_tags", "process_start", "read_plan", "runs_url", "sqlite_path", "trial_statuses",
+    "environment_tags", "heartbeat_tags", "process_start", "read_plan", "restore_signal_handlers", "runs_url", "sqlite_path",
+    "trial_statuses",
 ]
 
 _MLFLOW_SIDE = ("Claim", "Tracker", "environment_tags", "read_plan")

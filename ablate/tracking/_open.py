@@ -39,6 +39,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ablate.errors import StoreError
+from ablate.tracking._handlers import restore_signal_handlers
 from ablate.tracking._store import store_label
 from ablate.tracking._tags import sqlite_path
 
@@ -215,11 +216,11 @@ def signals_held() -> Iterator[None]:
         for sig in (signal.SIGINT, signal.SIGTERM):
             handler = signal.getsignal(sig)
             if handler is not None and handler != signal.SIG_IGN:  # None: a handler not set from Python, left alone
-                previous[sig] = handler  # first: a swap cut short (see _restore) is undone all the same
+                previous[sig] = handler  # first: a swap cut short (see restore_signal_handlers) is undone all the same
                 signal.signal(sig, hold)
         yield
     finally:
-        raised = _restore(previous)
+        raised = restore_signal_handlers(previous)
         for signum in received:  # each one: a second Ctrl-C is news to the parent's handler (ablate.run's signals)
             try:
                 signal.raise_signal(signum)
@@ -227,21 +228,6 @@ def signals_held() -> Iterator[None]:
                 raised = raised or exc
         if raised is not None:
             raise raised
-
-
-def _restore(handlers: dict[int, Any]) -> BaseException | None:
-    """Put these handlers back, each one for sure, and return what a handler raised meanwhile: signal.signal first
-    runs the handlers of the signals that already came (one that came just after an earlier handler was put back),
-    and when one raises, its swap is not done."""
-    raised = None
-    for sig, handler in handlers.items():
-        while True:
-            try:
-                signal.signal(sig, handler)
-                break
-            except BaseException as exc:  # noqa: BLE001 — raised by the caller once every handler is back
-                raised = raised or exc
-    return raised
 
 
 class GuardedClient:
