@@ -161,6 +161,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="add the interaction table of two settings, e.g. --by model.dropout,model.batchnorm")
     report.set_defaults(func=cmd_report)
 
+    export = commands.add_parser(
+        "export", parents=[tracking], help="write a study's saved models as files that load without MLflow",
+        description="For each arm of the study (or --arm), the run whose model stands for it (the arm's best by "
+        "test accuracy, see [tracking] models): its MLflow model checked against the network its settings rebuild, "
+        "then written to DIR/<arm>/ as a state dict, ablate.json (the resolved settings, the input it takes, the "
+        "class names), a torch.export program model.pt2 (TorchScript model.ts where the network does not export) "
+        "and a README saying how to load each; --register also registers it in MLflow's model registry.",
+    )
+    export.add_argument("--study", required=True, metavar="NAME", help="the study (its [study] name)")
+    export.add_argument("--arm", default=None, metavar="ARM", help="one arm (default: every arm with a saved model)")
+    export.add_argument("--out", default=None, metavar="DIR", help="write the models here, one folder per arm")
+    export.add_argument("--register", action="store_true",
+                        help="register each model in MLflow's model registry as <study>-<arm> (a new version)")
+    export.set_defaults(func=cmd_export)
+
     schema = commands.add_parser(
         "schema", help="print every key a study file accepts, with types and defaults (markdown)"
     )
@@ -450,6 +465,27 @@ def _print_figures(reports) -> None:
         if report.figures and report.parent_run_id:
             print(f"logged {len(report.figures)} figure(s) of {report.name} to its latest run {report.parent_run_id} "
                   "(artifacts, folder figures/)")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ablate.tracking import check_store, sqlite_path, store_label
+
+    if args.out is None and not args.register:
+        raise AblateError("ablate export: say where the models go: --out DIR, --register, or both")
+    uri = args.tracking_uri or _default_uri()
+    store = sqlite_path(uri)
+    if store is not None and not store.exists():
+        raise AblateError(f"no MLflow store at {store_label(uri)}; run `ablate run STUDY.toml` here first, or pass "
+                          "--tracking-uri")
+    check_store(uri, write=args.register)
+
+    from ablate.export import export_models
+
+    for item in export_models(uri, args.study, args.arm, Path(args.out) if args.out else None, args.register):
+        where = [f"wrote {item.folder}/ ({', '.join(item.files)})"] if item.folder else []
+        where += [f"registered as {item.registered}"] if item.registered else []
+        print(f"{item.arm}: run {item.run_id}, test accuracy {100 * item.test_accuracy:.2f}%: {'; '.join(where)}")
+    return 0
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

@@ -13,8 +13,9 @@ caller's (ablate.run), told through the epoch callbacks.
 from ablate.engine._augment import AUGMENT_SEED_OFFSET, affine_draws, affine_theta, augment_batch, resample
 from ablate.engine._optim import Schedule, make_loss, make_optimizer, make_schedule
 from ablate.engine._pack import PackedNet, train_pack
+from ablate.engine._saved import Classifier, deployable
 from ablate.engine._train import Diverged, EarlyStopper, EpochCallback, TrialResult, evaluate, train_trial
 
-__all__ = ["AUGMENT_SEED_OFFSET", "Diverged", "EarlyStopper", "EpochCallback", "PackedNet", "Schedule",
+__all__ = ["AUGMENT_SEED_OFFSET", "Classifier", "Diverged", "deployable", "EarlyStopper", "EpochCallback", "PackedNet", "Schedule",
            "TrialResult", "affine_draws", "affine_theta", "augment_batch", "evaluate", "make_loss", "make_optimizer",
            "make_schedule", "resample", "train_pack", "train_trial"]

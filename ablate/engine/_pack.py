@@ -66,6 +66,12 @@ def _layers_of(model: nn.Module) -> list[tuple[nn.Module, float]]:
     return layers
 
 
+def _own_tensors(module: nn.Module) -> list[torch.Tensor]:
+    """A layer's parameters, then its floating-point buffers: the order PackedNet stacks them in."""
+    return [*(p for _, p in module.named_parameters(recurse=False)),
+            *(b for _, b in module.named_buffers(recurse=False) if b is not None and b.dtype.is_floating_point)]
+
+
 class PackedNet:
     """K built-in models (linear, mlp or cnn) of one architecture as one network with stacked weights."""
 
@@ -98,6 +104,18 @@ class PackedNet:
     def state(self, k: int) -> list[torch.Tensor]:
         """Trial k's weights and batch-norm statistics, copied (to keep a best epoch or a stopped trial's state)."""
         return [t[k].detach().clone() for layer in self.layers for t in layer.tensors()]
+
+    @torch.no_grad()
+    def single(self, k: int, model: nn.Module, state: list[torch.Tensor] | None = None) -> nn.Module:
+        """`model` (a single run's network of this architecture) given trial k's weights and batch-norm statistics,
+        or `state` (a copy taken earlier): the network the trial's single run would end with."""
+        state = self.state(k) if state is None else state
+        targets = [t for module, _ in _layers_of(model) for t in _own_tensors(module)]
+        if [t.shape for t in targets] != [t.shape for t in state]:
+            raise ValueError("the model does not have the packed trial's architecture")
+        for target, saved in zip(targets, state):
+            target.copy_(saved)
+        return model
 
     @torch.no_grad()
     def load(self, k: int, state: list[torch.Tensor]) -> None:
@@ -337,6 +355,13 @@ class _Packed:
                                    for s in settings]
         self.step_number = 0
 
+    def single_model(self, i: int, state: list[torch.Tensor] | None = None) -> nn.Module:
+        """Trial i as a single run's network (its current weights, or `state`). Built without touching the global
+        random stream, which a CPU pack's later trials' dropout streams were forked from."""
+        with torch.random.fork_rng(devices=[]):
+            model = models.build_model(self.settings[i].model, datasets.get(self.settings[i].dataset))
+        return self.net.single(i, model.to(self.device), state)
+
     def batches(self):
         """Each trial's batch indices, (K, B), from its own per-epoch permutation."""
         split = self.data.train
@@ -433,8 +458,11 @@ def _conclude(packed: _Packed, results: list, stoppers: list, ended: list[int], 
         result.train_seconds = time.perf_counter() - started
         result.tested_epoch = len(result.history)
         if stopper is not None and stopper.best_state is not None:
+            if stopper.best_epoch != len(result.history):
+                result.last_model = packed.single_model(i)
             packed.net.load(i, list(stopper.best_state.values()))
             result.tested_epoch = stopper.best_epoch
+        result.model = packed.single_model(i)
     if test and trained:
         _test(packed, results, trained)
     for i in ended:

@@ -7,6 +7,7 @@ epoch (to log), never once per step.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -39,6 +40,10 @@ class TrialResult:
     predictions: np.ndarray | None = None  # test set: predicted class per image (uint8), for confusion matrices
     confidences: np.ndarray | None = None  # test set: softmax probability of the predicted class (float16)
     weights: np.ndarray | None = None  # a linear model's weight matrix (classes × C·H·W): the class templates
+    # The network as a single run ends it, on the device: the tested weights (the best epoch's when early stopping
+    # restored them), and the last epoch's where they differ — what the worker saves as the trial's models.
+    model: nn.Module | None = None
+    last_model: nn.Module | None = None
 
     def final_metrics(self) -> dict[str, float]:
         return {
@@ -213,8 +218,11 @@ def train_trial(
     result.train_seconds = time.perf_counter() - started
     result.tested_epoch = len(result.history)
     if stopper is not None and stopper.best_state is not None:
+        if stopper.best_epoch != len(result.history):
+            result.last_model = copy.deepcopy(model)
         model.load_state_dict(stopper.best_state)
         result.tested_epoch = stopper.best_epoch
+    result.model = model
     if test:
         kept: list = []
         result.test_loss, result.test_accuracy = evaluate(model, data.test, data, eval_loss, kept)

@@ -66,6 +66,7 @@ def run_study(
                          recovered=recovered, running_elsewhere=len(elsewhere & {t.hash for t in trials}), slots=slots)
     reporter.start(len(trials), summary.skipped, slots)
     if not todo:
+        _settle_models(tracker, summary, trials, study)
         return summary
     invocation = _Invocation.start(study, tracker, experiment_id, len(trials), slots, command, {}, data_dir,
                                    import_paths)
@@ -75,7 +76,16 @@ def run_study(
         with _dispatching(invocation, lambda: backend(slots, invocation.config), tracker, reporter,
                          summary) as dispatcher:
             dispatcher.run(tasks)
+    _settle_models(tracker, summary, trials, study)
     return summary
+
+
+def _settle_models(tracker: Tracker, summary: RunSummary, trials: list[Trial], study: Study) -> None:
+    """Once an arm's seeds are all done, its best run's model stands for it (ablate.tracking's models)."""
+    from ablate.tracking import settle_models
+
+    if not _stopped(summary):
+        settle_models(tracker, summary.experiment_id, trials, study.tracking.models)
 
 
 @dataclass
@@ -105,6 +115,7 @@ class _Invocation:
             parent=Identity.of_this_process(),
             env_tags={k: v for k, v in env_tags.items() if k not in (PID, PID_START)} | {"hardware": machine},
             data_dir=str(Path(data_dir).resolve()), import_paths=import_paths, faults=faults_from_env(),
+            models=study.tracking.models,
         )
         return cls(parent_id, config, Heartbeat(lambda: tracker.beat([parent_id])))
 
@@ -220,6 +231,7 @@ def run_search(
         _, confirm = search.confirm_trials(study, optuna_study)
         if not _unfinished(tracker, experiment_id, confirm):
             summary.total, summary.skipped = summary.total + len(confirm), summary.skipped + len(confirm)
+            _settle_models(tracker, summary, confirm, study)
             return summary
     invocation = _Invocation.start(
         study, tracker, experiment_id, summary.total, slots, command,
@@ -244,6 +256,7 @@ def run_search(
                                   spec.settings.objective, "trials": spec.settings.trials,
                                   "confirm_seeds": list(spec.confirm_seeds)}
             tracker.log_dict(summary.parent_run_id, document, PLAN_ARTIFACT)
+    _settle_models(tracker, summary, confirm, study)
     return summary
 
 

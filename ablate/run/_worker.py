@@ -67,6 +67,7 @@ class WorkerConfig:
     data_dir: str
     import_paths: tuple[str, ...]  # where custom model factories are found
     faults: dict[str, str] = field(default_factory=dict)
+    models: str = "best"  # [tracking] models: which trial runs keep their trained model (ablate.tracking's models)
 
 
 SLOW_SECONDS = "slow-seconds"  # a key of the faults: how long "slow" sleeps (ABLATE_TEST_SLOW_SECONDS, default 30)
@@ -381,6 +382,7 @@ class _TrialRun:
         metrics = {**result.final_metrics(), "peak_memory_mb": self.worker.peak_memory_mb()}
         self.tracker.log_metrics(self.run_id, metrics, step=len(result.history))
         self._log_outputs(result)
+        self._keep_models(result)
         self._end("FINISHED")
         self._emit(Outcome(test_accuracy=result.test_accuracy, train_seconds=result.train_seconds))
 
@@ -419,6 +421,53 @@ class _TrialRun:
 
     def _emit(self, outcome: Outcome) -> None:
         self.worker.emit(Finished(self.worker.slot.index, self.key, self.trial.hash, outcome))
+
+    def _keep_models(self, result: TrialResult) -> None:
+        """The trained network as the run's MLflow model (and the last epoch's, where early stopping restored an
+        earlier one), before the run is FINISHED: a run that is FINISHED and its arm's best always holds its model.
+        A model that cannot be saved is said in the run's `model_error` tag; the trial itself stays done."""
+        from ablate.engine import deployable
+        from ablate.tracking import LAST_MODEL_ARTIFACT, MODEL, MODEL_ARTIFACT, MODEL_SAVED, beaten, save_model
+
+        policy, config = self.worker.config.models, self.worker.config
+        if policy == "none" or self.searched or result.model is None:
+            return
+        if policy == "best" and beaten(self.tracker, config.experiment_id, self.trial.stage, result.test_accuracy):
+            return
+        data = self.worker._data(self.settings)
+        example = data.test.images[:2].cpu().numpy()
+        about = self._about(result, data)
+        try:
+            save_model(self.tracker, self.run_id, deployable(result.model, data), example, about, MODEL_ARTIFACT)
+            if result.last_model is not None:
+                last = {**about, "weights": f"last epoch ({len(result.history)}), not tested"}
+                save_model(self.tracker, self.run_id, deployable(result.last_model, data), example, last,
+                           LAST_MODEL_ARTIFACT)
+        except StoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001 — e.g. a custom network that neither traces nor pickles
+            self.tracker.set_tag(self.run_id, "model_error", f"{type(exc).__name__}: {exc}"[:500])
+            return
+        self.tracker.set_tag(self.run_id, MODEL, MODEL_SAVED)
+
+    def _about(self, result: TrialResult, data: datasets.DeviceData) -> dict:
+        """What a saved model is, for whoever loads it (its ablate.json); with ablate, `ablate.export.rebuild`."""
+        trial, dataset = self.trial, datasets.get(self.settings.dataset)
+
+        def plain(value):  # a one-channel dataset's number, or a per-channel (C, 1, 1) tensor
+            return value.flatten().tolist() if hasattr(value, "flatten") else value
+
+        return {
+            "study": trial.study, "arm": trial.stage, "seed": trial.seed, "trial_hash": trial.hash,
+            "run_id": self.run_id, "architecture": trial.architecture,
+            "input": f"images as the dataset stores them, shape (N, {', '.join(map(str, dataset.shape))}), "
+                     f"{'uint8 0-255' if dataset.pixel_bytes == 1 else 'float32'}; normalisation is inside the model",
+            "output": f"class scores (N, {len(dataset.class_names)}), in the order of class_names",
+            "class_names": list(dataset.class_names), "test_accuracy": result.test_accuracy,
+            "weights": f"epoch {result.tested_epoch} of {len(result.history)}, tested",
+            "normalise": {"mean": plain(data.mean), "std": plain(data.std)},
+            "settings": trial.settings.to_dict(),
+        }
 
     def _log_outputs(self, result: TrialResult) -> None:
         """Test predictions (and a linear model's weights) as a small artifact, for the report's figures."""

@@ -19,16 +19,17 @@ from ablate.spec._grid import format_label
 from ablate.spec._schema import (
     SCHEDULE_KINDS, Augment, ConstantSchedule, CosineSchedule, DataSettings, DatasetFactory, EarlyStopping, ExecutionSettings,
     ExponentialSchedule, MultiStepSchedule, OneCycleSchedule, ScheduleSpec, Stage, StepSchedule, Study, StudyInfo,
-    TrainSettings, TrialSettings, WarmupCosineSchedule,
+    TrackingSettings, TrainSettings, TrialSettings, WarmupCosineSchedule,
 )
 from ablate.spec._space import SearchSettings, SearchSpec, SpaceEntry, resolve_point
 from ablate.spec._study import load_study, parse_study, study_warnings
+from ablate.spec._validate import model_from_dict
 
 __all__ = [
     "Augment", "CNNModel", "ConstantSchedule", "ConvBlock", "CosineSchedule", "CustomModel", "DataSettings", "DatasetFactory",
     "EarlyStopping", "ExecutionSettings", "ExponentialSchedule", "LinearModel", "MLPModel", "ModelSpec",
     "MultiStepSchedule", "OneCycleSchedule", "SCHEDULE_KINDS", "ScheduleSpec", "SearchSettings", "SearchSpec",
-    "SpaceEntry", "Stage", "StepSchedule", "Study", "StudyInfo", "TrainSettings", "TrialSettings",
-    "WarmupCosineSchedule", "format_label", "load_study", "naming", "parse_study", "resolve_point", "schema_markdown",
+    "SpaceEntry", "Stage", "StepSchedule", "Study", "StudyInfo", "TrackingSettings", "TrainSettings", "TrialSettings",
+    "WarmupCosineSchedule", "format_label", "load_study", "model_from_dict", "naming", "parse_study", "resolve_point", "schema_markdown",
     "schema_rows", "schema_tables", "study_warnings",
 ]

@@ -8,7 +8,7 @@ from typing import Any
 
 from ablate.models import MODEL_KINDS, ConvBlock
 from ablate.spec._schema import (
-    SCHEDULE_KINDS, Augment, DataSettings, EarlyStopping, ExecutionSettings, StudyInfo, TrainSettings,
+    SCHEDULE_KINDS, Augment, DataSettings, EarlyStopping, ExecutionSettings, StudyInfo, TrackingSettings, TrainSettings,
 )
 from ablate.spec._space import SearchSettings
 from ablate.spec._validate import describe_type
@@ -54,6 +54,7 @@ def schema_tables() -> dict[str, type]:
         tables[f'[model] kind = "{kind}"'] = cls
     tables['[model] kind = "cnn": each entry of `blocks`'] = ConvBlock
     tables["[execution]"] = ExecutionSettings
+    tables["[tracking]"] = TrackingSettings
     tables["[search]"] = SearchSettings
     return tables
 

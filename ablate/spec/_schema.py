@@ -258,6 +258,19 @@ class ExecutionSettings:
 
 
 @dataclass(frozen=True)
+class TrackingSettings:
+    """What a study's runs keep in MLflow besides metrics; never part of a trial's identity."""
+
+    models: Literal["none", "best", "all"] = option(
+        "best",
+        "Trained models kept as MLflow models (`mlflow.pytorch.load_model(\"runs:/<id>/model\")`, raw images in, "
+        "class scores out). `best`: each arm's best run by test accuracy, chosen once the arm's seeds are all done "
+        "(a run that is its arm's best so far keeps its model until a better one finishes); `all`: every trial's; "
+        "`none`. Early stopping keeps the restored weights as `model`, the last epoch's as `model-last`.",
+    )
+
+
+@dataclass(frozen=True)
 class Stage:
     """One arm of a study — a ladder stage, an ablation arm or a grid point: its settings, without the seed."""
 
@@ -285,6 +298,7 @@ class Study:
     axes: tuple[str, ...] = ()  # grid: the axes' setting paths
     excluded: int = 0  # grid: points `[[exclude]]` removed
     execution: ExecutionSettings = field(default_factory=ExecutionSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
     search: "SearchSpec | None" = None
     top: "Layer | None" = field(default=None, repr=False)  # search: the top-level settings layer, to resolve points
     sources: "tuple[ArmSource, ...]" = field(default=(), repr=False)  # search: the stages as written

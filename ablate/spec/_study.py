@@ -11,7 +11,7 @@ from ablate import datasets
 from ablate.errors import AblateError, SpecError, did_you_mean
 from ablate.spec._arms import TOP_KEYS, arm_sources, naming
 from ablate.spec._grid import expand_grid, parse_grid
-from ablate.spec._schema import DatasetFactory, ExecutionSettings, Stage, Study, StudyInfo
+from ablate.spec._schema import DatasetFactory, ExecutionSettings, Stage, Study, StudyInfo, TrackingSettings
 from ablate.spec._space import check_space_resolves, parse_search, search_warnings
 from ablate.spec._validate import SETTING_TABLES, Context, Layer, build, check_table, coerce, resolve, written
 
@@ -40,11 +40,12 @@ def parse_study(text: str, file: str = "<study>") -> Study:
     info = build(StudyInfo, check_table(raw["study"], StudyInfo, Context(file), "study"), Context(file), "study")
     info = _resolve_dataset(info, file)
     execution = coerce(raw.get("execution", {}), ExecutionSettings, Context(file), "execution")
+    tracking = coerce(raw.get("tracking", {}), TrackingSettings, Context(file), "tracking")
     top: Layer = ({key: raw[key] for key in SETTING_TABLES if key in raw}, written(""))
     sources = arm_sources(raw, info, file)
     dataset = datasets.get(info.dataset)
     if info.design == "search":
-        study = Study(info=info, stages=(), path=file, text=text, execution=execution,
+        study = Study(info=info, stages=(), path=file, text=text, execution=execution, tracking=tracking,
                       search=parse_search(raw, info, sources, file), top=top, sources=tuple(sources))
         check_space_resolves(study)
         return study
@@ -53,7 +54,8 @@ def parse_study(text: str, file: str = "<study>") -> Study:
         stages, excluded = expand_grid(grid, sources, top, info, file)
         _check_baseline(info, stages, file)
         return Study(info=info, stages=tuple(stages), path=file, text=text,
-                     axes=tuple(p for p, _ in grid.axes), excluded=excluded, execution=execution)
+                     axes=tuple(p for p, _ in grid.axes), excluded=excluded, execution=execution,
+                     tracking=tracking)
     stages: list[Stage] = []
     for index, source in enumerate(sources):
         with naming(source.where, source.name):
@@ -63,7 +65,7 @@ def parse_study(text: str, file: str = "<study>") -> Study:
                             index=index, data=data, model=model, train=train, compare_to=compare_to,
                             source=source.where))
     _check_baseline(info, stages, file)
-    return Study(info=info, stages=tuple(stages), path=file, text=text, execution=execution)
+    return Study(info=info, stages=tuple(stages), path=file, text=text, execution=execution, tracking=tracking)
 
 
 def _resolve_dataset(info: StudyInfo, file: str) -> StudyInfo:

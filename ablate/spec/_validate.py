@@ -316,3 +316,14 @@ def resolve(layers: list[Layer], ctx: Context, where: str, dataset: Dataset) -> 
 def written(prefix: str) -> Callable[[str], str]:
     return lambda path: f"{prefix}.{path}" if prefix else path
 
+
+
+def model_from_dict(table: dict[str, Any], where: str = "model") -> ModelSpec:
+    """A model table as a resolved TrialSettings wrote it (dataclasses.asdict, through JSON) back into its spec: a
+    saved model's ablate.json rebuilds the network with it. Unset switches (None) are left out, as unwritten."""
+    def written_only(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: written_only(v) for k, v in value.items() if v is not None}
+        return [written_only(v) for v in value] if isinstance(value, list) else value
+
+    return coerce(written_only(table), ModelSpec, Context(where), "model")

@@ -252,6 +252,9 @@ class Tracker:
     def log_artifact(self, run_id: str, path: str, folder: str | None = None) -> None:
         self.client.log_artifact(run_id, path, folder)
 
+    def log_artifacts(self, run_id: str, folder: str, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(run_id, folder, artifact_path)
+
     def run_state(self, run_id: str) -> RunState:
         run = self.client.get_run(run_id)
         return RunState(run.info.status, dict(run.data.metrics), dict(run.data.tags))

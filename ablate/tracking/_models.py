@@ -1,0 +1,135 @@
+"""Trained models in MLflow: saved by the worker that trained them, settled per arm, found again.
+
+Contract, under `[tracking] models`:
+- `all`: every FINISHED trial run holds its model; `none`: none does.
+- `best`: a worker saves its trial's model unless a FINISHED run of the same arm already tested better
+  (`beaten`). The model is written before the run is FINISHED, so whichever run of an arm is the best
+  FINISHED one always holds a model — two runs finishing at once may both keep theirs, never neither.
+  Once every seed of an arm is FINISHED, the invocation that sees it (`settle_models`) tags the best
+  run `model = best` (ties: the lowest seed) and deletes the other runs' models (`model = pruned`),
+  leaving one per arm. A store that cannot delete artifacts keeps them: nothing is lost, only space.
+
+A saved model is an MLflow model (`mlflow.pytorch`, torch.export's format where the network
+traces, else pickled), with its signature and an input example: raw images in, class scores out
+(ablate.engine's Classifier). Beside its MLmodel lies `ablate.json`: the trial's resolved settings,
+its dataset's shape and class names, and what it scored — enough to rebuild the network with ablate,
+or to know what it is without.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ablate.tracking._tags import (
+    LAST_MODEL_ARTIFACT, MODEL, MODEL_ARTIFACT, MODEL_BEST, MODEL_PRUNED, MODEL_SAVED, MODEL_SETTINGS, ROLE, SEED,
+    STAGE, TRIAL_HASH,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
+    from torch import nn
+
+    from ablate.design import Trial
+    from ablate.tracking._tracker import Tracker
+
+ARM_METRIC = "test_accuracy"  # what "an arm's best run" is best at: the report's primary metric
+_FINISHED_TRIALS = f"tags.{ROLE} = 'trial' and attributes.status = 'FINISHED'"
+
+
+def beaten(tracker: Tracker, experiment_id: str, stage: str, value: float) -> bool:
+    """Does a FINISHED run of this arm already score better than `value`? Then a run scoring `value` is not its
+    arm's best, and under `best` keeps no model."""
+    if math.isnan(value):
+        return True
+    better = tracker.search(experiment_id, f"{_FINISHED_TRIALS} and metrics.{ARM_METRIC} > {value!r}")
+    return any(run.data.tags.get(STAGE) == stage for run in better)
+
+
+def save_model(tracker: Tracker, run_id: str, model: nn.Module, example: np.ndarray, about: dict[str, Any],
+               artifact: str = MODEL_ARTIFACT) -> None:
+    """`model` (on the CPU, in eval mode) as the run's MLflow model in `artifact`, with `about` as ablate.json."""
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+
+    with torch.inference_mode():
+        scores = model(torch.from_numpy(example)).numpy()
+    options = dict(signature=infer_signature(example, scores), input_example=example,
+                   pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])  # not inferred: a subprocess each
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / artifact
+        try:
+            mlflow.pytorch.save_model(model, path, serialization_format="pt2", **options)
+        except Exception:  # noqa: BLE001 — a network torch.export cannot trace (a custom model's Python control
+            shutil.rmtree(path, ignore_errors=True)  # flow): pickled instead; loading it then needs its code
+            logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # its "pickle is unsafe" warning, per model
+            mlflow.pytorch.save_model(model, path, serialization_format="pickle", **options)
+        (path / MODEL_SETTINGS).write_text(json.dumps(about, indent=1, default=list))
+        tracker.log_artifacts(run_id, str(path), artifact)
+
+
+def settle_models(tracker: Tracker, experiment_id: str, trials: list[Trial], policy: str) -> dict[str, str]:
+    """Each complete arm's best run tagged `model = best` (and, under `best`, the other runs' models deleted); the
+    best run id of every arm that has one. Idempotent: a second call changes nothing."""
+    if policy == "none":
+        return {}
+    by_hash = {run.data.tags.get(TRIAL_HASH): run for run in tracker.search(experiment_id, _FINISHED_TRIALS)}
+    arms: dict[str, list[Trial]] = defaultdict(list)
+    for trial in trials:
+        arms[trial.stage].append(trial)
+    best_runs = {}
+    for stage, arm in arms.items():
+        runs = [by_hash.get(trial.hash) for trial in arm]
+        if None in runs:
+            continue  # seeds still to train: a better run may come
+        best = max(runs, key=lambda run: (run.data.metrics.get(ARM_METRIC, -math.inf), -int(run.data.tags[SEED])))
+        if best.data.tags.get(MODEL) not in (MODEL_SAVED, MODEL_BEST):
+            continue  # trained without models (`none` then, or an earlier version of ablate)
+        if best.data.tags.get(MODEL) != MODEL_BEST:
+            tracker.set_tag(best.info.run_id, MODEL, MODEL_BEST)
+        best_runs[stage] = best.info.run_id
+        for run in runs:
+            if run is not best and run.data.tags.get(MODEL) in (MODEL_SAVED, MODEL_BEST):
+                _demote(tracker, run, prune=policy == "best")
+    return best_runs
+
+
+def _demote(tracker: Tracker, run, prune: bool) -> None:
+    """A run that is not its arm's best: its models deleted (`best`), or kept as any run's (`all`)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    if prune:
+        try:
+            repository = get_artifact_repository(run.info.artifact_uri, tracking_uri=tracker.uri)
+            for folder in (MODEL_ARTIFACT, LAST_MODEL_ARTIFACT):
+                repository.delete_artifacts(folder)
+        except Exception:  # noqa: BLE001 — a store that cannot delete keeps the model: space, not data, is lost
+            tracker.set_tag(run.info.run_id, MODEL, MODEL_SAVED)
+            return
+    tracker.set_tag(run.info.run_id, MODEL, MODEL_PRUNED if prune else MODEL_SAVED)
+
+
+def model_runs(tracker: Tracker, experiment_id: str) -> dict[str, Any]:
+    """Per arm, the run whose model stands for it: the one tagged best, else (an arm still training) its best
+    FINISHED run that holds a model."""
+    found: dict[str, Any] = {}
+    for run in tracker.search(experiment_id, f"{_FINISHED_TRIALS} and tags.{MODEL} != '{MODEL_PRUNED}'"):
+        tags, stage = run.data.tags, run.data.tags.get(STAGE)
+        if tags.get(MODEL) not in (MODEL_SAVED, MODEL_BEST) or stage is None:
+            continue
+        held = found.get(stage)
+        if held is None or _rank(run) > _rank(held):
+            found[stage] = run
+    return found
+
+
+def _rank(run) -> tuple:
+    return (run.data.tags.get(MODEL) == MODEL_BEST, run.data.metrics.get(ARM_METRIC, -math.inf),
+            -int(run.data.tags.get(SEED, "0")))
