@@ -155,3 +155,66 @@ def test_models_none_keeps_none_and_export_says_what_to_do(write_study, store, c
     assert main(["export", "--study", "nope", "--out", "x", "--tracking-uri", store]) == 2
     assert "no study 'nope'" in capsys.readouterr().err
     assert main(["export", "--study", "tiny", "--tracking-uri", store]) == 2  # neither --out nor --register
+
+
+TINY_CNN = TINY_STUDY.replace('name = "tiny"', 'name = "tinycnn"').split("[[stage]]")[0] + """
+[model]
+kind = "cnn"
+
+[[stage]]
+name = "plain"
+model = { head = "gap", blocks = [{ out = 8, pool = true }, { out = 16, pool = true }, { out = 10, activation = "none" }] }
+
+[[stage]]
+name = "bn"
+model = { batchnorm = true, head = "gap", blocks = [{ out = 8, pool = true }, { out = 16, pool = true },
+          { out = 10, activation = "none", batchnorm = false }] }
+"""
+
+
+def _ink(path: Path) -> float:
+    """The spread of a PNG's pixel values: 0 for a blank image."""
+    import matplotlib.image
+
+    return float(matplotlib.image.imread(path)[..., :3].std())
+
+
+@pytest.mark.slow
+def test_report_looks_inside_the_best_cnn_and_tables_accuracy_per_class(write_study, store, tmp_path, monkeypatch):
+    """The best CNN arm's saved model gives the filters figure (its first layer's 8 filters) and the activation maps
+    (input + its 3 conv blocks), both logged to that model's run; the markdown tables accuracy per class and arm and
+    says where the models are."""
+    from ablate.report._model_figures import block_outputs
+
+    study = write_study(TINY_CNN, "tinycnn.toml")
+    assert main(["run", str(study), "--tracking-uri", store]) == 0
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", "--tracking-uri", store, "--out", str(tmp_path / "out" / "t.md")]) == 0
+    out = tmp_path / "out"
+    for name in ("filters", "activations", "predictions", "per-class"):
+        assert _ink(out / f"tinycnn-{name}.png") > 0.05, name
+    text = (out / "t.md").read_text()
+    assert "| arm | 0 | 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9 |" in text and "| **plain** |" in text
+    assert "ablate export --study tinycnn" in text
+    runs = _trial_runs(store, "tinycnn")
+    best = [r for r in runs if r.data.tags.get("model") == "best"]
+    assert len(best) == 2
+    client = MlflowClient(store)
+    logged = {a.path for r in best for a in client.list_artifacts(r.info.run_id, "figures")}
+    assert logged == {"figures/tinycnn-filters.png", "figures/tinycnn-activations.png"}
+    from ablate.models import build_model
+    from ablate.spec import load_study
+
+    net = build_model(load_study(study).stages[1].model, datasets.get("mnist"))
+    shapes = [tuple(o.shape[1:]) for o in block_outputs(net, torch.zeros(2, 1, 28, 28))]
+    assert shapes == [(8, 13, 13), (16, 5, 5), (10, 3, 3)]  # conv + BN + ReLU + pool, twice; the last conv alone
+
+
+@pytest.mark.slow
+def test_a_study_without_saved_models_still_reports(write_study, store, tmp_path, monkeypatch):
+    study = write_study(TINY_CNN.replace("[model]", '[tracking]\nmodels = "none"\n\n[model]'), "tinycnn.toml")
+    assert main(["run", str(study), "--tracking-uri", store]) == 0
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", "--tracking-uri", store, "--out", str(tmp_path / "t.md")]) == 0
+    assert not (tmp_path / "tinycnn-filters.png").exists() and (tmp_path / "tinycnn-per-class.png").exists()
+    assert "Saved models" not in (tmp_path / "t.md").read_text()

@@ -10,6 +10,6 @@ May import: ablate.tracking, ablate.spec, ablate.models, ablate.engine, ablate.e
 MLflow (the command needs both).
 """
 
-from ablate.export._export import Exported, export_models, rebuild
+from ablate.export._export import Exported, export_models, load_saved, rebuild
 
-__all__ = ["Exported", "export_models", "rebuild"]
+__all__ = ["Exported", "export_models", "load_saved", "rebuild"]

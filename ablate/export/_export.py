@@ -78,8 +78,9 @@ def _file_name(arm: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=,-]+", "-", arm).strip("-.") or "arm"
 
 
-def _write(tracker: Tracker, run_id: str, folder: Path) -> list[str]:
-    """The run's MLflow model, loaded and checked against its rebuild, as plain files in `folder`."""
+def load_saved(tracker: Tracker, run_id: str) -> tuple[Classifier, dict[str, Any], torch.Tensor]:
+    """A run's saved model rebuilt as ablate's network (its layers, to look inside or fine-tune), its ablate.json,
+    and the probe images it was checked on: the rebuilt network gives the saved MLflow model's very scores."""
     import mlflow.pytorch
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -95,7 +96,13 @@ def _write(tracker: Tracker, run_id: str, folder: Path) -> list[str]:
     with torch.inference_mode():
         if not torch.equal(model(probe), saved(probe)):
             raise AblateError(f"run {run_id}: the network rebuilt from its settings does not give the saved model's "
-                              "scores; its model was not exported")
+                              "scores")
+    return model, about, probe
+
+
+def _write(tracker: Tracker, run_id: str, folder: Path) -> list[str]:
+    """The run's model, rebuilt and checked (load_saved), as plain files in `folder`."""
+    model, about, probe = load_saved(tracker, run_id)
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)

@@ -17,6 +17,7 @@ import pandas as pd
 from ablate import datasets
 from ablate.errors import AblateError
 from ablate.report._load import DATASET_PARAM
+from ablate.report._model_figures import model_figures
 from ablate.report._report import PRIMARY_METRICS, StudyReport
 from ablate.tracking import OUTPUTS_ARTIFACT, ROLE, Tracker
 
@@ -147,16 +148,17 @@ def per_class_accuracy(tracker: Tracker, report: StudyReport, labels: np.ndarray
 
 def _per_class_figure(report: StudyReport, data: datasets.Dataset, accuracy: pd.DataFrame, folder: Path,
                       plt) -> Path:
-    """Arms × classes: the test accuracy per class (left) and its difference from the first arm's (right, the
+    """Arms × classes: the test accuracy per class (left) and its difference from the baseline arm's (right, the
     reference row), so that an arm's gain or loss shows on the classes where it happens."""
     percent = 100 * accuracy.to_numpy()
-    delta = percent - percent[:1]
+    reference = _reference_arm(report, accuracy)
+    delta = percent - percent[list(accuracy.index).index(reference)]
     height = max(2.5, 0.35 * len(accuracy) + 1.6)
     figure, (left, right) = plt.subplots(1, 2, figsize=(min(16, 4 + 0.9 * accuracy.shape[1]), height), sharey=True)
     spread = float(np.nanmax(np.abs(delta))) or 1.0
     for axes, values, cmap, span, title in (
         (left, percent, "viridis", {}, "test accuracy per class (%)"),
-        (right, delta, "RdBu", {"vmin": -spread, "vmax": spread}, f"Δ vs {accuracy.index[0]} (pts)"),
+        (right, delta, "RdBu", {"vmin": -spread, "vmax": spread}, f"Δ vs {reference} (pts)"),
     ):
         image = axes.imshow(values, cmap=cmap, aspect="auto", **span)
         figure.colorbar(image, ax=axes, fraction=0.046)
@@ -177,6 +179,12 @@ def _per_class_figure(report: StudyReport, data: datasets.Dataset, accuracy: pd.
     return path
 
 
+def _reference_arm(report: StudyReport, accuracy: pd.DataFrame) -> str:
+    """The baseline arm of the report's deltas, or the first arm with outputs where the baseline has none."""
+    baseline = str(report.table["stage"].iloc[report.baseline])
+    return baseline if baseline in accuracy.index else str(accuracy.index[0])
+
+
 def _class_ticks_x(axes, names: tuple[str, ...]) -> None:
     axes.set_xticks(range(len(names)), names, rotation=90 if max(map(len, names)) > 2 else 0, fontsize=8)
 
@@ -195,10 +203,13 @@ def _output_figures(tracker: Tracker, report: StudyReport, data: datasets.Datase
         labels = arrays["test_labels"][: len(outputs["predictions"])].astype(int)
         paths.append(_confusion_figure(report, data, best, labels, outputs, folder, plt))
         paths.append(_mistakes_figure(report, data, best, labels, arrays["test_images"], outputs, folder, plt))
+        paths.append(_predictions_figure(report, data, best, labels, arrays["test_images"], outputs, folder, plt))
     if data.classes <= PER_CLASS_MAX:
         accuracy = per_class_accuracy(tracker, report, arrays["test_labels"].astype(int), data.classes)
         if len(accuracy):
+            report.per_class, report.class_names = accuracy, data.class_names
             paths.append(_per_class_figure(report, data, accuracy, folder, plt))
+    paths += model_figures(tracker, report, data, arrays, folder, plt)
     linear = [name for name, model in zip(table["stage"], table["architecture"]) if str(model).startswith("linear")]
     for name in linear[:1]:
         found = _outputs(tracker, report.runs[report.runs["stage"] == name])
@@ -306,6 +317,31 @@ def _mistakes_figure(report: StudyReport, data: datasets.Dataset, arm: str, labe
                     "(predicted class, its probability, true class)", fontsize=9)
     figure.tight_layout()
     path = folder / f"{report.name}-mistakes.png"
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def _predictions_figure(report: StudyReport, data: datasets.Dataset, arm: str, labels: np.ndarray,
+                        images: np.ndarray, outputs: dict, folder: Path, plt) -> Path:
+    """The first test images as the model saw them, each titled with its prediction (green when right, red when
+    wrong) and, when wrong, the true class: what a reader checks a model on first."""
+    predictions = outputs["predictions"].astype(int)
+    shown = min(len(predictions), 30)
+    figure, grid = plt.subplots(5, 6, figsize=(7.4, 7.2))
+    names = data.class_names
+    for axes in grid.flat:
+        axes.axis("off")
+    for index, axes in zip(range(shown), grid.flat):
+        _show(axes, images[index])
+        right = predictions[index] == labels[index]
+        title = names[predictions[index]] if right else f"{names[predictions[index]]}\ntrue {names[labels[index]]}"
+        axes.set_title(title, fontsize=7, color="green" if right else "red")
+    wrong = int((predictions[:shown] != labels[:shown]).sum())
+    figure.suptitle(f"{report.name}: the first {shown} test images with {arm}'s predictions (best run)\n"
+                    f"green: right; red: wrong, with the true class ({wrong} of {shown})", fontsize=9)
+    figure.tight_layout()
+    path = folder / f"{report.name}-predictions.png"
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path

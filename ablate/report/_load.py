@@ -14,7 +14,8 @@ from ablate.report._report import METRICS, StudyReport
 from ablate.report._search import search_summary
 from ablate.report._table import summarise
 from ablate.tracking import (
-    DEVICE, EXPERIMENT_TAG, PACK_SIZE, ROLE, SEED, STAGE, STAGE_INDEX, TRIAL_HASH, Tracker, read_plan, sqlite_path,
+    DEVICE, EXPERIMENT_TAG, PACK_SIZE, ROLE, SEED, STAGE, STAGE_INDEX, TRIAL_HASH, Tracker, model_runs, read_plan,
+    sqlite_path,
 )
 
 DATASET_PARAM = "dataset"  # the trial setting naming the dataset (TrialSettings.dataset)
@@ -116,7 +117,15 @@ def load_study(
         # The invocations that trained the runs in the table, not every run of an older design.
         invocations=[_invocation(r) for r in parents if r.info.run_id in set(latest["parent_run_id"])],
         search=search_summary(plan["search"], figures) if plan and plan.get("search") else None,
+        models=_models(tracker, exp_id, latest),
     )
+
+
+def _models(tracker: Tracker, experiment_id: str, latest: pd.DataFrame) -> dict[str, str]:
+    """Arm → the run whose saved model stands for it, among the runs the table is computed from."""
+    stage_of = dict(zip(latest["run_id"], latest["stage"]))
+    found = model_runs(tracker, experiment_id)
+    return {stage_of[run.info.run_id]: run.info.run_id for run in found.values() if run.info.run_id in stage_of}
 
 
 def _fill_macs(tracker: Tracker, parents: list, plan: dict) -> None:

@@ -244,6 +244,7 @@ def markdown_section(report: StudyReport, by: list[str] | None = None, columns: 
     ]
     if report.figures:
         lines += ["", " ".join(f"![{p.stem}]({p.name})" for p in report.figures)]
+    lines += _per_class_lines(report) + _model_lines(report)
     effects = effect_lines(report, by)
     if effects:
         lines += ["", *effects]
@@ -270,6 +271,31 @@ def markdown_section(report: StudyReport, by: list[str] | None = None, columns: 
             bits.append(inv["status"])
             lines.append("- " + ", ".join(bits))
     return "\n".join(lines) + "\n"
+
+
+def _per_class_lines(report: StudyReport) -> list[str]:
+    """Test accuracy per class and arm (%, mean over the arm's seeds), the baseline's row marked: computed with the
+    figures (it reads every run's test predictions)."""
+    table = report.per_class
+    if table is None or not len(table):
+        return []
+    names = report.class_names or tuple(str(c) for c in table.columns)
+    baseline = str(report.table["stage"].iloc[report.baseline])
+    lines = ["", f"Test accuracy per class (%, mean over seeds; **{baseline}** is the baseline):", "",
+             "| arm | " + " | ".join(names[c] for c in table.columns) + " |", "|---" * (len(table.columns) + 1) + "|"]
+    for arm, row in table.iterrows():
+        label = f"**{arm}**" if arm == baseline else str(arm)
+        lines.append(f"| {label} | " + " | ".join(fmt(100 * v, 1) for v in row) + " |")
+    return lines
+
+
+def _model_lines(report: StudyReport) -> list[str]:
+    """Where each arm's saved model is, and the line that loads it."""
+    if not report.models:
+        return []
+    listed = ", ".join(f"{arm} `{report.models[arm]}`" for arm in report.table["stage"] if arm in report.models)
+    return ["", "Saved models (each arm's best run): load one with `mlflow.pytorch.load_model(\"runs:/<run>/model\")`, "
+            f"or write them as files with `ablate export --study {report.name} --out DIR`. Runs: {listed}."]
 
 
 def render(reports: list[StudyReport], fmt: str, by: list[str] | None = None, columns: str = "default") -> str:

@@ -46,3 +46,6 @@ class StudyReport:
     parent_run_id: str | None = None  # the latest invocation's parent run: where figures are logged
     baseline_named: bool = False  # the baseline was named (spec or --baseline), not taken as the first arm
     figures: list[Path] = field(default_factory=list)  # PNGs written for the markdown to link
+    models: dict[str, str] = field(default_factory=dict)  # arm → the run whose saved model stands for it
+    class_names: tuple[str, ...] = ()  # the dataset's, when the figures read it
+    per_class: pd.DataFrame | None = None  # arms × classes test accuracy (a fraction), when the figures computed it

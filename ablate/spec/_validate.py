@@ -317,7 +317,6 @@ def written(prefix: str) -> Callable[[str], str]:
     return lambda path: f"{prefix}.{path}" if prefix else path
 
 
-
 def model_from_dict(table: dict[str, Any], where: str = "model") -> ModelSpec:
     """A model table as a resolved TrialSettings wrote it (dataclasses.asdict, through JSON) back into its spec: a
     saved model's ablate.json rebuilds the network with it. Unset switches (None) are left out, as unwritten."""

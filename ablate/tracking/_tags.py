@@ -44,6 +44,7 @@ def runs_url(experiment_id: str, base: str = "http://127.0.0.1:5000", metric: st
     order = quote(f"metrics.`{metric}`", safe="")
     return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&orderByKey={order}&orderByAsc=false"
 
+
 # A trial's trained models (ablate.tracking's models): MLflow models in these artifact folders, and the run's `model`
 # tag saying what its models are now — the arm's best, saved (the best so far, or every run's under `all`), or
 # pruned (a better run of its arm finished, under `best`).

@@ -1,0 +1,139 @@
+"""Figures that look inside a trained network: the best CNN's first-layer filters and what its conv blocks make of a
+few test images. They read the run's saved model (ablate.tracking's models), rebuilt as ablate's network
+(ablate.export's load_saved), so a study trained with `[tracking] models = "none"` has none."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ablate import datasets
+from ablate.report._report import StudyReport
+from ablate.tracking import Tracker
+
+ACTIVATION_IMAGES = 4  # test images the activation figure follows, each of another class
+
+
+def model_figures(tracker: Tracker, report: StudyReport, data: datasets.Dataset, arrays: dict, folder: Path,
+                  plt) -> list[Path]:
+    """From the best arm with a convolutional saved model: its first conv layer's filters and its activation maps;
+    both logged to that model's run too. None when no arm has one."""
+    from torch import nn
+
+    from ablate.export import load_saved
+
+    found = _best_cnn(report, tracker)
+    if found is None:
+        return []
+    arm, run_id = found
+    model, about, _ = load_saved(tracker, run_id)
+    convs = [m for m in model.net.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        return []
+    where = f"{arm} (seed {about['seed']}, test acc {100 * about['test_accuracy']:.2f}%)"
+    paths = [_filters_figure(report, data, convs[0].weight.detach().numpy(), where, folder, plt),
+             _activations_figure(report, data, model, arrays, where, folder, plt)]
+    for path in paths:
+        tracker.log_artifact(run_id, str(path), "figures")
+    return paths
+
+
+def _best_cnn(report: StudyReport, tracker: Tracker) -> tuple[str, str] | None:
+    """(arm, run id) of the best arm, by the primary metric, whose architecture has conv layers and whose model was
+    saved."""
+    table, metric = report.table, report.metric
+    convolutional = table[table["architecture"].astype(str).str.startswith("cnn") & table["stage"].isin(report.models)]
+    if convolutional.empty:
+        return None
+    means = convolutional[f"{metric}_mean"]
+    best = means.idxmax() if metric.endswith("accuracy") else means.idxmin()
+    if pd.isna(best):
+        return None
+    arm = str(convolutional.loc[best, "stage"])
+    return arm, report.models[arm]
+
+
+def _filters_figure(report: StudyReport, data: datasets.Dataset, weights: np.ndarray, where: str, folder: Path,
+                    plt) -> Path:
+    """Each filter (out × in × k × k) as a k×k picture: one input channel in red (+) and blue (−) on one scale for
+    all, three as colour around mid grey (each filter scaled to its own largest weight)."""
+    count, channels, k, _ = weights.shape
+    columns = min(count, 8)
+    rows = -(-count // columns)
+    figure, grid = plt.subplots(rows, columns, figsize=(1.1 * columns + 0.6, 1.1 * rows + 0.9), squeeze=False)
+    bound = float(np.abs(weights).max()) or 1.0
+    for axes in grid.flat:
+        axes.axis("off")
+    for index, axes in zip(range(count), grid.flat):
+        kernel = weights[index]
+        if channels == 3:
+            axes.imshow(0.5 + kernel.transpose(1, 2, 0) / (2 * (float(np.abs(kernel).max()) or 1.0)))
+        else:  # one channel (more: their mean, as the input's channels are summed)
+            axes.imshow(kernel.mean(axis=0), cmap="RdBu_r", vmin=-bound, vmax=bound)
+        axes.set_title(str(index), fontsize=7)
+    colours = "red +, blue −" if channels != 3 else "colour around grey 0"
+    figure.suptitle(f"{report.name}: first conv layer's {count} filters ({k}×{k}, {colours})\nof {where}",
+                    fontsize=9)
+    figure.tight_layout()
+    path = folder / f"{report.name}-filters.png"
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def block_outputs(net, images) -> list:
+    """The output of each conv block of a built CNN (conv, its batch norm, activation, dropout and pooling: up to the
+    next conv, or to the head's global pooling or flattening), for `images` already normalised."""
+    from torch import nn
+
+    modules = list(net)
+    starts = [i for i, m in enumerate(modules) if isinstance(m, nn.Conv2d)]
+    head = next((i for i, m in enumerate(modules) if isinstance(m, (nn.Flatten, nn.AdaptiveAvgPool2d))), len(modules))
+    ends = {min(end, head) - 1 for end in [*starts[1:], len(modules)]}
+    outputs, x = [], images
+    for index, module in enumerate(modules[:head]):
+        x = module(x)
+        if index in ends:
+            outputs.append(x)
+    return outputs
+
+
+def _activations_figure(report: StudyReport, data: datasets.Dataset, model, arrays: dict, where: str, folder: Path,
+                        plt) -> Path:
+    """A row per test image (the first of each of a few classes): the image, then each conv block's output as the
+    mean over its channels (after activation: where the block responds), at the block's own resolution."""
+    import torch
+
+    labels = arrays["test_labels"].astype(int)
+    chosen = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)[:ACTIVATION_IMAGES]]
+    images = torch.from_numpy(arrays["test_images"][chosen])
+    with torch.inference_mode():
+        blocks = block_outputs(model.net, (images.float() - model.mean) / model.std)
+        predicted = model(images).argmax(1).tolist()
+    columns = 1 + len(blocks)
+    figure, grid = plt.subplots(len(chosen), columns, figsize=(1.25 * columns + 0.4, 1.35 * len(chosen) + 0.8),
+                                squeeze=False)
+    names = data.class_names
+    from ablate.report._figures import _show
+
+    for row, (axes_row, index) in enumerate(zip(grid, chosen)):
+        _show(axes_row[0], arrays["test_images"][index])
+        axes_row[0].set_ylabel(f"{names[labels[index]]} → {names[predicted[row]]}", fontsize=7)
+        for b, (axes, output) in enumerate(zip(axes_row[1:], blocks), 1):
+            axes.imshow(output[row].mean(dim=0).numpy(), cmap="magma")
+            if row == 0:
+                channels, height, width = output.shape[1:]
+                axes.set_title(f"block {b}\n{channels}×{height}×{width}", fontsize=7)
+        for axes in axes_row:
+            axes.set_xticks([])
+            axes.set_yticks([])
+    grid[0][0].set_title("test image", fontsize=7)
+    figure.suptitle(f"{report.name}: conv block outputs, mean over channels (bright: strong response)\nof {where}; "
+                    "row label: true → predicted", fontsize=9)
+    figure.tight_layout()
+    path = folder / f"{report.name}-activations.png"
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
