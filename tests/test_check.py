@@ -78,3 +78,14 @@ def test_labels_misaligned_with_their_images_fail_the_real_label_check(write_stu
     assert code == 1, out
     assert verdicts["linear/real labels"] == verdicts["mlp/real labels"] == "FAIL"
     assert verdicts["mlp/overfit 128 examples"] == "PASS"
+
+
+def test_an_augmentation_that_destroys_the_signal_fails_the_fit(write_study, capsys):
+    """Every training image shrunk to about one pixel: nothing of the digit is left to learn from (the MLP still
+    reads a little from the dot's ink, 22% on real labels, so only the linear model must fail those too)."""
+    study = write_study(TINY_STUDY.replace("[train]\n", "[train]\naugment = { scale = [0.05, 0.05] }\n"))
+    code, out = _check(capsys, study, "--no-record")
+    verdicts = _verdicts(out)
+    assert code == 1, out
+    assert verdicts["linear/overfit 128 examples"] == verdicts["mlp/overfit 128 examples"] == "FAIL", out
+    assert verdicts["linear/real labels"] == "FAIL" and verdicts["mlp/initial loss"] == "PASS"
