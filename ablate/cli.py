@@ -52,6 +52,10 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _pack_size(text: str) -> int | str:
+    return "auto" if text == "auto" else _positive(text)
+
+
 def _devices(text: str) -> str | tuple[int, ...]:
     if text in ("auto", "cpu"):
         return text
@@ -104,9 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                           '(pip install "ablate[ray]"); overrides [execution]')
     run.add_argument("--address", default=None, metavar="HOST:PORT",
                      help="the Ray cluster's head (or auto) for --backend ray; overrides [execution]")
-    run.add_argument("--pack", type=_positive, default=None, metavar="K",
-                     help="train up to K trials of one architecture together as one batched network; "
-                     "overrides [execution] pack")
+    run.add_argument("--pack", type=_pack_size, default=None, metavar="K|auto",
+                     help="train up to K trials of one architecture together as one batched network (auto: where "
+                     "it pays, measured); overrides [execution] pack")
     run.add_argument("--storage", default=None, metavar="URL|FILE",
                      help="search studies: the Optuna storage, an RDB URL (postgresql://…) or a journal file "
                      "(default: optuna-journal.log beside the MLflow store)")

@@ -303,7 +303,7 @@ def plan_summary(study: Study, design: Design) -> str:
         if design.merged:
             line += " (they resolve to the same settings as another point, e.g. " + \
                 f"'{design.merged[0][0]}' = '{design.merged[0][1]}')"
-    if study.execution.pack > 1:
+    if isinstance(study.execution.pack, int) and study.execution.pack > 1:
         tasks = pack_trials(design.trials, study.execution.pack)
         packs = [t for t in tasks if isinstance(t, Pack)]
         line += (f"; [execution] pack = {study.execution.pack}: {len(packs)} packs of "

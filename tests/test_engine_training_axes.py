@@ -119,9 +119,9 @@ def _weights_after(settings, epochs: int) -> torch.Tensor:
     captured = {}
     original = engine.evaluate
 
-    def capture(model, *args):
+    def capture(model, *args, **kwargs):
         captured["w"] = torch.cat([p.detach().flatten() for p in model.parameters()])
-        return original(model, *args)
+        return original(model, *args, **kwargs)
 
     if epochs == 0:
         torch.manual_seed(settings.seed)

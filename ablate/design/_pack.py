@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from ablate import models
@@ -37,17 +38,18 @@ class Pack:
         return "pack:" + "+".join(t.hash for t in self.trials)
 
 
-def pack_trials(trials: list[Trial], size: int) -> list[Trial | Pack]:
-    """Group trials that can share a network into packs of up to `size`, keeping the trials' order; a trial
-    with no partner stays a plain trial."""
-    if size <= 1:
+def pack_trials(trials: list[Trial], size: int | Callable[[list[Trial]], int]) -> list[Trial | Pack]:
+    """Group trials that can share a network into packs of up to `size` (or, a function, the size it gives each
+    group of trials that could share one), keeping the trials' order; a trial with no partner stays a plain trial."""
+    if isinstance(size, int) and size <= 1:
         return list(trials)
     groups: dict[str | None, list[Trial]] = {}
     for trial in trials:
         groups.setdefault(pack_key(trial.settings) or trial.hash, []).append(trial)
     tasks: list[Trial | Pack] = []
     for group in groups.values():
-        for start in range(0, len(group), size):
-            chunk = group[start : start + size]
+        k = (size(group) if len(group) > 1 else 1) if callable(size) else size
+        for start in range(0, len(group), k):
+            chunk = group[start : start + k]
             tasks.append(chunk[0] if len(chunk) == 1 else Pack(tuple(chunk)))
     return tasks

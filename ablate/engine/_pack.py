@@ -28,6 +28,7 @@ from torch import nn
 from ablate import datasets, models
 from ablate.datasets import DeviceData, Split
 from ablate.engine._augment import AUGMENT_SEED_OFFSET, apply, concat, draw
+from ablate.engine._layout import conv_layout
 from ablate.engine._optim import make_optimizer, make_schedule
 from ablate.engine._train import EVAL_BATCH, Diverged, EarlyStopper, TrialResult
 from ablate.spec import TrainSettings, TrialSettings
@@ -75,9 +76,11 @@ def _own_tensors(module: nn.Module) -> list[torch.Tensor]:
 class PackedNet:
     """K built-in models (linear, mlp or cnn) of one architecture as one network with stacked weights."""
 
-    def __init__(self, networks: list[nn.Module], dropout_generators: list[torch.Generator]):
+    def __init__(self, networks: list[nn.Module], dropout_generators: list[torch.Generator],
+                 layout: torch.memory_format = torch.contiguous_format):
         self.k = len(networks)
         self.generators = dropout_generators
+        self.layout = layout  # of the grouped activations and conv weights (ablate.engine's layout)
         per_model = [_layers_of(m) for m in networks]
         if len({tuple(type(m).__name__ for m, _ in layers) for layers in per_model}) != 1:
             raise ValueError("packed trials must share one architecture")
@@ -142,8 +145,9 @@ class PackedNet:
             return torch.baddbmm(p["bias"].unsqueeze(1), x, p["weight"].transpose(1, 2)), False
         if isinstance(m, nn.Conv2d):
             if not grouped:  # (K, B, C, H, W) → (B, K·C, H, W)
-                x = x.transpose(0, 1).flatten(1, 2)
-            weight = p["weight"].flatten(0, 1)  # (K·O, C, kh, kw): group k sees only trial k's channels
+                x = x.transpose(0, 1).flatten(1, 2).contiguous(memory_format=self.layout)
+            # (K·O, C, kh, kw): group k sees only trial k's channels
+            weight = p["weight"].flatten(0, 1).contiguous(memory_format=self.layout)
             bias = p["bias"].flatten() if "bias" in p else None
             return F.conv2d(x, weight, bias, m.stride, m.padding, m.dilation, groups=self.k), True
         if isinstance(m, nn.BatchNorm2d):
@@ -340,7 +344,8 @@ class _Packed:
             dropout_generators.append(generator)
         self.params_count = models.count_params(built[0])
         self.linear_model = sum(isinstance(m, nn.Linear) for m in built[0].modules()) == 1
-        self.net = PackedNet(built, dropout_generators)
+        self.layout = conv_layout(settings[0].model.kind, device)
+        self.net = PackedNet(built, dropout_generators, self.layout)
         self.steps_per_epoch = math.ceil(len(data.train) / self.train.batch_size)
         trains = [s.train for s in settings]
         self.lr_logged, momenta = schedule_tables(trains, self.steps_per_epoch)  # float64: logged as single runs log it
@@ -360,7 +365,7 @@ class _Packed:
         random stream, which a CPU pack's later trials' dropout streams were forked from."""
         with torch.random.fork_rng(devices=[]):
             model = models.build_model(self.settings[i].model, datasets.get(self.settings[i].dataset))
-        return self.net.single(i, model.to(self.device), state)
+        return self.net.single(i, model.to(self.device, memory_format=self.layout), state)
 
     def batches(self):
         """Each trial's batch indices, (K, B), from its own per-epoch permutation."""
@@ -414,7 +419,9 @@ def train_pack(
     the trials still training; a concluded trial's slot trains on unread until the pack is done."""
     packed = _Packed(settings, data, device)
     net, k = packed.net, len(settings)
-    results: list[TrialResult | Diverged] = [TrialResult(params_count=packed.params_count) for _ in settings]
+    channels_last = packed.layout == torch.channels_last
+    results: list[TrialResult | Diverged] = [TrialResult(params_count=packed.params_count, channels_last=channels_last)
+                                             for _ in settings]
     stoppers = [EarlyStopper(s.train.early_stopping) if s.train.early_stopping else None for s in settings]
     active = set(range(k))
     started = time.perf_counter()

@@ -18,11 +18,14 @@ from ablate.datasets import DeviceData
 
 class Classifier(nn.Module):
     """`net` behind the dataset's normalisation. A one-channel dataset's mean and std are plain numbers, as in
-    training (a tensor there would run another kernel, one ulp away in some pixels); per-channel ones are buffers."""
+    training (a tensor there would run another kernel, one ulp away in some pixels); per-channel ones are buffers.
+    A network trained channels-last (ablate.engine's layout) gets its batches so, as its test pass did."""
 
-    def __init__(self, net: nn.Module, mean: torch.Tensor | float, std: torch.Tensor | float):
+    def __init__(self, net: nn.Module, mean: torch.Tensor | float, std: torch.Tensor | float,
+                 channels_last: bool = False):
         super().__init__()
         self.net = net
+        self.channels_last = channels_last
         if isinstance(mean, torch.Tensor):
             self.register_buffer("mean", mean.detach().clone())
             self.register_buffer("std", std.detach().clone())
@@ -30,11 +33,15 @@ class Classifier(nn.Module):
             self.mean, self.std = float(mean), float(std)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net((images.float() - self.mean) / self.std)
+        x = (images.float() - self.mean) / self.std
+        return self.net(x.contiguous(memory_format=torch.channels_last) if self.channels_last else x)
 
 
-def deployable(net: nn.Module, data: DeviceData) -> Classifier:
+def deployable(net: nn.Module, data: DeviceData, channels_last: bool = False) -> Classifier:
     """A CPU copy of a trained network, in eval mode, behind `data`'s normalisation (the network is not changed)."""
     mean = data.mean.cpu() if isinstance(data.mean, torch.Tensor) else data.mean
     std = data.std.cpu() if isinstance(data.std, torch.Tensor) else data.std
-    return Classifier(copy.deepcopy(net).cpu(), mean, std).eval()
+    # The weights themselves contiguous: torch.export's archive mishandles channels-last ones ("No complete tensor
+    # found in the group"), and oneDNN, which lays weights out its own way, computes the same scores from either.
+    plain = copy.deepcopy(net).cpu().to(memory_format=torch.contiguous_format)
+    return Classifier(plain, mean, std, channels_last).eval()

@@ -21,6 +21,7 @@ from torch import nn
 from ablate import datasets, models
 from ablate.datasets import DeviceData, Split
 from ablate.engine._augment import AUGMENT_SEED_OFFSET, augment_batch
+from ablate.engine._layout import conv_layout, in_layout
 from ablate.engine._optim import Schedule, make_loss, make_optimizer, make_schedule
 from ablate.spec import Augment, EarlyStopping, TrialSettings
 
@@ -44,6 +45,7 @@ class TrialResult:
     # restored them), and the last epoch's where they differ — what the worker saves as the trial's models.
     model: nn.Module | None = None
     last_model: nn.Module | None = None
+    channels_last: bool = False  # the network ran channels-last (ablate.engine's layout): so must whoever loads it
 
     def final_metrics(self) -> dict[str, float]:
         return {
@@ -59,17 +61,17 @@ class TrialResult:
 
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module, split: Split, data: DeviceData, loss_fn, keep: list | None = None
+    model: nn.Module, split: Split, data: DeviceData, loss_fn, keep: list | None = None,
+    layout: torch.memory_format = torch.contiguous_format,
 ) -> tuple[float, float]:
-    """Mean loss and accuracy over a split, in large batches, with one host sync at the end.
-
-    With `keep`, each batch's predicted class and its softmax confidence are appended to it (on the device).
+    """Mean loss and accuracy over a split, in large batches (in the network's `layout`), with one host sync at the
+    end. With `keep`, each batch's predicted class and its softmax confidence are appended to it (on the device).
     """
     model.eval()
     loss_sum = torch.zeros((), device=split.labels.device)
     correct = torch.zeros((), device=split.labels.device, dtype=torch.long)
     for start in range(0, len(split), EVAL_BATCH):
-        images = data.normalise(split.images[start : start + EVAL_BATCH])
+        images = in_layout(data.normalise(split.images[start : start + EVAL_BATCH]), layout)
         labels = split.labels[start : start + EVAL_BATCH]
         logits = model(images)
         loss_sum += loss_fn(logits, labels) * labels.shape[0]
@@ -92,6 +94,7 @@ class _Step:
     grad_clip: float | None
     augment: Augment
     augment_generator: torch.Generator
+    layout: torch.memory_format = torch.contiguous_format
 
 
 class Diverged(RuntimeError):
@@ -117,7 +120,7 @@ def _train_epoch(step: _Step, data: DeviceData, batch_size: int, generator) -> t
         images, labels = split.images[index], split.labels[index]
         if step.augment.active:
             images = augment_batch(images.float(), step.augment, step.augment_generator)
-        logits = step.model(data.normalise(images))
+        logits = step.model(in_layout(data.normalise(images), step.layout))
         loss = step.loss_fn(logits, labels)
         not_finite |= ~torch.isfinite(loss.detach())
         if number % check_every == 0 and not_finite.item():
@@ -179,7 +182,8 @@ def train_trial(
     torch.manual_seed(settings.seed)  # initial weights and dropout masks follow the trial's seed
     model = models.build_model(settings.model, dataset)
     models.initialise(model, train.init)
-    model = model.to(device)
+    layout = conv_layout(settings.model.kind, device)
+    model = model.to(device, memory_format=layout)
     optimizer = make_optimizer(model, train)
     steps_per_epoch = math.ceil(len(data.train) / train.batch_size)
     step = _Step(
@@ -190,17 +194,18 @@ def train_trial(
         grad_clip=train.grad_clip,
         augment=train.augment,
         augment_generator=torch.Generator(device=device).manual_seed(settings.seed + AUGMENT_SEED_OFFSET),
+        layout=layout,
     )
     eval_loss = make_loss(train.loss, dataset.classes)  # validation and test losses are never smoothed
     generator = torch.Generator(device=device).manual_seed(settings.seed)  # batch order
     stopper = EarlyStopper(train.early_stopping) if train.early_stopping else None
-    result = TrialResult(params_count=models.count_params(model))
+    result = TrialResult(params_count=models.count_params(model), channels_last=layout == torch.channels_last)
     started = time.perf_counter()
     for epoch in range(1, train.epochs + 1):
         epoch_start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]  # the rate the epoch starts with
         train_loss, train_accuracy = _train_epoch(step, data, train.batch_size, generator)
-        val_loss, val_accuracy = evaluate(model, data.val, data, eval_loss)
+        val_loss, val_accuracy = evaluate(model, data.val, data, eval_loss, layout=layout)
         metrics = {
             "train_loss": train_loss,
             "train_accuracy": train_accuracy,
@@ -225,7 +230,7 @@ def train_trial(
     result.model = model
     if test:
         kept: list = []
-        result.test_loss, result.test_accuracy = evaluate(model, data.test, data, eval_loss, kept)
+        result.test_loss, result.test_accuracy = evaluate(model, data.test, data, eval_loss, kept, layout)
         result.predictions = torch.cat([p for p, _ in kept]).to(torch.uint8).cpu().numpy()
         result.confidences = torch.cat([c for _, c in kept]).to(torch.float16).cpu().numpy()
         linear = [m for m in model.modules() if isinstance(m, nn.Linear)]

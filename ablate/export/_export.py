@@ -44,7 +44,7 @@ def rebuild(about: dict[str, Any], state: dict[str, torch.Tensor]) -> Classifier
     mean, std = about["normalise"]["mean"], about["normalise"]["std"]
     if isinstance(mean, list):
         mean, std = (torch.tensor(v, dtype=torch.float32).view(-1, 1, 1) for v in (mean, std))
-    return Classifier(net, mean, std).eval()
+    return Classifier(net, mean, std, bool(about.get("channels_last"))).eval()
 
 
 def export_models(uri: str, study: str, arm: str | None, out: Path | None, register: bool) -> list[Exported]:

@@ -121,7 +121,7 @@ class CNN(ModelKind[CNNModel]):
     def build(self, spec: CNNModel, data: Dataset):
         from torch import nn
 
-        from ablate.models._torch import activation
+        from ablate.models._torch import Dropout, activation
 
         layers: list[nn.Module] = []
         channels = data.shape[0]
@@ -132,7 +132,7 @@ class CNN(ModelKind[CNNModel]):
             if block.activation != "none":
                 layers.append(activation(block.activation))
             if block.dropout:
-                layers.append(nn.Dropout(block.dropout))
+                layers.append(Dropout(block.dropout))
             if block.pool:
                 layers.append(nn.MaxPool2d(2))
             channels = block.out

@@ -48,6 +48,34 @@ def placement(execution: ExecutionSettings, backend: MakeBackend | None = None,
     return plan_slots_for(execution), backend or LocalBackend
 
 
+AUTO_PACK_GPU, AUTO_PACK_CPU, AUTO_PACK_GAIN = 8, 4, 1.15
+
+
+def pack_size(pack: int | str, slots: list[Slot], notes: list[str]) -> int | Callable[[list[Trial]], int]:
+    """[execution] pack as pack_trials takes it. `auto`: on GPUs packs of up to AUTO_PACK_GPU (packing pays there,
+    results/gpu.md); on the CPU, per architecture, packs of up to AUTO_PACK_CPU where a probe (ablate.engine's
+    packed_speedup, with a worker's threads, on this machine) finds a trial AUTO_PACK_GAIN× faster packed. What it
+    chose goes into `notes`."""
+    if pack != "auto":
+        return int(pack)
+    if slots and slots[0].device.startswith("cuda"):
+        return lambda group: min(len(group), AUTO_PACK_GPU)
+
+    def probed(group: list[Trial]) -> int:
+        import torch
+
+        from ablate.engine import packed_speedup
+
+        k = min(len(group), AUTO_PACK_CPU)
+        gain = packed_speedup([t.settings for t in group[:k]], torch.device("cpu"), slots[0].threads if slots else 1)
+        chosen = k if gain >= AUTO_PACK_GAIN else 1
+        notes.append(f"pack = auto: {group[0].architecture}: a trial trains {gain:.2f}× as fast packed by {k} "
+                     f"(probe), so {f'packs of {k}' if chosen > 1 else 'alone'}")
+        return chosen
+
+    return probed
+
+
 def run_study(
     study: Study, trials: list[Trial], tracker: Tracker, data_dir: Path, execution: ExecutionSettings,
     reporter: Reporter, command: str = "", import_paths: tuple[str, ...] = (), backend: MakeBackend | None = None,
@@ -60,10 +88,12 @@ def run_study(
     recovered, elsewhere = tracker.recover_stale(experiment_id)
     done = tracker.finished_hashes(experiment_id)
     todo = [t for t in trials if t.hash not in done and t.hash not in elsewhere]
-    tasks = pack_trials(todo, execution.pack)
+    notes: list[str] = []
+    tasks = pack_trials(todo, pack_size(execution.pack, slots, notes))
     slots = slots[: max(1, len(tasks))]  # no idle workers
     summary = RunSummary(experiment_id, None, total=len(trials), skipped=len(trials) - len(todo),
-                         recovered=recovered, running_elsewhere=len(elsewhere & {t.hash for t in trials}), slots=slots)
+                         recovered=recovered, running_elsewhere=len(elsewhere & {t.hash for t in trials}), slots=slots,
+                         notes=notes)
     reporter.start(len(trials), summary.skipped, slots)
     if not todo:
         _settle_models(tracker, summary, trials, study)
@@ -249,7 +279,7 @@ def run_search(
                 summary.total += len(confirm)
                 summary.skipped += len(confirm) - len(todo)
                 reporter.start(len(confirm), len(confirm) - len(todo), slots)
-                dispatcher.run(pack_trials(todo, execution.pack))
+                dispatcher.run(pack_trials(todo, pack_size(execution.pack, slots, summary.notes)))
         if not _stopped(summary):  # an interrupted search has no confirm arms yet: reports keep the previous plan
             document = plan_document(study, confirm, arms)
             document["search"] = {"storage": storage, "study": optuna_study.study_name, "objective":

@@ -438,10 +438,12 @@ class _TrialRun:
         example = data.test.images[:2].cpu().numpy()
         about = self._about(result, data)
         try:
-            save_model(self.tracker, self.run_id, deployable(result.model, data), example, about, MODEL_ARTIFACT)
+            save_model(self.tracker, self.run_id, deployable(result.model, data, result.channels_last), example, about,
+                       MODEL_ARTIFACT)
             if result.last_model is not None:
                 last = {**about, "weights": f"last epoch ({len(result.history)}), not tested"}
-                save_model(self.tracker, self.run_id, deployable(result.last_model, data), example, last,
+                save_model(self.tracker, self.run_id, deployable(result.last_model, data, result.channels_last), example,
+                           last,
                            LAST_MODEL_ARTIFACT)
         except StoreError:
             raise
@@ -465,7 +467,7 @@ class _TrialRun:
             "output": f"class scores (N, {len(dataset.class_names)}), in the order of class_names",
             "class_names": list(dataset.class_names), "test_accuracy": result.test_accuracy,
             "weights": f"epoch {result.tested_epoch} of {len(result.history)}, tested",
-            "normalise": {"mean": plain(data.mean), "std": plain(data.std)},
+            "normalise": {"mean": plain(data.mean), "std": plain(data.std)}, "channels_last": result.channels_last,
             "settings": trial.settings.to_dict(),
         }
 
