@@ -13,10 +13,11 @@ caller's (ablate.run), told through the epoch callbacks.
 from ablate.engine._augment import AUGMENT_SEED_OFFSET, affine_draws, affine_theta, augment_batch, resample
 from ablate.engine._optim import Schedule, make_loss, make_optimizer, make_schedule
 from ablate.engine._pack import PackedNet, train_pack
+from ablate.engine._malloc import steady_allocations
 from ablate.engine._probe import packed_speedup
 from ablate.engine._saved import Classifier, deployable
 from ablate.engine._train import Diverged, EarlyStopper, EpochCallback, TrialResult, evaluate, train_trial
 
 __all__ = ["AUGMENT_SEED_OFFSET", "Classifier", "Diverged", "deployable", "EarlyStopper", "EpochCallback", "PackedNet", "Schedule",
            "TrialResult", "affine_draws", "affine_theta", "augment_batch", "evaluate", "make_loss", "make_optimizer",
-           "make_schedule", "packed_speedup", "resample", "train_pack", "train_trial"]
+           "make_schedule", "packed_speedup", "resample", "steady_allocations", "train_pack", "train_trial"]

@@ -19,7 +19,7 @@ from ablate import datasets
 from ablate.datasets import DeviceData, Split
 from ablate.spec import ConstantSchedule, TrialSettings
 
-PROBE_STEPS = 6
+PROBE_STEPS = 12
 
 
 def packed_speedup(settings: list[TrialSettings], device: torch.device, threads: int = 1) -> float:
@@ -36,6 +36,9 @@ def packed_speedup(settings: list[TrialSettings], device: torch.device, threads:
     data = DeviceData(train=Split(images, labels), val=few, test=few, mean=127.5, std=64.0)
     quiet = [replace(s, train=replace(s.train, epochs=1, lr=1e-6, schedule=ConstantSchedule(), early_stopping=None))
              for s in settings]
+    from ablate.engine._malloc import steady_allocations
+
+    steady_allocations()  # as the workers run: else the few steps measure page faults
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -138,6 +138,10 @@ class Worker:
         self.device = torch.device(slot.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+        else:
+            from ablate.engine import steady_allocations
+
+            steady_allocations()  # activations on the heap, not freshly mapped pages every step
         self.tracker = Tracker(config.tracking_uri)
         # Who runs this worker's trials, as each trial run records it (its device, slot and process).
         self.tags = {DEVICE: slot.device, WORKER: str(slot.index), **Identity.of_this_process().tags()}
