@@ -103,7 +103,8 @@ def block_outputs(net, images) -> list:
 def _activations_figure(report: StudyReport, data: datasets.Dataset, model, arrays: dict, where: str, folder: Path,
                         plt) -> Path:
     """A row per test image (the first of each of a few classes): the image, then each conv block's output as the
-    mean over its channels (after activation: where the block responds), at the block's own resolution."""
+    mean over its channels (after activation: where the block responds), at the block's own resolution; a block
+    down to one pixel as a strip of its channels' values (the last of a GAP head: the class scores)."""
     import torch
 
     labels = arrays["test_labels"].astype(int)
@@ -122,16 +123,20 @@ def _activations_figure(report: StudyReport, data: datasets.Dataset, model, arra
         _show(axes_row[0], arrays["test_images"][index])
         axes_row[0].set_ylabel(f"{names[labels[index]]} → {names[predicted[row]]}", fontsize=7)
         for b, (axes, output) in enumerate(zip(axes_row[1:], blocks), 1):
-            axes.imshow(output[row].mean(dim=0).numpy(), cmap="magma")
+            channels, height, width = output.shape[1:]
+            if height * width == 1:  # one pixel: its channels as a strip (a channel mean would be one flat colour)
+                axes.imshow(output[row].flatten()[None, :].numpy(), cmap="magma", aspect="auto")
+            else:
+                axes.imshow(output[row].mean(dim=0).numpy(), cmap="magma")
             if row == 0:
-                channels, height, width = output.shape[1:]
-                axes.set_title(f"block {b}\n{channels}×{height}×{width}", fontsize=7)
+                shape = f"{channels} channels, 1×1" if height * width == 1 else f"{channels}×{height}×{width}"
+                axes.set_title(f"block {b}\n{shape}", fontsize=7)
         for axes in axes_row:
             axes.set_xticks([])
             axes.set_yticks([])
     grid[0][0].set_title("test image", fontsize=7)
-    figure.suptitle(f"{report.name}: conv block outputs, mean over channels (bright: strong response)\nof {where}; "
-                    "row label: true → predicted", fontsize=9)
+    figure.suptitle(f"{report.name}: conv block outputs, mean over channels (bright: strong response; 1×1 blocks: "
+                    f"each channel)\nof {where}; row label: true → predicted", fontsize=9)
     figure.tight_layout()
     path = folder / f"{report.name}-activations.png"
     figure.savefig(path, dpi=120)
