@@ -77,8 +77,10 @@ def test_report_formats_parse_back(tiny, store, tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[0] == f"wrote {tmp_path / 't.md'}"
     markdown = (tmp_path / "t.md").read_text()
     assert markdown.startswith("## tiny") and "4 of 4 planned trials finished." in markdown
-    rows = [line for line in markdown.splitlines() if line.startswith("| linear") or line.startswith("| mlp")]
+    table = markdown.split("\n\n| ", 1)[1].split("\n\n", 1)[0]  # the comparison table, the file's first
+    rows = [line for line in table.splitlines() if line.startswith(("linear", "| linear", "| mlp"))]
     assert len(rows) == 2 and "± " in rows[0] and "`ablate run" in markdown
+    assert "| arm | 0 | 1 |" in markdown and "Saved models" in markdown  # per-class table, where the models are
 
     assert main(["report", "--tracking-uri", store, "--study", "tiny", "--format", "csv"]) == 0
     table = pd.read_csv(io.StringIO(capsys.readouterr().out))

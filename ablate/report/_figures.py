@@ -17,6 +17,7 @@ import pandas as pd
 from ablate import datasets
 from ablate.errors import AblateError
 from ablate.report._load import DATASET_PARAM
+from ablate.report._draw import saved, show
 from ablate.report._model_figures import model_figures
 from ablate.report._report import PRIMARY_METRICS, StudyReport
 from ablate.tracking import OUTPUTS_ARTIFACT, ROLE, Tracker
@@ -172,11 +173,7 @@ def _per_class_figure(report: StudyReport, data: datasets.Dataset, accuracy: pd.
                               fontsize=6, color="white" if dark else "black")
     left.set_yticks(range(len(accuracy)), accuracy.index, fontsize=7 if len(accuracy) > 12 else 9)
     figure.suptitle(f"{report.name}: test accuracy per class and arm (mean over seeds)")
-    figure.tight_layout()
-    path = folder / f"{report.name}-per-class.png"
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return saved(figure, folder / f"{report.name}-per-class.png", plt)
 
 
 def _reference_arm(report: StudyReport, accuracy: pd.DataFrame) -> str:
@@ -231,7 +228,7 @@ def samples_grid(data: datasets.Dataset, arrays: dict, plt):
     figure, grid = plt.subplots(len(shown), SAMPLES_PER_CLASS, squeeze=False, figsize=size, gridspec_kw=layout)
     for row, k in zip(grid, shown):
         for axes, index in zip(row, np.flatnonzero(labels == k)[:SAMPLES_PER_CLASS]):
-            _show(axes, images[index])
+            show(axes, images[index])
         for axes in row:
             axes.set_xticks([])
             axes.set_yticks([])
@@ -292,11 +289,7 @@ def _confusion_figure(report: StudyReport, data: datasets.Dataset, arm: str, lab
     axes.set_ylabel("true")
     axes.set_title(f"{report.name}: confusion matrix of {arm} (best run, test set)", fontsize=9)
     figure.colorbar(image, ax=axes, fraction=0.046)
-    figure.tight_layout()
-    path = folder / f"{report.name}-confusion.png"
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return saved(figure, folder / f"{report.name}-confusion.png", plt)
 
 
 def _mistakes_figure(report: StudyReport, data: datasets.Dataset, arm: str, labels: np.ndarray, images: np.ndarray,
@@ -309,17 +302,13 @@ def _mistakes_figure(report: StudyReport, data: datasets.Dataset, arm: str, labe
         axes.axis("off")
     names = data.class_names
     for axes, index in zip(grid.flat, worst):
-        _show(axes, images[index])
+        show(axes, images[index])
         # two lines: "T-shirt/top (0.97), true Ankle boot" on one would run into the next cell's title
         axes.set_title(f"{names[predictions[index]]} ({confidences[index]:.2f})\ntrue {names[labels[index]]}", fontsize=7,
                        color="red")
     figure.suptitle(f"{report.name}: the {len(worst)} most confident test mistakes of {arm}\n"
                     "(predicted class, its probability, true class)", fontsize=9)
-    figure.tight_layout()
-    path = folder / f"{report.name}-mistakes.png"
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return saved(figure, folder / f"{report.name}-mistakes.png", plt)
 
 
 def _predictions_figure(report: StudyReport, data: datasets.Dataset, arm: str, labels: np.ndarray,
@@ -333,18 +322,14 @@ def _predictions_figure(report: StudyReport, data: datasets.Dataset, arm: str, l
     for axes in grid.flat:
         axes.axis("off")
     for index, axes in zip(range(shown), grid.flat):
-        _show(axes, images[index])
+        show(axes, images[index])
         right = predictions[index] == labels[index]
         title = names[predictions[index]] if right else f"{names[predictions[index]]}\ntrue {names[labels[index]]}"
         axes.set_title(title, fontsize=7, color="green" if right else "red")
     wrong = int((predictions[:shown] != labels[:shown]).sum())
     figure.suptitle(f"{report.name}: the first {shown} test images with {arm}'s predictions (best run)\n"
                     f"green: right; red: wrong, with the true class ({wrong} of {shown})", fontsize=9)
-    figure.tight_layout()
-    path = folder / f"{report.name}-predictions.png"
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return saved(figure, folder / f"{report.name}-predictions.png", plt)
 
 
 def _templates_figure(report: StudyReport, data: datasets.Dataset, arm: str, weights: np.ndarray, folder: Path,
@@ -360,7 +345,7 @@ def _templates_figure(report: StudyReport, data: datasets.Dataset, arm: str, wei
         axes.axis("off")
     for k, axes in zip(range(data.classes), grid.flat):
         template = weights[k].reshape(data.shape)
-        if channels != 3:  # one channel (any other count: its first, as _picture draws them)
+        if channels != 3:  # one channel (any other count: its first, as picture_of draws them)
             axes.imshow(template[0], cmap="RdBu_r", vmin=-bound, vmax=bound)
         else:  # zero at mid grey, so a weight's sign shows as its channel brighter or darker (min–max would hide it)
             row_bound = float(np.abs(template).max()) or 1.0
@@ -368,30 +353,7 @@ def _templates_figure(report: StudyReport, data: datasets.Dataset, arm: str, wei
         axes.set_title(data.class_names[k], fontsize=9)
     colours = "red +, blue −" if channels != 3 else "per channel: grey 0, brighter +, darker −"
     figure.suptitle(f"{report.name}: {arm}'s weight row per class as a {height}×{width} template ({colours})", fontsize=9)
-    figure.tight_layout()
-    path = folder / f"{report.name}-templates.png"
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
-
-
-def _picture(image: np.ndarray) -> tuple[np.ndarray, str | None]:
-    """A (C, H, W) image as imshow takes it: three channels in colour, uint8 as it is, float (a factory's) scaled to
-    its own range; any other count its first channel in grey (dark ink on white)."""
-    if image.shape[0] != 3:
-        return image[0], "gray_r"
-    picture = image.transpose(1, 2, 0)
-    if picture.dtype != np.uint8:
-        low, high = float(picture.min()), float(picture.max())
-        picture = (picture - low) / ((high - low) or 1.0)
-    return picture, None
-
-
-def _show(axes, image: np.ndarray) -> None:
-    """One image drawn as `_picture` says; grey uint8 on the full 0–255 range, so that a faint image looks faint."""
-    picture, cmap = _picture(image)
-    span = {"vmin": 0, "vmax": 255} if cmap and picture.dtype == np.uint8 else {}
-    axes.imshow(picture, cmap=cmap, **span)
+    return saved(figure, folder / f"{report.name}-templates.png", plt)
 
 
 def _arms_figure(report: StudyReport, path: Path, plt) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ablate import datasets
+from ablate.report._draw import saved, show
 from ablate.report._report import StudyReport
 from ablate.tracking import Tracker
 
@@ -76,11 +77,7 @@ def _filters_figure(report: StudyReport, data: datasets.Dataset, weights: np.nda
     colours = "red +, blue −" if channels != 3 else "colour around grey 0"
     figure.suptitle(f"{report.name}: first conv layer's {count} filters ({k}×{k}, {colours})\nof {where}",
                     fontsize=9)
-    figure.tight_layout()
-    path = folder / f"{report.name}-filters.png"
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return saved(figure, folder / f"{report.name}-filters.png", plt)
 
 
 def block_outputs(net, images) -> list:
@@ -117,10 +114,8 @@ def _activations_figure(report: StudyReport, data: datasets.Dataset, model, arra
     figure, grid = plt.subplots(len(chosen), columns, figsize=(1.25 * columns + 0.4, 1.35 * len(chosen) + 0.8),
                                 squeeze=False)
     names = data.class_names
-    from ablate.report._figures import _show
-
     for row, (axes_row, index) in enumerate(zip(grid, chosen)):
-        _show(axes_row[0], arrays["test_images"][index])
+        show(axes_row[0], arrays["test_images"][index])
         axes_row[0].set_ylabel(f"{names[labels[index]]} → {names[predicted[row]]}", fontsize=7)
         for b, (axes, output) in enumerate(zip(axes_row[1:], blocks), 1):
             channels, height, width = output.shape[1:]
@@ -137,8 +132,4 @@ def _activations_figure(report: StudyReport, data: datasets.Dataset, model, arra
     grid[0][0].set_title("test image", fontsize=7)
     figure.suptitle(f"{report.name}: conv block outputs, mean over channels (bright: strong response; 1×1 blocks: "
                     f"each channel)\nof {where}; row label: true → predicted", fontsize=9)
-    figure.tight_layout()
-    path = folder / f"{report.name}-activations.png"
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return saved(figure, folder / f"{report.name}-activations.png", plt)
