@@ -121,10 +121,10 @@ def test_figures_are_non_blank_pngs_linked_and_logged(store, capsys):
     out = folder / "figs" / "tiny.md"
     assert main(["report", "--tracking-uri", uri, "--study", "tiny", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert f"wrote {out.parent / 'tiny-curves.png'}" in printed and "logged 7 figure(s) of tiny" in printed
+    assert f"wrote {out.parent / 'tiny-curves.png'}" in printed and "logged 8 figure(s) of tiny" in printed
     text = out.read_text()
     for name in ("tiny-curves.png", "tiny-test_accuracy.png", "tiny-confusion.png", "tiny-mistakes.png",
-                 "tiny-templates.png", "tiny-samples.png", "tiny-per-class.png"):
+                 "tiny-templates.png", "tiny-samples.png", "tiny-per-class.png", "tiny-predictions.png"):
         path = out.parent / name
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({name})" in text
         assert matplotlib.image.imread(path).std() > 0.05  # something is drawn
