@@ -17,7 +17,7 @@ from ablate import datasets, models
 from ablate.engine import Classifier
 from ablate.errors import AblateError
 from ablate.spec import model_from_dict
-from ablate.tracking import MODEL_ARTIFACT, MODEL_SETTINGS, Tracker, model_runs, store_label
+from ablate.tracking import MODEL_ARTIFACT, MODEL_SETTINGS, STAGE_INDEX, Tracker, model_runs, store_label
 
 PROGRAM, SCRIPT, STATE = "model.pt2", "model.ts", "state_dict.pt"
 
@@ -63,7 +63,7 @@ def export_models(uri: str, study: str, arm: str | None, out: Path | None, regis
                           f"{', '.join(sorted(runs))}")
     chosen = {arm: runs[arm]} if arm is not None else runs
     done = []
-    for name, run in chosen.items():
+    for name, run in sorted(chosen.items(), key=lambda item: int(item[1].data.tags.get(STAGE_INDEX, 0))):  # study order
         item = Exported(name, run.info.run_id, run.data.metrics.get("test_accuracy", float("nan")))
         if out is not None:
             item.folder = out / _file_name(name)
