@@ -17,6 +17,9 @@ import torch
 
 from ablate import datasets
 from ablate.datasets import DeviceData, Split
+from ablate.engine._malloc import steady_allocations
+from ablate.engine._pack import train_pack
+from ablate.engine._train import train_trial
 from ablate.spec import ConstantSchedule, TrialSettings
 
 PROBE_STEPS = 12
@@ -36,35 +39,22 @@ def packed_speedup(settings: list[TrialSettings], device: torch.device, threads:
     data = DeviceData(train=Split(images, labels), val=few, test=few, mean=127.5, std=64.0)
     quiet = [replace(s, train=replace(s.train, epochs=1, lr=1e-6, schedule=ConstantSchedule(), early_stopping=None))
              for s in settings]
-    from ablate.engine._malloc import steady_allocations
-
     steady_allocations()  # as the workers run: else the few steps measure page faults
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        alone = _timed(lambda: _train_alone(quiet[0], data, device))
-        packed = _timed(lambda: _train_packed(quiet, data, device))
+        alone = _timed(lambda: train_trial(quiet[0], data, device, test=False))
+        packed = _timed(lambda: train_pack(quiet, data, device, test=False))
     finally:
         torch.set_num_threads(previous)
     return alone * len(settings) / packed
 
 
-def _train_alone(settings: TrialSettings, data: DeviceData, device: torch.device) -> None:
-    from ablate.engine._train import train_trial
-
-    with torch.random.fork_rng(devices=[]):  # the probe leaves the process's random stream as it found it
-        train_trial(settings, data, device, test=False)
-
-
-def _train_packed(settings: list[TrialSettings], data: DeviceData, device: torch.device) -> None:
-    from ablate.engine._pack import train_pack
-
-    with torch.random.fork_rng(devices=[]):
-        train_pack(settings, data, device, test=False)
-
-
 def _timed(work) -> float:
-    work()  # untimed: kernel creation and caches
-    started = time.perf_counter()
-    work()
-    return time.perf_counter() - started
+    """Seconds of `work`'s second call (the first builds kernels and caches); neither call moves the process's
+    random stream."""
+    with torch.random.fork_rng(devices=[]):
+        work()
+        started = time.perf_counter()
+        work()
+        return time.perf_counter() - started

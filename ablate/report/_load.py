@@ -14,8 +14,8 @@ from ablate.report._report import METRICS, StudyReport
 from ablate.report._search import search_summary
 from ablate.report._table import summarise
 from ablate.tracking import (
-    DEVICE, EXPERIMENT_TAG, PACK_SIZE, ROLE, SEED, STAGE, STAGE_INDEX, TRIAL_HASH, Tracker, model_runs, read_plan,
-    sqlite_path,
+    DEVICE, EXPERIMENT_TAG, PACK_SIZE, ROLE, SEED, STAGE, STAGE_INDEX, TRIAL_HASH, Tracker, read_plan, sqlite_path,
+    stand_ins,
 )
 
 DATASET_PARAM = "dataset"  # the trial setting naming the dataset (TrialSettings.dataset)
@@ -87,7 +87,8 @@ def load_study(
     exp_id = experiment.experiment_id
     parents = sorted(tracker.search(exp_id, f"tags.{ROLE} = 'parent'"), key=lambda r: r.info.start_time, reverse=True)
     plan = next((p for p in (read_plan(tracker, r.info.run_id) for r in parents) if p), None)
-    runs = _run_rows(tracker.search(exp_id, f"tags.{ROLE} = 'trial'"))
+    trial_runs = tracker.search(exp_id, f"tags.{ROLE} = 'trial'")
+    runs = _run_rows(trial_runs)
     if plan is not None:
         _fill_macs(tracker, parents, plan)
         stage_of = {t["hash"]: t["stage"] for t in plan["trials"]}
@@ -117,15 +118,16 @@ def load_study(
         # The invocations that trained the runs in the table, not every run of an older design.
         invocations=[_invocation(r) for r in parents if r.info.run_id in set(latest["parent_run_id"])],
         search=search_summary(plan["search"], figures) if plan and plan.get("search") else None,
-        models=_models(tracker, exp_id, latest),
+        models=_models(trial_runs, latest),
     )
 
 
-def _models(tracker: Tracker, experiment_id: str, latest: pd.DataFrame) -> dict[str, str]:
-    """Arm → the run whose saved model stands for it, among the runs the table is computed from."""
+def _models(trial_runs: list, latest: pd.DataFrame) -> dict[str, str]:
+    """Arm → the run whose saved model stands for it, among the runs the table is computed from (the trial runs
+    already read, not a second query)."""
     stage_of = dict(zip(latest["run_id"], latest["stage"]))
-    found = model_runs(tracker, experiment_id)
-    return {stage_of[run.info.run_id]: run.info.run_id for run in found.values() if run.info.run_id in stage_of}
+    return {stage_of[run.info.run_id]: run.info.run_id for run in stand_ins(trial_runs).values()
+            if run.info.run_id in stage_of}
 
 
 def _fill_macs(tracker: Tracker, parents: list, plan: dict) -> None:

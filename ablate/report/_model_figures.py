@@ -25,7 +25,7 @@ def model_figures(tracker: Tracker, report: StudyReport, data: datasets.Dataset,
 
     from ablate.export import load_saved
 
-    found = _best_cnn(report, tracker)
+    found = _best_cnn(report)
     if found is None:
         return []
     arm, run_id = found
@@ -41,7 +41,7 @@ def model_figures(tracker: Tracker, report: StudyReport, data: datasets.Dataset,
     return paths
 
 
-def _best_cnn(report: StudyReport, tracker: Tracker) -> tuple[str, str] | None:
+def _best_cnn(report: StudyReport) -> tuple[str, str] | None:
     """(arm, run id) of the best arm, by the primary metric, whose architecture has conv layers and whose model was
     saved."""
     table, metric = report.table, report.metric

@@ -431,28 +431,31 @@ class _TrialRun:
         earlier one), before the run is FINISHED: a run that is FINISHED and its arm's best always holds its model.
         A model that cannot be saved is said in the run's `model_error` tag; the trial itself stays done."""
         from ablate.engine import deployable
-        from ablate.tracking import LAST_MODEL_ARTIFACT, MODEL, MODEL_ARTIFACT, MODEL_SAVED, beaten, save_model
+        from ablate.tracking import (
+            LAST_MODEL_ARTIFACT, MODEL, MODEL_ARTIFACT, MODEL_ERROR, MODEL_SAVED, beaten, save_model,
+        )
 
-        policy, config = self.worker.config.models, self.worker.config
-        if policy == "none" or self.searched or result.model is None:
+        config = self.worker.config
+        if config.models == "none" or self.searched or result.model is None:
             return
-        if policy == "best" and beaten(self.tracker, config.experiment_id, self.trial.stage, result.test_accuracy):
+        if config.models == "best" and beaten(self.tracker, config.experiment_id, self.trial.stage,
+                                              result.test_accuracy):
             return
         data = self.worker._data(self.settings)
         example = data.test.images[:2].cpu().numpy()
         about = self._about(result, data)
+        kept = [(result.model, about, MODEL_ARTIFACT)]
+        if result.last_model is not None:
+            kept.append((result.last_model, {**about, "weights": f"last epoch ({len(result.history)}), not tested"},
+                         LAST_MODEL_ARTIFACT))
         try:
-            save_model(self.tracker, self.run_id, deployable(result.model, data, result.channels_last), example, about,
-                       MODEL_ARTIFACT)
-            if result.last_model is not None:
-                last = {**about, "weights": f"last epoch ({len(result.history)}), not tested"}
-                save_model(self.tracker, self.run_id, deployable(result.last_model, data, result.channels_last), example,
-                           last,
-                           LAST_MODEL_ARTIFACT)
+            for network, described, artifact in kept:
+                save_model(self.tracker, self.run_id, deployable(network, data, result.channels_last), example,
+                           described, artifact)
         except StoreError:
             raise
         except Exception as exc:  # noqa: BLE001 — e.g. a custom network that neither traces nor pickles
-            self.tracker.set_tag(self.run_id, "model_error", f"{type(exc).__name__}: {exc}"[:500])
+            self.tracker.set_tag(self.run_id, MODEL_ERROR, f"{type(exc).__name__}: {exc}"[:500])
             return
         self.tracker.set_tag(self.run_id, MODEL, MODEL_SAVED)
 

@@ -18,13 +18,13 @@ from ablate.tracking._handlers import restore_signal_handlers
 from ablate.tracking._liveness import (
     BEAT_SECONDS, STALE_AFTER, Heartbeat, Identity, alive, beat_is_fresh, heartbeat_tags, process_start,
 )
-from ablate.tracking._models import ARM_METRIC, beaten, model_runs, save_model, settle_models
+from ablate.tracking._models import ARM_METRIC, beaten, model_runs, save_model, settle_models, stand_ins
 from ablate.tracking._store import (
     RunState, check_store, default_uri, store_is_new, store_label, trial_statuses,
 )
 from ablate.tracking._tags import (
     ARCHITECTURE, CHANGES, DEVICE, DIVERGED, ERROR, EXPERIMENT_KIND, EXPERIMENT_TAG, FAILED_ERROR, HEARTBEAT, HEARTBEAT_EVERY, HOST,
-    INTERRUPTED, LAST_MODEL_ARTIFACT, MODEL, MODEL_ARTIFACT, MODEL_BEST, MODEL_PRUNED, MODEL_SAVED, MODEL_SETTINGS, OOM,
+    INTERRUPTED, LAST_MODEL_ARTIFACT, MODEL, MODEL_ARTIFACT, MODEL_BEST, MODEL_ERROR, MODEL_PRUNED, MODEL_SAVED, MODEL_SETTINGS, OOM,
     OUTPUTS_ARTIFACT, PACK, PACK_SIZE, PID, PID_START, PLAN_ARTIFACT, REASON, ROLE, SEED, STAGE,
     STAGE_INDEX, STUDY, TRIAL_HASH, WORKER, WORKER_LOST, runs_url, sqlite_path,
 )
@@ -33,8 +33,8 @@ if TYPE_CHECKING:
     from ablate.tracking._tracker import Claim, Tracker, environment_tags, read_plan
 
 __all__ = [
-    "ARM_METRIC", "LAST_MODEL_ARTIFACT", "MODEL", "MODEL_ARTIFACT", "MODEL_BEST", "MODEL_PRUNED", "MODEL_SAVED",
-    "MODEL_SETTINGS", "beaten", "model_runs", "save_model", "settle_models", "ARCHITECTURE", "Claim", "BEAT_SECONDS", "CHANGES", "DEVICE", "DIVERGED", "ERROR", "EXPERIMENT_KIND", "EXPERIMENT_TAG", "FAILED_ERROR",
+    "ARM_METRIC", "LAST_MODEL_ARTIFACT", "MODEL", "MODEL_ARTIFACT", "MODEL_BEST", "MODEL_ERROR", "MODEL_PRUNED", "MODEL_SAVED",
+    "MODEL_SETTINGS", "beaten", "model_runs", "save_model", "settle_models", "stand_ins", "ARCHITECTURE", "Claim", "BEAT_SECONDS", "CHANGES", "DEVICE", "DIVERGED", "ERROR", "EXPERIMENT_KIND", "EXPERIMENT_TAG", "FAILED_ERROR",
     "HEARTBEAT", "HEARTBEAT_EVERY", "HOST", "Heartbeat", "INTERRUPTED", "Identity", "OOM", "OUTPUTS_ARTIFACT", "PACK",
     "PACK_SIZE", "PID", "PID_START", "PLAN_ARTIFACT", "REASON", "ROLE", "RunState", "SEED", "STAGE", "STAGE_INDEX",
     "STALE_AFTER", "STUDY", "TRIAL_HASH", "Tracker", "check_store", "default_uri", "store_is_new", "store_label", "WORKER", "WORKER_LOST", "alive", "beat_is_fresh",

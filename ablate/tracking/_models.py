@@ -117,12 +117,18 @@ def _demote(tracker: Tracker, run, prune: bool) -> None:
 
 
 def model_runs(tracker: Tracker, experiment_id: str) -> dict[str, Any]:
-    """Per arm, the run whose model stands for it: the one tagged best, else (an arm still training) its best
-    FINISHED run that holds a model."""
+    """Per arm, the run whose model stands for it (stand_ins), read from the store."""
+    return stand_ins(tracker.search(experiment_id, f"{_FINISHED_TRIALS} and tags.{MODEL} != '{MODEL_PRUNED}'"))
+
+
+def stand_ins(runs: list) -> dict[str, Any]:
+    """Per arm, among MLflow `runs` (any status or role: a reader's own list), the run whose model stands for it: the
+    one tagged best, else (an arm still training) its best FINISHED trial run that holds a model."""
     found: dict[str, Any] = {}
-    for run in tracker.search(experiment_id, f"{_FINISHED_TRIALS} and tags.{MODEL} != '{MODEL_PRUNED}'"):
+    for run in runs:
         tags, stage = run.data.tags, run.data.tags.get(STAGE)
-        if tags.get(MODEL) not in (MODEL_SAVED, MODEL_BEST) or stage is None:
+        if (run.info.status != "FINISHED" or tags.get(ROLE) != "trial" or stage is None
+                or tags.get(MODEL) not in (MODEL_SAVED, MODEL_BEST)):
             continue
         held = found.get(stage)
         if held is None or _rank(run) > _rank(held):

@@ -49,5 +49,5 @@ def runs_url(experiment_id: str, base: str = "http://127.0.0.1:5000", metric: st
 # tag saying what its models are now — the arm's best, saved (the best so far, or every run's under `all`), or
 # pruned (a better run of its arm finished, under `best`).
 MODEL_ARTIFACT, LAST_MODEL_ARTIFACT, MODEL_SETTINGS = "model", "model-last", "ablate.json"
-MODEL = "model"
+MODEL, MODEL_ERROR = "model", "model_error"  # the run's model state; why its model could not be saved
 MODEL_BEST, MODEL_SAVED, MODEL_PRUNED = "best", "saved", "pruned"
