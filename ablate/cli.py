@@ -180,6 +180,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help="register each model in MLflow's model registry as <study>-<arm> (a new version)")
     export.set_defaults(func=cmd_export)
 
+    followup = commands.add_parser(
+        "followup", parents=[tracking], help="write an ablation study around a search's confirmed winner",
+        description="Read a finished search (its confirm phase included) and write an ablation study: the "
+        "configuration confirmed best on validation as the baseline, one arm per change it made to the search's "
+        "base settings, undoing that change alone (the same setting of every block counts as one change, as does a "
+        "setting searched only under a condition with that condition), and one arm undoing them all. Then `ablate "
+        "run` it: the table says what each change buys.",
+    )
+    followup.add_argument("study", metavar="STUDY.toml", help="the search study file")
+    followup.add_argument("--out", default=None, metavar="FILE", help="write the study here (default: print it)")
+    followup.add_argument("--name", default=None, metavar="NAME", help="the new study's name (default: <study>-winner)")
+    followup.add_argument("--seeds", default=None, metavar="A,B,C",
+                          help="the new study's seeds (default: the search's confirm seeds)")
+    followup.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    followup.add_argument("--storage", default=None, metavar="URL|FILE",
+                          help="the Optuna storage (default: optuna-journal.log beside the store)")
+    followup.set_defaults(func=cmd_followup)
+
     schema = commands.add_parser(
         "schema", help="print every key a study file accepts, with types and defaults (markdown)"
     )
@@ -427,20 +445,28 @@ def _print_next_steps(console, uri: str, study: str, experiment_id: str) -> None
     console.print(f"The table:    ablate report --study {shlex.quote(study)}{store}")
 
 
+def _existing_store(args: argparse.Namespace, write: bool = False, study: str = "STUDY.toml") -> str:
+    """The tracking URI of a command that reads what `ablate run` recorded: a missing SQLite store is one message
+    (before MLflow loads, and without creating it), a broken one is check_store's."""
+    from ablate.tracking import check_store, sqlite_path, store_label
+
+    uri = args.tracking_uri or _default_uri()
+    store = sqlite_path(uri)
+    if store is not None and not store.exists():
+        raise AblateError(f"no MLflow store at {store_label(uri)}; run `ablate run {study}` here first, or pass "
+                          "--tracking-uri")
+    check_store(uri, write=write)
+    return uri
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """The cheap checks first (format, the store's file), so that a missing store is said before MLflow loads."""
-    from ablate.tracking import check_store, sqlite_path, store_label
 
     suffix = Path(args.out).suffix.lstrip(".") if args.out else "md"
     fmt = args.format or {"tex": "latex"}.get(suffix, suffix)
     if fmt not in ("md", "csv", "json", "latex"):
         raise AblateError(f"--out {args.out}: cannot tell the format from '.{suffix}'; pass --format md, csv, json or latex")
-    uri = args.tracking_uri or _default_uri()
-    store = sqlite_path(uri)
-    if store is not None and not store.exists():
-        raise AblateError(f"no MLflow store at {store_label(uri)}; run `ablate run STUDY.toml` here first, or pass "
-                          "--tracking-uri")
-    check_store(uri, write=False)
+    uri = _existing_store(args)
     if os.getcwd() not in sys.path:  # a dataset factory the figures call again, as `ablate run` found it
         sys.path.insert(0, os.getcwd())
 
@@ -472,16 +498,10 @@ def _print_figures(reports) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ablate.tracking import check_store, sqlite_path, store_label
 
     if args.out is None and not args.register:
         raise AblateError("ablate export: say where the models go: --out DIR, --register, or both")
-    uri = args.tracking_uri or _default_uri()
-    store = sqlite_path(uri)
-    if store is not None and not store.exists():
-        raise AblateError(f"no MLflow store at {store_label(uri)}; run `ablate run STUDY.toml` here first, or pass "
-                          "--tracking-uri")
-    check_store(uri, write=args.register)
+    uri = _existing_store(args, write=args.register)
 
     from ablate.export import export_models
 
@@ -490,6 +510,42 @@ def cmd_export(args: argparse.Namespace) -> int:
         where += [f"registered as {item.registered}"] if item.registered else []
         print(f"{item.arm}: run {item.run_id}, test accuracy {100 * item.test_accuracy:.2f}%: {'; '.join(where)}")
     return 0
+
+
+def cmd_followup(args: argparse.Namespace) -> int:
+    from ablate.spec import load_study
+
+    study = load_study(args.study)
+    seeds = _seed_list(args.seeds) if args.seeds else None
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not args.force:
+        raise AblateError(f"{out} exists; pass --force to overwrite it, or another --out")
+    uri = _existing_store(args, study=args.study)
+
+    from ablate.report import followup
+    from ablate.search import default_storage
+
+    made = followup(uri, study, args.storage or default_storage(uri), args.name, seeds, args.command_line)
+    if out is None:
+        sys.stdout.write(made.text)
+        return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(made.text)
+    print(f"winner: {made.winner.name} ({study.search.settings.objective} {made.objective:.4f} on the confirm seeds)")
+    for change in made.changes:
+        print(f"  {change.arm}: {change.describe()}")
+    print(f"wrote {out}: run it with `ablate run {out}`")
+    return 0
+
+
+def _seed_list(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise AblateError(f"--seeds {text}: use integers separated by commas, such as 43,44,45") from None
+    if len(set(seeds)) != len(seeds):
+        raise AblateError(f"--seeds {text}: a seed is listed twice")
+    return seeds
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

@@ -29,7 +29,7 @@ from rich.text import Text
 
 from ablate import datasets, models
 from ablate.design import Design, Pack, flatten, format_value, pack_trials, resident_needs, varying_settings
-from ablate.spec import Study, format_label, study_warnings
+from ablate.spec import Study, format_label, study_warnings, survey_space
 from ablate.tracking import store_label
 
 if TYPE_CHECKING:
@@ -270,9 +270,15 @@ def search_plan(study: Study) -> tuple[list[dict[str, str]], str]:
     s = spec.settings
     budget = (f"{s.trials} trials" if s.trials else "no trial limit") + (f", at most {s.timeout:g} s" if s.timeout else "")
     direction = "maximize" if s.maximize else "minimize"
+    confirmed = s.confirm_top + s.confirm_base
     summary = (f"search: {budget} ({s.sampler} sampler seeded {s.seed}, {s.pruner} pruner), {direction} {s.objective}, "
-               f"seed {spec.seeds[0]}; then the top {s.confirm_top} re-trained on seeds "
-               f"{', '.join(map(str, spec.confirm_seeds))} ({s.confirm_top * len(spec.confirm_seeds)} trials)")
+               f"seed {spec.seeds[0]}; then the top {s.confirm_top}{' and the base settings' if s.confirm_base else ''} "
+               f"re-trained on seeds {', '.join(map(str, spec.confirm_seeds))} ({confirmed * len(spec.confirm_seeds)} trials)")
+    if s.max_params is not None:
+        survey = survey_space(study)
+        summary += (f"\nmax_params {s.max_params:,}: {survey.fit} of {survey.drawn} points drawn at random train "
+                    f"(networks of {survey.smallest:,} – {survey.largest:,} parameters); the others are rejected "
+                    f"before training")
     return rows, summary
 
 

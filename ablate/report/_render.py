@@ -228,6 +228,12 @@ def _search_lines(report: StudyReport) -> list[str]:
         lines += [f"![optimisation history]({search['figure'].name})", ""]
     lines.append("The arms above are the best configurations, re-trained on fresh seeds and tested; their search "
                  "result is the validation value of the one search run, the optimistic best-of-N.")
+    if "REJECTED" in search["counts"]:
+        lines[-1] += (" Rejected: points ruled out before training (over the search's max_params, or a network that "
+                      "does not fit the data); they do not count towards its trials.")
+    if search.get("base"):
+        lines[-1] += (" `base` is the unsearched settings re-trained on the same seeds: Δ and p compare each "
+                      "configuration with it, seed for seed.")
     return lines
 
 

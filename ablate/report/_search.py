@@ -13,11 +13,13 @@ def search_summary(info: dict, figures: Path | None) -> dict:
 
     import optuna
 
-    from ablate.search import open_storage
+    from ablate.search import REJECTED_ATTR, open_storage
 
     study = optuna.load_study(study_name=info["study"], storage=open_storage(info["storage"]))
     trials = study.get_trials(deepcopy=False)
-    counts = pd.Series([t.state.name for t in trials]).value_counts().to_dict()
+    # A point rejected before training (over max_params) is PRUNED to Optuna, but was never trained.
+    states = ["REJECTED" if t.user_attrs.get(REJECTED_ATTR) else t.state.name for t in trials]
+    counts = pd.Series(states, dtype=object).value_counts().to_dict()
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
     best = sorted(complete, key=lambda t: t.value, reverse=reverse)[:10]
@@ -34,7 +36,7 @@ def search_summary(info: dict, figures: Path | None) -> dict:
         figure = figures / f"{info['study'].split('@')[0]}-history.png"  # the ablate study's name, not its Optuna one
         _history_figure(study, figure)
     return {"counts": counts, "best": pd.DataFrame(rows).fillna("—"), "importances": importances, "figure": figure,
-            "objective": info["objective"], "storage": info["storage"]}
+            "objective": info["objective"], "storage": info["storage"], "base": bool(info.get("confirm_base"))}
 
 
 def _history_figure(study, path: Path) -> None:

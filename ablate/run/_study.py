@@ -284,7 +284,7 @@ def run_search(
             document = plan_document(study, confirm, arms)
             document["search"] = {"storage": storage, "study": optuna_study.study_name, "objective":
                                   spec.settings.objective, "trials": spec.settings.trials,
-                                  "confirm_seeds": list(spec.confirm_seeds)}
+                                  "confirm_seeds": list(spec.confirm_seeds), "confirm_base": spec.settings.confirm_base}
             tracker.log_dict(summary.parent_run_id, document, PLAN_ARTIFACT)
     _settle_models(tracker, summary, confirm, study)
     return summary

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, replace
 
 import optuna
 
@@ -10,9 +11,10 @@ from ablate.design import Trial, trial_for
 from ablate.search._study import best_points, open_study, suggest
 from ablate.search._task import (
     optuna_name,
-    HOST_ATTR, INTERRUPTED_ATTR, PID_ATTR, PID_START_ATTR, POINT_ATTR, RUN_ATTR, SearchTask, trial_epochs,
+    HOST_ATTR, INTERRUPTED_ATTR, PID_ATTR, PID_START_ATTR, POINT_ATTR, REJECTED_ATTR, RUN_ATTR, SearchTask, trial_epochs,
 )
-from ablate.spec import Stage, Study, parse_study, resolve_point
+from ablate.errors import SpecError
+from ablate.spec import Stage, Study, parse_study, point_problem, resolve_point
 from ablate.tracking import Identity, heartbeat_tags
 
 
@@ -62,14 +64,60 @@ class AskedTrial:
         self.optuna_study.enqueue_trial(self.asked.params, skip_if_exists=False)
 
 
+# Rejections in a row before a worker gives up on its task: `ablate plan` and `ablate run` refuse a space where no
+# point drawn at random fits, so reaching this means the sampler keeps proposing what the budget rules out.
+MAX_REJECTED = 1000
+
+
+CONSTRAINT = "max_params"
+
+
+def budget_excess(study: Study, stage: Stage) -> float:
+    """Parameters over `max_params` (≤ 0 within it); a network that does not fit the data counts as 1 over."""
+    budget = study.search.settings.max_params
+    try:
+        return float(trial_for(study, stage, study.search.seeds[0]).params_count - (budget or 0)) if budget else 0.0
+    except SpecError:
+        return 1.0
+
+
+def _constrain(asked: optuna.Trial, excess: float) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        asked.set_constraint(CONSTRAINT, excess)
+
+
+def reject(optuna_study: optuna.Study, asked: optuna.Trial, point: tuple, problem: str, excess: float) -> None:
+    """A point that will not train ends PRUNED at once, marked REJECTED_ATTR (it does not count towards `trials`),
+    with its excess over the budget as an Optuna constraint. TPE ranks an infeasible trial below every feasible one,
+    so it learns to stop proposing it; told FAIL instead, TPE ignored it and proposed the same point again and again
+    (seen: 8,000 rejections of one point in a row)."""
+    asked.set_user_attr(POINT_ATTR, [list(p) for p in point])
+    asked.set_user_attr(REJECTED_ATTR, problem)
+    _constrain(asked, max(excess, 1.0))
+    optuna_study.tell(asked, state=optuna.trial.TrialState.PRUNED)
+
+
 def ask(task: SearchTask) -> AskedTrial:
     """Ask the task's storage for a point, as the trial of index `task.index`, and the ablate trial that trains it
-    (on the search's seed)."""
+    (on the search's seed). A point `point_problem` rules out is rejected (see `reject`) and another asked."""
     study = _study_of(task)
     spec = study.search
     optuna_study = open_study(spec, task.storage, optuna_name(study), trial_epochs(study), task.index)
-    asked = optuna_study.ask()
-    point = suggest(asked, spec.space)
+    for _ in range(MAX_REJECTED):
+        asked = optuna_study.ask()
+        point = suggest(asked, spec.space)
+        try:
+            stage = resolve_point(study, point, index=asked.number)
+            problem = point_problem(study, stage)
+        except SpecError as exc:  # settings that contradict each other only in this combination
+            stage, problem = None, f"{exc.path}: {exc.message}"
+        if problem is None:
+            break
+        reject(optuna_study, asked, point, problem, budget_excess(study, stage) if stage else 1.0)
+    else:
+        raise SpecError(study.path, "search.max_params", f"the sampler proposed {MAX_REJECTED} points in a row that "
+                        f"cannot train (the last: {problem}); widen the budget or narrow search.space")
     who = Identity.of_this_process()
     # Who asked, and when (a heartbeat as liveness reads it): until the trial's MLflow run exists and beats for it, a
     # process on another host can tell a trial whose asker died at once from one being started.
@@ -77,21 +125,40 @@ def ask(task: SearchTask) -> AskedTrial:
              **heartbeat_tags()}
     for key, value in attrs.items():
         asked.set_user_attr(key, value)
-    trial = trial_for(study, resolve_point(study, point, index=asked.number), spec.seeds[0],
-                      changes=f"Optuna trial {asked.number}")
+    if spec.settings.max_params is not None:
+        _constrain(asked, budget_excess(study, stage))
+    trial = trial_for(study, stage, spec.seeds[0], changes=f"Optuna trial {asked.number}")
     return AskedTrial(optuna_study, asked, trial, spec.settings.objective)
 
 
+BASE_ARM = "base"
+
+
 def confirm_trials(study: Study, optuna_study: optuna.Study) -> tuple[tuple[Stage, ...], list[Trial]]:
-    """The best distinct configurations as arms, and their trials on the confirm seeds."""
+    """The best distinct configurations as arms, and their trials on the confirm seeds; with `confirm_base`, the
+    unsearched settings first, as the arm the others are compared with. A top configuration that is the base
+    settings is that one arm, named for both (its trials are the same trials)."""
     spec = study.search
     best = best_points(optuna_study, spec.settings.confirm_top)
-    arms = tuple(
-        resolve_point(study, point, name=f"top{rank} (trial {frozen.number})", index=rank - 1)
-        for rank, (frozen, point) in enumerate(best, 1)
-    )
+    arms, changes = [], []
+    base = resolve_point(study, (), name=BASE_ARM, index=0) if spec.settings.confirm_base and best else None
+    base_hash = trial_for(study, base, spec.confirm_seeds[0]).hash if base else None
+    base_change = "the unsearched settings"
+    for rank, (frozen, point) in enumerate(best, 1):
+        name = f"top{rank} (trial {frozen.number})"
+        change = f"search {spec.settings.objective} {frozen.value:.4f}"
+        arm = resolve_point(study, point, name=name, index=len(arms) + (base is not None))
+        if base is not None and trial_for(study, arm, spec.confirm_seeds[0]).hash == base_hash:
+            base = replace(base, name=f"{BASE_ARM} = {name}")
+            base_change = f"the unsearched settings; {change}"
+            continue
+        arms.append(arm)
+        changes.append(change)
+    if base is not None:
+        arms = [base] + [replace(arm, index=i) for i, arm in enumerate(arms, 1)]
+        changes.insert(0, base_change)
     confirm = [
-        trial_for(study, arm, seed, changes=f"search {spec.settings.objective} {frozen.value:.4f}")
-        for arm, (frozen, _) in zip(arms, best) for seed in spec.confirm_seeds
+        trial_for(study, arm, seed, changes=change)
+        for arm, change in zip(arms, changes) for seed in spec.confirm_seeds
     ]
-    return arms, confirm
+    return tuple(arms), confirm

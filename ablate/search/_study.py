@@ -17,7 +17,7 @@ from typing import Any
 import optuna
 
 from ablate.search._storage import open_storage
-from ablate.search._task import INTERRUPTED_ATTR, POINT_ATTR
+from ablate.search._task import INTERRUPTED_ATTR, POINT_ATTR, REJECTED_ATTR
 from ablate.spec import SearchSettings, SearchSpec, SpaceEntry
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -83,13 +83,19 @@ def suggest(trial: optuna.Trial, space: tuple[SpaceEntry, ...]) -> tuple[tuple[s
 
 
 def finished_count(study: optuna.Study) -> int:
-    """Trials that count towards `trials`: complete, pruned, or failed on their own (not cut off by a kill)."""
+    """Trials that count towards `trials`: complete, pruned, or failed on their own (not cut off by a kill, and not
+    a point rejected before training)."""
     states = optuna.trial.TrialState
     return sum(
         1 for t in study.get_trials(deepcopy=False)
-        if t.state in (states.COMPLETE, states.PRUNED)
-        or (t.state == states.FAIL and not t.user_attrs.get(INTERRUPTED_ATTR))
+        if not t.user_attrs.get(REJECTED_ATTR) and (
+            t.state in (states.COMPLETE, states.PRUNED) or (t.state == states.FAIL and not t.user_attrs.get(INTERRUPTED_ATTR)))
     )
+
+
+def rejected_count(study: optuna.Study) -> int:
+    """Points rejected before training (REJECTED_ATTR)."""
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get(REJECTED_ATTR))
 
 
 def recover_stale(study: optuna.Study, alive: Callable[[Mapping[str, Any]], bool]) -> int:

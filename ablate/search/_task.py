@@ -12,6 +12,10 @@ from ablate.spec import Study, resolve_point
 # tags are) and its MLflow run; and, on a trial cut off by Ctrl-C or a dead parent, that it was.
 POINT_ATTR, HOST_ATTR, PID_ATTR, PID_START_ATTR, RUN_ATTR = "point", "host", "pid", "pid_start", "mlflow_run_id"
 INTERRUPTED_ATTR = "interrupted"
+# On a point rejected before training (over `max_params`, or a network that does not fit the data): why. Such a trial
+# is told PRUNED at once with an Optuna constraint (search._ask.reject), never trained, and does not count towards
+# `trials`.
+REJECTED_ATTR = "rejected"
 
 
 @dataclass(frozen=True)

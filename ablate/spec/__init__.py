@@ -15,21 +15,22 @@ torch-free registry sides only). Never torch, MLflow or Optuna: `ablate plan` an
 from ablate.models import CNNModel, ConvBlock, CustomModel, LinearModel, MLPModel, ModelSpec
 from ablate.spec._docs import schema_markdown, schema_rows, schema_tables
 from ablate.spec._arms import naming
+from ablate.spec._followup import Change, ablation_text, winner_changes
 from ablate.spec._grid import format_label
 from ablate.spec._schema import (
     SCHEDULE_KINDS, Augment, ConstantSchedule, CosineSchedule, DataSettings, DatasetFactory, EarlyStopping, ExecutionSettings,
     ExponentialSchedule, MultiStepSchedule, OneCycleSchedule, ScheduleSpec, Stage, StepSchedule, Study, StudyInfo,
     TrackingSettings, TrainSettings, TrialSettings, WarmupCosineSchedule,
 )
-from ablate.spec._space import SearchSettings, SearchSpec, SpaceEntry, resolve_point
+from ablate.spec._space import SearchSettings, SearchSpec, SpaceEntry, SpaceSurvey, point_problem, resolve_point, survey_space
 from ablate.spec._study import load_study, parse_study, study_warnings
 from ablate.spec._validate import model_from_dict
 
 __all__ = [
-    "Augment", "CNNModel", "ConstantSchedule", "ConvBlock", "CosineSchedule", "CustomModel", "DataSettings", "DatasetFactory",
+    "Augment", "Change", "ablation_text", "winner_changes", "CNNModel", "ConstantSchedule", "ConvBlock", "CosineSchedule", "CustomModel", "DataSettings", "DatasetFactory",
     "EarlyStopping", "ExecutionSettings", "ExponentialSchedule", "LinearModel", "MLPModel", "ModelSpec",
     "MultiStepSchedule", "OneCycleSchedule", "SCHEDULE_KINDS", "ScheduleSpec", "SearchSettings", "SearchSpec",
-    "SpaceEntry", "Stage", "StepSchedule", "Study", "StudyInfo", "TrackingSettings", "TrainSettings", "TrialSettings",
-    "WarmupCosineSchedule", "format_label", "load_study", "model_from_dict", "naming", "parse_study", "resolve_point", "schema_markdown",
-    "schema_rows", "schema_tables", "study_warnings",
+    "SpaceEntry", "SpaceSurvey", "Stage", "StepSchedule", "Study", "StudyInfo", "TrackingSettings", "TrainSettings", "TrialSettings",
+    "WarmupCosineSchedule", "format_label", "load_study", "model_from_dict", "naming", "parse_study", "point_problem", "resolve_point", "schema_markdown",
+    "schema_rows", "schema_tables", "study_warnings", "survey_space",
 ]

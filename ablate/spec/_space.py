@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import math
+import random
 import types
 import typing
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, Literal
 
-from ablate import datasets
+from ablate import datasets, models
 from ablate.errors import SpecError, did_you_mean
 from ablate.fields import above, at_least, option, unique_ints
 from ablate.spec._arms import ArmSource
 from ablate.spec._grid import axis_layer, axis_origin, format_label, owning_axis
 from ablate.spec._schema import Stage, Study, StudyInfo
-from ablate.spec._validate import SETTING_TABLES, Context, build, check_table, coerce, describe_type, kinds_of, resolve, written
+from ablate.spec._validate import (
+    SETTING_TABLES, Context, build, check_table, coerce, describe_type, item_key, kinds_of, resolve, written,
+)
 
 
 def _optional_seeds(v: tuple) -> str | None:
@@ -40,6 +44,14 @@ class SearchSettings:
     confirm_top: int = option(3, "The best configurations re-trained on `confirm_seeds` and tested.", at_least(0))
     confirm_seeds: tuple[int, ...] = option(
         (), "Seeds of the confirm phase; unset: the 3 seeds after the largest of `study.seeds`.", _optional_seeds
+    )
+    confirm_base: bool = option(
+        False, "Also train the unsearched settings (the top-level tables, or the first stage) on `confirm_seeds`, as "
+        "the baseline arm each confirmed configuration is compared with, seed for seed."
+    )
+    max_params: int | None = option(
+        None, "A parameter budget: a point whose network has more trainable parameters is rejected before it trains "
+        "(as is one whose network does not fit the data); rejected points do not count towards `trials`.", at_least(1)
     )
 
     @property
@@ -100,18 +112,25 @@ def search_warnings(settings: SearchSettings) -> list[str]:
 
 
 def _field_type(path: str) -> Any:
-    """The schema type of a dotted setting path (any model or schedule kind that has it), or None."""
+    """The schema type of a dotted setting path (any model or schedule kind that has it), or None. A part `blocks[3]`
+    is an item of a list of tables."""
     head, *rest = path.split(".")
     types_here = [SETTING_TABLES.get(head)]
     for part in rest:
+        name, index = item_key(part) or (part, None)
         found = []
         for tp in types_here:
             candidates = list(kinds_of(tp).values()) if kinds_of(tp) else [tp]
             for cls in candidates:
                 if typing.get_origin(cls) in (types.UnionType, typing.Union):
                     cls = next(a for a in typing.get_args(cls) if a is not type(None))
-                if is_dataclass(cls) and part in {f.name for f in fields(cls)}:
-                    found.append(typing.get_type_hints(cls)[part])
+                if is_dataclass(cls) and name in {f.name for f in fields(cls)}:
+                    hint = typing.get_type_hints(cls)[name]
+                    if index is not None:
+                        if typing.get_origin(hint) is not tuple:
+                            continue
+                        hint = typing.get_args(hint)[0]
+                    found.append(hint)
         if not found:
             return None
         types_here = found
@@ -237,6 +256,84 @@ def resolve_point(study: Study, point: tuple[tuple[str, Any], ...], name: str = 
     label = name or (" ".join(f"{p.rsplit('.', 1)[-1]}={short(v)}" for p, v in live) or "base")
     return Stage(name=label, description=source.description, reference=None, index=index, data=data, model=model,
                  train=train, compare_to=0, point=live, source=source.where)
+
+
+def point_problem(study: Study, stage: Stage) -> str | None:
+    """Why a searched point is not trained: its network does not fit the data, or is over `max_params`; None: it is
+    fine."""
+    try:
+        params = models.params_count(stage.model, datasets.get(study.info.dataset))
+    except models.ModelError as exc:
+        return f"the network does not fit the data: {exc}"
+    budget = study.search.settings.max_params
+    if budget is not None and params > budget:
+        return f"{params:,} parameters > max_params {budget:,}"
+    return None
+
+
+def random_point(space: tuple[SpaceEntry, ...], rng: random.Random) -> tuple[tuple[str, Any], ...]:
+    """A point drawn uniformly (log-uniformly on a log range), with `when` conditions honoured as in a search."""
+    chosen: dict[str, Any] = {}
+    for entry in space:
+        if entry.applies(chosen):
+            chosen[entry.path] = _draw(entry, rng)
+    return tuple(chosen.items())
+
+
+def _draw(entry: SpaceEntry, rng: random.Random) -> Any:
+    if entry.kind == "categorical":
+        return rng.choice(entry.choices)
+    low, high = entry.low, entry.high
+    if entry.step:
+        value = low + entry.step * rng.randint(0, int((high - low) // entry.step))
+    elif entry.log:
+        value = math.exp(rng.uniform(math.log(low), math.log(high)))
+    else:
+        value = rng.uniform(low, high)
+    return min(int(high), max(int(low), round(value))) if entry.kind == "int" else value
+
+
+@dataclass(frozen=True)
+class SpaceSurvey:
+    """How much of the space trains: points drawn at random, those that fit, and the parameter counts seen."""
+
+    drawn: int
+    fit: int
+    smallest: int | None
+    largest: int | None
+
+
+SURVEY_POINTS = 400
+
+
+def survey_space(study: Study, points: int = SURVEY_POINTS) -> SpaceSurvey:
+    """Draw points at random (seeded by the search's seed) and count those `point_problem` lets through."""
+    rng = random.Random(study.search.settings.seed)
+    data = datasets.get(study.info.dataset)
+    fit, sizes = 0, []
+    for _ in range(points):
+        try:
+            stage = resolve_point(study, random_point(study.search.space, rng))
+            sizes.append(models.params_count(stage.model, data))
+        except (SpecError, models.ModelError):
+            continue
+        fit += point_problem(study, stage) is None
+    return SpaceSurvey(points, fit, min(sizes, default=None), max(sizes, default=None))
+
+
+def check_space_trains(study: Study) -> SpaceSurvey | None:
+    """With a parameter budget, some points of the space must fit it: refused at plan time, not after a search of
+    rejections. None when the search has no budget."""
+    if study.search.settings.max_params is None:
+        return None
+    survey = survey_space(study)
+    if survey.fit == 0:
+        smallest = f"the smallest network drawn has {survey.smallest:,} parameters" if survey.smallest else \
+            "no network drawn fits the data"
+        raise SpecError(study.path, "search.max_params",
+                        f"none of {survey.drawn} points drawn at random from search.space fits: {smallest}; "
+                        f"raise max_params or search smaller networks")
+    return survey
 
 
 def check_space_resolves(study: Study) -> None:

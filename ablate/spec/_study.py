@@ -12,7 +12,7 @@ from ablate.errors import AblateError, SpecError, did_you_mean
 from ablate.spec._arms import TOP_KEYS, arm_sources, naming
 from ablate.spec._grid import expand_grid, parse_grid
 from ablate.spec._schema import DatasetFactory, ExecutionSettings, Stage, Study, StudyInfo, TrackingSettings
-from ablate.spec._space import check_space_resolves, parse_search, search_warnings
+from ablate.spec._space import check_space_resolves, check_space_trains, parse_search, search_warnings
 from ablate.spec._validate import SETTING_TABLES, Context, Layer, build, check_table, coerce, resolve, written
 
 
@@ -48,6 +48,7 @@ def parse_study(text: str, file: str = "<study>") -> Study:
         study = Study(info=info, stages=(), path=file, text=text, execution=execution, tracking=tracking,
                       search=parse_search(raw, info, sources, file), top=top, sources=tuple(sources))
         check_space_resolves(study)
+        check_space_trains(study)
         return study
     if info.design == "grid":
         grid = parse_grid(raw, file)

@@ -9,6 +9,7 @@ a search space entry — which `Context` tracks while layers are merged.
 from __future__ import annotations
 
 import math
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -229,13 +230,28 @@ def build(cls: type, values: dict[str, Any], ctx: Context, path: str) -> Any:
     return cls(**values)
 
 
-def _overlay(tree: dict, origins: dict[str, str], layer: dict, shown: Callable[[str], str | None], prefix: str = "") -> None:
+# A key `blocks[3]` (1-based, as messages number items) sets inside one item of a list a lower layer wrote: a grid
+# axis or a searched setting `"model.blocks[3].out"` changes one block's width and keeps the others.
+_ITEM_KEY = re.compile(r"^(?P<name>[A-Za-z_]\w*)\[(?P<index>[0-9]+)\]$")
+
+
+def item_key(key: str) -> tuple[str, int] | None:
+    """'blocks[3]' → ('blocks', 3); None for a plain key."""
+    found = _ITEM_KEY.match(key)
+    return (found["name"], int(found["index"])) if found else None
+
+
+def _overlay(tree: dict, ctx: Context, layer: dict, shown: Callable[[str], str | None], prefix: str = "") -> None:
     """Deep-merge one layer of TOML tables into the tree, recording where each key was written.
 
     A kinded table (model, schedule) naming another kind replaces the one below instead of merging.
     """
+    origins = ctx.origins
     for key, value in layer.items():
         path = join_path(prefix, key)
+        if item_key(key):
+            _overlay_item(tree, ctx, key, value, shown, prefix)
+            continue
         if path in KINDED and isinstance(value, str):
             value = {"kind": value}
         old = tree.get(key)
@@ -250,7 +266,32 @@ def _overlay(tree: dict, origins: dict[str, str], layer: dict, shown: Callable[[
         if where is not None:
             origins[path] = where
         if isinstance(value, dict):
-            _overlay(tree[key], origins, value, shown, path)
+            _overlay(tree[key], ctx, value, shown, path)
+
+
+def _overlay_item(tree: dict, ctx: Context, key: str, value: Any, shown: Callable[[str], str | None], prefix: str) -> None:
+    """`blocks[3] = { out = 12 }`: merge into the third item of the list below (a copy; lower layers keep theirs)."""
+    name, index = item_key(key)
+    path = join_path(prefix, key)
+    where = shown(path) or path
+    items = tree.get(name)
+    if not isinstance(items, list | tuple):
+        raise SpecError(ctx.file, where, f"sets an item of `{join_path(prefix, name)}`, which no layer below writes as a list")
+    if not 1 <= index <= len(items):
+        raise SpecError(ctx.file, where, f"`{join_path(prefix, name)}` has {len(items)} items, numbered from 1")
+    items = list(items)
+    if isinstance(value, dict) and isinstance(items[index - 1], dict):
+        merged = dict(items[index - 1])
+        items[index - 1] = merged
+        tree[name] = items
+        if shown(path) is not None:
+            ctx.origins[path] = shown(path)
+        _overlay(merged, ctx, value, shown, path)
+        return
+    items[index - 1] = value
+    tree[name] = items
+    if shown(path) is not None:
+        ctx.origins[path] = shown(path)
 
 
 def _meaningless(train: TrainSettings) -> list[tuple[str, str, str, Any]]:
@@ -302,7 +343,7 @@ def resolve(layers: list[Layer], ctx: Context, where: str, dataset: Dataset) -> 
     # A kinded table with a default starts as that kind, so a key written without `kind` is checked against it.
     tree: dict[str, Any] = {"train": {"schedule": {"kind": ConstantSchedule.kind}}}
     for layer, shown in layers:
-        _overlay(tree, ctx.origins, layer, shown)
+        _overlay(tree, ctx, layer, shown)
     data = coerce(tree.get("data", {}), DataSettings, ctx, "data")
     train = coerce(tree.get("train", {}), TrainSettings, ctx, "train")
     if "model" not in tree:
@@ -311,6 +352,15 @@ def resolve(layers: list[Layer], ctx: Context, where: str, dataset: Dataset) -> 
     train = _settle_contradictions(train, ctx)
     _check_limits(dataset, data, ctx)
     return data, model, train
+
+
+def merge_layers(layers: list[dict], file: str) -> dict:
+    """TOML layers merged as `resolve` merges them, before any validation: the tables a study file would write."""
+    tree: dict[str, Any] = {}
+    ctx = Context(file)
+    for layer in layers:
+        _overlay(tree, ctx, layer, lambda path: None)
+    return tree
 
 
 def written(prefix: str) -> Callable[[str], str]:
