@@ -274,11 +274,10 @@ def search_plan(study: Study) -> tuple[list[dict[str, str]], str]:
     summary = (f"search: {budget} ({s.sampler} sampler seeded {s.seed}, {s.pruner} pruner), {direction} {s.objective}, "
                f"seed {spec.seeds[0]}; then the top {s.confirm_top}{' and the base settings' if s.confirm_base else ''} "
                f"re-trained on seeds {', '.join(map(str, spec.confirm_seeds))} ({confirmed * len(spec.confirm_seeds)} trials)")
-    if s.max_params is not None:
-        survey = survey_space(study)
-        summary += (f"\nmax_params {s.max_params:,}: {survey.fit} of {survey.drawn} points drawn at random train "
-                    f"(networks of {survey.smallest:,} – {survey.largest:,} parameters); the others are rejected "
-                    f"before training")
+    budgets = [f"{key} {getattr(s, key):,}" for key in ("max_params", "max_macs") if getattr(s, key) is not None]
+    if budgets:
+        summary += (f"\n{' and '.join(budgets)}: {survey_space(study).describe()}; the others are rejected before "
+                    "training")
     return rows, summary
 
 

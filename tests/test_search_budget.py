@@ -14,7 +14,7 @@ from ablate import search
 from ablate.cli import main
 from ablate.design import expand
 from ablate.errors import SpecError
-from ablate.spec import ablation_text, parse_study, resolve_point, survey_space, winner_changes
+from ablate.spec import ablation_text, parse_study, point_problem, resolve_point, survey_space, winner_changes
 from ablate.spec._toml import toml_value
 
 CNN = """
@@ -94,10 +94,22 @@ def test_bad_block_paths_are_named(old, new, path, needle):
 
 def test_a_budget_nothing_fits_is_refused_at_plan_time():
     survey = survey_space(_study(budget=2500))
-    assert 0 < survey.fit < survey.drawn and survey.smallest < 2500 < survey.largest
+    smallest, largest = survey.ranges["max_params"]
+    assert 0 < survey.fit < survey.drawn and smallest < 2500 < largest
     with pytest.raises(SpecError) as error:
         _study(budget=100)
-    assert error.value.path == "search.max_params" and f"smallest network drawn has {survey.smallest:,}" in error.value.message
+    assert error.value.path == "search.max_params" and f"{smallest:,} – {largest:,} parameters seen" in error.value.message
+
+
+def test_a_compute_budget_rejects_what_costs_too_much():
+    text = CNN.format(trials=6, budget=100_000).replace("max_params = 100000", "max_params = 100000\nmax_macs = 200000")
+    study = parse_study(text)
+    survey = survey_space(study)
+    low, high = survey.ranges["max_macs"]
+    assert low < 200_000 < high and 0 < survey.fit < survey.drawn
+    wide = resolve_point(study, (("model.blocks[1].out", 12), ("model.blocks[2].pool", False)))
+    assert "MACs > max_macs 200,000" in point_problem(study, wide)
+    assert point_problem(study, resolve_point(study, ())) is None
 
 
 def test_points_over_the_budget_are_rejected_before_training_and_tpe_learns_to_avoid_them(tmp_path):
@@ -109,12 +121,15 @@ def test_points_over_the_budget_are_rejected_before_training_and_tpe_learns_to_a
         assert asked.trial.params_count <= 2500  # never an over-budget trial handed to a worker
         asked.complete(asked.trial.params_count / 2500)  # any score
     loaded = optuna.load_study(study_name=search.optuna_name(study), storage=search.open_storage(storage))
+    # The random start draws among the points that train: the first startup_trials asks reject nothing.
+    assert not any(t.user_attrs.get(search.REJECTED_ATTR) for t in loaded.trials[:3])
     rejected = [t for t in loaded.trials if t.user_attrs.get(search.REJECTED_ATTR)]
     assert rejected, "the space is mostly over budget: some points must have been rejected"
     for trial in rejected:
         assert trial.state == optuna.trial.TrialState.PRUNED and not trial.intermediate_values
-        assert trial.constraints["max_params"] >= 1 and "max_params 2,500" in trial.user_attrs[search.REJECTED_ATTR] \
-            or "does not fit" in trial.user_attrs[search.REJECTED_ATTR]
+        why = trial.user_attrs[search.REJECTED_ATTR]
+        assert (trial.constraints["max_params"] > 0 and "parameters > max_params 2,500" in why) or (
+            trial.constraints["fits"] > 0 and "does not fit" in why)
     assert search.finished_count(loaded) == 14 and search.rejected_count(loaded) == len(rejected)
     # With the rejections told to TPE as infeasible, it stops proposing them; told FAIL, it proposed one point
     # thousands of times in a row.

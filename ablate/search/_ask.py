@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import warnings
 from dataclasses import dataclass, replace
 
@@ -14,7 +15,8 @@ from ablate.search._task import (
     HOST_ATTR, INTERRUPTED_ATTR, PID_ATTR, PID_START_ATTR, POINT_ATTR, REJECTED_ATTR, RUN_ATTR, SearchTask, trial_epochs,
 )
 from ablate.errors import SpecError
-from ablate.spec import Stage, Study, parse_study, point_problem, resolve_point
+from ablate.models import ModelError
+from ablate.spec import BUDGETS, STARTUP_SAMPLERS, Stage, Study, budget_use, parse_study, point_problem, random_point, resolve_point
 from ablate.tracking import Identity, heartbeat_tags
 
 
@@ -69,33 +71,66 @@ class AskedTrial:
 MAX_REJECTED = 1000
 
 
-CONSTRAINT = "max_params"
-
-
-def budget_excess(study: Study, stage: Stage) -> float:
-    """Parameters over `max_params` (≤ 0 within it); a network that does not fit the data counts as 1 over."""
-    budget = study.search.settings.max_params
+def budget_excess(study: Study, stage: Stage | None) -> dict[str, float]:
+    """Each budget's excess as a fraction of it (0.1: 10% over; ≤ 0: within), as Optuna constraints; a point that does
+    not resolve, or whose network does not fit the data, is {"fits": 1.0}."""
     try:
-        return float(trial_for(study, stage, study.search.seeds[0]).params_count - (budget or 0)) if budget else 0.0
-    except SpecError:
-        return 1.0
+        use = budget_use(study, stage) if stage is not None else None
+    except ModelError:
+        use = None
+    if use is None:
+        return {"fits": 1.0}
+    return {key: count / budget - 1.0 for key, (count, budget) in use.items()}
 
 
-def _constrain(asked: optuna.Trial, excess: float) -> None:
+def _constrain(asked: optuna.Trial, excess: dict[str, float]) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        asked.set_constraint(CONSTRAINT, excess)
+        for key, value in excess.items():
+            asked.set_constraint(key, value)
 
 
-def reject(optuna_study: optuna.Study, asked: optuna.Trial, point: tuple, problem: str, excess: float) -> None:
+def reject(optuna_study: optuna.Study, asked: optuna.Trial, point: tuple, problem: str, excess: dict[str, float]) -> None:
     """A point that will not train ends PRUNED at once, marked REJECTED_ATTR (it does not count towards `trials`),
     with its excess over the budget as an Optuna constraint. TPE ranks an infeasible trial below every feasible one,
     so it learns to stop proposing it; told FAIL instead, TPE ignored it and proposed the same point again and again
     (seen: 8,000 rejections of one point in a row)."""
     asked.set_user_attr(POINT_ATTR, [list(p) for p in point])
     asked.set_user_attr(REJECTED_ATTR, problem)
-    _constrain(asked, max(excess, 1.0))
+    _constrain(asked, excess)
     optuna_study.tell(asked, state=optuna.trial.TrialState.PRUNED)
+
+
+def _enqueue_startup_point(study: Study, optuna_study: optuna.Study, index: int) -> None:
+    """Under a budget, the sampler's random start draws among the points that train. TPE counts every pruned trial,
+    rejected ones too, towards its `startup_trials`: left to itself in a space that is mostly over budget, it would
+    end its random start after a few rejections and one or two trained points. So while fewer than `startup_trials`
+    points have been trained (or are training), a point drawn at random from those within every budget (seeded by the
+    trial's index) is enqueued for this ask."""
+    spec = study.search
+    if spec.settings.sampler not in STARTUP_SAMPLERS or not any(getattr(spec.settings, key) for key in BUDGETS):
+        return
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING,
+              optuna.trial.TrialState.WAITING)
+    trained = [t for t in optuna_study.get_trials(deepcopy=False, states=states) if not t.user_attrs.get(REJECTED_ATTR)]
+    if len(trained) >= spec.settings.startup_trials:
+        return
+    rng = random.Random(spec.settings.seed * 1_000_003 + index)
+    for _ in range(MAX_REJECTED):
+        point = random_point(spec.space, rng)
+        try:
+            if point_problem(study, resolve_point(study, point)) is None:
+                optuna_study.enqueue_trial(_params(spec.space, point), skip_if_exists=False)
+                return
+        except SpecError:
+            continue
+
+
+def _params(space: tuple, point: tuple) -> dict:
+    """A point as Optuna's parameters: a choice by its label (as `suggest` asks for it)."""
+    entries = {entry.path: entry for entry in space}
+    return {path: entries[path].labels[entries[path].choices.index(value)] if entries[path].kind == "categorical"
+            else value for path, value in point}
 
 
 def ask(task: SearchTask) -> AskedTrial:
@@ -104,6 +139,7 @@ def ask(task: SearchTask) -> AskedTrial:
     study = _study_of(task)
     spec = study.search
     optuna_study = open_study(spec, task.storage, optuna_name(study), trial_epochs(study), task.index)
+    _enqueue_startup_point(study, optuna_study, task.index)
     for _ in range(MAX_REJECTED):
         asked = optuna_study.ask()
         point = suggest(asked, spec.space)
@@ -114,9 +150,9 @@ def ask(task: SearchTask) -> AskedTrial:
             stage, problem = None, f"{exc.path}: {exc.message}"
         if problem is None:
             break
-        reject(optuna_study, asked, point, problem, budget_excess(study, stage) if stage else 1.0)
+        reject(optuna_study, asked, point, problem, budget_excess(study, stage))
     else:
-        raise SpecError(study.path, "search.max_params", f"the sampler proposed {MAX_REJECTED} points in a row that "
+        raise SpecError(study.path, "search.space", f"the sampler proposed {MAX_REJECTED} points in a row that "
                         f"cannot train (the last: {problem}); widen the budget or narrow search.space")
     who = Identity.of_this_process()
     # Who asked, and when (a heartbeat as liveness reads it): until the trial's MLflow run exists and beats for it, a
@@ -125,8 +161,7 @@ def ask(task: SearchTask) -> AskedTrial:
              **heartbeat_tags()}
     for key, value in attrs.items():
         asked.set_user_attr(key, value)
-    if spec.settings.max_params is not None:
-        _constrain(asked, budget_excess(study, stage))
+    _constrain(asked, budget_excess(study, stage))  # within every budget: feasible, as TPE must know
     trial = trial_for(study, stage, spec.seeds[0], changes=f"Optuna trial {asked.number}")
     return AskedTrial(optuna_study, asked, trial, spec.settings.objective)
 

@@ -22,15 +22,20 @@ from ablate.spec._schema import (
     ExponentialSchedule, MultiStepSchedule, OneCycleSchedule, ScheduleSpec, Stage, StepSchedule, Study, StudyInfo,
     TrackingSettings, TrainSettings, TrialSettings, WarmupCosineSchedule,
 )
-from ablate.spec._space import SearchSettings, SearchSpec, SpaceEntry, SpaceSurvey, point_problem, resolve_point, survey_space
+from ablate.spec._space import (
+    BUDGETS, STARTUP_SAMPLERS, SearchSettings, SearchSpec, SpaceEntry, SpaceSurvey, budget_use, point_problem, random_point,
+    resolve_point, survey_space,
+)
 from ablate.spec._study import load_study, parse_study, study_warnings
 from ablate.spec._validate import model_from_dict
 
 __all__ = [
-    "Augment", "Change", "ablation_text", "winner_changes", "CNNModel", "ConstantSchedule", "ConvBlock", "CosineSchedule", "CustomModel", "DataSettings", "DatasetFactory",
-    "EarlyStopping", "ExecutionSettings", "ExponentialSchedule", "LinearModel", "MLPModel", "ModelSpec",
-    "MultiStepSchedule", "OneCycleSchedule", "SCHEDULE_KINDS", "ScheduleSpec", "SearchSettings", "SearchSpec",
-    "SpaceEntry", "SpaceSurvey", "Stage", "StepSchedule", "Study", "StudyInfo", "TrackingSettings", "TrainSettings", "TrialSettings",
-    "WarmupCosineSchedule", "format_label", "load_study", "model_from_dict", "naming", "parse_study", "point_problem", "resolve_point", "schema_markdown",
-    "schema_rows", "schema_tables", "study_warnings", "survey_space",
+    "Augment", "BUDGETS", "CNNModel", "Change", "ConstantSchedule", "ConvBlock", "CosineSchedule", "CustomModel",
+    "DataSettings", "DatasetFactory", "EarlyStopping", "ExecutionSettings", "ExponentialSchedule", "LinearModel",
+    "MLPModel", "ModelSpec", "MultiStepSchedule", "OneCycleSchedule", "SCHEDULE_KINDS", "STARTUP_SAMPLERS",
+    "ScheduleSpec", "SearchSettings", "SearchSpec", "SpaceEntry", "SpaceSurvey", "Stage", "StepSchedule", "Study",
+    "StudyInfo", "TrackingSettings", "TrainSettings", "TrialSettings", "WarmupCosineSchedule", "ablation_text",
+    "budget_use", "format_label", "load_study", "model_from_dict", "naming", "parse_study", "point_problem",
+    "random_point", "resolve_point", "schema_markdown", "schema_rows", "schema_tables", "study_warnings",
+    "survey_space", "winner_changes",
 ]

@@ -53,6 +53,10 @@ class SearchSettings:
         None, "A parameter budget: a point whose network has more trainable parameters is rejected before it trains "
         "(as is one whose network does not fit the data); rejected points do not count towards `trials`.", at_least(1)
     )
+    max_macs: int | None = option(
+        None, "A compute budget: a point whose network needs more multiply-accumulates per image (forward) is "
+        "rejected before it trains, as with `max_params`.", at_least(1)
+    )
 
     @property
     def maximize(self) -> bool:
@@ -258,17 +262,32 @@ def resolve_point(study: Study, point: tuple[tuple[str, Any], ...], name: str = 
                  train=train, compare_to=0, point=live, source=source.where)
 
 
+BUDGETS = {"max_params": "parameters", "max_macs": "MACs"}  # [search] key → what it counts
+
+
+def budget_use(study: Study, stage: Stage) -> dict[str, tuple[int, int]]:
+    """Each budget of the search, as (what the point's network counts, the budget); ModelError when the network does
+    not fit the data."""
+    settings, data = study.search.settings, datasets.get(study.info.dataset)
+    use = {}
+    if settings.max_params is not None or settings.max_macs is None:
+        params = models.params_count(stage.model, data)  # also checks that the network fits the data
+        if settings.max_params is not None:
+            use["max_params"] = (params, settings.max_params)
+    if settings.max_macs is not None:
+        use["max_macs"] = (models.macs(stage.model, data) or 0, settings.max_macs)
+    return use
+
+
 def point_problem(study: Study, stage: Stage) -> str | None:
-    """Why a searched point is not trained: its network does not fit the data, or is over `max_params`; None: it is
-    fine."""
+    """Why a searched point is not trained: its network does not fit the data, or is over a budget (`max_params`,
+    `max_macs`); None: it is fine."""
     try:
-        params = models.params_count(stage.model, datasets.get(study.info.dataset))
+        use = budget_use(study, stage)
     except models.ModelError as exc:
         return f"the network does not fit the data: {exc}"
-    budget = study.search.settings.max_params
-    if budget is not None and params > budget:
-        return f"{params:,} parameters > max_params {budget:,}"
-    return None
+    over = [f"{count:,} {BUDGETS[key]} > {key} {budget:,}" for key, (count, budget) in use.items() if count > budget]
+    return "; ".join(over) or None
 
 
 def random_point(space: tuple[SpaceEntry, ...], rng: random.Random) -> tuple[tuple[str, Any], ...]:
@@ -295,12 +314,15 @@ def _draw(entry: SpaceEntry, rng: random.Random) -> Any:
 
 @dataclass(frozen=True)
 class SpaceSurvey:
-    """How much of the space trains: points drawn at random, those that fit, and the parameter counts seen."""
+    """How much of the space trains: points drawn at random, those within every budget, and the counts seen."""
 
     drawn: int
     fit: int
-    smallest: int | None
-    largest: int | None
+    ranges: dict[str, tuple[int, int]]  # budget key → (smallest, largest) count among the networks that fit the data
+
+    def describe(self) -> str:
+        seen = ", ".join(f"{low:,} – {high:,} {BUDGETS[key]}" for key, (low, high) in self.ranges.items())
+        return f"{self.fit} of {self.drawn} points drawn at random train ({seen or 'no network drawn fits the data'})"
 
 
 SURVEY_POINTS = 400
@@ -309,30 +331,32 @@ SURVEY_POINTS = 400
 def survey_space(study: Study, points: int = SURVEY_POINTS) -> SpaceSurvey:
     """Draw points at random (seeded by the search's seed) and count those `point_problem` lets through."""
     rng = random.Random(study.search.settings.seed)
-    data = datasets.get(study.info.dataset)
-    fit, sizes = 0, []
+    fit, seen = 0, {}
     for _ in range(points):
         try:
             stage = resolve_point(study, random_point(study.search.space, rng))
-            sizes.append(models.params_count(stage.model, data))
+            use = budget_use(study, stage)
         except (SpecError, models.ModelError):
             continue
-        fit += point_problem(study, stage) is None
-    return SpaceSurvey(points, fit, min(sizes, default=None), max(sizes, default=None))
+        for key, (count, _) in use.items():
+            seen.setdefault(key, []).append(count)
+        fit += all(count <= budget for count, budget in use.values())
+    return SpaceSurvey(points, fit, {key: (min(counts), max(counts)) for key, counts in seen.items()})
 
 
 def check_space_trains(study: Study) -> SpaceSurvey | None:
-    """With a parameter budget, some points of the space must fit it: refused at plan time, not after a search of
-    rejections. None when the search has no budget."""
-    if study.search.settings.max_params is None:
+    """With a budget, some points of the space must fit it: refused at plan time, not after a search of rejections.
+    None when the search has no budget."""
+    settings = study.search.settings
+    budgets = [key for key in BUDGETS if getattr(settings, key) is not None]
+    if not budgets:
         return None
     survey = survey_space(study)
     if survey.fit == 0:
-        smallest = f"the smallest network drawn has {survey.smallest:,} parameters" if survey.smallest else \
-            "no network drawn fits the data"
-        raise SpecError(study.path, "search.max_params",
-                        f"none of {survey.drawn} points drawn at random from search.space fits: {smallest}; "
-                        f"raise max_params or search smaller networks")
+        raise SpecError(study.path, f"search.{budgets[0]}",
+                        f"none of {survey.drawn} points drawn at random from search.space fits "
+                        f"{' and '.join(budgets)}: {survey.describe().split('(', 1)[1].rstrip(')')} seen; "
+                        f"raise the budget or search smaller networks")
     return survey
 
 
