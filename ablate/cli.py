@@ -260,8 +260,8 @@ def _print_search_held(held: dict) -> None:
         done = sum(count for state, count in states.items() if state in ("complete", "pruned"))
         listed = ", ".join(f"{count} {state}" for state, count in sorted(states.items()))
         print(f"store: Optuna study '{held['optuna_study']}' in {held['optuna_storage']}: {done} of "
-              f"{budget or 'open-ended'} trials done ({listed}); {held['finished_trial_runs']} confirm runs finished "
-              f"in {held['tracking_store']}")
+              f"{budget or 'open-ended'} trials done ({listed}); {held['finished_trial_runs']} trials finished, "
+              f"search and confirm runs, in {held['tracking_store']}")
     for name, count in held["earlier_versions"].items():
         print(f"       earlier version '{name}' ({count} trials): the search's settings or space changed since; kept, "
               "not continued")

@@ -214,3 +214,15 @@ def test_a_budgeted_search_confirms_against_base_and_its_followup_runs(write_stu
     assert main(["run", str(out), "--tracking-uri", store]) == 0
     winner_runs = mlflow.search_runs(experiment_names=["tinycnn-winner"])
     assert (winner_runs.query("`tags.role` == 'trial'")["status"] == "FINISHED").sum() == 2 * len(followup.stages)
+
+
+def test_followup_undoes_a_cnn_wide_default_to_the_schema_default():
+    """A CNN's `dropout` is folded into its blocks when resolved (left unset on the model): undoing it writes the
+    schema's default, not an unset value TOML cannot hold."""
+    study = parse_study(CNN.format(trials=6, budget=2500) + '"model.dropout" = { low = 0.0, high = 0.3 }\n')
+    point = (("model.blocks[1].out", 6), ("model.dropout", 0.2))
+    changes = winner_changes(study, point)
+    assert [c.base for c in changes] == [(("model.blocks[1].out", 4),), (("model.dropout", 0.0),)]
+    arms = {s.name: s for s in parse_study(ablation_text(study, point, "w", (5, 6), "#")).stages}
+    assert {b.dropout for b in arms["undo-dropout"].model.blocks[:-1]} == {0.0}
+    assert {b.dropout for b in arms["winner"].model.blocks[:-1]} == {0.2}

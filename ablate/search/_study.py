@@ -151,5 +151,6 @@ def search_progress(storage: str, study_name: str, current: str) -> tuple[dict[s
     states: dict[str, int] = {}
     if current in stored:
         for trial in optuna.load_study(study_name=current, storage=open_storage(storage)).trials:
-            states[trial.state.name.lower()] = states.get(trial.state.name.lower(), 0) + 1
+            state = "rejected" if trial.user_attrs.get(REJECTED_ATTR) else trial.state.name.lower()
+            states[state] = states.get(state, 0) + 1
     return states, {name: count for name, count in stored.items() if name != current}

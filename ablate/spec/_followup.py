@@ -99,11 +99,15 @@ def _lookup(tree: Any, path: str) -> Any:
 
 
 def _resolved(stage: Stage, path: str) -> Any:
+    """The resolved value at a path; where resolving folded a table-level default into its parts (a CNN's `dropout`
+    into every block, leaving it unset), the default the schema gives it."""
     head, *parts = path.split(".")
     node: Any = {"data": stage.data, "model": stage.model, "train": stage.train}[head]
     for part in parts:
         name, index = item_key(part) or (part, None)
-        node = getattr(node, name)
+        parent, node = node, getattr(node, name)
+        if node is None and index is None:
+            node = next(f.default for f in fields(parent) if f.name == name)
         if index is not None:
             node = node[index - 1]
     return node
