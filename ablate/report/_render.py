@@ -229,8 +229,10 @@ def _search_lines(report: StudyReport) -> list[str]:
     lines.append("The arms above are the best configurations, re-trained on fresh seeds and tested; their search "
                  "result is the validation value of the one search run, the optimistic best-of-N.")
     if "REJECTED" in search["counts"]:
-        lines[-1] += (" Rejected: points ruled out before training (over the search's max_params, or a network that "
-                      "does not fit the data); they do not count towards its trials.")
+        lines[-1] += (" Rejected: points ruled out before training (over a budget of the search, max_params or "
+                      "max_macs, or a network that does not fit the data); they do not count towards its trials.")
+    if "INTERRUPTED" in search["counts"]:
+        lines[-1] += " Interrupted: trials cut off by a stopped run; their points were trained again."
     if search.get("base"):
         lines[-1] += (" `base` is the unsearched settings re-trained on the same seeds: Δ and p compare each "
                       "configuration with it, seed for seed.")

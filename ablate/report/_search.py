@@ -13,12 +13,14 @@ def search_summary(info: dict, figures: Path | None) -> dict:
 
     import optuna
 
-    from ablate.search import REJECTED_ATTR, open_storage
+    from ablate.search import INTERRUPTED_ATTR, REJECTED_ATTR, open_storage
 
     study = optuna.load_study(study_name=info["study"], storage=open_storage(info["storage"]))
     trials = study.get_trials(deepcopy=False)
-    # A point rejected before training (over max_params) is PRUNED to Optuna, but was never trained.
-    states = ["REJECTED" if t.user_attrs.get(REJECTED_ATTR) else t.state.name for t in trials]
+    # A point rejected before training (over a budget) is PRUNED to Optuna, but was never trained; a trial cut off by
+    # Ctrl-C or a lost worker is a FAIL to Optuna, but did not fail (its point was tried again).
+    states = ["REJECTED" if t.user_attrs.get(REJECTED_ATTR) else "INTERRUPTED" if t.user_attrs.get(INTERRUPTED_ATTR)
+              else t.state.name for t in trials]
     counts = pd.Series(states, dtype=object).value_counts().to_dict()
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
