@@ -532,6 +532,8 @@ def cmd_followup(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(made.text)
     print(f"winner: {made.winner.name} ({study.search.settings.objective} {made.objective:.4f} on the confirm seeds)")
+    if made.base_better:
+        print("note: the base settings did better on validation; the study says so in its header")
     for change in made.changes:
         print(f"  {change.arm}: {change.describe()}")
     print(f"wrote {out}: run it with `ablate run {out}`")

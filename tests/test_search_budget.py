@@ -226,3 +226,43 @@ def test_followup_undoes_a_cnn_wide_default_to_the_schema_default():
     arms = {s.name: s for s in parse_study(ablation_text(study, point, "w", (5, 6), "#")).stages}
     assert {b.dropout for b in arms["undo-dropout"].model.blocks[:-1]} == {0.0}
     assert {b.dropout for b in arms["winner"].model.blocks[:-1]} == {0.2}
+
+
+def test_followup_keeps_the_dataset_and_states_what_the_winner_switched_off():
+    text = CNN.format(trials=6, budget=2500).replace('seeds = [0]', 'seeds = [0]\ndataset = "fashion-mnist"')
+    text = text.replace('lr = 0.01\n', 'lr = 0.01\noptimizer = "sgd"\nmomentum = 0.9\n')
+    study = parse_study(text + '"train.optimizer" = ["sgd", "adam"]\n')
+    point = (("model.blocks[1].out", 6), ("train.optimizer", "adam"))
+    written = parse_study(ablation_text(study, point, "w", (5, 6), "#"))
+    assert written.info.dataset == "fashion-mnist"
+    arms = {s.name: s for s in written.stages}
+    assert (arms["winner"].train.optimizer, arms["winner"].train.momentum) == ("adam", 0.0)  # as it trained
+    assert (arms["undo-optimizer"].train.optimizer, arms["undo-optimizer"].train.momentum) == ("sgd", 0.9)
+
+
+def test_samplers_blind_to_rejections_are_refused_with_a_budget():
+    with pytest.raises(SpecError) as error:
+        parse_study(CNN.format(trials=6, budget=2500).replace("startup_trials = 3", 'startup_trials = 3\nsampler = "gp"'))
+    assert error.value.path == "search.sampler" and "use 'tpe' or 'random'" in error.value.message
+
+
+def test_a_block_setting_means_nothing_for_a_stage_without_blocks():
+    text = CNN.format(trials=6, budget=100_000).replace("[search]", '''[[stage]]
+name = "c"
+
+[[stage]]
+name = "m"
+model = { kind = "mlp", hidden = [32] }
+
+[search]''')
+    study = parse_study(text + '"stage" = ["c", "m"]\n')
+    mlp = resolve_point(study, (("stage", "m"), ("model.blocks[2].out", 8)))
+    assert mlp.model.kind == "mlp" and dict(mlp.point) == {"stage": "m"}  # dropped, as a grid drops it
+    cnn = resolve_point(study, (("stage", "c"), ("model.blocks[2].out", 8)))
+    assert cnn.model.blocks[1].out == 8
+
+
+def test_confirm_top_zero_confirms_nothing_but_the_base(tmp_path):
+    study = parse_study(CNN.format(trials=4, budget=2500).replace("confirm_top = 2", "confirm_top = 0"), str(tmp_path / "s.toml"))
+    loaded = _drive_search(study, str(tmp_path / "journal.log"), {})
+    assert search.best_points(loaded, 0) == []

@@ -21,9 +21,12 @@ class FollowUp:
     objective: float  # its mean objective over the confirm seeds
     test_accuracy: float  # its mean test accuracy there (for the header; not what chose it)
     changes: list[Change]
+    base_better: bool = False  # the base settings scored better on validation than the winner
 
 
-def _winner(study: Study, tracker: Tracker, storage: str) -> tuple[Stage, float, float]:
+def _winner(study: Study, tracker: Tracker, storage: str) -> tuple[tuple[Stage, float, float], tuple | None]:
+    """The best confirmed configuration (arm, mean objective, mean test accuracy), and the base settings' scores
+    where they did better on validation than it (None otherwise)."""
     import optuna
 
     from ablate.report._load import load_study
@@ -39,17 +42,22 @@ def _winner(study: Study, tracker: Tracker, storage: str) -> tuple[Stage, float,
     objective = study.search.settings.objective
     runs = load_study(tracker, study.name, None, None, "test_accuracy").runs
     seeds = len(study.search.confirm_seeds)
-    scores = {}
+    scores, base = {}, None
     for arm in arms:
         mine = runs[runs["stage"] == arm.name] if len(runs) else runs
-        if arm.index == 0 and study.search.settings.confirm_base or len(mine) < seeds:
-            continue  # the base settings (no change to ablate), or a configuration not confirmed on every seed
-        scores[arm.name] = (arm, float(mine[objective].mean()), float(mine["test_accuracy"].mean()))
+        if len(mine) < seeds:
+            continue  # not confirmed on every seed
+        score = (arm, float(mine[objective].mean()), float(mine["test_accuracy"].mean()))
+        if arm.index == 0 and study.search.settings.confirm_base:
+            base = score  # the base settings: no change to ablate
+        else:
+            scores[arm.name] = score
     if not scores:
         raise AblateError(f"no configuration of {study.path} is confirmed on all {seeds} confirm seeds yet; run "
                           f"`ablate run {study.path}` to finish its confirm phase")
-    best = (max if study.search.settings.maximize else min)(scores.values(), key=lambda item: item[1])
-    return best
+    pick = max if study.search.settings.maximize else min
+    best = pick(scores.values(), key=lambda item: item[1])
+    return best, base if base is not None and pick(base, best, key=lambda item: item[1]) is base else None
 
 
 def followup(uri: str, study: Study, storage: str, name: str | None, seeds: tuple[int, ...] | None,
@@ -57,10 +65,12 @@ def followup(uri: str, study: Study, storage: str, name: str | None, seeds: tupl
     if study.search is None:
         raise AblateError(f"{study.path}: `ablate followup` reads a search study (design = \"search\"), not a "
                           f"{study.info.design}")
-    winner, score, test = _winner(study, Tracker(uri), storage)
+    (winner, score, test), better_base = _winner(study, Tracker(uri), storage)
     objective = study.search.settings.objective
     today = datetime.date.today().isoformat()
-    header = "\n".join([
+    caveat = [f"# Note: the base settings did better on validation ({objective} {better_base[1]:.4f}): this ablates "
+              "a configuration the search did not improve on."] if better_base else []
+    header = "\n".join(caveat + [
         f"# Written by `{command}` on {today}.",
         f"# The winner of search '{study.name}' ({study.path}): {winner.name}, chosen on validation ({objective} "
         f"{score:.4f}, mean of confirm seeds {', '.join(map(str, study.search.confirm_seeds))}; test accuracy there "
@@ -69,4 +79,4 @@ def followup(uri: str, study: Study, storage: str, name: str | None, seeds: tupl
         "# settings (leave one out); 'base' undoes them all. Edit freely: it is an ordinary ablation study.",
     ])
     text = ablation_text(study, winner.point, name or f"{study.name}-winner", seeds or study.search.confirm_seeds, header)
-    return FollowUp(text, winner, score, test, winner_changes(study, winner.point))
+    return FollowUp(text, winner, score, test, winner_changes(study, winner.point), better_base is not None)

@@ -142,15 +142,20 @@ def ask(task: SearchTask) -> AskedTrial:
     _enqueue_startup_point(study, optuna_study, task.index)
     for _ in range(MAX_REJECTED):
         asked = optuna_study.ask()
-        point = suggest(asked, spec.space)
         try:
-            stage = resolve_point(study, point, index=asked.number)
-            problem = point_problem(study, stage)
-        except SpecError as exc:  # settings that contradict each other only in this combination
-            stage, problem = None, f"{exc.path}: {exc.message}"
-        if problem is None:
-            break
-        reject(optuna_study, asked, point, problem, budget_excess(study, stage))
+            point = suggest(asked, spec.space)
+            try:
+                stage = resolve_point(study, point, index=asked.number)
+                problem = point_problem(study, stage)
+            except SpecError as exc:  # settings that contradict each other only in this combination
+                stage, problem = None, f"{exc.path}: {exc.message}"
+            if problem is None:
+                break
+            reject(optuna_study, asked, point, problem, budget_excess(study, stage))
+        except BaseException:  # Ctrl-C mid-ask: no one would ever end this trial (it names no asker yet)
+            asked.set_user_attr(INTERRUPTED_ATTR, True)
+            optuna_study.tell(asked, state=optuna.trial.TrialState.FAIL)
+            raise
     else:
         raise SpecError(study.path, "search.space", f"the sampler proposed {MAX_REJECTED} points in a row that "
                         f"cannot train (the last: {problem}); widen the budget or narrow search.space")
@@ -166,6 +171,13 @@ def ask(task: SearchTask) -> AskedTrial:
     return AskedTrial(optuna_study, asked, trial, spec.settings.objective)
 
 
+def _trains(study: Study, point: tuple) -> bool:
+    try:
+        return point_problem(study, resolve_point(study, point)) is None
+    except SpecError:
+        return False
+
+
 BASE_ARM = "base"
 
 
@@ -174,7 +186,7 @@ def confirm_trials(study: Study, optuna_study: optuna.Study) -> tuple[tuple[Stag
     unsearched settings first, as the arm the others are compared with. A top configuration that is the base
     settings is that one arm, named for both (its trials are the same trials)."""
     spec = study.search
-    best = best_points(optuna_study, spec.settings.confirm_top)
+    best = best_points(optuna_study, spec.settings.confirm_top, lambda point: _trains(study, point))
     arms, changes = [], []
     base = resolve_point(study, (), name=BASE_ARM, index=0) if spec.settings.confirm_base and best else None
     base_hash = trial_for(study, base, spec.confirm_seeds[0]).hash if base else None

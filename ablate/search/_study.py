@@ -116,8 +116,12 @@ def recover_stale(study: optuna.Study, alive: Callable[[Mapping[str, Any]], bool
     return recovered
 
 
-def best_points(study: optuna.Study, k: int) -> list[tuple[optuna.trial.FrozenTrial, tuple]]:
-    """The k best complete trials and the points they trained (distinct points only)."""
+def best_points(study: optuna.Study, k: int, admit: Callable[[tuple], bool] = lambda point: True,
+                ) -> list[tuple[optuna.trial.FrozenTrial, tuple]]:
+    """The k best complete trials and the points they trained (distinct points that `admit` lets through: a budget
+    tightened since a trial trained rules it out)."""
+    if k == 0:
+        return []
     complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
     reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
     complete.sort(key=lambda t: t.value, reverse=reverse)
@@ -127,7 +131,10 @@ def best_points(study: optuna.Study, k: int) -> list[tuple[optuna.trial.FrozenTr
         if point in seen:
             continue
         seen.add(point)
-        best.append((trial, tuple((p, v) for p, v in json.loads(point))))
+        parsed = tuple((p, v) for p, v in json.loads(point))
+        if not admit(parsed):
+            continue
+        best.append((trial, parsed))
         if len(best) == k:
             break
     return best

@@ -120,7 +120,11 @@ def _base_value(tree: dict, base: Stage, path: str) -> Any:
         written = _lookup(tree, path)
     except (KeyError, IndexError, TypeError):
         written = None
-    return _plain(_resolved(base, path)) if written is None or isinstance(written, dict) else written
+    value = _plain(_resolved(base, path)) if written is None or isinstance(written, dict) else written
+    if value is None:
+        raise SpecError(base.source or "search.space", path, "the base settings leave it unset, and a study file "
+                        "cannot unset a key: write the arm that undoes it by hand")
+    return value
 
 
 def winner_changes(study: Study, point: Point) -> list[Change]:
@@ -137,7 +141,7 @@ def winner_changes(study: Study, point: Point) -> list[Change]:
             continue  # the winner kept the base's values here
         values = tuple((p, v) for p, v in point if p in paths)
         # A setting inside another of the change (a step schedule's gamma) goes back with it: the table is replaced.
-        outer = [p for p in paths if not any(p.startswith(q + ".") for q in paths)]
+        outer = [p for p in paths if not any(p.startswith((q + ".", q + "[")) for q in paths)]
         changes.append(Change(label, values, tuple((p, _base_value(tree, base, p)) for p in outer)))
     return changes
 
@@ -158,20 +162,48 @@ def ablation_text(study: Study, point: Point, name: str, seeds: tuple[int, ...],
     winner_label = " ".join(f"{_short(p)}={_shown(v)}" for p, v in point)
     info = {"name": name, "design": "ablation", "baseline": "winner", "seeds": list(seeds),
             "description": f"The winner of search '{study.name}' and one arm per change it made, undone."}
+    if "dataset" in raw.get("study", {}):
+        info["dataset"] = raw["study"]["dataset"]
+    winner = resolve_point(study, point)
+    for table in ("data", "train"):  # settings the point switched off (momentum under Adam): written off
+        tree[table] = {**tree.get(table, {}), **_switched_off(tree.get(table, {}), getattr(winner, table))}
     parts = [header.rstrip() + "\n", toml_table("study", info)]
     parts += [toml_table(table, tree[table]) for table in ("data", "model", "train") if tree.get(table)]
     parts += [toml_table(table, raw[table]) for table in ("execution", "tracking") if isinstance(raw.get(table), dict)]
     parts.append(f"# The winner: {winner_label}\n")
     for change in changes:
+        undone = resolve_point(study, tuple(item for item in point if item[0] not in dict(change.winner)))
         parts.append(toml_table("arm", {"name": change.arm, "description": f"undo {change.describe()}",
-                                        **axis_layer(change.base)}, array=True))
+                                        **_arm_layer(change.base, undone, winner)}, array=True))
     if len(changes) > 1:  # with one change, undoing it is the base settings already
         every = tuple(item for change in changes for item in change.base)
+        base = resolve_point(study, tuple((p, v) for p, v in point if p == "stage"))
         parts.append(toml_table("arm", {"name": BASE_ARM, "description": f"every change undone: the base settings "
-                                        f"of '{study.name}'", **axis_layer(every)}, array=True))
+                                        f"of '{study.name}'", **_arm_layer(every, base, winner)}, array=True))
     text = "\n".join(parts)
     _check(study, point, changes, text)
     return text
+
+
+def _switched_off(written: dict, resolved: Any) -> dict:
+    """The plain settings of a table that resolving switched off (momentum written, optimizer Adam): their values as
+    resolved, so the written study states what trained instead of a contradiction the parser refuses."""
+    return {key: getattr(resolved, key) for key, value in written.items()
+            if not isinstance(value, dict | list) and hasattr(resolved, key) and getattr(resolved, key) != value}
+
+
+def _arm_layer(undo: Point, undone: Stage, winner: Stage) -> dict:
+    """An arm's tables: the changed settings set back, and any plain data or train setting that undoing them turns
+    back on (momentum again with SGD)."""
+    layer = axis_layer(undo)
+    for table in ("data", "train"):
+        mine, theirs = getattr(undone, table), getattr(winner, table)
+        back = {f.name: getattr(mine, f.name) for f in fields(mine)
+                if getattr(mine, f.name) != getattr(theirs, f.name) and not is_dataclass(getattr(mine, f.name))
+                and not isinstance(getattr(mine, f.name), tuple) and f.name not in layer.get(table, {})}
+        if back:
+            layer[table] = {**layer.get(table, {}), **back}
+    return layer
 
 
 def _check(study: Study, point: Point, changes: list[Change], text: str) -> None:
@@ -179,6 +211,8 @@ def _check(study: Study, point: Point, changes: list[Change], text: str) -> None
     from ablate.spec._study import parse_study
 
     written = parse_study(text, f"<follow-up of {study.path}>")
+    if written.info.dataset != study.info.dataset:
+        raise SpecError(study.path, "study.dataset", "the follow-up study would train on other data; please report this")
     arms = {stage.name: stage for stage in written.stages}
     expected = {"winner": resolve_point(study, point)}
     for change in changes:

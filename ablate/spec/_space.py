@@ -227,6 +227,10 @@ def parse_search(raw: dict, info: StudyInfo, sources: list[ArmSource], file: str
     entries: dict[str, SpaceEntry] = {}
     for path, value in space_raw.items():
         entries[path] = _parse_space_entry(path, value, entries, names, file)
+    budgeted = [key for key in BUDGETS if getattr(settings, key) is not None]
+    if budgeted and settings.sampler in ("gp", "cmaes"):  # they read complete trials only: rejections are invisible
+        raise SpecError(file, "search.sampler", f"'{settings.sampler}' does not learn from the points {budgeted[0]} "
+                        "rejects (it reads complete trials only) and would keep proposing them; use 'tpe' or 'random'")
     confirm = settings.confirm_seeds or tuple(range(max(info.seeds) + 1, max(info.seeds) + 4))
     overlap = set(confirm) & set(info.seeds)
     if overlap:
@@ -234,11 +238,13 @@ def parse_search(raw: dict, info: StudyInfo, sources: list[ArmSource], file: str
     return SearchSpec(settings, tuple(entries.values()), info.seeds, confirm)
 
 
-def resolve_point(study: Study, point: tuple[tuple[str, Any], ...], name: str = "", index: int = 0) -> Stage:
+def resolve_point(study: Study, point: tuple[tuple[str, Any], ...], name: str = "", index: int = 0,
+                  why: list[str] | None = None) -> Stage:
     """A searched configuration as a Stage: the chosen stage's settings with the assignments on top.
 
-    Assignments that mean nothing for the resolved settings (a schedule parameter under another schedule) are
-    dropped, as in a grid; the stage keeps only those that took effect in `point`.
+    Assignments that mean nothing for the resolved settings (a schedule parameter under another schedule, a block
+    the chosen stage's network does not have) are dropped, as in a grid; the stage keeps only those that took effect
+    in `point`, and `why`, when given, gets the reasons for the others.
     """
     chosen = dict(point)
     sources = {s.name: s for s in study.sources}
@@ -253,6 +259,8 @@ def resolve_point(study: Study, point: tuple[tuple[str, Any], ...], name: str = 
     data, model, train = resolve(layers, ctx, source.where or "search", datasets.get(study.info.dataset))
     dropped = {owning_axis(d, paths) for d, _ in ctx.dropped}
     live = tuple((p, v) for p, v in point if p not in dropped)
+    if why is not None:
+        why.extend(reason for _, reason in ctx.dropped)
 
     def short(value: Any) -> str:
         return f"{value:.4g}" if isinstance(value, float) else format_label(value)
@@ -270,12 +278,15 @@ def budget_use(study: Study, stage: Stage) -> dict[str, tuple[int, int]]:
     not fit the data."""
     settings, data = study.search.settings, datasets.get(study.info.dataset)
     use = {}
-    if settings.max_params is not None or settings.max_macs is None:
-        params = models.params_count(stage.model, data)  # also checks that the network fits the data
-        if settings.max_params is not None:
-            use["max_params"] = (params, settings.max_params)
+    params = models.params_count(stage.model, data)  # also checks that the network fits the data
+    if settings.max_params is not None:
+        use["max_params"] = (params, settings.max_params)
     if settings.max_macs is not None:
-        use["max_macs"] = (models.macs(stage.model, data) or 0, settings.max_macs)
+        macs = models.macs(stage.model, data)
+        if macs is None:
+            raise SpecError(study.path, "search.max_macs", f"model kind '{stage.model.kind}' cannot count its "
+                            "multiply-accumulates; use max_params, or a built-in kind")
+        use["max_macs"] = (macs, settings.max_macs)
     return use
 
 
@@ -351,6 +362,7 @@ def check_space_trains(study: Study) -> SpaceSurvey | None:
     budgets = [key for key in BUDGETS if getattr(settings, key) is not None]
     if not budgets:
         return None
+    budget_use(study, resolve_point(study, ()))  # a budget the model kind cannot count is refused here
     survey = survey_space(study)
     if survey.fit == 0:
         raise SpecError(study.path, f"search.{budgets[0]}",
@@ -366,11 +378,14 @@ def check_space_resolves(study: Study) -> None:
         values = entry.choices if entry.kind == "categorical" else (entry.low, entry.high)
         for value in values:
             point = tuple((p, vals[0]) for p, vals in entry.when) + ((entry.path, value),)
+            why: list[str] = []
             try:
-                stage = resolve_point(study, point)
+                stage = resolve_point(study, point, why=why)
             except SpecError as exc:
                 raise SpecError(study.path, f'search.space."{entry.path}"', f"{value!r}: {exc.message}") from None
             if entry.path != "stage" and entry.path not in dict(stage.point):
+                reason = f" ({why[0]})" if why else ""
                 raise SpecError(study.path, f'search.space."{entry.path}"',
-                                f"{value!r} has no effect on the settings; add a `when` condition or check the path")
+                                f"{value!r} has no effect on the settings{reason}; add a `when` condition or check "
+                                "the path")
 

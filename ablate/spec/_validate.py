@@ -273,12 +273,20 @@ def _overlay_item(tree: dict, ctx: Context, key: str, value: Any, shown: Callabl
     """`blocks[3] = { out = 12 }`: merge into the third item of the list below (a copy; lower layers keep theirs)."""
     name, index = item_key(key)
     path = join_path(prefix, key)
-    where = shown(path) or path
+    # An axis `model.blocks[2].out` writes {"blocks[2]": {"out": …}}: name it by its own path.
+    leaf = join_path(path, next(iter(value))) if isinstance(value, dict) and value else path
+    where = shown(path) or shown(leaf) or path
     items = tree.get(name)
+    problem = None
     if not isinstance(items, list | tuple):
-        raise SpecError(ctx.file, where, f"sets an item of `{join_path(prefix, name)}`, which no layer below writes as a list")
-    if not 1 <= index <= len(items):
-        raise SpecError(ctx.file, where, f"`{join_path(prefix, name)}` has {len(items)} items, numbered from 1")
+        problem = f"sets an item of `{join_path(prefix, name)}`, which no layer below writes as a list"
+    elif not 1 <= index <= len(items):
+        problem = f"`{join_path(prefix, name)}` has {len(items)} items, numbered from 1"
+    if problem and ctx.lenient and (shown(path) or shown(leaf)):  # a grid point or searched point of another stage
+        ctx.dropped.append((leaf, problem))
+        return
+    if problem:
+        raise SpecError(ctx.file, where, problem)
     items = list(items)
     if isinstance(value, dict) and isinstance(items[index - 1], dict):
         merged = dict(items[index - 1])
