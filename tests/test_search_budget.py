@@ -203,11 +203,12 @@ def test_a_budgeted_search_confirms_against_base_and_its_followup_runs(write_stu
     assert main(["report", "--tracking-uri", store, "--study", "tinycnn", "--out", str(report), "--no-figures"]) == 0
     text = report.read_text()
     assert "Δ vs base" in text and "rejected" in text and "`base` is the unsearched settings" in text
+    picked = text.split("`ablate followup` ablates '")[1].split("'")[0]  # the report names what followup will pick
 
     out = tmp_path / "winner.toml"
     assert main(["followup", str(path), "--tracking-uri", store, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "winner: top" in printed and f"wrote {out}" in printed
+    assert f"winner: {picked} (" in printed and f"wrote {out}" in printed
     assert main(["followup", str(path), "--tracking-uri", store, "--out", str(out)]) == 2  # never overwritten silently
     followup = parse_study(out.read_text())
     assert followup.info.baseline == "winner" and followup.info.seeds == (5, 6)

@@ -47,7 +47,10 @@ def _winner(study: Study, tracker: Tracker, storage: str) -> tuple[tuple[Stage, 
         mine = runs[runs["stage"] == arm.name] if len(runs) else runs
         if len(mine) < seeds:
             continue  # not confirmed on every seed
-        score = (arm, float(mine[objective].mean()), float(mine["test_accuracy"].mean()))
+        # The validation score of the weights that were tested (the best epoch's, with early stopping restored), as
+        # the report's table shows it.
+        tested = f"tested_{objective}" if f"tested_{objective}" in mine else objective
+        score = (arm, float(mine[tested].fillna(mine[objective]).mean()), float(mine["test_accuracy"].mean()))
         if arm.index == 0 and study.search.settings.confirm_base:
             base = score  # the base settings: no change to ablate
         else:

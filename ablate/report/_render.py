@@ -213,6 +213,19 @@ def _footnote(report: StudyReport) -> str:
     return text
 
 
+def _followup_pick(report: StudyReport) -> str:
+    """The confirmed configuration `ablate followup` would pick (best mean validation accuracy over the confirm seeds,
+    never test), said with its score; '' when the objective is not validation accuracy or nothing is confirmed."""
+    table = report.table
+    if report.search.get("objective") != "val_accuracy" or "val_accuracy_mean" not in table or not len(table):
+        return ""
+    arms = table[~table["stage"].str.startswith("base")].dropna(subset=["val_accuracy_mean"])
+    if not len(arms):
+        return ""
+    best = arms.loc[arms["val_accuracy_mean"].idxmax()]
+    return f"'{best['stage']}', the best mean validation accuracy over the confirm seeds ({best['val_accuracy_mean']:.2f}%)"
+
+
 def _search_lines(report: StudyReport) -> list[str]:
     search = report.search
     counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(search["counts"].items()))
@@ -233,6 +246,9 @@ def _search_lines(report: StudyReport) -> list[str]:
                       "max_macs, or a network that does not fit the data); they do not count towards its trials.")
     if "INTERRUPTED" in search["counts"]:
         lines[-1] += " Interrupted: trials cut off by a stopped run; their points were trained again."
+    pick = _followup_pick(report)
+    if pick:
+        lines[-1] += f" `ablate followup` ablates {pick}."
     if search.get("base"):
         lines[-1] += (" `base` is the unsearched settings re-trained on the same seeds: Δ and p compare each "
                       "configuration with it, seed for seed.")

@@ -265,7 +265,10 @@ def resolve_point(study: Study, point: tuple[tuple[str, Any], ...], name: str = 
     def short(value: Any) -> str:
         return f"{value:.4g}" if isinstance(value, float) else format_label(value)
 
-    label = name or (" ".join(f"{p.rsplit('.', 1)[-1]}={short(v)}" for p, v in live) or "base")
+    def key(path: str) -> str:  # 'lr'; a block's setting keeps its block: 'blocks[3].out'
+        return path.split(".", 1)[-1] if "[" in path else path.rsplit(".", 1)[-1]
+
+    label = name or (" ".join(f"{key(p)}={short(v)}" for p, v in live) or "base")
     return Stage(name=label, description=source.description, reference=None, index=index, data=data, model=model,
                  train=train, compare_to=0, point=live, source=source.where)
 
@@ -384,6 +387,8 @@ def check_space_resolves(study: Study) -> None:
             except SpecError as exc:
                 raise SpecError(study.path, f'search.space."{entry.path}"', f"{value!r}: {exc.message}") from None
             if entry.path != "stage" and entry.path not in dict(stage.point):
+                if why and "[" in entry.path:  # a block the network does not have: the reason is the message
+                    raise SpecError(study.path, f'search.space."{entry.path}"', why[0])
                 reason = f" ({why[0]})" if why else ""
                 raise SpecError(study.path, f'search.space."{entry.path}"',
                                 f"{value!r} has no effect on the settings{reason}; add a `when` condition or check "
