@@ -267,3 +267,11 @@ def test_confirm_top_zero_confirms_nothing_but_the_base(tmp_path):
     study = parse_study(CNN.format(trials=4, budget=2500).replace("confirm_top = 2", "confirm_top = 0"), str(tmp_path / "s.toml"))
     loaded = _drive_search(study, str(tmp_path / "journal.log"), {})
     assert search.best_points(loaded, 0) == []
+
+
+def test_followup_names_a_setting_it_cannot_undo():
+    study = parse_study(CNN.format(trials=6, budget=2500) + '"train.grad_clip" = { low = 0.5, high = 5.0 }\n', "x.toml")
+    with pytest.raises(SpecError) as error:
+        winner_changes(study, (("train.grad_clip", 1.0),))
+    assert error.value.file == "x.toml" and error.value.path == 'search.space."train.grad_clip"'
+    assert "cannot unset a key" in error.value.message

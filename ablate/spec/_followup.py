@@ -113,7 +113,7 @@ def _resolved(stage: Stage, path: str) -> Any:
     return node
 
 
-def _base_value(tree: dict, base: Stage, path: str) -> Any:
+def _base_value(study: Study, tree: dict, base: Stage, path: str) -> Any:
     """What the base settings hold at a path: as written in the study, else as resolved (a default). A table is
     written whole, as resolved: set over the winner's table it must replace every key, not merge with it."""
     try:
@@ -122,7 +122,7 @@ def _base_value(tree: dict, base: Stage, path: str) -> Any:
         written = None
     value = _plain(_resolved(base, path)) if written is None or isinstance(written, dict) else written
     if value is None:
-        raise SpecError(base.source or "search.space", path, "the base settings leave it unset, and a study file "
+        raise SpecError(study.path, f'search.space."{path}"', "the base settings leave it unset, and a study file "
                         "cannot unset a key: write the arm that undoes it by hand")
     return value
 
@@ -142,7 +142,7 @@ def winner_changes(study: Study, point: Point) -> list[Change]:
         values = tuple((p, v) for p, v in point if p in paths)
         # A setting inside another of the change (a step schedule's gamma) goes back with it: the table is replaced.
         outer = [p for p in paths if not any(p.startswith((q + ".", q + "[")) for q in paths)]
-        changes.append(Change(label, values, tuple((p, _base_value(tree, base, p)) for p in outer)))
+        changes.append(Change(label, values, tuple((p, _base_value(study, tree, base, p)) for p in outer)))
     return changes
 
 
