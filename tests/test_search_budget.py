@@ -170,7 +170,7 @@ def test_followup_undoes_each_change_alone_with_blocks_and_conditions_grouped():
     assert [c.arm for c in changes] == ["undo-blocks.out", "undo-blocks.pool", "undo-schedule"]
     assert changes[0].base == (("model.blocks[1].out", 4), ("model.blocks[3].out", 8))
     assert dict(changes[2].winner) == {"train.schedule": {"kind": "step", "step_size": 1}, "train.schedule.gamma": 0.5}
-    text = ablation_text(study, point, "tinycnn-winner", (5, 6), "# a header")
+    text = ablation_text(study, point, changes, "tinycnn-winner", (5, 6), "# a header")
     written = parse_study(text)
     arms = {s.name: s for s in written.stages}
     assert list(arms) == ["winner", "undo-blocks.out", "undo-blocks.pool", "undo-schedule", "base"]
@@ -224,7 +224,7 @@ def test_followup_undoes_a_cnn_wide_default_to_the_schema_default():
     point = (("model.blocks[1].out", 6), ("model.dropout", 0.2))
     changes = winner_changes(study, point)
     assert [c.base for c in changes] == [(("model.blocks[1].out", 4),), (("model.dropout", 0.0),)]
-    arms = {s.name: s for s in parse_study(ablation_text(study, point, "w", (5, 6), "#")).stages}
+    arms = {s.name: s for s in parse_study(ablation_text(study, point, winner_changes(study, point), "w", (5, 6), "#")).stages}
     assert {b.dropout for b in arms["undo-dropout"].model.blocks[:-1]} == {0.0}
     assert {b.dropout for b in arms["winner"].model.blocks[:-1]} == {0.2}
 
@@ -234,7 +234,7 @@ def test_followup_keeps_the_dataset_and_states_what_the_winner_switched_off():
     text = text.replace('lr = 0.01\n', 'lr = 0.01\noptimizer = "sgd"\nmomentum = 0.9\n')
     study = parse_study(text + '"train.optimizer" = ["sgd", "adam"]\n')
     point = (("model.blocks[1].out", 6), ("train.optimizer", "adam"))
-    written = parse_study(ablation_text(study, point, "w", (5, 6), "#"))
+    written = parse_study(ablation_text(study, point, winner_changes(study, point), "w", (5, 6), "#"))
     assert written.info.dataset == "fashion-mnist"
     arms = {s.name: s for s in written.stages}
     assert (arms["winner"].train.optimizer, arms["winner"].train.momentum) == ("adam", 0.0)  # as it trained

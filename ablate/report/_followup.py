@@ -81,5 +81,7 @@ def followup(uri: str, study: Study, storage: str, name: str | None, seeds: tupl
         "# The baseline ('winner') is its settings; each [[arm]] undoes one change it made to the search's base",
         "# settings (leave one out); 'base' undoes them all. Edit freely: it is an ordinary ablation study.",
     ])
-    text = ablation_text(study, winner.point, name or f"{study.name}-winner", seeds or study.search.confirm_seeds, header)
-    return FollowUp(text, winner, score, test, winner_changes(study, winner.point), better_base is not None)
+    changes = winner_changes(study, winner.point)
+    text = ablation_text(study, winner.point, changes, name or f"{study.name}-winner",
+                         seeds or study.search.confirm_seeds, header)
+    return FollowUp(text, winner, score, test, changes, better_base is not None)

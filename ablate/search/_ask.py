@@ -101,6 +101,14 @@ def reject(optuna_study: optuna.Study, asked: optuna.Trial, point: tuple, proble
     optuna_study.tell(asked, state=optuna.trial.TrialState.PRUNED)
 
 
+def _trains(study: Study, point: tuple) -> bool:
+    """Whether a point would be trained (resolves, fits the data, within every budget)."""
+    try:
+        return point_problem(study, resolve_point(study, point)) is None
+    except SpecError:
+        return False
+
+
 def _enqueue_startup_point(study: Study, optuna_study: optuna.Study, index: int) -> None:
     """Under a budget, the sampler's random start draws among the points that train. TPE counts every pruned trial,
     rejected ones too, towards its `startup_trials`: left to itself in a space that is mostly over budget, it would
@@ -118,12 +126,9 @@ def _enqueue_startup_point(study: Study, optuna_study: optuna.Study, index: int)
     rng = random.Random(spec.settings.seed * 1_000_003 + index)
     for _ in range(MAX_REJECTED):
         point = random_point(spec.space, rng)
-        try:
-            if point_problem(study, resolve_point(study, point)) is None:
-                optuna_study.enqueue_trial(_params(spec.space, point), skip_if_exists=False)
-                return
-        except SpecError:
-            continue
+        if _trains(study, point):
+            optuna_study.enqueue_trial(_params(spec.space, point), skip_if_exists=False)
+            return
 
 
 def _params(space: tuple, point: tuple) -> dict:
@@ -169,13 +174,6 @@ def ask(task: SearchTask) -> AskedTrial:
     _constrain(asked, budget_excess(study, stage))  # within every budget: feasible, as TPE must know
     trial = trial_for(study, stage, spec.seeds[0], changes=f"Optuna trial {asked.number}")
     return AskedTrial(optuna_study, asked, trial, spec.settings.objective)
-
-
-def _trains(study: Study, point: tuple) -> bool:
-    try:
-        return point_problem(study, resolve_point(study, point)) is None
-    except SpecError:
-        return False
 
 
 BASE_ARM = "base"

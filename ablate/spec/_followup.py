@@ -34,6 +34,7 @@ class Change:
     label: str  # 'blocks.out', 'lr', 'schedule'
     winner: Point
     base: Point  # the same paths, set to what the base settings hold there
+    undone: Stage  # the winner's settings with this change undone, as its arm must resolve
 
     @property
     def arm(self) -> str:
@@ -142,7 +143,7 @@ def winner_changes(study: Study, point: Point) -> list[Change]:
         values = tuple((p, v) for p, v in point if p in paths)
         # A setting inside another of the change (a step schedule's gamma) goes back with it: the table is replaced.
         outer = [p for p in paths if not any(p.startswith((q + ".", q + "[")) for q in paths)]
-        changes.append(Change(label, values, tuple((p, _base_value(study, tree, base, p)) for p in outer)))
+        changes.append(Change(label, values, tuple((p, _base_value(study, tree, base, p)) for p in outer), undone))
     return changes
 
 
@@ -151,13 +152,13 @@ def _source(study: Study, point: Point):
     return next((s for s in study.sources if s.name == chosen), study.sources[0])
 
 
-def ablation_text(study: Study, point: Point, name: str, seeds: tuple[int, ...], header: str) -> str:
-    """The TOML of the follow-up ablation study (see the module's docstring), checked."""
-    source = _source(study, point)
-    changes = winner_changes(study, point)
+def ablation_text(study: Study, point: Point, changes: list[Change], name: str, seeds: tuple[int, ...],
+                  header: str) -> str:
+    """The TOML of the follow-up ablation study of `point`, whose changes `winner_changes` found (see the module's
+    docstring), checked."""
     if not changes:
         raise SpecError(study.path, "search.space", "the winner is the base settings: there is no change to ablate")
-    tree = merge_layers([study.top[0], source.layer, axis_layer(point)], study.path)
+    tree = merge_layers([study.top[0], _source(study, point).layer, axis_layer(point)], study.path)
     raw = tomllib.loads(study.text)
     winner_label = " ".join(f"{_short(p)}={_shown(v)}" for p, v in point)
     info = {"name": name, "design": "ablation", "baseline": "winner", "seeds": list(seeds),
@@ -171,17 +172,19 @@ def ablation_text(study: Study, point: Point, name: str, seeds: tuple[int, ...],
     parts += [toml_table(table, tree[table]) for table in ("data", "model", "train") if tree.get(table)]
     parts += [toml_table(table, raw[table]) for table in ("execution", "tracking") if isinstance(raw.get(table), dict)]
     parts.append(f"# The winner: {winner_label}\n")
+    expected = {"winner": winner}  # what each arm of the written study must resolve to
     for change in changes:
-        undone = resolve_point(study, tuple(item for item in point if item[0] not in dict(change.winner)))
         parts.append(toml_table("arm", {"name": change.arm, "description": f"undo {change.describe()}",
-                                        **_arm_layer(change.base, undone, winner)}, array=True))
+                                        **_arm_layer(change.base, change.undone, winner)}, array=True))
+        expected[change.arm] = change.undone
     if len(changes) > 1:  # with one change, undoing it is the base settings already
         every = tuple(item for change in changes for item in change.base)
         base = resolve_point(study, tuple((p, v) for p, v in point if p == "stage"))
         parts.append(toml_table("arm", {"name": BASE_ARM, "description": f"every change undone: the base settings "
                                         f"of '{study.name}'", **_arm_layer(every, base, winner)}, array=True))
+        expected[BASE_ARM] = base
     text = "\n".join(parts)
-    _check(study, point, changes, text)
+    _check(study, expected, text)
     return text
 
 
@@ -206,22 +209,16 @@ def _arm_layer(undo: Point, undone: Stage, winner: Stage) -> dict:
     return layer
 
 
-def _check(study: Study, point: Point, changes: list[Change], text: str) -> None:
-    """The written study must mean what it says: baseline = winner, each arm = the winner with one change undone."""
+def _check(study: Study, expected: dict[str, Stage], text: str) -> None:
+    """The written study must mean what it says: each arm resolves to the settings it stands for (baseline = winner,
+    each undo arm = the winner with one change undone, base = the base settings), on the search's data."""
     from ablate.spec._study import parse_study
 
     written = parse_study(text, f"<follow-up of {study.path}>")
     if written.info.dataset != study.info.dataset:
         raise SpecError(study.path, "study.dataset", "the follow-up study would train on other data; please report this")
     arms = {stage.name: stage for stage in written.stages}
-    expected = {"winner": resolve_point(study, point)}
-    for change in changes:
-        expected[change.arm] = resolve_point(study, tuple(item for item in point if item[0] not in dict(change.winner)))
-    if len(changes) > 1:
-        expected[BASE_ARM] = resolve_point(study, tuple((p, v) for p, v in point if p == "stage"))
     for arm, stage in expected.items():
         if arm not in arms or not _same(arms[arm], stage):
             raise SpecError(study.path, "search.space", f"the follow-up arm '{arm}' does not resolve to the settings it "
                             "stands for; please report this with the study file")
-
-

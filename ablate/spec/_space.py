@@ -334,9 +334,13 @@ class SpaceSurvey:
     fit: int
     ranges: dict[str, tuple[int, int]]  # budget key → (smallest, largest) count among the networks that fit the data
 
-    def describe(self) -> str:
+    def seen(self) -> str:
+        """'4,375 – 15,442 parameters, 402,534 – 4,025,520 MACs'."""
         seen = ", ".join(f"{low:,} – {high:,} {BUDGETS[key]}" for key, (low, high) in self.ranges.items())
-        return f"{self.fit} of {self.drawn} points drawn at random train ({seen or 'no network drawn fits the data'})"
+        return seen or "no network drawn fits the data"
+
+    def describe(self) -> str:
+        return f"{self.fit} of {self.drawn} points drawn at random train ({self.seen()})"
 
 
 SURVEY_POINTS = 400
@@ -370,7 +374,7 @@ def check_space_trains(study: Study) -> SpaceSurvey | None:
     if survey.fit == 0:
         raise SpecError(study.path, f"search.{budgets[0]}",
                         f"none of {survey.drawn} points drawn at random from search.space fits "
-                        f"{' and '.join(budgets)}: {survey.describe().split('(', 1)[1].rstrip(')')} seen; "
+                        f"{' and '.join(budgets)}: {survey.seen()} seen; "
                         f"raise the budget or search smaller networks")
     return survey
 

@@ -288,18 +288,14 @@ def _overlay_item(tree: dict, ctx: Context, key: str, value: Any, shown: Callabl
     if problem:
         raise SpecError(ctx.file, where, problem)
     items = list(items)
-    if isinstance(value, dict) and isinstance(items[index - 1], dict):
-        merged = dict(items[index - 1])
-        items[index - 1] = merged
-        tree[name] = items
-        if shown(path) is not None:
-            ctx.origins[path] = shown(path)
-        _overlay(merged, ctx, value, shown, path)
-        return
-    items[index - 1] = value
     tree[name] = items
     if shown(path) is not None:
         ctx.origins[path] = shown(path)
+    if isinstance(value, dict) and isinstance(items[index - 1], dict):
+        items[index - 1] = dict(items[index - 1])
+        _overlay(items[index - 1], ctx, value, shown, path)
+    else:
+        items[index - 1] = value
 
 
 def _meaningless(train: TrainSettings) -> list[tuple[str, str, str, Any]]:
