@@ -92,7 +92,9 @@ def test_every_saved_model_loads_back_and_predicts_its_logged_test_predictions(w
     assert len(runs) == 4 and {r.data.tags["model"] for r in runs} <= {"saved", "best"}
     scores = {}
     for run in runs:
-        uri = f"runs:/{run.info.run_id}/model"
+        kept = {a.path for a in MlflowClient(store).list_artifacts(run.info.run_id, "model")}
+        assert {"model/ablate.json", "model/state_dict.pt", "model/probe.pt", "model/MLmodel"} <= kept  # what ablate
+        uri = f"runs:/{run.info.run_id}/model"  # loads, and for MLflow the torch.export program: never a pickle
         info = mlflow.models.get_model_info(uri)
         assert info.signature.inputs.to_dict()[0]["tensor-spec"] == {"dtype": "uint8", "shape": (-1, 1, 28, 28)}
         assert info.saved_input_example_info is not None
@@ -138,7 +140,7 @@ def test_best_keeps_one_model_per_arm_and_export_writes_it_for_torch_alone(write
         logged = _logged_predictions(about["run_id"])
         assert (_scores(program, data.test.images).argmax(1).numpy() == logged).all()
         assert _scores(program, data.test.images[:1]).shape == (1, 10)  # any batch size
-        rebuilt = rebuild(about, torch.load(folder / "state_dict.pt"))
+        rebuilt = rebuild(about, torch.load(folder / "state_dict.pt", weights_only=True))
         assert (_scores(rebuilt, data.test.images).argmax(1).numpy() == logged).all()
     assert {m.name for m in client.search_registered_models()} == {"tiny-linear", "tiny-mlp"}
 
@@ -180,7 +182,8 @@ def _ink(path: Path) -> float:
 
 
 @pytest.mark.slow
-def test_report_looks_inside_the_best_cnn_and_tables_accuracy_per_class(write_study, store, tmp_path, monkeypatch):
+def test_report_looks_inside_the_best_cnn_and_tables_accuracy_per_class(write_study, store, tmp_path, monkeypatch,
+                                                                          capsys):
     """The best CNN arm's saved model gives the filters figure (its first layer's 8 filters) and the activation maps
     (input + its 3 conv blocks), both logged to that model's run; the markdown tables accuracy per class and arm and
     says where the models are."""
@@ -202,12 +205,32 @@ def test_report_looks_inside_the_best_cnn_and_tables_accuracy_per_class(write_st
     client = MlflowClient(store)
     logged = {a.path for r in best for a in client.list_artifacts(r.info.run_id, "figures")}
     assert logged == {"figures/tinycnn-filters.png", "figures/tinycnn-activations.png"}
+    _a_pickle_in_the_store_gives_no_figures_and_runs_nothing(store, best, tmp_path, capsys)
     from ablate.models import build_model
     from ablate.spec import load_study
 
     net = build_model(load_study(study).stages[1].model, datasets.get("mnist"))
     shapes = [tuple(o.shape[1:]) for o in block_outputs(net, torch.zeros(2, 1, 28, 28))]
     assert shapes == [(8, 13, 13), (16, 5, 5), (10, 3, 3)]  # conv + BN + ReLU + pool, twice; the last conv alone
+
+
+def _a_pickle_in_the_store_gives_no_figures_and_runs_nothing(store: str, best: list, tmp_path: Path, capsys) -> None:
+    """The best runs' models replaced by pickles whose payload would create a marker file (as anyone who can write to
+    the store could): the report runs nothing, says in one line why it draws no filters, and reports the rest."""
+    from tests.test_store_safety import Payload
+
+    marker = tmp_path / "payload-ran"
+    for run in best:
+        folder = Path(run.info.artifact_uri.removeprefix("file://")) / "model"
+        for name in ("state_dict.pt", "probe.pt", "data/model.pt2"):
+            (folder / name).unlink()
+        torch.save(Payload(marker), folder / "data" / "model.pth")
+        (folder / "data" / "pickle_module_info.txt").write_text("mlflow.pytorch.pickle_module")
+    capsys.readouterr()
+    assert main(["report", "--tracking-uri", store, "--out", str(tmp_path / "again" / "t.md")]) == 0
+    assert not marker.exists() and not (tmp_path / "again" / "tinycnn-filters.png").exists()
+    assert (tmp_path / "again" / "tinycnn-per-class.png").exists()
+    assert "no filter or activation figures of tinycnn" in capsys.readouterr().err
 
 
 @pytest.mark.slow

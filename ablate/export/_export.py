@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,13 +11,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ablate import datasets, models
 from ablate.engine import Classifier
 from ablate.errors import AblateError
-from ablate.spec import model_from_dict
+from ablate.export._read import load_saved
 from ablate.tracking import MODEL_ARTIFACT, MODEL_SETTINGS, STAGE_INDEX, Tracker, model_runs, store_label
 
-PROGRAM, SCRIPT, STATE = "model.pt2", "model.ts", "state_dict.pt"
+PROGRAM, SCRIPT, STATE, README = "model.pt2", "model.ts", "state_dict.pt", "README.md"
+OWN_FILES = (STATE, MODEL_SETTINGS, PROGRAM, SCRIPT, README)  # what export writes in an arm's folder: all it replaces
 
 
 @dataclass
@@ -32,23 +30,10 @@ class Exported:
     registered: str | None = None  # "name version N"
 
 
-def rebuild(about: dict[str, Any], state: dict[str, torch.Tensor]) -> Classifier:
-    """The saved network from its ablate.json and state dict, with ablate: the network `ablate run` built for those
-    settings, behind the normalisation it was trained with (raw images in, class scores out), in eval mode."""
-    settings = about["settings"]
-    net = models.build_model(model_from_dict(settings["model"]), datasets.get(settings["dataset"]))
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    if unexpected or any(not key.endswith("num_batches_tracked") for key in missing):
-        raise AblateError(f"the saved weights do not fit the settings' network: missing {missing}, unexpected "
-                          f"{unexpected}")
-    mean, std = about["normalise"]["mean"], about["normalise"]["std"]
-    if isinstance(mean, list):
-        mean, std = (torch.tensor(v, dtype=torch.float32).view(-1, 1, 1) for v in (mean, std))
-    return Classifier(net, mean, std, bool(about.get("channels_last"))).eval()
-
-
-def export_models(uri: str, study: str, arm: str | None, out: Path | None, register: bool) -> list[Exported]:
-    """Each arm's model (or `arm`'s) written under out/<arm>/ and/or registered as '<study>-<arm>'."""
+def export_models(uri: str, study: str, arm: str | None, out: Path | None, register: bool, force: bool = False,
+                  trust_pickles: bool = False) -> list[Exported]:
+    """Each arm's model (or `arm`'s) written under out/<arm>/ and/or registered as '<study>-<arm>'. Every arm's folder
+    is checked before any is written (_arm_folders); `trust_pickles` lets load_saved unpickle what it would refuse."""
     tracker = Tracker(uri)
     found = tracker.client.get_experiment_by_name(study)
     if found is None:
@@ -61,56 +46,83 @@ def export_models(uri: str, study: str, arm: str | None, out: Path | None, regis
     if arm is not None and arm not in runs:
         raise AblateError(f"--arm {arm}: no saved model for that arm of '{study}'; arms with one: "
                           f"{', '.join(sorted(runs))}")
-    chosen = {arm: runs[arm]} if arm is not None else runs
+    chosen = sorted(({arm: runs[arm]} if arm is not None else runs).items(),
+                    key=lambda item: int(item[1].data.tags.get(STAGE_INDEX, 0)))  # study order
+    folders = _arm_folders(out, [name for name, _ in chosen], force) if out is not None else {}
+    if register:
+        for name, run in chosen:
+            _check_registrable(tracker, name, run.info.run_id)
+    # Every model read (and checked) before any is written: one ablate refuses leaves no arm half exported.
+    loaded = {name: load_saved(tracker, run.info.run_id, trust_pickles) for name, run in chosen} if out else {}
     done = []
-    for name, run in sorted(chosen.items(), key=lambda item: int(item[1].data.tags.get(STAGE_INDEX, 0))):  # study order
+    for name, run in chosen:
         item = Exported(name, run.info.run_id, run.data.metrics.get("test_accuracy", float("nan")))
         if out is not None:
-            item.folder = out / _file_name(name)
-            item.files = _write(tracker, run.info.run_id, item.folder)
+            item.folder = folders[name]
+            item.files = _write(*loaded[name], item.folder)
         if register:
             item.registered = _register(uri, study, name, run.info.run_id)
         done.append(item)
     return done
 
 
+def _arm_folders(out: Path, arms: list[str], force: bool) -> dict[str, Path]:
+    """out/<arm> for each arm, each refused before anything is written where export would follow a link out of
+    --out or replace what it did not write: a link, a file, or (without --force) a folder already holding files.
+    With --force, an arm's folder may hold other files (they are kept) but not a link or folder by one of export's
+    own file names."""
+    if out.exists() and not out.is_dir():
+        raise AblateError(f"--out {out}: a file, not a folder; name a folder (it is made if missing)")
+    folders: dict[str, Path] = {}
+    for arm in arms:
+        folder = out / _file_name(arm)
+        if folder in folders.values():
+            raise AblateError(f"--out {out}: arms '{arm}' and '{_arm_of(folders, folder)}' would both be written to "
+                              f"{folder}; export them one at a time (--arm) into different --out folders")
+        _check_folder(folder, force)
+        folders[arm] = folder
+    return folders
+
+
+def _arm_of(folders: dict[str, Path], folder: Path) -> str:
+    return next(arm for arm, taken in folders.items() if taken == folder)
+
+
+def _check_folder(folder: Path, force: bool) -> None:
+    """One arm's folder, as _arm_folders says."""
+    if folder.is_symlink():
+        raise AblateError(f"{folder} is a symbolic link; ablate export writes only inside --out and follows no link "
+                          "out of it: remove the link or choose another --out")
+    if folder.exists() and not folder.is_dir():
+        raise AblateError(f"{folder} is a file, not a folder; move it away or choose another --out")
+    held = sorted(entry.name for entry in folder.iterdir()) if folder.is_dir() else []
+    if held and not force:
+        shown = ", ".join(held[:5]) + (", …" if len(held) > 5 else "")
+        raise AblateError(f"{folder} already holds files ({shown}); add --force to replace the files ablate export "
+                          f"writes there ({', '.join(OWN_FILES)}; the others are kept), or choose another --out")
+    for name in OWN_FILES:
+        path = folder / name
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            kind = "a symbolic link" if path.is_symlink() else "a folder"
+            raise AblateError(f"{path} is {kind}; ablate export replaces only its own plain files and follows no "
+                              "link out of --out: move it away or choose another --out")
+
+
 def _file_name(arm: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=,-]+", "-", arm).strip("-.") or "arm"
 
 
-def load_saved(tracker: Tracker, run_id: str) -> tuple[Classifier, dict[str, Any], torch.Tensor]:
-    """A run's saved model rebuilt as ablate's network (its layers, to look inside or fine-tune), its ablate.json,
-    and the probe images it was checked on: the rebuilt network gives the saved MLflow model's very scores."""
-    import mlflow.pytorch
-
-    with tempfile.TemporaryDirectory() as scratch:
-        local = Path(tracker.client.download_artifacts(run_id, MODEL_ARTIFACT, scratch))
-        about = json.loads((local / MODEL_SETTINGS).read_text())
-        saved = mlflow.pytorch.load_model(str(local))
-    state = {key.removeprefix("net."): value for key, value in saved.state_dict().items() if key.startswith("net.")}
-    model = rebuild(about, state)
-    shape = datasets.get(about["settings"]["dataset"]).shape
-    probe = torch.randint(0, 256, (3, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    if "float32" in about["input"]:
-        probe = probe.float() / 255
-    with torch.inference_mode():
-        if not torch.equal(model(probe), saved(probe)):
-            raise AblateError(f"run {run_id}: the network rebuilt from its settings does not give the saved model's "
-                              "scores")
-    return model, about, probe
-
-
-def _write(tracker: Tracker, run_id: str, folder: Path) -> list[str]:
-    """The run's model, rebuilt and checked (load_saved), as plain files in `folder`."""
-    model, about, probe = load_saved(tracker, run_id)
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+def _write(model: Classifier, about: dict[str, Any], probe: torch.Tensor, folder: Path) -> list[str]:
+    """A saved model, rebuilt and checked (load_saved), as plain files in `folder`: export's own files of an earlier
+    export there are replaced (a program it wrote then may not be written now), any other file kept."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in OWN_FILES:
+        (folder / name).unlink(missing_ok=True)
     torch.save(model.net.state_dict(), folder / STATE)
     (folder / MODEL_SETTINGS).write_text(json.dumps(about, indent=1))
     program = _compiled(model, probe, folder)
-    (folder / "README.md").write_text(_readme(about, program))
-    return sorted(p.name for p in folder.iterdir())
+    (folder / README).write_text(_readme(about, program))
+    return sorted(name for name in OWN_FILES if (folder / name).exists())
 
 
 def _compiled(model: nn.Module, probe: torch.Tensor, folder: Path) -> str | None:
@@ -129,8 +141,8 @@ def _compiled(model: nn.Module, probe: torch.Tensor, folder: Path) -> str | None
 
 
 def _readme(about: dict[str, Any], program: str | None) -> str:
-    load = {PROGRAM: 'model = torch.export.load("model.pt2").module()',
-            SCRIPT: 'model = torch.jit.load("model.ts")'}.get(program)
+    load = {PROGRAM: 'model = torch.export.load("model.pt2").module()  # it unpickles parts: trusted files only',
+            SCRIPT: 'model = torch.jit.load("model.ts")  # a TorchScript program: trusted files only'}.get(program)
     lines = [f"# {about['study']} — arm {about['arm']} (seed {about['seed']}, test accuracy "
              f"{100 * about['test_accuracy']:.2f}%)", "", f"{about['architecture']}; MLflow run {about['run_id']}.",
              f"Input: {about['input']}.", f"Output: {about['output']}.", ""]
@@ -139,11 +151,22 @@ def _readme(about: dict[str, Any], program: str | None) -> str:
                   "scores = model(images)  # images: a torch tensor as described above", "```", ""]
     lines += ["With ablate (the network class itself, e.g. to fine-tune):", "", "```python", "import json, torch",
               "from ablate.export import rebuild", 'about = json.load(open("ablate.json"))',
-              'model = rebuild(about, torch.load("state_dict.pt"))', "```", ""]
+              'model = rebuild(about, torch.load("state_dict.pt", weights_only=True))  # tensors only: safe', "```",
+              ""]
     return "\n".join(lines)
 
 
+def _check_registrable(tracker: Tracker, arm: str, run_id: str) -> None:
+    """Refuses, before anything is registered, an arm whose saved model is not an MLflow model."""
+    held = {entry.path.rsplit("/", 1)[-1] for entry in tracker.client.list_artifacts(run_id, MODEL_ARTIFACT)}
+    if "MLmodel" not in held:
+        raise AblateError(f"--register: arm {arm} (run {run_id}) has no MLflow model to register: its network does "
+                          "not torch.export, so ablate kept its state dict and settings only; export it with --out")
+
+
 def _register(uri: str, study: str, arm: str, run_id: str) -> str:
+    """A new version of the registered model '<study>-<arm>', from the run's MLflow model (the registry only records
+    where it lies: nothing is loaded)."""
     import mlflow
 
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{study}-{arm}").strip("-")

@@ -1,9 +1,11 @@
 """Figures that look inside a trained network: the best CNN's first-layer filters and what its conv blocks make of a
 few test images. They read the run's saved model (ablate.tracking's models), rebuilt as ablate's network
-(ablate.export's load_saved), so a study trained with `[tracking] models = "none"` has none."""
+(ablate.export's load_saved, which runs nothing the store holds), so a study trained with
+`[tracking] models = "none"` has none, and a model load_saved refuses (a pickle, say) gives none, said in one line."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +25,18 @@ def model_figures(tracker: Tracker, report: StudyReport, data: datasets.Dataset,
     both logged to that model's run too. None when no arm has one."""
     from torch import nn
 
+    from ablate.errors import StoreError
     from ablate.export import load_saved
 
     found = _best_cnn(report)
     if found is None:
         return []
     arm, run_id = found
-    model, about, _ = load_saved(tracker, run_id)
+    try:
+        model, about, _ = load_saved(tracker, run_id)
+    except StoreError as exc:  # the rest of the report stands without them
+        print(f"ablate report: no filter or activation figures of {report.name}: {exc}", file=sys.stderr)
+        return []
     convs = [m for m in model.net.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         return []

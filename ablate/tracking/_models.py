@@ -9,17 +9,22 @@ Contract, under `[tracking] models`:
   run `model = best` (ties: the lowest seed) and deletes the other runs' models (`model = pruned`),
   leaving one per arm. A store that cannot delete artifacts keeps them: nothing is lost, only space.
 
-A saved model is an MLflow model (`mlflow.pytorch`, torch.export's format where the network
-traces, else pickled), with its signature and an input example: raw images in, class scores out
-(ablate.engine's Classifier). Beside its MLmodel lies `ablate.json`: the trial's resolved settings,
-its dataset's shape and class names, and what it scored — enough to rebuild the network with ablate,
-or to know what it is without.
+A saved model is a folder of the run's artifacts holding what ablate loads it from, none of which
+runs code when read: `ablate.json` (the trial's resolved settings, its dataset's shape and class
+names, what it scored — enough to rebuild the network with ablate, or to know what it is without),
+`state_dict.pt` (the network's weights: tensors only, read with torch.load(weights_only=True)) and
+`probe.pt` (a few fixed images and the scores the model gave them, which a rebuilt network must
+give again). Where torch.export traces the network the folder is also an MLflow model
+(`mlflow.pytorch`, torch.export's format) with its signature and an input example — raw images in,
+class scores out (ablate.engine's Classifier) — for whoever loads it with MLflow; ablate never
+does, since loading a torch.export program unpickles parts of it. A network that does not export
+(a custom model's Python control flow) gets no MLflow model: never a pickle, which would run
+whatever code it names when loaded.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import shutil
 import tempfile
@@ -39,6 +44,7 @@ if TYPE_CHECKING:
     from ablate.design import Trial
     from ablate.tracking._tracker import Tracker
 
+MODEL_STATE, MODEL_PROBE = "state_dict.pt", "probe.pt"  # beside ablate.json in a saved model's folder
 ARM_METRIC = "test_accuracy"  # what "an arm's best run" is best at: the report's primary metric
 _FINISHED_TRIALS = f"tags.{ROLE} = 'trial' and attributes.status = 'FINISHED'"
 
@@ -54,7 +60,26 @@ def beaten(tracker: Tracker, experiment_id: str, stage: str, value: float) -> bo
 
 def save_model(tracker: Tracker, run_id: str, model: nn.Module, example: np.ndarray, about: dict[str, Any],
                artifact: str = MODEL_ARTIFACT) -> None:
-    """`model` (on the CPU, in eval mode) as the run's MLflow model in `artifact`, with `about` as ablate.json."""
+    """`model` (ablate.engine's Classifier, on the CPU, in eval mode) as the run's saved model in `artifact`: its
+    network's state dict, its scores on the probe images, `about` as ablate.json and, where it exports, an MLflow
+    model (see the module docstring)."""
+    import torch
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / artifact
+        _save_mlflow_model(model, example, path)
+        path.mkdir(exist_ok=True)
+        torch.save(model.net.state_dict(), path / MODEL_STATE)
+        probe = probe_images(example.shape[1:], floats=example.dtype.kind == "f")
+        with torch.inference_mode():
+            torch.save({"images": probe, "scores": model(probe)}, path / MODEL_PROBE)
+        (path / MODEL_SETTINGS).write_text(json.dumps(about, indent=1, default=list))
+        tracker.log_artifacts(run_id, str(path), artifact)
+
+
+def _save_mlflow_model(model: nn.Module, example: np.ndarray, path: Path) -> None:
+    """`model` as an MLflow model in torch.export's format, with its signature and input example; nothing where
+    torch.export cannot trace it (never MLflow's pickle format instead)."""
     import mlflow.pytorch
     import torch
     from mlflow.models import infer_signature
@@ -63,16 +88,19 @@ def save_model(tracker: Tracker, run_id: str, model: nn.Module, example: np.ndar
         scores = model(torch.from_numpy(example)).numpy()
     options = dict(signature=infer_signature(example, scores), input_example=example,
                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])  # not inferred: a subprocess each
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / artifact
-        try:
-            mlflow.pytorch.save_model(model, path, serialization_format="pt2", **options)
-        except Exception:  # noqa: BLE001 — a network torch.export cannot trace (a custom model's Python control
-            shutil.rmtree(path, ignore_errors=True)  # flow): pickled instead; loading it then needs its code
-            logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # its "pickle is unsafe" warning, per model
-            mlflow.pytorch.save_model(model, path, serialization_format="pickle", **options)
-        (path / MODEL_SETTINGS).write_text(json.dumps(about, indent=1, default=list))
-        tracker.log_artifacts(run_id, str(path), artifact)
+    try:
+        mlflow.pytorch.save_model(model, path, serialization_format="pt2", **options)
+    except Exception:  # noqa: BLE001 — a network torch.export cannot trace (a custom model's Python control flow):
+        shutil.rmtree(path, ignore_errors=True)  # its state dict and settings still rebuild it, with its factory
+
+
+def probe_images(shape: tuple[int, ...], floats: bool):
+    """Three random images of `shape` as a saved model takes them (uint8 0-255, or floats 0-1 for a float dataset),
+    the same everywhere: what a saved model's scores are recorded on, and a rebuilt network is checked against."""
+    import torch
+
+    probe = torch.randint(0, 256, (3, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    return probe.float() / 255 if floats else probe
 
 
 def settle_models(tracker: Tracker, experiment_id: str, trials: list[Trial], policy: str) -> dict[str, str]:
