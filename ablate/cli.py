@@ -168,16 +168,24 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser(
         "export", parents=[tracking], help="write a study's saved models as files that load without MLflow",
         description="For each arm of the study (or --arm), the run whose model stands for it (the arm's best by "
-        "test accuracy, see [tracking] models): its MLflow model checked against the network its settings rebuild, "
-        "then written to DIR/<arm>/ as a state dict, ablate.json (the resolved settings, the input it takes, the "
-        "class names), a torch.export program model.pt2 (TorchScript model.ts where the network does not export) "
-        "and a README saying how to load each; --register also registers it in MLflow's model registry.",
+        "test accuracy, see [tracking] models): the network its settings rebuild with its saved weights (nothing from "
+        "the store is unpickled), checked against the scores it was saved with, then written to DIR/<arm>/ as a "
+        "state dict, ablate.json (the resolved settings, the input it takes, the class names), a torch.export "
+        "program model.pt2 (TorchScript model.ts where the network does not export) and a README saying how to load "
+        "each; --register also registers it in MLflow's model registry. An arm folder that already holds files is "
+        "refused without --force; export follows no symbolic link out of DIR.",
     )
     export.add_argument("--study", required=True, metavar="NAME", help="the study (its [study] name)")
     export.add_argument("--arm", default=None, metavar="ARM", help="one arm (default: every arm with a saved model)")
     export.add_argument("--out", default=None, metavar="DIR", help="write the models here, one folder per arm")
     export.add_argument("--register", action="store_true",
                         help="register each model in MLflow's model registry as <study>-<arm> (a new version)")
+    export.add_argument("--force", action="store_true",
+                        help="write into arm folders that already hold files: replace the files export writes there "
+                        "(state_dict.pt, ablate.json, model.pt2, model.ts, README.md), keep the others")
+    export.add_argument("--trust-pickles", action="store_true",
+                        help="trust everyone who can write to the store: load a model that exists only as a pickle "
+                        "and call a factory its settings name outside your own code (either may run any code)")
     export.set_defaults(func=cmd_export)
 
     followup = commands.add_parser(
@@ -505,7 +513,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from ablate.export import export_models
 
-    for item in export_models(uri, args.study, args.arm, Path(args.out) if args.out else None, args.register):
+    for item in export_models(uri, args.study, args.arm, Path(args.out) if args.out else None, args.register,
+                              force=args.force, trust_pickles=args.trust_pickles):
         where = [f"wrote {item.folder}/ ({', '.join(item.files)})"] if item.folder else []
         where += [f"registered as {item.registered}"] if item.registered else []
         print(f"{item.arm}: run {item.run_id}, test accuracy {100 * item.test_accuracy:.2f}%: {'; '.join(where)}")
