@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--storage", default=None, metavar="URL|FILE",
                      help="search studies: the Optuna storage, an RDB URL (postgresql://…) or a journal file "
                      "(default: optuna-journal.log beside the MLflow store)")
+    run.add_argument("--claims", default=None, metavar="URL",
+                     help="the database in which invocations claim trials, so each trains once (sqlite:///…, "
+                     "postgresql://…); default: $ABLATE_CLAIMS, else derived from the store (NAME.claims.db beside "
+                     "a SQLite store, the store's own database, the search's RDB storage)")
     run.set_defaults(func=cmd_run)
 
     check = commands.add_parser(
@@ -355,7 +359,7 @@ def _run(args: argparse.Namespace) -> int:
     from ablate.console import ConsoleReporter, print_failures, print_warnings
     from ablate.design import resident_needs
     from ablate.run import check_memory, placement
-    from ablate.tracking import check_store, store_is_new, store_label
+    from ablate.tracking import check_store, claims_label, sqlite_path, store_is_new, store_label
 
     uri = args.tracking_uri or _default_uri()
     data_dir = _data_dir(args)
@@ -366,6 +370,9 @@ def _run(args: argparse.Namespace) -> int:
     check_store(uri, write=True)
     new_store = store_is_new(uri)
     _check_data(study, trials, data_dir)
+    from ablate.tracking import claims_url
+
+    claims = claims_url(uri, args.claims, args.storage, cluster=execution.backend == "ray")
 
     from ablate.run import start_worker_server
 
@@ -382,9 +389,11 @@ def _run(args: argparse.Namespace) -> int:
     console.print(f"study [bold]{study.name}[/] ({args.study})")
     console.print(f"store {store_label(uri)}{' (new: this run creates it)' if new_store else ''}")
     console.print(f"data  {data_dir.resolve()}")
+    if not claims.startswith("sqlite") or sqlite_path(uri) is None:  # beside a SQLite store it goes without saying
+        console.print(f"claims {claims_label(claims)}")
     print_warnings(console, study)
     try:
-        tracker = Tracker(uri)
+        tracker = Tracker(uri, claims)
         if study.search is not None:
             from ablate.search import default_storage
 

@@ -16,7 +16,7 @@ from ablate.run import (
     run_study, task_key, task_trials,
 )
 from ablate.spec import ExecutionSettings, load_study
-from ablate.tracking import RunState, Tracker
+from ablate.tracking import RunState, Settled, Tracker
 from tests.conftest import DATA_DIR, TINY_STUDY
 
 
@@ -28,11 +28,14 @@ class _Ledger:
         self.statuses = statuses or {}
         self.claimed = claimed or {}  # run id → (status, trial hash): runs in the store the dispatcher never heard of
 
-    def run_state(self, run_id: str) -> RunState:
-        return RunState(self.statuses.get(run_id, "RUNNING"), {"test_accuracy": 0.9, "train_seconds": 1.0}, {})
-
-    def finish(self, run_id: str, status: str = "FINISHED", error: str | None = None, reason: str | None = None) -> None:
+    def settle(self, run_id: str, status: str, error: str | None = None, reason: str | None = None,
+               force: bool = False) -> Settled:
+        """As Tracker.settle: a run that ended stays as it is; a RUNNING one is ended here."""
+        state = RunState(self.statuses.get(run_id, "RUNNING"), {"test_accuracy": 0.9, "train_seconds": 1.0}, {})
+        if state.status != "RUNNING":
+            return Settled(state)
         self.finished.append((run_id, status, reason))
+        return Settled(RunState(status, state.metrics, {"reason": reason or "", "error": error or ""}), ended_here=True)
 
     def running_runs(self, experiment_id: str, parent_id: str, trial_hash: str) -> list[str]:
         return [run_id for run_id, (status, hash_) in self.claimed.items() if status == "RUNNING" and hash_ == trial_hash]

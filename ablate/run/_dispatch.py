@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ablate.design import Pack, Trial, pack_trials
 from ablate.run._backend import Backend
@@ -33,6 +33,9 @@ from ablate.run._slots import Slot
 from ablate.run._tasks import Task, task_key, task_trials
 from ablate.errors import StoreError
 from ablate.tracking import ERROR, INTERRUPTED, REASON, WORKER_LOST, RunState
+
+if TYPE_CHECKING:
+    from ablate.tracking import Settled
 
 # A slot whose workers keep dying before finishing anything is not worth restarting forever.
 MAX_LOST_IN_A_ROW = 3
@@ -53,9 +56,8 @@ class Reporter(Protocol):
 class Ledger(Protocol):
     """What the dispatcher asks of the tracking store (ablate.tracking's Tracker keeps it)."""
 
-    def run_state(self, run_id: str) -> RunState: ...
-    def finish(self, run_id: str, status: str = "FINISHED", error: str | None = None,
-               reason: str | None = None) -> None: ...
+    def settle(self, run_id: str, status: str, error: str | None = None, reason: str | None = None,
+               force: bool = False) -> Settled: ...
     def running_runs(self, experiment_id: str, parent_id: str, trial_hash: str) -> list[str]: ...
 
 
@@ -246,17 +248,22 @@ class Dispatcher:
                 self._feed(idle)
 
     def _record_lost(self, held: _Held, why: str) -> None:
-        """The dead worker's trials that had started and not ended are FAILED (worker-lost). What it had not
-        started (it died before, or just after being handed the task) goes back to the front of the queue."""
+        """The dead worker's trials that had started and not ended are FAILED (worker-lost) — settled: their claims
+        fenced first, so a worker only cut off (a lost node's) cannot finish them too, and a trial it committed
+        before dying is recorded FINISHED. What it had not started (it died before, or just after being handed the
+        task) goes back to the front of the queue."""
         error = f"{why} while training this trial"
         unstarted = [o.trial for o in held.open.values() if o.run_id is None]
         for open_trial in held.open.values():
-            if open_trial.run_id is not None and not self._ended_unheard(open_trial, held):
-                self.ledger.finish(open_trial.run_id, "FAILED", error=error, reason=WORKER_LOST)
-                if self._retried(open_trial.trial, held, why):
-                    unstarted.append(open_trial.trial)
-                else:
-                    self._failed(open_trial.trial, held, WORKER_LOST, error)
+            if open_trial.run_id is None:
+                continue
+            settled = self.ledger.settle(open_trial.run_id, "FAILED", error=error, reason=WORKER_LOST, force=True)
+            if not settled.ended_here:
+                self._ended_unheard(open_trial.trial, held, settled.state)
+            elif self._retried(open_trial.trial, held, why):
+                unstarted.append(open_trial.trial)
+            else:
+                self._failed(open_trial.trial, held, WORKER_LOST, error)
         self._end_unheard_claims(unstarted, error)
         if isinstance(held.task, Trial | Pack):
             self.pending.extendleft(reversed(pack_trials(unstarted, len(unstarted))))  # they were one pack
@@ -272,7 +279,7 @@ class Dispatcher:
             return
         for trial in trials:
             for run_id in self.ledger.running_runs(self.summary.experiment_id, self.summary.parent_run_id, trial.hash):
-                self.ledger.finish(run_id, "FAILED", error=error, reason=WORKER_LOST)
+                self.ledger.settle(run_id, "FAILED", error=error, reason=WORKER_LOST, force=True)
 
     def _retried(self, trial: Trial, held: _Held, why: str) -> bool:
         """Is this trial, lost with its worker, trained again (see the backend's retries_lost)? Its FAILED run stays,
@@ -284,19 +291,16 @@ class Dispatcher:
         self.reporter.trial_retried(trial, held.slot, why)
         return True
 
-    def _ended_unheard(self, open_trial: _OpenTrial, held: _Held) -> bool:
-        """Did the worker end this run (FINISHED, or FAILED with a reason) before dying, unheard? Then that stands."""
-        state = self.ledger.run_state(open_trial.run_id)
-        if state.status == "RUNNING":
-            return False
+    def _ended_unheard(self, trial: Trial, held: _Held, state: RunState) -> None:
+        """The worker ended this run (FINISHED, or FAILED with a reason) before dying, unheard — or committed its trial,
+        which settling recorded FINISHED: that stands."""
         if state.status == "FINISHED":
             metrics = state.metrics
             outcome = (Outcome(test_accuracy=metrics["test_accuracy"], train_seconds=metrics.get("train_seconds", 0.0))
                        if "test_accuracy" in metrics else Outcome(note="finished"))  # a search trial is never tested
-            self._finished(open_trial.trial, held, outcome)
+            self._finished(trial, held, outcome)
         else:
-            self._failed(open_trial.trial, held, state.tags.get(REASON, "error"), state.tags.get(ERROR, ""))
-        return True
+            self._failed(trial, held, state.tags.get(REASON, "error"), state.tags.get(ERROR, ""))
 
     def _give_up(self, held: _Held, why: str = "not run: workers kept dying") -> None:
         """Workers keep dying before they finish anything, or none is left: fail what is left rather than loop
@@ -346,13 +350,15 @@ class Dispatcher:
         held.clear()
 
     def _end_killed(self, open_trials: Iterable[_OpenTrial]) -> None:
-        """End KILLED those of these runs still RUNNING (their workers are gone); a store that failed cannot take
-        them either (the next invocation recovers them)."""
+        """End KILLED those of these runs still RUNNING (their workers are gone; settled, so one whose trial was
+        committed is recorded FINISHED); a store that failed cannot take them either (the next invocation recovers
+        them)."""
         reason = self.summary.stop_reason
         try:
             for open_trial in open_trials:
-                if open_trial.run_id and self.ledger.run_state(open_trial.run_id).status == "RUNNING":
-                    self.ledger.finish(open_trial.run_id, "KILLED", error=killed_error(reason), reason=reason)
+                if open_trial.run_id:
+                    self.ledger.settle(open_trial.run_id, "KILLED", error=killed_error(reason), reason=reason,
+                                       force=True)
         except StoreError:
             pass
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ablate import datasets
 from ablate.design import Trial, pack_trials, plan_document
 from ablate.errors import StoreError
+from ablate.run import _signals
 from ablate.run._backend import Backend
 from ablate.run._dispatch import Dispatcher, Reporter, RunSummary, killed_error
 from ablate.run._local import LocalBackend
@@ -29,9 +30,11 @@ from ablate.run._slots import Slot, hardware, plan_slots_for
 from ablate.run._worker import WorkerConfig, faults_from_env
 from ablate.search import RUN_ATTR, SearchTask
 from ablate.spec import ExecutionSettings, Study
-from ablate.tracking import PID, PID_START, PLAN_ARTIFACT, Heartbeat, Identity, alive
+from ablate.tracking import INTERRUPTED, PID, PID_START, PLAN_ARTIFACT, ROLE, Heartbeat, Identity, alive
 
 if TYPE_CHECKING:
+    import optuna
+
     from ablate.tracking import Tracker
 
 MakeBackend = Callable[[list[Slot], WorkerConfig], Backend]
@@ -145,7 +148,7 @@ class _Invocation:
             parent=Identity.of_this_process(),
             env_tags={k: v for k, v in env_tags.items() if k not in (PID, PID_START)} | {"hardware": machine},
             data_dir=str(Path(data_dir).resolve()), import_paths=import_paths, faults=faults_from_env(),
-            models=study.tracking.models,
+            models=study.tracking.models, claims=tracker.claims.url,
         )
         return cls(parent_id, config, Heartbeat(lambda: tracker.beat([parent_id])))
 
@@ -237,7 +240,12 @@ def run_search(
     study: Study, tracker: Tracker, data_dir: Path, execution: ExecutionSettings, reporter: Reporter,
     storage: str, command: str = "", import_paths: tuple[str, ...] = (), backend: MakeBackend | None = None,
 ) -> RunSummary:
-    """An Optuna search on the workers, then its best configurations re-trained on fresh seeds and tested."""
+    """An Optuna search on the workers, then its best configurations re-trained on fresh seeds and tested.
+
+    Any number of invocations may run one search at once: its budget of `trials` is counted over all of them (a
+    worker asks only while it is not spent: search.ask), the random start is enqueued once (by the invocation that
+    creates the Optuna study), and the confirm set is decided once (the claims database's decide) and kept on the
+    Optuna study, so every invocation confirms the same configurations under the same names."""
     from ablate import search
 
     started = time.perf_counter()
@@ -247,17 +255,16 @@ def run_search(
     recovered, _ = tracker.recover_stale(experiment_id)
     name = search.optuna_name(study)
     summary_note = _changed_search_note(storage, study.name, name)
-    optuna_study = search.open_study(spec, storage, name, search.trial_epochs(study))  # created before any worker
-    search.recover_stale(optuna_study, _search_trial_alive(tracker))
+    optuna_study = search.open_study(spec, storage, name, search.trial_epochs(study),  # created before any worker
+                                     on_create=partial(search.enqueue_startup, study))
+    recovered += _recover_search(tracker, experiment_id, optuna_study)
     done = search.finished_count(optuna_study)
-    remaining = (spec.settings.trials - done) if spec.settings.trials else 10_000  # a timeout ends an open count
-    first = len(optuna_study.trials)
-    tasks = [SearchTask(first + i, storage, study.path, study.text) for i in range(max(0, remaining))]
+    budget = spec.settings.trials
     slots, backend = placement(execution, backend)
-    summary = RunSummary(experiment_id, None, total=done + len(tasks), skipped=done, recovered=recovered, slots=slots,
-                         notes=summary_note)
+    summary = RunSummary(experiment_id, None, total=max(budget, done) if budget else done + 10_000, skipped=done,
+                         recovered=recovered, slots=slots, notes=summary_note)
     reporter.start(summary.total, done, slots)
-    if not tasks:  # the search is complete: only confirm runs may be missing
+    if budget and done >= budget:  # the search is complete: only confirm runs may be missing
         _, confirm = search.confirm_trials(study, optuna_study)
         if not _unfinished(tracker, experiment_id, confirm):
             summary.total, summary.skipped = summary.total + len(confirm), summary.skipped + len(confirm)
@@ -272,11 +279,11 @@ def run_search(
         arms, confirm = (), []
         with _dispatching(invocation, lambda: backend(slots, invocation.config), tracker, reporter,
                          summary) as dispatcher:
-            dispatcher.run(tasks, timeout=spec.settings.timeout)
+            _search(dispatcher, tracker, experiment_id, optuna_study, study, storage, summary)
             if not _stopped(summary):  # the confirm phase, on the same workers
-                arms, confirm = search.confirm_trials(study, optuna_study)
+                arms, confirm = _confirm_set(tracker, experiment_id, study, optuna_study)
                 todo = _unfinished(tracker, experiment_id, confirm)
-                summary.total += len(confirm)
+                summary.total = search.finished_count(optuna_study) + len(confirm)
                 summary.skipped += len(confirm) - len(todo)
                 reporter.start(len(confirm), len(confirm) - len(todo), slots)
                 dispatcher.run(pack_trials(todo, pack_size(execution.pack, slots, summary.notes)))
@@ -288,6 +295,85 @@ def run_search(
             tracker.log_dict(summary.parent_run_id, document, PLAN_ARTIFACT)
     _settle_models(tracker, summary, confirm, study)
     return summary
+
+
+WAIT_SECONDS = 2.0  # how often an invocation whose search tasks are done looks at trials other invocations train
+
+
+def _search(dispatcher: Dispatcher, tracker: Tracker, experiment_id: str, optuna_study: optuna.Study, study: Study,
+            storage: str, summary: RunSummary) -> None:
+    """The search phase: tasks until the budget's trials are all done — those of other invocations too, as the confirm
+    choice must see them; one that dies meanwhile is recovered here and its point trained again by whoever asks
+    first. Without a `trials` budget, tasks until the timeout."""
+    from ablate import search
+
+    settings = study.search.settings
+    deadline = None if settings.timeout is None else time.monotonic() + settings.timeout
+    first = len(optuna_study.trials)
+    while not _stopped(summary):
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return
+        if not settings.trials:
+            tasks = [SearchTask(first + i, storage, study.path, study.text) for i in range(10_000)]
+            dispatcher.run(tasks, timeout=left)
+            return
+        done, running = search.finished_count(optuna_study), search.running_count(optuna_study)
+        if done >= settings.trials:
+            return
+        wanted = settings.trials - done - running
+        if wanted > 0:
+            tasks = [SearchTask(first + i, storage, study.path, study.text) for i in range(wanted)]
+            first += wanted
+            dispatcher.run(tasks, timeout=left)
+        else:  # the rest are other invocations' trials: wait for them (a dead one's are recovered and asked again)
+            try:
+                time.sleep(WAIT_SECONDS)
+            except KeyboardInterrupt as exc:  # as the dispatcher stops on it (nothing of ours is running)
+                summary.interrupted, summary.stop_reason = True, _signals.as_interrupted(exc).reason
+                return
+            summary.recovered += _recover_search(tracker, experiment_id, optuna_study)
+
+
+def _recover_search(tracker: Tracker, experiment_id: str, optuna_study: optuna.Study) -> list[dict[str, str]]:
+    """Search trials whose asker is gone, failed and enqueued again (search.recover_stale) — then their MLflow runs
+    brought in line with Optuna, whose trial is a search trial's claim: a trial ended FAIL ends its RUNNING run FAILED
+    (interrupted); a trial told COMPLETE or PRUNED whose worker died before recording it completes its run FINISHED.
+    Optuna's state is final, and a worker records its run only after its tell succeeded, so this never contradicts
+    a live worker. Returns the runs ended FAILED (their tags)."""
+    import optuna
+
+    from ablate import search
+
+    search.recover_stale(optuna_study, _search_trial_alive(tracker))
+    trials = {t.number: t for t in optuna_study.get_trials(deepcopy=False)}
+    recovered = []
+    for run in tracker.search(experiment_id, f"tags.{ROLE} = 'search' and attributes.status = 'RUNNING'"):
+        trial = trials.get(int(run.data.tags.get("optuna_trial", "-1")))
+        if trial is None or trial.state == optuna.trial.TrialState.RUNNING:
+            continue
+        if trial.state == optuna.trial.TrialState.FAIL:
+            if tracker.settle(run.info.run_id, "FAILED", error="interrupted", reason=INTERRUPTED, force=True).ended_here:
+                recovered.append(run.data.tags)
+            continue
+        tracker.set_tag(run.info.run_id, "optuna_state", trial.state.name)
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            tracker.log_metrics(run.info.run_id, {"objective": trial.value}, step=max(trial.intermediate_values or [0]))
+        tracker.finish(run.info.run_id, "FINISHED")
+    return recovered
+
+
+def _confirm_set(tracker: Tracker, experiment_id: str, study: Study,
+                 optuna_study: optuna.Study) -> tuple[tuple, list[Trial]]:
+    """The confirm phase's arms and trials, chosen once for every invocation of the search: the first to get here
+    decides (an insert only one can win, in the claims database), and the choice is kept on the Optuna study."""
+    from ablate import search
+
+    key = search.confirm_key(study, optuna_study)
+    chosen = tracker.claims.decide(tracker.scope(experiment_id), f"confirm {optuna_study.study_name}: {key}",
+                                   search.confirm_choice(study, optuna_study))
+    search.store_confirm(optuna_study, key, chosen)
+    return search.confirm_trials(study, optuna_study, chosen)
 
 
 def _changed_search_note(storage: str, study_name: str, name: str) -> list[str]:

@@ -41,7 +41,7 @@ from ablate.search import SearchTask
 from ablate.spec import TrialSettings
 from ablate.tracking import (
     BEAT_SECONDS, DEVICE, DIVERGED, FAILED_ERROR, INTERRUPTED, OOM, OUTPUTS_ARTIFACT, PACK, PACK_SIZE, WORKER,
-    Heartbeat, Identity,
+    Heartbeat, Identity, Lease,
 )
 
 if TYPE_CHECKING:
@@ -68,6 +68,7 @@ class WorkerConfig:
     import_paths: tuple[str, ...]  # where custom model factories are found
     faults: dict[str, str] = field(default_factory=dict)
     models: str = "best"  # [tracking] models: which trial runs keep their trained model (ablate.tracking's models)
+    claims: str | None = None  # the claims database (ablate.tracking's claims); None: derived from the store
 
 
 SLOW_SECONDS = "slow-seconds"  # a key of the faults: how long "slow" sleeps (ABLATE_TEST_SLOW_SECONDS, default 30)
@@ -142,11 +143,12 @@ class Worker:
             from ablate.engine import steady_allocations
 
             steady_allocations()  # activations on the heap, not freshly mapped pages every step
-        self.tracker = Tracker(config.tracking_uri)
+        self.tracker = Tracker(config.tracking_uri, config.claims)
         # Who runs this worker's trials, as each trial run records it (its device, slot and process).
         self.tags = {DEVICE: slot.device, WORKER: str(slot.index), **Identity.of_this_process().tags()}
         self.open_runs: set[str] = set()  # the runs whose heartbeat this worker writes
-        self.heartbeat = Heartbeat(lambda: self.tracker.beat(sorted(self.open_runs))).start()
+        self.leases: dict[str, Lease] = {}  # their claims (trial runs), renewed with each beat
+        self.heartbeat = Heartbeat(self._beat).start()
         self._parent_checked, self._parent_alive = -math.inf, True
 
     def run(self, task: Task) -> None:
@@ -167,6 +169,11 @@ class Worker:
 
     def close(self) -> None:
         self.heartbeat.stop()
+
+    def _beat(self) -> None:
+        """The open runs' heartbeat, and their claims' (a claim lost here fails its commit: see _TrialRun.finished)."""
+        self.tracker.beat(sorted(self.open_runs))
+        self.tracker.renew(list(self.leases.values()))
 
     def orphaned(self) -> bool:
         """Is the invocation that started this worker gone? On its host the process table says at once; elsewhere
@@ -249,13 +256,18 @@ class Worker:
         return runs
 
     def _run_search(self, task: SearchTask) -> None:
-        """Ask the shared Optuna storage for a trial, train it with pruning, tell the storage how it went."""
+        """Ask the shared Optuna storage for a trial, train it with pruning, tell the storage how it went. The Optuna
+        trial is the claim: a tell that finds it ended (another invocation took its asker for gone and failed it,
+        to try its point again) means this run is not the trial's any more, and it records nothing as the trial's.
+        No trial is asked when the search's budget is spent (by every invocation together: search.ask)."""
         import optuna
 
         from ablate.engine import train_trial
         from ablate.search import ask
 
         asked = ask(task)
+        if asked is None:
+            return
         run = _TrialRun(self, asked.trial, task.key, role="search", optuna_trial=str(asked.number))
         asked.attach_run(run.run_id)
 
@@ -268,8 +280,12 @@ class Worker:
             result = train_trial(run.settings, self._data(run.settings), self.device, on_epoch, test=False)
         except optuna.TrialPruned as exc:
             epoch = int(str(exc).rsplit(" ", 1)[-1])
-            asked.pruned()
-            self.tracker.log_metrics(run.run_id, {"pruned_at_epoch": epoch}, step=epoch)
+            if not asked.pruned():
+                run.lost()
+                return
+            # its size too: a pruned point is still a point of the search, and tables and tests read it from every run
+            self.tracker.log_metrics(run.run_id, {"pruned_at_epoch": epoch, "params_count": asked.trial.params_count},
+                                     step=epoch)
             run.searched_to_end("PRUNED", Outcome(note=f"pruned after epoch {epoch}"))
             return
         except (KeyboardInterrupt, Orphaned) as exc:
@@ -278,6 +294,9 @@ class Worker:
         except StoreError:
             raise
         except Exception as exc:
+            if asked.lost_to_another(exc):
+                run.lost()
+                return
             asked.failed()
             run.failed(exc, traceback.format_exc())
             self._free_memory()
@@ -285,8 +304,12 @@ class Worker:
         self._tell_complete(asked, run, result)
 
     def _tell_complete(self, asked: AskedTrial, run: _TrialRun, result: TrialResult) -> None:
+        """Told first, then recorded: the tell is the commit (a run whose tell failed records no objective), and a
+        worker that dies between the two leaves a COMPLETE trial whose run the next invocation completes."""
         value = result.history[result.tested_epoch - 1][asked.objective]
-        asked.complete(value)
+        if not asked.complete(value):
+            run.lost()
+            return
         final = {k: v for k, v in result.final_metrics().items() if not k.startswith("test_")}
         self.tracker.log_metrics(run.run_id, {**final, "objective": value}, step=len(result.history))
         run.searched_to_end("COMPLETE", Outcome(note=f"{asked.objective} {value:.4f} (Optuna trial {asked.number})"))
@@ -363,6 +386,7 @@ class _TrialRun:
             self.settings = replace(self.settings, train=replace(self.settings.train, lr=math.inf))
         slot, config = worker.slot, worker.config
         run_tags = {**config.env_tags, **worker.tags, **tags}
+        self.lease: Lease | None = None  # a search trial's claim is its Optuna trial
         if self.searched:  # Optuna gave this point to this worker alone
             self.run_id = self.tracker.start_trial(config.experiment_id, config.parent_run_id, trial, run_tags,
                                                    role=role)
@@ -370,7 +394,8 @@ class _TrialRun:
             claim = self.tracker.claim_trial(config.experiment_id, config.parent_run_id, trial, run_tags)
             if claim.run_id is None:
                 raise _Elsewhere(claim.elsewhere)
-            self.run_id = claim.run_id
+            self.run_id, self.lease = claim.run_id, claim.lease
+            worker.leases[self.run_id] = claim.lease
         worker.open_runs.add(self.run_id)
         worker.emit(Started(slot.index, key, trial, self.run_id))
 
@@ -382,13 +407,26 @@ class _TrialRun:
         self.worker.inject(self.fault, epoch)
 
     def finished(self, result: TrialResult) -> None:
-        """A trained and tested trial: its final metrics, its test outputs, FINISHED."""
+        """A trained and tested trial: its test outputs and models, then the commit of its claim, which records its
+        final metrics and FINISHED — unless the claim was taken over meanwhile (this worker was taken for gone):
+        then the trial is the new holder's, and this run ends FAILED without them."""
         metrics = {**result.final_metrics(), "peak_memory_mb": self.worker.peak_memory_mb()}
-        self.tracker.log_metrics(self.run_id, metrics, step=len(result.history))
         self._log_outputs(result)
         self._keep_models(result)
-        self._end("FINISHED")
+        self._forget()
+        if not self.tracker.commit_trial(self.lease, self.run_id, metrics, step=len(result.history)):
+            self.lost()
+            return
         self._emit(Outcome(test_accuracy=result.test_accuracy, train_seconds=result.train_seconds))
+
+    def lost(self) -> None:
+        """The claim was taken over: say so on this run (if no one ended it yet) and give the trial up."""
+        self._forget()
+        if self.tracker.run_state(self.run_id).status == "RUNNING":
+            self.tracker.finish(self.run_id, "FAILED", reason=INTERRUPTED,
+                                error="its claim was taken over (this worker was taken for gone); the trial trains "
+                                      "under the new claim")
+        self.worker.emit(Skipped(self.worker.slot.index, self.key, self.trial.hash, "running"))
 
     def searched_to_end(self, optuna_state: str, outcome: Outcome) -> None:
         """A search trial Optuna saw COMPLETE or PRUNED: FINISHED (its metrics are the caller's)."""
@@ -414,14 +452,20 @@ class _TrialRun:
 
     def _end(self, status: str, optuna_state: str = "FAIL", **why: str) -> None:
         """End the run — unless someone else already did: a dispatcher that lost touch with this worker (a node cut
-        off from its cluster, not dead) records the run FAILED worker-lost and has the trial trained again, and this
-        worker's late FINISHED must not overwrite that and make two."""
+        off from its cluster, not dead) records the run FAILED worker-lost and has the trial trained again. A trial
+        run's claim is given up once its run has ended (not FINISHED: that is commit_trial's)."""
+        self._forget()
+        if self.tracker.run_state(self.run_id).status == "RUNNING":
+            if self.searched:
+                self.tracker.set_tag(self.run_id, "optuna_state", optuna_state)
+            self.tracker.finish(self.run_id, status, **why)
+        if self.lease is not None:
+            self.tracker.release(self.lease)
+
+    def _forget(self) -> None:
+        """No more heartbeats for this run: it is ending."""
         self.worker.open_runs.discard(self.run_id)
-        if self.tracker.run_state(self.run_id).status != "RUNNING":
-            return
-        if self.searched:
-            self.tracker.set_tag(self.run_id, "optuna_state", optuna_state)
-        self.tracker.finish(self.run_id, status, **why)
+        self.worker.leases.pop(self.run_id, None)
 
     def _emit(self, outcome: Outcome) -> None:
         self.worker.emit(Finished(self.worker.slot.index, self.key, self.trial.hash, outcome))

@@ -16,24 +16,29 @@ from typing import TYPE_CHECKING
 
 from ablate.search._storage import JOURNAL_FILE, default_storage, open_storage
 from ablate.search._task import (
-    HOST_ATTR, INTERRUPTED_ATTR, PID_ATTR, PID_START_ATTR, POINT_ATTR, REJECTED_ATTR, RUN_ATTR, SearchTask, optuna_name,
+    CONFIRM_ATTR, DECLINED_ATTR, HOST_ATTR, INTERRUPTED_ATTR, PID_ATTR, PID_START_ATTR, POINT_ATTR, REJECTED_ATTR, RUN_ATTR, SearchTask, optuna_name,
     search_identity, trial_epochs,
 )
 
 if TYPE_CHECKING:
-    from ablate.search._ask import AskedTrial, ask, confirm_trials
+    from ablate.search._ask import (
+        AskedTrial, ask, confirm_choice, confirm_key, confirm_trials, enqueue_startup, store_confirm,
+    )
     from ablate.search._study import (
-        best_points, finished_count, make_pruner, make_sampler, open_study, recover_stale, rejected_count, search_progress,
+        best_points, finished_count, make_pruner, make_sampler, open_study, recover_stale, rejected_count, running_count,
+        search_progress,
         stored_searches,
         suggest,
     )
 
-__all__ = ["AskedTrial", "HOST_ATTR", "INTERRUPTED_ATTR", "JOURNAL_FILE", "PID_ATTR", "PID_START_ATTR", "POINT_ATTR",
+__all__ = ["CONFIRM_ATTR", "DECLINED_ATTR", "confirm_choice", "confirm_key", "enqueue_startup", "running_count",
+           "store_confirm", "AskedTrial", "HOST_ATTR", "INTERRUPTED_ATTR", "JOURNAL_FILE", "PID_ATTR", "PID_START_ATTR", "POINT_ATTR",
            "REJECTED_ATTR", "RUN_ATTR", "SearchTask", "ask", "best_points", "confirm_trials", "default_storage", "finished_count",
            "make_pruner", "make_sampler", "open_storage", "open_study", "optuna_name", "stored_searches", "recover_stale", "rejected_count",
            "search_identity", "search_progress", "suggest", "trial_epochs"]
 
-_OPTUNA_SIDE = {"AskedTrial": "_ask", "ask": "_ask", "confirm_trials": "_ask", "best_points": "_study",
+_OPTUNA_SIDE = {"AskedTrial": "_ask", "ask": "_ask", "confirm_trials": "_ask", "confirm_choice": "_ask",
+                "confirm_key": "_ask", "enqueue_startup": "_ask", "store_confirm": "_ask", "running_count": "_study", "best_points": "_study",
                 "finished_count": "_study", "stored_searches": "_study", "search_progress": "_study", "make_pruner": "_study", "make_sampler": "_study", "open_study": "_study",
                 "recover_stale": "_study", "rejected_count": "_study", "suggest": "_study"}
 

@@ -9,10 +9,11 @@ from dataclasses import dataclass, replace
 import optuna
 
 from ablate.design import Trial, trial_for
-from ablate.search._study import best_points, open_study, suggest
+from ablate.search._study import best_points, may_count, open_study, suggest
 from ablate.search._task import (
     optuna_name,
-    HOST_ATTR, INTERRUPTED_ATTR, PID_ATTR, PID_START_ATTR, POINT_ATTR, REJECTED_ATTR, RUN_ATTR, SearchTask, trial_epochs,
+    CONFIRM_ATTR, DECLINED_ATTR, HOST_ATTR, INTERRUPTED_ATTR, PID_ATTR, PID_START_ATTR, POINT_ATTR, REJECTED_ATTR, RUN_ATTR,
+    SearchTask, trial_epochs,
 )
 from ablate.errors import SpecError
 from ablate.models import ModelError
@@ -50,20 +51,43 @@ class AskedTrial:
         self.asked.report(metrics[self.objective], epoch)
         return self.asked.should_prune()
 
-    def complete(self, value: float) -> None:
-        self.optuna_study.tell(self.asked, value)
+    # The tells return False when the trial had been ended already — by another invocation that took its asker for
+    # gone (search's recover_stale) and enqueued its point again: the trial is not this worker's any more.
 
-    def pruned(self) -> None:
-        self.optuna_study.tell(self.asked, state=optuna.trial.TrialState.PRUNED)
+    def complete(self, value: float) -> bool:
+        return self._tell(values=value)
 
-    def failed(self) -> None:
-        self.optuna_study.tell(self.asked, state=optuna.trial.TrialState.FAIL)
+    def pruned(self) -> bool:
+        return self._tell(state=optuna.trial.TrialState.PRUNED)
+
+    def failed(self) -> bool:
+        return self._tell(state=optuna.trial.TrialState.FAIL)
 
     def interrupted(self) -> None:
         """Cut off (Ctrl-C, a vanished parent): it does not count towards `trials`, and its point runs again."""
-        self.asked.set_user_attr(INTERRUPTED_ATTR, True)
-        self.optuna_study.tell(self.asked, state=optuna.trial.TrialState.FAIL)
-        self.optuna_study.enqueue_trial(self.asked.params, skip_if_exists=False)
+        try:
+            self.asked.set_user_attr(INTERRUPTED_ATTR, True)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return  # recovered by another invocation, which enqueued the point
+        if self._tell(state=optuna.trial.TrialState.FAIL):
+            self.optuna_study.enqueue_trial(self.asked.params, skip_if_exists=False)
+
+    def lost_to_another(self, exc: BaseException) -> bool:
+        """Was `exc` (raised while training: a report of an epoch) the storage refusing a trial ended by another?"""
+        return isinstance(exc, optuna.exceptions.UpdateFinishedTrialError) and not self._running()
+
+    def _tell(self, **how) -> bool:
+        try:
+            self.optuna_study.tell(self.asked, **how)
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            if self._running():
+                raise  # refused for another reason
+            return False
+        return True
+
+    def _running(self) -> bool:
+        trial = self.optuna_study._storage.get_trial(self.asked._trial_id)
+        return trial.state == optuna.trial.TrialState.RUNNING
 
 
 # Rejections in a row before a worker gives up on its task: `ablate plan` and `ablate run` refuse a space where no
@@ -109,26 +133,23 @@ def _trains(study: Study, point: tuple) -> bool:
         return False
 
 
-def _enqueue_startup_point(study: Study, optuna_study: optuna.Study, index: int) -> None:
+def enqueue_startup(study: Study, optuna_study: optuna.Study) -> None:
     """Under a budget, the sampler's random start draws among the points that train. TPE counts every pruned trial,
     rejected ones too, towards its `startup_trials`: left to itself in a space that is mostly over budget, it would
-    end its random start after a few rejections and one or two trained points. So while fewer than `startup_trials`
-    points have been trained (or are training), a point drawn at random from those within every budget (seeded by the
-    trial's index) is enqueued for this ask."""
+    end its random start after a few rejections and one or two trained points. So `startup_trials` points drawn at
+    random (seeded by the study's seed) from those within every budget are enqueued — once, by the process that
+    created the Optuna study (open_study's on_create): enqueued per driver, two invocations started together trained
+    the same points twice."""
     spec = study.search
     if spec.settings.sampler not in STARTUP_SAMPLERS or not any(getattr(spec.settings, key) for key in BUDGETS):
         return
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING,
-              optuna.trial.TrialState.WAITING)
-    trained = [t for t in optuna_study.get_trials(deepcopy=False, states=states) if not t.user_attrs.get(REJECTED_ATTR)]
-    if len(trained) >= spec.settings.startup_trials:
-        return
-    rng = random.Random(spec.settings.seed * 1_000_003 + index)
-    for _ in range(MAX_REJECTED):
-        point = random_point(spec.space, rng)
-        if _trains(study, point):
-            optuna_study.enqueue_trial(_params(spec.space, point), skip_if_exists=False)
-            return
+    rng = random.Random(spec.settings.seed * 1_000_003)
+    for _ in range(spec.settings.startup_trials):
+        for _ in range(MAX_REJECTED):
+            point = random_point(spec.space, rng)
+            if _trains(study, point):
+                optuna_study.enqueue_trial(_params(spec.space, point), skip_if_exists=False)
+                break
 
 
 def _params(space: tuple, point: tuple) -> dict:
@@ -138,15 +159,34 @@ def _params(space: tuple, point: tuple) -> dict:
             else value for path, value in point}
 
 
-def ask(task: SearchTask) -> AskedTrial:
-    """Ask the task's storage for a point, as the trial of index `task.index`, and the ablate trial that trains it
-    (on the search's seed). A point `point_problem` rules out is rejected (see `reject`) and another asked."""
+def _over_budget(optuna_study: optuna.Study, budget: int, number: int | None = None) -> bool:
+    """Is the search's budget of `trials` spent, counting every invocation's trials — those that count or may yet
+    (may_count)? For an asked trial (`number`), only the trials numbered before it: the storage numbers trials once
+    across all processes, so of two askers racing for the last place exactly one is within it."""
+    ahead = [t for t in optuna_study.get_trials(deepcopy=False) if may_count(t) and (number is None or t.number < number)]
+    return len(ahead) >= budget
+
+
+def _decline(optuna_study: optuna.Study, asked: optuna.Trial) -> None:
+    asked.set_user_attr(DECLINED_ATTR, True)
+    optuna_study.tell(asked, state=optuna.trial.TrialState.FAIL)
+
+
+def ask(task: SearchTask) -> AskedTrial | None:
+    """Ask the task's storage for a point and the ablate trial that trains it (on the search's seed); None when the
+    search's budget is spent (_over_budget). A point `point_problem` rules out is rejected (see `reject`) and
+    another asked."""
     study = _study_of(task)
     spec = study.search
-    optuna_study = open_study(spec, task.storage, optuna_name(study), trial_epochs(study), task.index)
-    _enqueue_startup_point(study, optuna_study, task.index)
+    budget = spec.settings.trials
+    optuna_study = open_study(spec, task.storage, optuna_name(study), trial_epochs(study))
+    if budget and _over_budget(optuna_study, budget):
+        return None
     for _ in range(MAX_REJECTED):
         asked = optuna_study.ask()
+        if budget and _over_budget(optuna_study, budget, asked.number):
+            _decline(optuna_study, asked)
+            return None
         try:
             point = suggest(asked, spec.space)
             try:
@@ -179,12 +219,47 @@ def ask(task: SearchTask) -> AskedTrial:
 BASE_ARM = "base"
 
 
-def confirm_trials(study: Study, optuna_study: optuna.Study) -> tuple[tuple[Stage, ...], list[Trial]]:
-    """The best distinct configurations as arms, and their trials on the confirm seeds; with `confirm_base`, the
-    unsearched settings first, as the arm the others are compared with. A top configuration that is the base
+def confirm_key(study: Study, optuna_study: optuna.Study) -> str:
+    """What a confirm choice was made of: how many configurations, out of how many counted trials. A search continued
+    with a larger budget, or asked for more configurations, chooses again."""
+    from ablate.search._study import finished_count
+
+    return f"top {study.search.settings.confirm_top} of {finished_count(optuna_study)}"
+
+
+def confirm_choice(study: Study, optuna_study: optuna.Study) -> list[int]:
+    """The numbers of the trials whose points the confirm phase re-trains: the best distinct ones that still train."""
+    spec = study.search
+    return [frozen.number for frozen, _ in best_points(optuna_study, spec.settings.confirm_top,
+                                                        lambda point: _trains(study, point))]
+
+
+def store_confirm(optuna_study: optuna.Study, key: str, chosen: list[int]) -> None:
+    """The confirm choice, on the Optuna study, for whoever reads the search later (every invocation writes the same
+    value: the one decided first, see ablate.run's run_search)."""
+    optuna_study.set_user_attr(CONFIRM_ATTR, {"key": key, "trials": chosen})
+
+
+def _stored_choice(study: Study, optuna_study: optuna.Study) -> list[int] | None:
+    stored = optuna_study.user_attrs.get(CONFIRM_ATTR)
+    if isinstance(stored, dict) and stored.get("key") == confirm_key(study, optuna_study):
+        return [int(number) for number in stored.get("trials", [])]
+    return None
+
+
+def confirm_trials(study: Study, optuna_study: optuna.Study,
+                   chosen: list[int] | None = None) -> tuple[tuple[Stage, ...], list[Trial]]:
+    """The confirm phase's configurations as arms — `chosen` (trial numbers), else the choice stored on the Optuna
+    study for its current trials, else confirm_choice — and their trials on the confirm seeds; with `confirm_base`,
+    the unsearched settings first, as the arm the others are compared with. A top configuration that is the base
     settings is that one arm, named for both (its trials are the same trials)."""
     spec = study.search
-    best = best_points(optuna_study, spec.settings.confirm_top, lambda point: _trains(study, point))
+    if chosen is None:
+        chosen = _stored_choice(study, optuna_study)
+    if chosen is None:
+        chosen = confirm_choice(study, optuna_study)
+    trials = {t.number: t for t in optuna_study.get_trials(deepcopy=False)}
+    best = [(trials[n], tuple((p, v) for p, v in trials[n].user_attrs.get(POINT_ATTR, []))) for n in chosen]
     arms, changes = [], []
     base = resolve_point(study, (), name=BASE_ARM, index=0) if spec.settings.confirm_base and best else None
     base_hash = trial_for(study, base, spec.confirm_seeds[0]).hash if base else None

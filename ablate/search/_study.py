@@ -1,8 +1,9 @@
 """The Optuna study of a search: sampler, pruner, suggesting a point of the space, and its trials' bookkeeping.
 
-Each worker builds its sampler with a seed derived from the study's seed and the trial's
-index, so parallel workers never draw the same "random" startup points and a continuation
-is reproducible. A trial records, as user attributes, the point it trained, who asked for
+The sampler is made afresh for each trial with a seed derived from the study's seed and the
+trial's number, which the storage hands out once across every process that asks: parallel
+workers and concurrent invocations never draw the same "random" point, and a continuation is
+reproducible. A trial records, as user attributes, the point it trained, who asked for
 it (host, pid, start) and its MLflow run, so a later invocation can tell whether it is
 still running and retry it if not.
 """
@@ -17,7 +18,7 @@ from typing import Any
 import optuna
 
 from ablate.search._storage import open_storage
-from ablate.search._task import INTERRUPTED_ATTR, POINT_ATTR, REJECTED_ATTR
+from ablate.search._task import DECLINED_ATTR, INTERRUPTED_ATTR, POINT_ATTR, REJECTED_ATTR
 from ablate.spec import SearchSettings, SearchSpec, SpaceEntry
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -39,6 +40,35 @@ def make_sampler(settings: SearchSettings, index: int = 0) -> optuna.samplers.Ba
     raise ValueError(settings.sampler)
 
 
+class PerTrialSeed(optuna.samplers.BaseSampler):
+    """The study's sampler, made for each trial (at before_trial, which Optuna calls first) with a seed of the study's
+    seed and the trial's number. A seed per process or per task is not enough: two invocations started together
+    hand out the same task indices, and their workers drew the same points."""
+
+    def __init__(self, settings: SearchSettings):
+        self.settings = settings
+        self.inner = make_sampler(settings)
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.inner = make_sampler(self.settings, trial.number)
+        self.inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self.inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self.inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self.inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self.inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.inner.reseed_rng()
+
+
 def make_pruner(settings: SearchSettings, epochs: int) -> optuna.pruners.BasePruner:
     startup, warmup = settings.startup_trials, settings.warmup_epochs
     if settings.pruner == "median":
@@ -54,15 +84,21 @@ def make_pruner(settings: SearchSettings, epochs: int) -> optuna.pruners.BasePru
     return optuna.pruners.NopPruner()
 
 
-def open_study(spec: SearchSpec, storage: str, name: str, epochs: int, index: int = 0) -> optuna.Study:
-    return optuna.create_study(
-        study_name=name,
-        storage=open_storage(storage),
-        sampler=make_sampler(spec.settings, index),
-        pruner=make_pruner(spec.settings, epochs),
-        direction="maximize" if spec.settings.maximize else "minimize",
-        load_if_exists=True,
-    )
+def open_study(spec: SearchSpec, storage: str, name: str, epochs: int,
+               on_create: Callable[[optuna.Study], None] | None = None) -> optuna.Study:
+    """The search's Optuna study, created if new. `on_create` runs only in the one process whose creation won (the
+    storage refuses a second study of the name): what a study gets once, such as its enqueued random start."""
+    settings = dict(study_name=name, storage=open_storage(storage), sampler=PerTrialSeed(spec.settings),
+                    pruner=make_pruner(spec.settings, epochs),
+                    direction="maximize" if spec.settings.maximize else "minimize")
+    if on_create is None:
+        return optuna.create_study(**settings, load_if_exists=True)
+    try:
+        created = optuna.create_study(**settings)
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.create_study(**settings, load_if_exists=True)
+    on_create(created)
+    return created
 
 
 def suggest(trial: optuna.Trial, space: tuple[SpaceEntry, ...]) -> tuple[tuple[str, Any], ...]:
@@ -82,15 +118,30 @@ def suggest(trial: optuna.Trial, space: tuple[SpaceEntry, ...]) -> tuple[tuple[s
     return tuple(chosen.items())
 
 
-def finished_count(study: optuna.Study) -> int:
-    """Trials that count towards `trials`: complete, pruned, or failed on their own (not cut off by a kill, and not
-    a point rejected before training)."""
+def counts(trial: optuna.trial.FrozenTrial) -> bool:
+    """Does a trial count towards `trials`: complete, pruned, or failed on its own (not cut off by a kill, not a point
+    rejected before training, not declined because the budget was spent)?"""
     states = optuna.trial.TrialState
-    return sum(
-        1 for t in study.get_trials(deepcopy=False)
-        if not t.user_attrs.get(REJECTED_ATTR) and (
-            t.state in (states.COMPLETE, states.PRUNED) or (t.state == states.FAIL and not t.user_attrs.get(INTERRUPTED_ATTR)))
-    )
+    if trial.user_attrs.get(REJECTED_ATTR) or trial.user_attrs.get(DECLINED_ATTR):
+        return False
+    return trial.state in (states.COMPLETE, states.PRUNED) or (
+        trial.state == states.FAIL and not trial.user_attrs.get(INTERRUPTED_ATTR))
+
+
+def may_count(trial: optuna.trial.FrozenTrial) -> bool:
+    """Does it count, or may it yet: counts, or RUNNING (being trained, or still being asked)."""
+    running = trial.state == optuna.trial.TrialState.RUNNING and not trial.user_attrs.get(REJECTED_ATTR)
+    return running or counts(trial)
+
+
+def finished_count(study: optuna.Study) -> int:
+    """Trials that count towards `trials` (counts)."""
+    return sum(1 for t in study.get_trials(deepcopy=False) if counts(t))
+
+
+def running_count(study: optuna.Study) -> int:
+    """Trials being trained now, by any invocation, that will count once they end."""
+    return sum(1 for t in study.get_trials(deepcopy=False) if may_count(t) and not counts(t))
 
 
 def rejected_count(study: optuna.Study) -> int:
@@ -98,21 +149,28 @@ def rejected_count(study: optuna.Study) -> int:
     return sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get(REJECTED_ATTR))
 
 
-def recover_stale(study: optuna.Study, alive: Callable[[Mapping[str, Any]], bool]) -> int:
+def recover_stale(study: optuna.Study, alive: Callable[[Mapping[str, Any]], bool]) -> list[optuna.trial.FrozenTrial]:
     """Trials a dead process left RUNNING: failed (marked interrupted) and their parameters enqueued to run again.
 
     `alive` gets a trial's user attributes (who asked for it: HOST_ATTR, PID_ATTR, PID_START_ATTR, named as
     ablate.tracking's liveness tags are; and its RUN_ATTR) and says whether that process still runs it.
+
+    The storage changes a trial's state only while it is RUNNING, atomically (RDB: under a row lock; journal: in log
+    order), so of several invocations recovering at once one fails each trial and enqueues its retry; the others,
+    and a late tell of the asker, find it ended. Returns the trials this call recovered.
     """
-    recovered = 0
+    recovered = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if alive(trial.user_attrs):
             continue
-        study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED_ATTR, True)
-        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        try:
+            study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED_ATTR, True)
+            study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # ended meanwhile: by its asker, or by another invocation recovering it
         if trial.params:
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
-        recovered += 1
+        recovered.append(trial)
     return recovered
 
 
@@ -158,6 +216,7 @@ def search_progress(storage: str, study_name: str, current: str) -> tuple[dict[s
     states: dict[str, int] = {}
     if current in stored:
         for trial in optuna.load_study(study_name=current, storage=open_storage(storage)).trials:
-            state = "rejected" if trial.user_attrs.get(REJECTED_ATTR) else trial.state.name.lower()
+            state = ("rejected" if trial.user_attrs.get(REJECTED_ATTR) else
+                     "declined" if trial.user_attrs.get(DECLINED_ATTR) else trial.state.name.lower())
             states[state] = states.get(state, 0) + 1
     return states, {name: count for name, count in stored.items() if name != current}

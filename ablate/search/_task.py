@@ -16,6 +16,11 @@ INTERRUPTED_ATTR = "interrupted"
 # is told PRUNED at once with an Optuna constraint (search._ask.reject), never trained, and does not count towards
 # `trials`.
 REJECTED_ATTR = "rejected"
+# On a trial asked once the search's budget was spent (by every invocation together): it trains nothing, is told FAIL
+# and does not count.
+DECLINED_ATTR = "declined"
+# On the Optuna study: the confirm phase's configurations, decided once for every invocation (run's run_search).
+CONFIRM_ATTR = "confirm"
 
 
 @dataclass(frozen=True)

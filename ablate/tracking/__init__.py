@@ -3,9 +3,11 @@
 Owns the MLflow side of a study (experiment, parent run per invocation, child run per trial,
 their tags and artifacts — `Tracker`), the names of what is recorded (shared by writers and
 readers, so a store written by an earlier version is still read), the read-only view of a
-store that `ablate plan` uses without importing MLflow (`trial_statuses`), and liveness:
+store that `ablate plan` uses without importing MLflow (`trial_statuses`), liveness:
 whether the process behind a RUNNING run is still there, by its pid on this host and by its
-heartbeat from any other (`alive`, `Heartbeat`).
+heartbeat from any other (`alive`, `Heartbeat`), and claims: who may train a trial, decided by
+a conditional write in a database only one claimant can win (`Claims`; the protocol is
+written down in _claims.py).
 
 May import: ablate.design (trials), ablate.errors; MLflow only on its MLflow side, which
 this package imports on first use (`Tracker`, `environment_tags`, `read_plan`),
@@ -14,6 +16,9 @@ so that `ablate plan` stays MLflow-free.
 
 from typing import TYPE_CHECKING
 
+from ablate.tracking._claims import (
+    CLAIMS_ENV, LEASE_SECONDS, Claimed, Claims, Fence, Lease, claims_label, claims_url,
+)
 from ablate.tracking._handlers import restore_signal_handlers
 from ablate.tracking._liveness import (
     BEAT_SECONDS, STALE_AFTER, Heartbeat, Identity, alive, beat_is_fresh, heartbeat_tags, process_start,
@@ -23,16 +28,17 @@ from ablate.tracking._store import (
     RunState, check_store, default_uri, store_is_new, store_label, trial_statuses,
 )
 from ablate.tracking._tags import (
-    ARCHITECTURE, CHANGES, DEVICE, DIVERGED, ERROR, EXPERIMENT_KIND, EXPERIMENT_TAG, FAILED_ERROR, HEARTBEAT, HEARTBEAT_EVERY, HOST,
+    ARCHITECTURE, CHANGES, CLAIM_TOKEN, DEVICE, DIVERGED, ERROR, EXPERIMENT_KIND, EXPERIMENT_TAG, FAILED_ERROR, HEARTBEAT, HEARTBEAT_EVERY, HOST,
     INTERRUPTED, LAST_MODEL_ARTIFACT, MODEL, MODEL_ARTIFACT, MODEL_BEST, MODEL_ERROR, MODEL_PRUNED, MODEL_SAVED, MODEL_SETTINGS, OOM,
     OUTPUTS_ARTIFACT, PACK, PACK_SIZE, PID, PID_START, PLAN_ARTIFACT, REASON, ROLE, SEED, STAGE,
     STAGE_INDEX, STUDY, TRIAL_HASH, WORKER, WORKER_LOST, runs_url, sqlite_path,
 )
 
 if TYPE_CHECKING:
-    from ablate.tracking._tracker import Claim, Tracker, environment_tags, read_plan
+    from ablate.tracking._tracker import Claim, Settled, Tracker, environment_tags, read_plan
 
 __all__ = [
+    "CLAIMS_ENV", "CLAIM_TOKEN", "Claimed", "Claims", "Fence", "LEASE_SECONDS", "Lease", "Settled", "claims_label", "claims_url",
     "ARM_METRIC", "LAST_MODEL_ARTIFACT", "MODEL", "MODEL_ARTIFACT", "MODEL_BEST", "MODEL_ERROR", "MODEL_PRUNED", "MODEL_SAVED",
     "MODEL_SETTINGS", "beaten", "model_runs", "save_model", "settle_models", "stand_ins", "ARCHITECTURE", "Claim", "BEAT_SECONDS", "CHANGES", "DEVICE", "DIVERGED", "ERROR", "EXPERIMENT_KIND", "EXPERIMENT_TAG", "FAILED_ERROR",
     "HEARTBEAT", "HEARTBEAT_EVERY", "HOST", "Heartbeat", "INTERRUPTED", "Identity", "OOM", "OUTPUTS_ARTIFACT", "PACK",
@@ -42,7 +48,7 @@ __all__ = [
     "trial_statuses",
 ]
 
-_MLFLOW_SIDE = ("Claim", "Tracker", "environment_tags", "read_plan")
+_MLFLOW_SIDE = ("Claim", "Settled", "Tracker", "environment_tags", "read_plan")
 
 
 def __getattr__(name: str):

@@ -15,6 +15,8 @@ CHANGES, ARCHITECTURE, ERROR, REASON = "changes", "architecture", "error", "reas
 PACK, PACK_SIZE, WORKER, DEVICE = "pack", "pack_size", "worker", "device"
 # Who runs a run, and the proof it still does (ablate.tracking's liveness).
 HOST, PID, PID_START, HEARTBEAT, HEARTBEAT_EVERY = "host", "pid", "pid_start", "heartbeat", "heartbeat_every"
+# The fencing token of the claim a trial run was started under (ablate.tracking's claims).
+CLAIM_TOKEN = "claim_token"
 EXPERIMENT_TAG = "ablate.study"  # on the experiments ablate made: `ablate report` lists only those
 # What MLflow's UI calls an experiment of trained models. MLflow 3.17's UI does not read it to choose where an
 # experiment opens (a setting of the visitor's browser does, GenAI by default; see runs_url); earlier 3.x UIs do.

@@ -8,12 +8,12 @@ same code works from worker processes and against a remote tracking server.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import platform
-import random
 import re
 import subprocess
 import tempfile
@@ -29,12 +29,13 @@ from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, ML
 import ablate
 from ablate.design import Trial
 from ablate.errors import StoreError
+from ablate.tracking._claims import Claims, Lease, claims_url, scope_of
 from ablate.tracking._liveness import Identity, alive, heartbeat_tags
 from ablate.tracking._open import GuardedClient, open_client, signals_held
 from ablate.tracking._store import RunState, store_label
 from ablate.tracking._tags import (
-    ARCHITECTURE, CHANGES, ERROR, EXPERIMENT_KIND, EXPERIMENT_TAG, HEARTBEAT, HOST, INTERRUPTED, PID, PLAN_ARTIFACT, REASON, ROLE, SEED,
-    STAGE, STAGE_INDEX, STUDY, TRIAL_HASH, sqlite_path,
+    ARCHITECTURE, CHANGES, CLAIM_TOKEN, ERROR, EXPERIMENT_KIND, EXPERIMENT_TAG, HEARTBEAT, HOST, INTERRUPTED, PID, PLAN_ARTIFACT,
+    REASON, ROLE, SEED, STAGE, STAGE_INDEX, STUDY, TRIAL_HASH, sqlite_path,
 )
 
 # MLflow draws a tqdm bar for every artifact it downloads; a report reads one per study.
@@ -65,9 +66,15 @@ class Claim:
 
     run_id: str | None  # the claimant's RUNNING run, None when the trial is another's
     elsewhere: str = ""  # "done" (a FINISHED run exists) or "running" (a live invocation trains it)
+    lease: Lease | None = None  # the claim itself, which the run's worker commits (Tracker.commit_trial)
 
 
-CLAIM_ATTEMPTS = 8  # rounds of a claim contested by another claimant at the same moment, each after a random pause
+@dataclass(frozen=True)
+class Settled:
+    """A run after Tracker.settle: its state, and whether settle ended it (else its worker did, or still may)."""
+
+    state: RunState
+    ended_here: bool = False
 
 
 def git_commit(folder: Path) -> str | None:
@@ -85,8 +92,11 @@ def git_commit(folder: Path) -> str | None:
 
 
 class Tracker:
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, claims: str | None = None):
         self.uri = uri
+        self._claims_url = claims  # the claims database (ablate.tracking's claims); None: derived from the store
+        self._claims: Claims | None = None
+        self._scopes: dict[str, str] = {}
         # MLflow prints "🏃 View run … at: …" for every run a tracking server's client ends, a line per trial in the
         # middle of ablate's progress; ablate prints the one link that is useful, at the end.
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -167,69 +177,120 @@ class Tracker:
         self.client.log_batch(run.info.run_id, params=params)
         return run.info.run_id
 
+    @property
+    def claims(self) -> Claims:
+        """The claims database, opened on first use (reports and exports never open it)."""
+        if self._claims is None:
+            self._claims = Claims(self._claims_url or claims_url(self.uri))
+        return self._claims
+
+    def scope(self, experiment_id: str) -> str:
+        """The experiment's claims scope (ablate.tracking's claims)."""
+        if experiment_id not in self._scopes:
+            self._scopes[experiment_id] = scope_of(experiment_id, self.client.get_experiment(experiment_id).creation_time)
+        return self._scopes[experiment_id]
+
     def claim_trial(self, experiment_id: str, parent_id: str, trial: Trial, env_tags: dict[str, str]) -> Claim:
         """Claim a trial before training it, so that it trains once however many invocations run its study.
 
-        The claim is the trial's RUNNING run itself, carrying the claimant's invocation (its parent run) and
-        heartbeat. A claimant creates its run, then looks for a rival — another run of the trial that is
-        FINISHED, or RUNNING under a live process and invocation (a dead one is taken over, marked FAILED):
-        - no rival: the claim holds. Any later claimant creates its run after this one exists, so it sees this
-          one and backs off — of two claimants, at most one finds no rival;
-        - a rival: it deletes its run (the claim never happened), and either yields (the rival FINISHED, or is
-          still there after a random pause: it won) or, when the rival backed off too, tries again.
-        Only reads and writes of single runs are used, through any MLflow store (SQLite, a tracking server
-        over a shared database), so the protocol holds across machines as it does across processes.
-        """
-        rival = None
-        for _ in range(CLAIM_ATTEMPTS):
-            rival = self._rival(experiment_id, trial.hash, mine=None)
-            if rival is None:
-                run_id = None
-                try:
-                    with signals_held():  # a Ctrl-C while the run is made lands once run_id names it, here
-                        run_id = self.start_trial(experiment_id, parent_id, trial, env_tags)
-                    rival = self._rival(experiment_id, trial.hash, mine=run_id)
-                except BaseException:  # interrupted, or the store failed: the claim never happened
-                    if run_id is not None:
-                        self._withdraw(run_id)
-                    raise
-                if rival is None:
-                    return Claim(run_id)
-                self._withdraw(run_id)
-            if rival == "done":
+        The claim is a lease in the claims database, taken by one conditional write (ablate.tracking's claims: the
+        protocol and what it assumes); the trial's run is created once it is held, tagged with the lease's token,
+        and only the lease's commit (commit_trial) may make it FINISHED. A trial with a FINISHED run from before
+        claims existed is done; the runs of holders this claim took over from are ended FAILED (they are fenced:
+        their workers can no longer commit)."""
+        scope = self.scope(experiment_id)
+        claimed = self.claims.acquire(scope, trial.hash, Identity.of_this_process(), parent_id)
+        if claimed.lease is None:
+            return Claim(None, claimed.elsewhere)
+        lease, run_id = claimed.lease, None
+        try:
+            if self._finished_runs(experiment_id, trial.hash):
+                self.claims.adopt(lease)
                 return Claim(None, "done")
-            time.sleep(random.uniform(0.05, 0.5))
-            if self._rival(experiment_id, trial.hash, mine=None) is not None:
-                return Claim(None, "running")
-        return Claim(None, rival or "running")
+            self._end_superseded(experiment_id, trial.hash, lease.token)
+            with signals_held():  # a Ctrl-C while the run is made lands once run_id names it, here
+                run_id = self.start_trial(experiment_id, parent_id, trial, {**env_tags, CLAIM_TOKEN: str(lease.token)})
+            self.claims.attach(lease, run_id)
+        except BaseException:  # interrupted, or the store failed: the claim never happened
+            if run_id is not None:
+                self._withdraw(run_id)
+            with contextlib.suppress(StoreError):  # else its holder (this process) is gone soon, and so is the claim
+                self.claims.release(lease)
+            raise
+        return Claim(run_id, lease=lease)
+
+    def commit_trial(self, lease: Lease, run_id: str, metrics: dict[str, float], step: int) -> bool:
+        """End a trained trial's run FINISHED with its final metrics — if its claim is still this worker's: the
+        commit (one conditional write that stores the metrics too) decides; False when the claim was taken over."""
+        result = {"metrics": metrics, "step": step, "timestamp": int(time.time() * 1000)}
+        if not self.claims.commit(lease, run_id, result):
+            return False
+        self._complete(run_id, result)
+        self.claims.recorded(lease)
+        return True
+
+    def _complete(self, run_id: str, result: dict) -> None:
+        """A committed trial's run, recorded: its final metrics (the commit's timestamps, so writing them twice adds
+        nothing) and FINISHED."""
+        metrics = [Metric(k, float(v), result["timestamp"], result["step"]) for k, v in result["metrics"].items()]
+        self.client.log_batch(run_id, metrics=metrics)
+        self.client.set_terminated(run_id, status="FINISHED")
+
+    def release(self, lease: Lease) -> None:
+        self.claims.release(lease)
+
+    def renew(self, leases: list[Lease]) -> list[Lease]:
+        """Each lease's heartbeat; the leases this worker no longer holds."""
+        return self.claims.renew(leases) if leases else []
+
+    def settle(self, run_id: str, status: str, error: str | None = None, reason: str | None = None,
+               force: bool = False) -> Settled:
+        """End another process's RUNNING run `status` — once its worker can no longer finish it. A trial run's claim
+        is fenced first (ablate.tracking's claims): a run whose trial was committed is completed FINISHED instead,
+        and one whose holder lives is left alone. `force`: the caller knows the worker is gone (it saw it die); else
+        its liveness decides. A run without a claim (written before claims, or a search trial's, which Optuna
+        claims) is judged by its heartbeat and its invocation's."""
+        run = self.client.get_run(run_id)
+        state = RunState(run.info.status, dict(run.data.metrics), dict(run.data.tags))
+        if state.status != "RUNNING":
+            return Settled(state)
+        token, trial_hash = state.tags.get(CLAIM_TOKEN), state.tags.get(TRIAL_HASH)
+        outcome = "unclaimed"
+        if token and trial_hash:
+            scope = self.scope(run.info.experiment_id)
+            fence = self.claims.fence(scope, trial_hash, int(token), force)
+            outcome = fence.outcome
+            if outcome == "committed":
+                self._complete(run_id, fence.result or {})
+                self.claims.recorded(Lease(scope, trial_hash, int(token)))
+                return Settled(self.run_state(run_id))
+        if outcome in ("live", "finished") or (outcome == "unclaimed" and not force and self.run_alive(run_id)):
+            return Settled(state)
+        self.finish(run_id, status, error=error, reason=reason)
+        tags = {**state.tags, **({ERROR: error[:5000]} if error else {}), **({REASON: reason} if reason else {})}
+        return Settled(RunState(status, state.metrics, tags), ended_here=True)
+
+    def _finished_runs(self, experiment_id: str, trial_hash: str) -> list:
+        return self.search(experiment_id, f"tags.{ROLE} = 'trial' and tags.{TRIAL_HASH} = '{trial_hash}' and "
+                                          "attributes.status = 'FINISHED'")
+
+    def _end_superseded(self, experiment_id: str, trial_hash: str, token: int) -> None:
+        """The RUNNING runs of a trial started under an older claim than `token`: their workers can no longer commit
+        (their token is not the row's), so they end FAILED (interrupted) rather than wait for recovery."""
+        runs = self.search(experiment_id, f"tags.{ROLE} = 'trial' and tags.{TRIAL_HASH} = '{trial_hash}' and "
+                                          "attributes.status = 'RUNNING'")
+        for run in runs:
+            tags = run.data.tags
+            if tags.get(CLAIM_TOKEN, "").isdigit() and int(tags[CLAIM_TOKEN]) < token:
+                self.finish(run.info.run_id, "FAILED", reason=INTERRUPTED,
+                            error=f"its claim was taken over: the ablate run that held it is gone (pid "
+                                  f"{tags.get(PID, '?')} on {tags.get(HOST, '?')})")
 
     def _withdraw(self, run_id: str) -> None:
         try:
             self.client.delete_run(run_id)
         except StoreError:
-            pass  # left RUNNING, its worker's heartbeat stops: the next invocation recovers it
-
-    def _rival(self, experiment_id: str, trial_hash: str, mine: str | None) -> str | None:
-        """What stands in the way of a claim (see claim_trial): "done" (a FINISHED run of the trial), "running" (a
-        RUNNING one whose process and invocation live), or None. Each run is read again before it is judged, as it
-        may have ended since the search; a dead claim found on the way is ended FAILED (interrupted) so that nobody
-        waits on it."""
-        runs = self.search(experiment_id, f"tags.{ROLE} = 'trial' and tags.{TRIAL_HASH} = '{trial_hash}'")
-        for run in sorted(runs, key=lambda r: r.info.status != "FINISHED"):
-            if run.info.run_id == mine or run.info.status not in ("FINISHED", "RUNNING"):
-                continue
-            status = run.info.status if run.info.status == "FINISHED" else self.run_state(run.info.run_id).status
-            if status == "FINISHED":
-                return "done"
-            if status != "RUNNING":
-                continue  # ended (failed, killed) since the search: nothing to take over
-            if self.run_alive(run.info.run_id):
-                return "running"
-            tags = run.data.tags
-            self.finish(run.info.run_id, "FAILED", reason=INTERRUPTED,
-                        error=f"claimed by an ablate run that is gone (pid {tags.get(PID, '?')} on "
-                              f"{tags.get(HOST, '?')}); taken over")
-        return None
+            pass  # left RUNNING under a claim it never held: fenced, the next invocation ends it
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
@@ -280,31 +341,26 @@ class Tracker:
         return parent is None or self.run_alive(parent)
 
     def recover_stale(self, experiment_id: str) -> tuple[list[dict[str, str]], set[str]]:
-        """Mark FAILED (reason `interrupted`) the runs an `ablate run` killed with -9 left RUNNING.
+        """Mark FAILED (reason `interrupted`) the trial runs an `ablate run` killed with -9 left RUNNING, and their
+        invocations' parent runs.
 
-        A trial run is abandoned when its invocation is gone, or when its own worker is (a lost node, a
-        worker killed while its invocation lives on but has not noticed yet). Returns the recovered trials
-        (their tags) and the hashes of trials still running under a live invocation elsewhere (which this one
-        must not start a second time).
-        """
+        A trial run is abandoned when its claim's holder is gone (settle: a committed one is completed FINISHED
+        instead). Returns the recovered trials (their tags) and the hashes of trials still running elsewhere (which
+        this invocation must not start a second time). A search trial's run is search's to recover (its Optuna
+        trial is its claim)."""
         parents = self.search(experiment_id, f"tags.{ROLE} = 'parent' and attributes.status = 'RUNNING'")
-        live = {p.info.run_id for p in parents if alive(p.data.tags)}
         recovered, elsewhere = [], set()
-        runs = [run for role in ("trial", "search")  # a search trial's run too (its Optuna trial is search's to recover)
-                for run in self.search(experiment_id, f"tags.{ROLE} = '{role}' and attributes.status = 'RUNNING'")]
-        for run in runs:
+        for run in self.search(experiment_id, f"tags.{ROLE} = 'trial' and attributes.status = 'RUNNING'"):
             tags = run.data.tags
-            if tags.get(MLFLOW_PARENT_RUN_ID) in live and alive(tags):
-                elsewhere.add(tags.get(TRIAL_HASH, ""))
-                continue
-            if self.run_state(run.info.run_id).status != "RUNNING":
-                continue  # it ended since the search: its end stands
             who = f"pid {tags.get(PID, '?')} on {tags.get(HOST, '?')}"
-            self.finish(run.info.run_id, "FAILED", error=f"left RUNNING by an ablate run that is gone ({who})",
-                        reason=INTERRUPTED)
-            recovered.append(tags)
+            settled = self.settle(run.info.run_id, "FAILED", error=f"left RUNNING by an ablate run that is gone ({who})",
+                                  reason=INTERRUPTED)
+            if settled.state.status == "RUNNING":
+                elsewhere.add(tags.get(TRIAL_HASH, ""))
+            elif settled.ended_here:
+                recovered.append(tags)
         for parent in parents:
-            if parent.info.run_id not in live:
+            if not alive(parent.data.tags) and self.run_state(parent.info.run_id).status == "RUNNING":
                 self.finish(parent.info.run_id, "FAILED", error="this ablate run was killed before it ended",
                             reason=INTERRUPTED)
         return recovered, elsewhere
@@ -337,13 +393,12 @@ class Tracker:
 
         For the invocation itself, once none of its workers can write any more: a worker stopped at an awkward
         moment (Ctrl-C just after it created a trial's run, before anyone heard of it) leaves its run RUNNING.
-        Only RUNNING runs are touched: a run that ended (FINISHED above all) stays as it ended."""
+        Each is settled (a committed trial's run is completed, not ended); a run that ended stays as it ended."""
         ended = []
         children = self.search(experiment_id, f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_id}' and "
                                               "attributes.status = 'RUNNING'")
         for run in children:
-            if self.run_state(run.info.run_id).status == "RUNNING":
-                self.finish(run.info.run_id, status, error=error, reason=reason)
+            if self.settle(run.info.run_id, status, error=error, reason=reason, force=True).ended_here:
                 ended.append(run.info.run_id)
         return ended
 

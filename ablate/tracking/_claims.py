@@ -1,0 +1,405 @@
+"""Claims: who may train a trial, decided by a conditional write that only one claimant can win.
+
+MLflow has no compare-and-set: a protocol built on reading a run and then writing it (is the
+rival dead? then take over) races — between the read and the write the rival finishes, and a
+trial trains twice while a finished run is overwritten FAILED. So a trial's right to train is
+a *lease* in a database with atomic conditional updates (SQLite, PostgreSQL, MySQL), one row
+per (experiment, trial hash); MLflow only records what the lease holder did.
+
+The row: `state` (held, committed, finished, free), a fencing `token` that grows with every
+acquisition, the holder (host, pid, process start, the invocation's parent run), the holder's
+MLflow run, an `expires` time its heartbeat pushes forward, and at commit the final metrics.
+
+The contract, which every caller relies on:
+- **acquire** inserts the row (the primary key lets one inserter win) or takes it over with
+  `UPDATE … WHERE token = t AND state = s`: only from `free`, or from `held` whose holder is
+  gone — its lease expired by the database's clock, or, on the holder's own host, its process
+  is not running (exact at once; a recycled pid is told apart by its start time). Of any
+  number of claimants, one wins; a `committed` or `finished` row is never acquired again.
+- **commit** is the only way to the trial's end: `held → committed` under the holder's token,
+  storing the final metrics in the same write. A holder whose lease was taken (or revoked)
+  fails here and never writes FINISHED. Once committed, the trial is done: its run is then
+  completed — final metrics and FINISHED — by the holder, or, if it dies first, by whoever
+  settles the run later from the stored metrics (the same values and timestamps, so both
+  writing is harmless). At most one run of a trial is ever committed.
+- **fence** is what anyone must do before ending another's run: it revokes the lease
+  (`held → free` under that run's token) or finds it already superseded, so the run's worker
+  can no longer commit; a committed lease is never revoked (its run is completed instead).
+  So a run that finished is never changed by anyone but its own worker, and a takeover
+  never writes over a run that may have finished.
+- **renew** (the holder's heartbeat) pushes `expires` forward under its token and tells the
+  holder when its lease is gone, so it stops early.
+- **decide** stores a value under a key once (insert-if-absent): every caller gets the
+  first writer's value (a search's confirm set).
+
+What it assumes: every invocation of a study uses the same claims database for as long as
+the tracking store lives (by default one derived from the store — `claims_url`); the database
+makes single-row conditional updates atomic (SQLite on a local disk — its locks are not
+reliable over NFS — PostgreSQL, MySQL). Expiry is judged by the database's clock (SQLite: the
+clock of the one machine that holds the file), so hosts need not agree on the time. A holder
+that stalls for longer than LEASE_SECONDS (a suspended process, a network partition) loses its
+lease and its work is wasted, never recorded twice. Runs written by ablate before claims
+existed (no claim_token tag) are judged by their heartbeats, as then.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ablate.errors import AblateError, StoreError
+from ablate.tracking._liveness import BEAT_SECONDS, STALE_AFTER, Identity
+from ablate.tracking._tags import sqlite_path
+
+LEASE_SECONDS = STALE_AFTER * BEAT_SECONDS  # a lease not renewed for this long is the holder's no longer
+CLAIMS_ENV = "ABLATE_CLAIMS"  # the claims database, when not --claims
+TABLE, DECISIONS = "ablate_claims", "ablate_decisions"
+HELD, COMMITTED, FINISHED, FREE = "held", "committed", "finished", "free"
+# SQL for "now" in seconds, by the database's own clock (see the contract). A dialect without one uses the caller's.
+_NOW = {
+    "sqlite": "((julianday('now') - 2440587.5) * 86400.0)",
+    "postgresql": "extract(epoch from clock_timestamp())",
+    "mysql": "unix_timestamp(now(6))",
+}
+_SCHEMA = (
+    f"""CREATE TABLE IF NOT EXISTS {TABLE} (
+        scope VARCHAR(255) NOT NULL, trial VARCHAR(255) NOT NULL, state VARCHAR(16) NOT NULL,
+        token INTEGER NOT NULL, host VARCHAR(255) NOT NULL, pid INTEGER, pid_start VARCHAR(64),
+        invocation VARCHAR(64), run_id VARCHAR(64), expires DOUBLE PRECISION NOT NULL, result TEXT,
+        PRIMARY KEY (scope, trial))""",
+    f"""CREATE TABLE IF NOT EXISTS {DECISIONS} (
+        scope VARCHAR(255) NOT NULL, name VARCHAR(255) NOT NULL, value TEXT NOT NULL, PRIMARY KEY (scope, name))""",
+)
+_COLUMNS = "state, token, host, pid, pid_start, invocation, run_id, result"
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A held claim: the right to train one trial, as long as `token` is the row's."""
+
+    scope: str
+    trial: str
+    token: int
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """What acquire got: a lease, or why not ('done': committed or finished; 'running': a live holder has it)."""
+
+    lease: Lease | None
+    elsewhere: str = ""
+    previous_run: str | None = None  # the run of a holder taken over: fenced, its runner can no longer commit
+
+
+@dataclass(frozen=True)
+class Fence:
+    """What fence found: 'fenced' (the run's worker can no longer commit), 'committed' (its trial is done: complete
+    the run from `result`), 'finished' (recorded), 'live' (a live holder: untouched), or 'unclaimed' (no row)."""
+
+    outcome: str
+    result: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class _Row:
+    state: str
+    token: int
+    holder: Identity
+    invocation: str | None
+    run_id: str | None
+    result: str | None
+    expired: bool
+
+    def gone(self) -> bool:
+        """Is the holder gone: its lease expired, or, on its own host, its process not running?"""
+        return self.expired or (self.holder.here and not self.holder.running())
+
+
+class Claims:
+    """The claims database (see the module's contract). One per process; safe to share between its threads."""
+
+    def __init__(self, url: str):
+        import sqlalchemy
+
+        self.url = url
+        self.label = claims_label(url)
+        kwargs: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"timeout": 60, "check_same_thread": False}
+        else:  # a server takes a bounded number of connections: hold one only while talking (as search's storage)
+            kwargs["poolclass"] = sqlalchemy.pool.NullPool
+        try:
+            self.engine = sqlalchemy.create_engine(url, **kwargs)
+        except Exception as exc:  # noqa: BLE001 — a malformed URL, a driver not installed
+            raise AblateError(f"claims database {self.label}: {exc}; pass --claims with a database URL "
+                              "(sqlite:///…, postgresql://…)") from exc
+        self.now = _NOW.get(self.engine.dialect.name)
+        self._create()
+
+    # -- a trial's lease ---------------------------------------------------------------
+
+    def acquire(self, scope: str, trial: str, holder: Identity, invocation: str | None = None) -> Claimed:
+        """The lease of a trial, or why another has it. Contested rounds retry at once: each lost round means
+        someone else's write won, so the next read sees a newer row."""
+        while True:
+            row = self._row(scope, trial)
+            if row is None:
+                if self._insert(scope, trial, holder, invocation):
+                    return Claimed(Lease(scope, trial, 1))
+                continue
+            if row.state in (COMMITTED, FINISHED):
+                return Claimed(None, "done")
+            if row.state == HELD and not row.gone():
+                return Claimed(None, "running")
+            taken = self._write(
+                f"UPDATE {TABLE} SET state = :held, token = token + 1, host = :host, pid = :pid, "
+                f"pid_start = :start, invocation = :invocation, run_id = NULL, result = NULL, "
+                f"expires = {self._now()} + :lease WHERE scope = :scope AND trial = :trial AND token = :token "
+                "AND state = :state",
+                held=HELD, host=holder.host, pid=holder.pid, start=holder.start, invocation=invocation,
+                lease=LEASE_SECONDS, scope=scope, trial=trial, token=row.token, state=row.state)
+            if taken:
+                previous = row.run_id if row.state == HELD else None
+                return Claimed(Lease(scope, trial, row.token + 1), previous_run=previous)
+
+    def attach(self, lease: Lease, run_id: str) -> None:
+        """The lease's MLflow run, once it exists (a takeover ends it FAILED: see Claimed.previous_run)."""
+        self._write(f"UPDATE {TABLE} SET run_id = :run WHERE scope = :scope AND trial = :trial AND token = :token",
+                    run=run_id, **_key(lease))
+
+    def renew(self, leases: list[Lease]) -> list[Lease]:
+        """Push each lease's expiry forward; the leases that are no longer the holder's."""
+        return [lease for lease in leases if not self._write(
+            f"UPDATE {TABLE} SET expires = {self._now()} + :lease WHERE scope = :scope AND trial = :trial "
+            f"AND token = :token AND state IN ('{HELD}', '{COMMITTED}')", lease=LEASE_SECONDS, **_key(lease))]
+
+    def commit(self, lease: Lease, run_id: str, result: dict[str, Any]) -> bool:
+        """The trial is done, with these final metrics (see the contract); False: the lease is no longer ours."""
+        return self._write(
+            f"UPDATE {TABLE} SET state = '{COMMITTED}', run_id = :run, result = :result WHERE scope = :scope "
+            f"AND trial = :trial AND token = :token AND state = '{HELD}'",
+            run=run_id, result=json.dumps(result), **_key(lease))
+
+    def recorded(self, lease: Lease) -> None:
+        """The committed trial's run is FINISHED in the store."""
+        self._write(f"UPDATE {TABLE} SET state = '{FINISHED}' WHERE scope = :scope AND trial = :trial "
+                    f"AND token = :token AND state = '{COMMITTED}'", **_key(lease))
+
+    def adopt(self, lease: Lease) -> None:
+        """A FINISHED run of the trial exists that no lease committed (written before claims): it stands."""
+        self._write(f"UPDATE {TABLE} SET state = '{FINISHED}' WHERE scope = :scope AND trial = :trial "
+                    f"AND token = :token AND state = '{HELD}'", **_key(lease))
+
+    def release(self, lease: Lease) -> None:
+        """Give a held lease up (the trial failed or was stopped): anyone may acquire it again."""
+        self._write(f"UPDATE {TABLE} SET state = '{FREE}' WHERE scope = :scope AND trial = :trial "
+                    f"AND token = :token AND state = '{HELD}'", **_key(lease))
+
+    def fence(self, scope: str, trial: str, token: int, force: bool = False) -> Fence:
+        """Make sure the run holding `token` can no longer commit, before its run is ended by someone else (see the
+        contract). `force`: its worker is known to be gone (the caller saw it die), whatever the lease says."""
+        while True:
+            row = self._row(scope, trial)
+            if row is None:
+                return Fence("unclaimed")
+            if row.token != token or row.state == FREE:
+                return Fence("fenced")
+            if row.state == FINISHED:
+                return Fence("finished")
+            if not (force or row.gone()):
+                return Fence("live")
+            if row.state == COMMITTED:
+                return Fence("committed", json.loads(row.result or "{}"))
+            if self._write(f"UPDATE {TABLE} SET state = '{FREE}' WHERE scope = :scope AND trial = :trial "
+                           f"AND token = :token AND state = '{HELD}'", scope=scope, trial=trial, token=token):
+                return Fence("fenced")
+
+    def states(self, scope: str) -> dict[str, str]:
+        """Trial hash → its lease's state, for one scope."""
+        rows = self._read(f"SELECT trial, state FROM {TABLE} WHERE scope = :scope", scope=scope)
+        return {trial: state for trial, state in rows}
+
+    # -- decisions ---------------------------------------------------------------------
+
+    def decide(self, scope: str, name: str, value: Any) -> Any:
+        """`value` stored under `name` unless a value is there already; the stored one either way."""
+        import sqlalchemy
+
+        try:
+            self._write(f"INSERT INTO {DECISIONS} (scope, name, value) VALUES (:scope, :name, :value)",
+                        scope=scope, name=name, value=json.dumps(value))
+        except sqlalchemy.exc.IntegrityError:
+            pass  # decided by someone else first
+        rows = self._read(f"SELECT value FROM {DECISIONS} WHERE scope = :scope AND name = :name",
+                          scope=scope, name=name)
+        return json.loads(rows[0][0])
+
+    def decided(self, scope: str, name: str) -> Any | None:
+        rows = self._read(f"SELECT value FROM {DECISIONS} WHERE scope = :scope AND name = :name",
+                          scope=scope, name=name)
+        return json.loads(rows[0][0]) if rows else None
+
+    # -- SQL -----------------------------------------------------------------------------
+
+    def _now(self) -> str:
+        return self.now if self.now is not None else f"{time.time():.3f}"
+
+    def _row(self, scope: str, trial: str) -> _Row | None:
+        rows = self._read(f"SELECT {_COLUMNS}, expires < {self._now()} FROM {TABLE} "
+                          "WHERE scope = :scope AND trial = :trial", scope=scope, trial=trial)
+        if not rows:
+            return None
+        state, token, host, pid, start, invocation, run_id, result, expired = rows[0]
+        return _Row(state, int(token), Identity(host, pid, start or ""), invocation, run_id, result, bool(expired))
+
+    def _insert(self, scope: str, trial: str, holder: Identity, invocation: str | None) -> bool:
+        import sqlalchemy
+
+        try:
+            self._write(
+                f"INSERT INTO {TABLE} (scope, trial, state, token, host, pid, pid_start, invocation, expires) "
+                f"VALUES (:scope, :trial, '{HELD}', 1, :host, :pid, :start, :invocation, {self._now()} + :lease)",
+                scope=scope, trial=trial, host=holder.host, pid=holder.pid, start=holder.start,
+                invocation=invocation, lease=LEASE_SECONDS)
+        except sqlalchemy.exc.IntegrityError:
+            return False  # another claimant inserted it first
+        return True
+
+    def _write(self, sql: str, **params: Any) -> bool:
+        """One statement in a transaction of its own; True when it changed a row."""
+        import sqlalchemy
+
+        with self._guarded(), self.engine.begin() as connection:
+            return connection.execute(sqlalchemy.text(sql), params).rowcount > 0
+
+    def _read(self, sql: str, **params: Any) -> list[tuple]:
+        import sqlalchemy
+
+        with self._guarded(), self.engine.connect() as connection:
+            return [tuple(row) for row in connection.execute(sqlalchemy.text(sql), params)]
+
+    def _create(self) -> None:
+        """The tables, if missing. Two processes creating them at once may both try (PostgreSQL's IF NOT EXISTS is not
+        race-free): the loser finds them made."""
+        import sqlalchemy
+
+        path = sqlite_path(self.url)
+        if path is not None and path.parent.is_dir() and not path.exists():
+            _new_sqlite(path)
+        for statement in _SCHEMA:
+            try:
+                self._write(statement)
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+                pass
+
+    def _guarded(self):
+        return _guarded(self.label)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+class _guarded:
+    """A failing claims database is a StoreError (exit 3) naming it, as a failing tracking store is; a lost round of
+    a race (IntegrityError) is the caller's to handle."""
+
+    def __init__(self, label: str):
+        self.label = label
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, trace) -> bool:
+        import sqlalchemy
+
+        if exc is None or isinstance(exc, sqlalchemy.exc.IntegrityError) or not isinstance(exc, Exception):
+            return False
+        if isinstance(exc, sqlalchemy.exc.SQLAlchemyError):
+            raise StoreError(f"claims database {self.label} failed ({_first_line(exc)}): check that it is reachable "
+                             "and writable (disk space, permissions), or pass --claims with another; nothing "
+                             "recorded was changed") from exc
+        return False
+
+
+def _new_sqlite(path: Path) -> None:
+    """A new SQLite claims file in write-ahead-log mode: readers (every claimant's look at a row) never wait for the
+    writer. Made under a private name and linked into place, so no one opens it half set up."""
+    import sqlite3
+
+    private = path.parent / f".{path.name}.{os.getpid()}.creating"
+    with sqlite3.connect(private) as connection:
+        connection.execute("PRAGMA journal_mode=WAL")
+    try:
+        os.link(private, path)
+    except FileExistsError:
+        pass
+    finally:
+        private.unlink(missing_ok=True)
+
+
+def _key(lease: Lease) -> dict[str, Any]:
+    return {"scope": lease.scope, "trial": lease.trial, "token": lease.token}
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
+def claims_label(url: str) -> str:
+    """The database as a person reads it, without a password."""
+    path = sqlite_path(url)
+    if path is not None:
+        return str(path.resolve())
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001
+        return url
+
+
+# -- which database ----------------------------------------------------------------------------
+
+DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mssql")
+
+
+def claims_url(tracking_uri: str, claims: str | None = None, storage: str | None = None, cluster: bool = False) -> str:
+    """The claims database of a store (see the module's assumptions), in this order:
+    - `claims` (--claims) or $ABLATE_CLAIMS;
+    - a SQLite store `…/NAME.db`: `…/NAME.claims.db` beside it, on the same disk as the store;
+    - a database store (postgresql://, mysql://…): that database, in tables of its own;
+    - a server store (http://…): the search's Optuna storage when it is a database URL; else, on this machine
+      alone, a file under ~/.local/state/ablate keyed by the store's URI — invocations on other machines (a Ray
+      cluster's nodes) cannot see it, so `cluster` refuses it."""
+    chosen = claims or os.environ.get(CLAIMS_ENV)
+    if chosen:
+        return chosen
+    database = sqlite_path(tracking_uri)
+    if database is not None:
+        return f"sqlite:///{database.resolve().with_suffix('.claims.db')}"
+    scheme = tracking_uri.split(":", 1)[0].split("+", 1)[0]
+    if scheme in DATABASE_SCHEMES:
+        return tracking_uri
+    if storage and "://" in storage:
+        return storage
+    if cluster:
+        raise AblateError(
+            f"a study on a cluster with tracking store {tracking_uri} needs a claims database every node reaches: pass "
+            "--claims postgresql://… (the database behind the MLflow server will do; ablate adds tables of its own) "
+            f"or set {CLAIMS_ENV}")
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "ablate" / "claims"
+    state.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]
+    return f"sqlite:///{state / f'{digest}.db'}"
+
+
+def scope_of(experiment_id: str, creation_time: int | None) -> str:
+    """A study's claims scope: its experiment, told apart from a same-numbered one of another store by when it was
+    made (a claims database named by hand may serve several stores)."""
+    return f"{experiment_id}@{creation_time or 0}"
+
