@@ -171,9 +171,13 @@ def _blow(process: subprocess.Popen, blow: str) -> None:
 
 def run_round(repo: Path, folder: Path, kind: str, drivers: int, rng: random.Random, uri: str | None = None,
               extra: tuple[str, ...] = (), blows: int | None = None, window: tuple[float, float] = (4.0, 14.0),
-              timeout: float = 600.0) -> Outcome:
+              timeout: float = 600.0, storage: str | None = None) -> Outcome:
     """One round: `drivers` invocations at once, `blows` of them (default: half) hit at a random moment of `window`
-    seconds, a reader throughout; then a clean invocation, and the checks."""
+    seconds, a reader throughout; then a clean invocation, and the checks. `uri`: the tracking store (default: a
+    SQLite file in `folder`); `storage`: a search's Optuna storage when not the journal beside it (then also passed
+    to the drivers)."""
+    if storage is not None:
+        extra = (*extra, "--storage", storage)
     started = time.monotonic()
     folder.mkdir(parents=True, exist_ok=True)
     study = folder / f"{kind}.toml"
@@ -199,7 +203,7 @@ def run_round(repo: Path, folder: Path, kind: str, drivers: int, rng: random.Ran
     outcome = Outcome(kind, drivers, [blow for _, _, blow in hits], exits)
     if final.returncode != 0:
         outcome.problems.append(f"the clean run exited {final.returncode}: {final.stdout[-600:]}{final.stderr[-600:]}")
-    _check(outcome, uri, NAMES[kind], reader, folder)
+    _check(outcome, uri, NAMES[kind], reader, storage or str(folder / "optuna-journal.log"))
     outcome.seconds = time.monotonic() - started
     return outcome
 
@@ -212,7 +216,7 @@ def _wait(process: subprocess.Popen, timeout: float) -> int | None:
         return None
 
 
-def _check(outcome: Outcome, uri: str, name: str, reader: Reader, folder: Path) -> None:
+def _check(outcome: Outcome, uri: str, name: str, reader: Reader, storage: str) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
@@ -228,7 +232,7 @@ def _check(outcome: Outcome, uri: str, name: str, reader: Reader, folder: Path) 
     else:
         searched = [r for r in runs if r.data.tags.get("role") == "search"]
         _check_trained_once(outcome, searched, "objective", lambda r: r.data.tags.get("optuna_trial"), "search trial")
-        _check_search(outcome, client, runs, folder)
+        _check_search(outcome, client, runs, storage)
         expected = len({r.data.tags.get("trial_hash") for r in trials})  # the confirm trials (checked there)
     finished = Counter(r.data.tags.get("trial_hash") for r in trials if r.info.status == "FINISHED")
     if len(finished) != expected:
@@ -246,16 +250,17 @@ def _check_trained_once(outcome: Outcome, runs: list, metric: str, key, what: st
         outcome.problems.append(f"{sum(1 for n in doubly.values() if n > 1)} {what}s with more than one FINISHED run")
 
 
-def _check_search(outcome: Outcome, client, runs: list, folder: Path) -> None:
+def _check_search(outcome: Outcome, client, runs: list, storage: str) -> None:
     """The budget, distinct points, and one confirm set — as Optuna's storage and the parents' plans hold them."""
     import optuna
 
-    storage = str(folder / "optuna-journal.log")
-    if not Path(storage).exists():
-        outcome.problems.append("no Optuna journal beside the store")
-        return
-    journal = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
-    study = optuna.load_study(study_name=optuna.get_all_study_names(journal)[0], storage=journal)
+    if "://" not in storage:
+        if not Path(storage).exists():
+            outcome.problems.append("no Optuna journal beside the store")
+            return
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
+    names = [n for n in optuna.get_all_study_names(storage) if n.startswith("chaos-search@")]
+    study = optuna.load_study(study_name=names[0], storage=storage)
     counted = [t for t in study.trials if _counts(t)]
     if len(counted) != 6:
         outcome.problems.append(f"the search counted {len(counted)} trials, its budget is 6")

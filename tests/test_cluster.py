@@ -89,7 +89,7 @@ class _Cluster:
 
     def argv(self, study: Path, *extra: str) -> list[str]:
         return [sys.executable, "-m", "ablate", "run", str(study), "--backend", "ray", "--address", self.ray.address,
-                "--tracking-uri", self.tracking, *extra]
+                "--tracking-uri", self.tracking, "--claims", self.pg.url("mlflow"), *extra]  # the server's database
 
     def start(self, study: Path, *extra: str, **env: str) -> subprocess.Popen:
         return subprocess.Popen(self.argv(study, *extra), cwd=REPO, env={**os.environ, "ABLATE_DATA_DIR": str(DATA_DIR), **env},

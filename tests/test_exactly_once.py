@@ -14,7 +14,7 @@ import pytest
 
 from ablate.search import optuna_name, search_identity
 from ablate.spec import parse_study
-from ablate.tracking import HEARTBEAT, INTERRUPTED, Identity, Tracker
+from ablate.tracking import CLAIM_TOKEN, HEARTBEAT, INTERRUPTED, Identity, Tracker
 from tests.conftest import DATA_DIR, REPO, TINY_STUDY
 
 ELSEWHERE = Identity("a-node-that-is-not-this-one", 4242, "1")
@@ -31,39 +31,95 @@ def _active_runs(tracker, experiment, trial_hash: str) -> list:
     return tracker.search(experiment, f"tags.role = 'trial' and tags.trial_hash = '{trial_hash}'")
 
 
+def _claim_as(tracker, experiment, parent: str, trial, identity: Identity) -> str:
+    """A claim made by another process (`identity`), as claim_trial makes one: its lease, then its run."""
+    lease = tracker.claims.acquire(tracker.scope(experiment), trial.hash, identity, parent).lease
+    run = tracker.start_trial(experiment, parent, trial, {**identity.tags(), CLAIM_TOKEN: str(lease.token)})
+    tracker.claims.attach(lease, run)
+    return run
+
+
+def _expire(tracker) -> None:
+    tracker.claims._write("UPDATE ablate_claims SET expires = 0")
+
+
 def test_a_claim_holds_when_no_one_else_has_the_trial(tracked):
     tracker, experiment, study, trials = tracked
     claim = tracker.claim_trial(experiment, _parent(tracker, experiment, study), trials[0], {})
     assert claim.run_id is not None and tracker.run_state(claim.run_id).status == "RUNNING"
+    assert tracker.run_state(claim.run_id).tags[CLAIM_TOKEN] == str(claim.lease.token) == "1"
 
 
-def test_a_live_claim_or_a_finished_run_is_never_claimed_again(tracked):
+def test_a_live_claim_or_a_committed_trial_is_never_claimed_again(tracked):
     tracker, experiment, study, trials = tracked
     parent = _parent(tracker, experiment, study)
     assert tracker.claim_trial(experiment, parent, trials[0], Identity.of_this_process().tags()).run_id
     finished = tracker.claim_trial(experiment, parent, trials[1], {})
-    tracker.finish(finished.run_id)
+    assert tracker.commit_trial(finished.lease, finished.run_id, {"test_accuracy": 0.5}, step=2)
 
     other = _parent(tracker, experiment, study)
     assert tracker.claim_trial(experiment, other, trials[0], {}).elsewhere == "running"
     assert tracker.claim_trial(experiment, other, trials[1], {}).elsewhere == "done"
-    assert len(_active_runs(tracker, experiment, trials[0].hash)) == 1  # the loser's claim is gone, not FAILED
-    assert len(_active_runs(tracker, experiment, trials[1].hash)) == 1
+    assert len(_active_runs(tracker, experiment, trials[0].hash)) == 1
+    state = tracker.run_state(finished.run_id)
+    assert state.status == "FINISHED" and state.metrics["test_accuracy"] == 0.5
 
 
 def test_a_dead_claim_is_taken_over_wherever_it_was_made(tracked):
     tracker, experiment, study, trials = tracked
     for identity in (Identity(Identity.of_this_process().host, 2**22 + 17, "1"), ELSEWHERE):  # gone here; silent there
-        dead_parent = _parent(tracker, experiment, study, identity, beat_age=3600)
-        dead = tracker.start_trial(experiment, dead_parent, trials[0], identity.tags())
-        tracker.set_tag(dead, HEARTBEAT, f"{time.time() - 3600:.0f}")
+        dead = _claim_as(tracker, experiment, _parent(tracker, experiment, study, identity, beat_age=3600), trials[0],
+                         identity)
+        if identity is ELSEWHERE:
+            _expire(tracker)
 
         claim = tracker.claim_trial(experiment, _parent(tracker, experiment, study), trials[0], {})
 
         assert claim.run_id is not None
         state = tracker.run_state(dead)
         assert state.status == "FAILED" and state.tags["reason"] == INTERRUPTED
-        tracker.client.delete_run(claim.run_id)
+        tracker.settle(claim.run_id, "FAILED", force=True)  # given up, for the next identity
+
+
+def test_a_worker_taken_for_gone_cannot_finish_its_trial_after_the_takeover(tracked):
+    """The race of issue 27: a worker finishes just as another invocation takes it for gone. Whichever of the two
+    conditional writes comes first wins; the run of the other is never FINISHED, and a FINISHED one is never
+    overwritten."""
+    tracker, experiment, study, trials = tracked
+    slow = tracker.claim_trial(experiment, _parent(tracker, experiment, study), trials[0], {})
+    _expire(tracker)  # its heartbeat stalled: taken for gone, though it lives
+    taker = tracker.claim_trial(experiment, _parent(tracker, experiment, study), trials[0], {})
+    assert taker.run_id is not None and tracker.run_state(slow.run_id).status == "FAILED"
+    assert not tracker.commit_trial(slow.lease, slow.run_id, {"test_accuracy": 0.1}, step=2)
+    assert tracker.run_state(slow.run_id).status == "FAILED"
+    assert "test_accuracy" not in tracker.run_state(slow.run_id).metrics  # trained once, as the store counts it
+
+    finished = tracker.claim_trial(experiment, _parent(tracker, experiment, study), trials[1], {})
+    assert tracker.commit_trial(finished.lease, finished.run_id, {"test_accuracy": 0.7}, step=2)
+    _expire(tracker)
+    assert tracker.claim_trial(experiment, _parent(tracker, experiment, study), trials[1], {}).elsewhere == "done"
+    assert tracker.settle(finished.run_id, "FAILED", force=True).state.status == "FINISHED"
+
+
+def test_a_trial_committed_by_a_worker_that_died_before_recording_it_is_completed(tracked):
+    tracker, experiment, study, trials = tracked
+    claim = tracker.claim_trial(experiment, _parent(tracker, experiment, study), trials[0], {})
+    assert tracker.claims.commit(claim.lease, claim.run_id, {"metrics": {"test_accuracy": 0.8}, "step": 2,
+                                                             "timestamp": 1_700_000_000_000})  # then it died
+
+    settled = tracker.settle(claim.run_id, "FAILED", error="gone", force=True)
+
+    assert settled.state.status == "FINISHED" and not settled.ended_here
+    assert settled.state.metrics["test_accuracy"] == 0.8
+    assert tracker.claims.states(tracker.scope(experiment)) == {trials[0].hash: "finished"}
+
+
+def test_a_finished_run_from_before_claims_counts_as_done(tracked):
+    tracker, experiment, study, trials = tracked
+    legacy = tracker.start_trial(experiment, _parent(tracker, experiment, study), trials[0], {})
+    tracker.finish(legacy)
+    assert tracker.claim_trial(experiment, _parent(tracker, experiment, study), trials[0], {}).elsewhere == "done"
+    assert tracker.claims.states(tracker.scope(experiment)) == {trials[0].hash: "finished"}
 
 
 def test_claimants_racing_for_one_trial_leave_exactly_one_claim(tracked):
@@ -221,18 +277,3 @@ def test_two_invocations_of_one_study_at_once_train_each_trial_once(write_study,
     finished = trials[trials["status"] == "FINISHED"].groupby("tags.trial_hash").size()
     assert len(finished) == 6 and set(finished) == {1}, finished  # before: every hash twice
     assert any("another invocation" in out for out in outputs)
-
-
-def test_a_run_that_ended_since_the_search_is_judged_by_its_end_not_overwritten(tracked, monkeypatch):
-    """The search saw it RUNNING; its worker finished it a moment later: it is done, never marked FAILED."""
-    tracker, experiment, study, trials = tracked
-    gone = Identity(Identity.of_this_process().host, 2**22 + 17, "1")  # its process has exited since
-    finished = tracker.start_trial(experiment, _parent(tracker, experiment, study), trials[0], gone.tags())
-    stale = tracker.search(experiment, "tags.role = 'trial'")
-    tracker.finish(finished)
-    monkeypatch.setattr(tracker, "search", lambda *args: stale)
-
-    claim = tracker.claim_trial(experiment, _parent(tracker, experiment, study), trials[0], {})
-
-    assert claim.run_id is None and claim.elsewhere == "done"
-    assert tracker.run_state(finished).status == "FINISHED"

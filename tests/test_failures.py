@@ -199,7 +199,7 @@ def test_a_missing_gpu_is_said_before_the_store_is_made(tiny, tmp_path, capsys, 
 def test_run_says_which_store_and_data_it_uses_and_that_the_store_is_new(tiny, tmp_path, capsys, monkeypatch):
     from ablate.tracking import _tracker
 
-    def interrupted(self, uri):
+    def interrupted(self, *args, **kwargs):
         raise KeyboardInterrupt()
 
     monkeypatch.chdir(tmp_path)

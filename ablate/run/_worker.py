@@ -391,7 +391,8 @@ class _TrialRun:
             self.run_id = self.tracker.start_trial(config.experiment_id, config.parent_run_id, trial, run_tags,
                                                    role=role)
         else:
-            claim = self.tracker.claim_trial(config.experiment_id, config.parent_run_id, trial, run_tags)
+            claim = self.tracker.claim_trial(config.experiment_id, config.parent_run_id, trial, run_tags,
+                                             config.parent)
             if claim.run_id is None:
                 raise _Elsewhere(claim.elsewhere)
             self.run_id, self.lease = claim.run_id, claim.lease

@@ -44,6 +44,7 @@ existed (no claim_token tag) are judged by their heartbeats, as then.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -70,12 +71,13 @@ _SCHEMA = (
     f"""CREATE TABLE IF NOT EXISTS {TABLE} (
         scope VARCHAR(255) NOT NULL, trial VARCHAR(255) NOT NULL, state VARCHAR(16) NOT NULL,
         token INTEGER NOT NULL, host VARCHAR(255) NOT NULL, pid INTEGER, pid_start VARCHAR(64),
-        invocation VARCHAR(64), run_id VARCHAR(64), expires DOUBLE PRECISION NOT NULL, result TEXT,
+        invocation VARCHAR(64), parent_host VARCHAR(255), parent_pid INTEGER, parent_start VARCHAR(64),
+        run_id VARCHAR(64), expires DOUBLE PRECISION NOT NULL, result TEXT,
         PRIMARY KEY (scope, trial))""",
     f"""CREATE TABLE IF NOT EXISTS {DECISIONS} (
         scope VARCHAR(255) NOT NULL, name VARCHAR(255) NOT NULL, value TEXT NOT NULL, PRIMARY KEY (scope, name))""",
 )
-_COLUMNS = "state, token, host, pid, pid_start, invocation, run_id, result"
+_COLUMNS = "state, token, host, pid, pid_start, parent_host, parent_pid, parent_start, run_id, result"
 
 
 @dataclass(frozen=True)
@@ -110,14 +112,15 @@ class _Row:
     state: str
     token: int
     holder: Identity
-    invocation: str | None
+    parent: Identity  # the holder's invocation: a worker whose invocation is gone stops at its next step
     run_id: str | None
     result: str | None
     expired: bool
 
     def gone(self) -> bool:
-        """Is the holder gone: its lease expired, or, on its own host, its process not running?"""
-        return self.expired or (self.holder.here and not self.holder.running())
+        """Is the holder gone: its lease expired, or, on its host, its process or its invocation's not running? An
+        orphaned worker would give its trial up at its next step; taken over now, it can no longer commit."""
+        return self.expired or any(who.here and not who.running() for who in (self.holder, self.parent))
 
 
 class Claims:
@@ -143,13 +146,16 @@ class Claims:
 
     # -- a trial's lease ---------------------------------------------------------------
 
-    def acquire(self, scope: str, trial: str, holder: Identity, invocation: str | None = None) -> Claimed:
-        """The lease of a trial, or why another has it. Contested rounds retry at once: each lost round means
-        someone else's write won, so the next read sees a newer row."""
+    def acquire(self, scope: str, trial: str, holder: Identity, invocation: str | None = None,
+                parent: Identity | None = None) -> Claimed:
+        """The lease of a trial for `holder` (the process that trains and commits it), started by `parent` (its
+        invocation's process, whose parent run is `invocation`), or why another has it. Contested rounds retry at
+        once: each lost round means someone else's write won, so the next read sees a newer row."""
+        who = _who(holder, invocation, parent)
         while True:
             row = self._row(scope, trial)
             if row is None:
-                if self._insert(scope, trial, holder, invocation):
+                if self._insert(scope, trial, who):
                     return Claimed(Lease(scope, trial, 1))
                 continue
             if row.state in (COMMITTED, FINISHED):
@@ -157,12 +163,10 @@ class Claims:
             if row.state == HELD and not row.gone():
                 return Claimed(None, "running")
             taken = self._write(
-                f"UPDATE {TABLE} SET state = :held, token = token + 1, host = :host, pid = :pid, "
-                f"pid_start = :start, invocation = :invocation, run_id = NULL, result = NULL, "
-                f"expires = {self._now()} + :lease WHERE scope = :scope AND trial = :trial AND token = :token "
-                "AND state = :state",
-                held=HELD, host=holder.host, pid=holder.pid, start=holder.start, invocation=invocation,
-                lease=LEASE_SECONDS, scope=scope, trial=trial, token=row.token, state=row.state)
+                f"UPDATE {TABLE} SET state = '{HELD}', token = token + 1, {', '.join(f'{k} = :{k}' for k in who)}, "
+                f"run_id = NULL, result = NULL, expires = {self._now()} + :lease "
+                "WHERE scope = :scope AND trial = :trial AND token = :token AND state = :state",
+                **who, lease=LEASE_SECONDS, scope=scope, trial=trial, token=row.token, state=row.state)
             if taken:
                 previous = row.run_id if row.state == HELD else None
                 return Claimed(Lease(scope, trial, row.token + 1), previous_run=previous)
@@ -254,18 +258,18 @@ class Claims:
                           "WHERE scope = :scope AND trial = :trial", scope=scope, trial=trial)
         if not rows:
             return None
-        state, token, host, pid, start, invocation, run_id, result, expired = rows[0]
-        return _Row(state, int(token), Identity(host, pid, start or ""), invocation, run_id, result, bool(expired))
+        state, token, host, pid, start, parent_host, parent_pid, parent_start, run_id, result, expired = rows[0]
+        return _Row(state, int(token), Identity(host, pid, start or ""),
+                    Identity(parent_host or "", parent_pid, parent_start or ""), run_id, result, bool(expired))
 
-    def _insert(self, scope: str, trial: str, holder: Identity, invocation: str | None) -> bool:
+    def _insert(self, scope: str, trial: str, who: dict[str, Any]) -> bool:
         import sqlalchemy
 
         try:
             self._write(
-                f"INSERT INTO {TABLE} (scope, trial, state, token, host, pid, pid_start, invocation, expires) "
-                f"VALUES (:scope, :trial, '{HELD}', 1, :host, :pid, :start, :invocation, {self._now()} + :lease)",
-                scope=scope, trial=trial, host=holder.host, pid=holder.pid, start=holder.start,
-                invocation=invocation, lease=LEASE_SECONDS)
+                f"INSERT INTO {TABLE} (scope, trial, state, token, {', '.join(who)}, expires) VALUES (:scope, :trial, "
+                f"'{HELD}', 1, {', '.join(f':{k}' for k in who)}, {self._now()} + :lease)",
+                scope=scope, trial=trial, **who, lease=LEASE_SECONDS)
         except sqlalchemy.exc.IntegrityError:
             return False  # another claimant inserted it first
         return True
@@ -328,18 +332,18 @@ class _guarded:
 
 def _new_sqlite(path: Path) -> None:
     """A new SQLite claims file in write-ahead-log mode: readers (every claimant's look at a row) never wait for the
-    writer. Made under a private name and linked into place, so no one opens it half set up."""
+    writer. Several processes creating it at once is SQLite's to arbitrate; the mode is the file's, set once."""
     import sqlite3
 
-    private = path.parent / f".{path.name}.{os.getpid()}.creating"
-    with sqlite3.connect(private) as connection:
+    with contextlib.closing(sqlite3.connect(path, timeout=60)) as connection:
         connection.execute("PRAGMA journal_mode=WAL")
-    try:
-        os.link(private, path)
-    except FileExistsError:
-        pass
-    finally:
-        private.unlink(missing_ok=True)
+
+
+def _who(holder: Identity, invocation: str | None, parent: Identity | None) -> dict[str, Any]:
+    """The holder's columns of a row."""
+    parent = parent or Identity("", None)
+    return {"host": holder.host, "pid": holder.pid, "pid_start": holder.start, "invocation": invocation,
+            "parent_host": parent.host, "parent_pid": parent.pid, "parent_start": parent.start}
 
 
 def _key(lease: Lease) -> dict[str, Any]:

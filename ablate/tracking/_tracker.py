@@ -190,16 +190,18 @@ class Tracker:
             self._scopes[experiment_id] = scope_of(experiment_id, self.client.get_experiment(experiment_id).creation_time)
         return self._scopes[experiment_id]
 
-    def claim_trial(self, experiment_id: str, parent_id: str, trial: Trial, env_tags: dict[str, str]) -> Claim:
+    def claim_trial(self, experiment_id: str, parent_id: str, trial: Trial, env_tags: dict[str, str],
+                    parent: Identity | None = None) -> Claim:
         """Claim a trial before training it, so that it trains once however many invocations run its study.
 
         The claim is a lease in the claims database, taken by one conditional write (ablate.tracking's claims: the
         protocol and what it assumes); the trial's run is created once it is held, tagged with the lease's token,
         and only the lease's commit (commit_trial) may make it FINISHED. A trial with a FINISHED run from before
         claims existed is done; the runs of holders this claim took over from are ended FAILED (they are fenced:
-        their workers can no longer commit)."""
+        their workers can no longer commit). `parent`: the invocation's process, when it is not this one (a
+        worker's), so that a worker orphaned by its invocation's death is taken over at once."""
         scope = self.scope(experiment_id)
-        claimed = self.claims.acquire(scope, trial.hash, Identity.of_this_process(), parent_id)
+        claimed = self.claims.acquire(scope, trial.hash, Identity.of_this_process(), parent_id, parent)
         if claimed.lease is None:
             return Claim(None, claimed.elsewhere)
         lease, run_id = claimed.lease, None
