@@ -499,7 +499,7 @@ class _TrialRun:
                            described, artifact)
         except StoreError:
             raise
-        except Exception as exc:  # noqa: BLE001 — e.g. a custom network that neither traces nor pickles
+        except Exception as exc:  # noqa: BLE001 — e.g. a custom network whose state dict or probe cannot be saved
             self.tracker.set_tag(self.run_id, MODEL_ERROR, f"{type(exc).__name__}: {exc}"[:500])
             return
         self.tracker.set_tag(self.run_id, MODEL, MODEL_SAVED)
