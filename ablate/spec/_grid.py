@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,9 @@ def _axis_name(path: str) -> str:
     return f'grid."{path}"'
 
 
-def parse_grid(raw: dict, file: str) -> Grid:
+def parse_grid(raw: dict, file: str, max_points: int | None = None, crossed: int = 1) -> Grid:
+    """The axes and [[exclude]] rules, checked. `max_points`: the most arms (points × the `crossed` stages) the grid
+    may expand into, counted from the axes' lengths before anything is expanded ([study] max_points)."""
     table = raw["grid"]
     if not isinstance(table, dict) or not table:
         raise SpecError(file, "grid", 'must be a table of axes, e.g. "model.dropout" = [0.0, 0.5]')
@@ -41,10 +44,13 @@ def parse_grid(raw: dict, file: str) -> Grid:
             raise SpecError(file, _axis_name(path), 'must be a list of values; quote the dotted path: "model.dropout" = [0.0, 0.5]')
         if not isinstance(values, list) or not values:
             raise SpecError(file, _axis_name(path), f"must be a non-empty list of values, not {values!r}")
-        repeated = [v for i, v in enumerate(values) if v in values[:i]]
-        if repeated:
-            raise SpecError(file, _axis_name(path), f"lists {repeated[0]!r} twice")
         axes.append((path, tuple(values)))
+    if max_points is not None:
+        _check_size(axes, crossed, max_points, file)
+    for path, values in axes:
+        repeated = _first_repeated(values)
+        if repeated is not None:
+            raise SpecError(file, _axis_name(path), f"lists {repeated[0]!r} twice")
     names = [p for p, _ in axes]
     for a in names:
         for b in names:
@@ -71,6 +77,39 @@ def parse_grid(raw: dict, file: str) -> Grid:
             parsed[path] = wanted
         exclude.append(parsed)
     return Grid(tuple(axes), tuple(exclude))
+
+
+def grid_size(axes: list[tuple[str, tuple[Any, ...]]]) -> int:
+    """How many points the axes make, before [[exclude]]: the product of their lengths (nothing is expanded)."""
+    return math.prod(len(values) for _, values in axes)
+
+
+def _check_size(axes: list[tuple[str, tuple[Any, ...]]], crossed: int, max_points: int, file: str) -> None:
+    points = grid_size(axes)
+    if points * crossed <= max_points:
+        return
+    lengths = " × ".join(f'"{path}" {len(values):,}' for path, values in axes)
+    stages = f" × {crossed} stages = {points * crossed:,} arms" if crossed > 1 else ""
+    raise SpecError(file, "grid", f"makes {points:,} points ({lengths}){stages}, more than study.max_points = "
+                    f"{max_points:,}: list fewer values, or set max_points = {points * crossed} in [study] to "
+                    "expand them all")
+
+
+def _first_repeated(values: tuple[Any, ...]) -> tuple[Any] | None:
+    """(the first value listed twice,), or None; equal as Python compares them (1 and 1.0 alike), in linear time
+    where values hash (an axis of thousands of numbers), pairwise among the tables and lists."""
+    seen: set[Any] = set()
+    unhashable: list[Any] = []
+    for value in values:
+        try:
+            if value in seen:
+                return (value,)
+            seen.add(value)
+        except TypeError:
+            if value in unhashable:
+                return (value,)
+            unhashable.append(value)
+    return None
 
 
 def axis_layer(point: tuple[tuple[str, Any], ...]) -> dict:

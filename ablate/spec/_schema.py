@@ -37,7 +37,7 @@ class DatasetFactory:
 
 @dataclass(frozen=True)
 class StudyInfo:
-    name: str = option(doc="Study name; also the MLflow experiment name.", check=identifier)
+    name: str = option(doc="Study name (at most 120 characters); also the MLflow experiment name.", check=identifier)
     # The registry is read whenever the schema is (get_type_hints evaluates this), so a dataset registered later counts.
     dataset: Literal[datasets.names()] | DatasetFactory = option(
         datasets.DEFAULT,
@@ -59,6 +59,13 @@ class StudyInfo:
         "(unset: the first point).",
     )
     description: str = option("", "Free text shown in reports.")
+    max_points: int = option(
+        10_000,
+        "`grid` only: the most arms the grid may expand into — the product of its axes' lengths, times the stages "
+        "it crosses, counted before `[[exclude]]` — so that an axis of thousands of values is refused at once "
+        "rather than expanded for minutes. Raise it to run a bigger grid.",
+        at_least(1),
+    )
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-import tomllib
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,31 +11,45 @@ from ablate.spec._arms import TOP_KEYS, arm_sources, naming
 from ablate.spec._grid import expand_grid, parse_grid
 from ablate.spec._schema import DatasetFactory, ExecutionSettings, Stage, Study, StudyInfo, TrackingSettings
 from ablate.spec._space import check_space_resolves, check_space_trains, parse_search, search_warnings
+from ablate.spec._toml import read_toml
 from ablate.spec._validate import SETTING_TABLES, Context, Layer, build, check_table, coerce, resolve, written
 
+# The longest study, stage or arm name: what MLflow names after them must fit every store it supports. The study
+# name is the experiment's name (VARCHAR(256) in MLflow's SQL stores, which PostgreSQL, MySQL and SQL Server
+# enforce; MLflow itself allows 500) and, with a timestamp (16 characters), its parent runs' names (VARCHAR(250));
+# a stage's or arm's name, with its seed, its trial runs' names; `export --register` registers <study>-<arm>
+# (VARCHAR(256)). 120 + 1 + 120 fits all of them.
+MAX_NAME = 120
 
-def _syntax_error(exc: tomllib.TOMLDecodeError, file: str) -> SpecError:
-    """Put tomllib's '(at line L, column C)' where editors look for it: file:L:C."""
-    text = str(exc)
-    found = re.search(r"\(at line (\d+), column (\d+)\)", text)
-    if found:
-        message = text[: found.start()].strip()
-        return SpecError(f"{file}:{found.group(1)}:{found.group(2)}", "", f"TOML syntax error: {message}")
-    return SpecError(file, "", f"TOML syntax error: {text}")
+
+def _check_names(raw: dict, file: str) -> None:
+    """Names too long for the store, refused before anything else reads them (an error that quoted a name of
+    thousands of characters would be as long)."""
+    study = raw["study"] if isinstance(raw.get("study"), dict) else {}
+    named = [("study.name", study.get("name")), ("study.baseline", study.get("baseline"))]
+    for table in ("stage", "arm"):
+        if isinstance(raw.get(table), list):
+            named += [(f"{table}[{i + 1}].name", item.get("name")) for i, item in enumerate(raw[table])
+                      if isinstance(item, dict)]
+    for key, name in named:
+        if isinstance(name, str) and len(name) > MAX_NAME:
+            raise SpecError(file, key, f"is {len(name):,} characters long ('{name[:24]}…'); at most {MAX_NAME}: "
+                            "MLflow names its experiment and runs after it, and its SQL stores cap those names at "
+                            "250 characters")
 
 
 def parse_study(text: str, file: str = "<study>") -> Study:
     """Validate a study given as TOML text; raises SpecError naming the key path."""
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise _syntax_error(exc, file) from None
+    raw = read_toml(text, file)
+    _check_names(raw, file)
     for key in raw:
         if key not in TOP_KEYS:
             raise SpecError(file, key, f"unknown section{did_you_mean(key, TOP_KEYS)}; allowed: {', '.join(TOP_KEYS)}")
     if "study" not in raw:
         raise SpecError(file, "study", "is required: a [study] table with at least `name`")
     info = build(StudyInfo, check_table(raw["study"], StudyInfo, Context(file), "study"), Context(file), "study")
+    if "max_points" in raw["study"] and info.design != "grid":
+        raise SpecError(file, "study.max_points", f"applies only to design 'grid' (study.design is '{info.design}')")
     info = _resolve_dataset(info, file)
     execution = coerce(raw.get("execution", {}), ExecutionSettings, Context(file), "execution")
     tracking = coerce(raw.get("tracking", {}), TrackingSettings, Context(file), "tracking")
@@ -51,7 +63,7 @@ def parse_study(text: str, file: str = "<study>") -> Study:
         check_space_trains(study)
         return study
     if info.design == "grid":
-        grid = parse_grid(raw, file)
+        grid = parse_grid(raw, file, info.max_points, len(sources))
         stages, excluded = expand_grid(grid, sources, top, info, file)
         _check_baseline(info, stages, file)
         return Study(info=info, stages=tuple(stages), path=file, text=text,

@@ -20,12 +20,17 @@ Three things go wrong with a store in practice, and each used to end in a raw tr
   busy timeout (the runs stay RUNNING). So a database store's call is never cut: a signal that
   comes during it is delivered as soon as it returns (`signals_held`). A server store's call
   holds no lock and may hang for minutes: Ctrl-C still cuts it.
+- MLflow logs a failure before it raises it: a full disk printed some 90 lines of MLflow's and SQLAlchemy's own
+  ERROR records, tracebacks included, from the parent and every worker, before ablate's one line. Their loggers
+  keep every record except those of a store failure ablate reports itself (`quiet_reported_failures`); --debug
+  (ABLATE_DEBUG=1, which workers inherit) shows them all.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import signal
 import sqlite3
@@ -42,6 +47,9 @@ from ablate.errors import StoreError
 from ablate.tracking._handlers import restore_signal_handlers
 from ablate.tracking._store import store_label
 from ablate.tracking._tags import sqlite_path
+from ablate.tracking._uri import check_tracking_uri
+
+DEBUG_ENV = "ABLATE_DEBUG"  # set by `ablate --debug`: every log record of MLflow's is shown (see the docstring)
 
 RACE_SECONDS = 60.0  # how long an open waits for another process's first-use migration to finish
 QUIET_SECONDS = 15.0  # a store being set up is written to at least this often, even on a busy machine
@@ -52,8 +60,11 @@ _RACE_SIGNS = ("already exists", "duplicate column", "database is locked", "no s
 
 def open_client(uri: str) -> MlflowClient:
     """A client on the store, created complete if new; StoreError when it cannot be used."""
+    check_tracking_uri(uri)
     path = sqlite_path(uri)
-    with guarded(uri):
+    if path is not None and path.is_symlink():  # a store linked from elsewhere is made (and linked to) at its target
+        path = path.resolve()
+    with guarded(uri), _driver_named(uri):
         if path is not None:
             if not path.exists():
                 _create_sqlite_store(path)
@@ -61,6 +72,16 @@ def open_client(uri: str) -> MlflowClient:
         if uri.startswith(("http://", "https://")):
             _probe_server(uri)
         return _open_waiting_out_races(uri)
+
+
+@contextlib.contextmanager
+def _driver_named(uri: str) -> Iterator[None]:
+    """A database driver SQLAlchemy needs and cannot import: which one, and how to install it."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        raise StoreError(f"tracking store {store_label(uri)}: the database driver '{exc.name}' is not installed "
+                         f"(pip install {exc.name}), or pass another --tracking-uri") from exc
 
 
 def _create_sqlite_store(path: Path) -> None:
@@ -183,6 +204,48 @@ def _unreachable(exc: BaseException) -> bool:
         return False
     text = str(exc)
     return isinstance(exc, requests.RequestException) or "Max retries exceeded" in text or "API request to" in text
+
+
+class _ReportedByAblate(logging.Filter):
+    """Drops a log record of MLflow's, alembic's or SQLAlchemy's that carries a store failure: MLflow logs it (with
+    its traceback) and raises it, and ablate reports it as one StoreError line. Every other record passes, and all
+    of them under --debug."""
+
+    PREFIXES = ("mlflow", "alembic", "sqlalchemy")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if os.environ.get(DEBUG_ENV) or not record.name.startswith(self.PREFIXES) or not record.exc_info:
+            return True
+        return not _reported(record.exc_info[1])
+
+
+def _reported(exc: BaseException | None) -> bool:
+    """A store failure ablate reports: store_failure names it, or it is a database's OperationalError (a full disk,
+    a lock, a lost connection), which MLflow re-raises as TEMPORARILY_UNAVAILABLE for GuardedClient to report."""
+    if exc is None:
+        return False
+    if type(exc).__name__ == "OperationalError" and type(exc).__module__.startswith(("sqlalchemy", "sqlite3")):
+        return True
+    try:
+        return store_failure(exc, "") is not None
+    except Exception:  # noqa: BLE001 — a filter must never raise
+        return False
+
+
+_QUIET = _ReportedByAblate()
+
+
+def quiet_reported_failures() -> None:
+    """Put the filter on the handlers MLflow gives its, alembic's and SQLAlchemy's loggers, on the logger that logs
+    a failed database call, and on logging's last resort (what prints a record no handler takes). Idempotent."""
+    handlers = [h for name in ("mlflow", "alembic", "sqlalchemy", "sqlalchemy.engine", "huey")
+                for h in logging.getLogger(name).handlers]
+    for target in [*handlers, logging.getLogger("mlflow.store.db.utils"), logging.lastResort]:
+        if target is not None and _QUIET not in target.filters:
+            target.addFilter(_QUIET)
+
+
+quiet_reported_failures()  # MLflow configured its loggers when it was imported, above
 
 
 @contextlib.contextmanager
