@@ -363,20 +363,18 @@ def _run(args: argparse.Namespace) -> int:
     from ablate.console import ConsoleReporter, print_failures, print_warnings
     from ablate.design import resident_needs
     from ablate.run import check_memory, placement
-    from ablate.tracking import check_store, claims_label, sqlite_path, store_is_new, store_label
+    from ablate.tracking import check_store, claims_label, claims_url, sqlite_path, store_is_new, store_label
 
     uri = args.tracking_uri or _default_uri()
     data_dir = _data_dir(args)
-    # Local: a GPU asked for and absent. Ray: installed, the cluster reachable, the store one its nodes reach.
-    slots, _ = placement(execution, tracking_uri=uri)
+    claims = claims_url(uri, args.claims, args.storage)
+    # Local: a GPU asked for and absent. Ray: installed, the cluster reachable, the store and claims its nodes reach.
+    slots, _ = placement(execution, tracking_uri=uri, claims=claims)
     if execution.backend == "local":  # a cluster's nodes are not this machine's to check
         check_memory(slots, resident_needs(study, trials))  # too little memory
     check_store(uri, write=True)
     new_store = store_is_new(uri)
     _check_data(study, trials, data_dir)
-    from ablate.tracking import claims_url
-
-    claims = claims_url(uri, args.claims, args.storage, cluster=execution.backend == "ray")
 
     from ablate.run import start_worker_server
 

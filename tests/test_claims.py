@@ -10,7 +10,7 @@ import platform
 import pytest
 
 from ablate.errors import StoreError
-from ablate.tracking import LEASE_SECONDS, Claims, Identity, Lease
+from ablate.tracking import CLAIMS_ENV, LEASE_SECONDS, Claims, Identity, Lease, claims_url
 from tests import _cluster
 
 GONE_HERE = Identity(platform.node(), 2**22 + 17, "1")  # a pid no process has: its holder is gone at once
@@ -142,3 +142,16 @@ def test_of_eight_processes_claiming_at_once_exactly_one_wins(url, contest):
 def test_a_claims_database_that_cannot_be_opened_is_one_clear_error(tmp_path):
     with pytest.raises(StoreError, match="claims database .*missing.*--claims"):
         Claims(f"sqlite:///{tmp_path / 'missing' / 'x.claims.db'}").acquire(SCOPE, TRIAL, Identity.of_this_process())
+
+
+def test_the_claims_database_follows_the_store_unless_named(tmp_path, monkeypatch):
+    monkeypatch.delenv(CLAIMS_ENV, raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    assert claims_url(f"sqlite:///{tmp_path}/runs.db") == f"sqlite:///{tmp_path}/runs.claims.db"  # beside it
+    assert claims_url("postgresql+psycopg://u:p@db/mlflow") == "postgresql+psycopg://u:p@db/mlflow"  # its database
+    assert claims_url("http://server:5000", storage="postgresql://u@db/optuna") == "postgresql://u@db/optuna"
+    mine = claims_url("http://server:5000", storage=str(tmp_path / "journal.log"))  # this machine's only
+    assert mine.startswith(f"sqlite:///{tmp_path}/state/ablate/claims/") and mine != claims_url("http://other:5000")
+    assert claims_url("http://server:5000", claims="postgresql://named") == "postgresql://named"
+    monkeypatch.setenv(CLAIMS_ENV, "postgresql://from-env")
+    assert claims_url(f"sqlite:///{tmp_path}/runs.db") == "postgresql://from-env"

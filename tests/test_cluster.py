@@ -176,6 +176,18 @@ def test_a_search_keeps_its_optuna_study_in_postgresql(cluster):
         assert connection.execute("select count(*) from trials").fetchone()[0] == 3
 
 
+def test_a_claims_file_on_the_drivers_machine_alone_is_refused_on_a_cluster(cluster):
+    """Without --claims (and no database --storage), a server store's claims would be a file of this machine: the
+    other nodes' workers would claim trials on their own. Refused before anything is recorded."""
+    study = cluster.study(grid("unclaimed", "[0]"), "unclaimed")
+    argv = cluster.argv(study)
+    del argv[argv.index("--claims"):argv.index("--claims") + 2]
+    done = subprocess.run(argv, cwd=REPO, env={**os.environ, "ABLATE_DATA_DIR": str(DATA_DIR)}, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and "--claims postgresql://" in done.stderr and "Traceback" not in done.stderr, done
+    assert cluster.runs("unclaimed") == []
+
+
 def test_sigterm_to_the_driver_ends_the_running_trials_preempted_and_the_same_command_resumes(cluster):
     study = cluster.study(grid("preempt", "[0, 1]"), "preempt")
     driver = cluster.start(study, ABLATE_TEST_FAULTS='{"mlp:0": "slow"}', ABLATE_TEST_SLOW_SECONDS="60")

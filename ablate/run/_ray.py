@@ -114,15 +114,20 @@ def _handlers() -> dict[int, Any]:
     return {sig: handler for sig, handler in handlers.items() if handler is not None}
 
 
-def ray_slots(execution: ExecutionSettings, tracking_uri: str | None = None) -> list[Slot]:
-    """The slots of the cluster (see the module docstring), connecting to it first; a SQLite `tracking_uri` is
-    refused on a cluster of several nodes (its file is on the driver's machine only)."""
+def ray_slots(execution: ExecutionSettings, tracking_uri: str | None = None, claims: str | None = None) -> list[Slot]:
+    """The slots of the cluster (see the module docstring), connecting to it first; a SQLite `tracking_uri` or
+    `claims` database is refused on a cluster of several nodes (its file is on the driver's machine only)."""
     ray = connect(execution.address)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if tracking_uri is not None and sqlite_path(tracking_uri) is not None and len(nodes) > 1:
         raise AblateError(f"tracking store {tracking_uri}: a SQLite file is on this machine only, and the workers on "
                           f"the other {len(nodes) - 1} node(s) of the Ray cluster cannot write to it. Use a tracking "
                           "server every node reaches: --tracking-uri http://HOST:5000 (README: Several machines)")
+    if claims is not None and sqlite_path(claims) is not None and len(nodes) > 1:
+        raise AblateError(f"claims database {sqlite_path(claims)}: a SQLite file is on this machine only, and the "
+                          f"workers on the other {len(nodes) - 1} node(s) of the Ray cluster would each claim trials "
+                          "on their own: pass --claims postgresql://… (a database every node reaches; the one behind "
+                          "the MLflow server will do) or --storage with one (README: Exactly once)")
     gpus = int(sum(n["Resources"].get("GPU", 0) for n in nodes))
     cpus = [int(n["Resources"].get("CPU", 0)) for n in nodes]
     if isinstance(execution.devices, tuple):

@@ -40,14 +40,14 @@ if TYPE_CHECKING:
 MakeBackend = Callable[[list[Slot], WorkerConfig], Backend]
 
 
-def placement(execution: ExecutionSettings, backend: MakeBackend | None = None,
-              tracking_uri: str | None = None) -> tuple[list[Slot], MakeBackend]:
+def placement(execution: ExecutionSettings, backend: MakeBackend | None = None, tracking_uri: str | None = None,
+              claims: str | None = None) -> tuple[list[Slot], MakeBackend]:
     """The slots of the execution's backend and how to make it (`backend`: a caller's own, for tests); with the
-    `tracking_uri`, whether the backend's workers can reach that store is checked too."""
+    `tracking_uri` and `claims` database, whether the backend's workers can reach them is checked too."""
     if execution.backend == "ray":
         from ablate.run._ray import RayBackend, ray_slots
 
-        return ray_slots(execution, tracking_uri), backend or partial(RayBackend, address=execution.address)
+        return ray_slots(execution, tracking_uri, claims), backend or partial(RayBackend, address=execution.address)
     return plan_slots_for(execution), backend or LocalBackend
 
 

@@ -52,6 +52,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from ablate.errors import AblateError, StoreError
 from ablate.tracking._liveness import BEAT_SECONDS, STALE_AFTER, Identity
@@ -132,12 +133,15 @@ class Claims:
         self.url = url
         self.label = claims_label(url)
         kwargs: dict[str, Any] = {}
-        if url.startswith("sqlite"):
+        target: Any = url
+        path = sqlite_path(url)
+        if path is not None:  # the file by name, not re-parsed: a folder may hold '?' or '#'
+            target = sqlalchemy.engine.URL.create("sqlite", database=str(path))
             kwargs["connect_args"] = {"timeout": 60, "check_same_thread": False}
         else:  # a server takes a bounded number of connections: hold one only while talking (as search's storage)
             kwargs["poolclass"] = sqlalchemy.pool.NullPool
         try:
-            self.engine = sqlalchemy.create_engine(url, **kwargs)
+            self.engine = sqlalchemy.create_engine(target, **kwargs)
         except Exception as exc:  # noqa: BLE001 — a malformed URL, a driver not installed
             raise AblateError(f"claims database {self.label}: {exc}; pass --claims with a database URL "
                               "(sqlite:///…, postgresql://…)") from exc
@@ -372,30 +376,25 @@ def claims_label(url: str) -> str:
 DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mssql")
 
 
-def claims_url(tracking_uri: str, claims: str | None = None, storage: str | None = None, cluster: bool = False) -> str:
+def claims_url(tracking_uri: str, claims: str | None = None, storage: str | None = None) -> str:
     """The claims database of a store (see the module's assumptions), in this order:
     - `claims` (--claims) or $ABLATE_CLAIMS;
     - a SQLite store `…/NAME.db`: `…/NAME.claims.db` beside it, on the same disk as the store;
     - a database store (postgresql://, mysql://…): that database, in tables of its own;
     - a server store (http://…): the search's Optuna storage when it is a database URL; else, on this machine
-      alone, a file under ~/.local/state/ablate keyed by the store's URI — invocations on other machines (a Ray
-      cluster's nodes) cannot see it, so `cluster` refuses it."""
+      alone, a file under ~/.local/state/ablate keyed by the store's URI. Invocations on other machines cannot see
+      it: a Ray cluster of several nodes refuses a SQLite claims file (ablate.run's ray_slots)."""
     chosen = claims or os.environ.get(CLAIMS_ENV)
     if chosen:
         return chosen
     database = sqlite_path(tracking_uri)
-    if database is not None:
-        return f"sqlite:///{database.resolve().with_suffix('.claims.db')}"
+    if database is not None:  # escaped as sqlite_path reads it back
+        return f"sqlite:///{quote(str(database.resolve().with_suffix('.claims.db')), safe='/')}"
     scheme = tracking_uri.split(":", 1)[0].split("+", 1)[0]
     if scheme in DATABASE_SCHEMES:
         return tracking_uri
     if storage and "://" in storage:
         return storage
-    if cluster:
-        raise AblateError(
-            f"a study on a cluster with tracking store {tracking_uri} needs a claims database every node reaches: pass "
-            "--claims postgresql://… (the database behind the MLflow server will do; ablate adds tables of its own) "
-            f"or set {CLAIMS_ENV}")
     state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "ablate" / "claims"
     state.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]
