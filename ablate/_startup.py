@@ -41,6 +41,16 @@ def install() -> None:
         pass
 
 
+def install_for_command() -> None:
+    """ablate/__init__.py's first instruction — the first of ablate's code any command runs, before the import
+    machinery goes on to ablate.cli or ablate.__main__: the handler, when this process is the command
+    (`ablate …` or `python -m ablate …`); a program that imports ablate keeps its own Ctrl-C."""
+    command = getattr(sys, "orig_argv", [])[1:3]  # the interpreter's own command line: not a worker's sys.argv,
+    script = os.path.basename(command[0]).split(".")[0].removesuffix("-script") if command else ""  # which spawn copies
+    if command == ["-m", "ablate"] or script == "ablate":
+        install()
+
+
 def install_for_console_script() -> None:
     """ablate/cli.py's first instruction: the handler, when the process is the `ablate` console script (whose
     first import is ablate.cli); a program or test that imports ablate.cli keeps its own Ctrl-C."""
