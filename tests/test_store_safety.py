@@ -12,6 +12,8 @@ import io
 import json
 import os
 import shutil
+import sqlite3
+import sys
 import zipfile
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from ablate import datasets
 from ablate.cli import main
 from ablate.errors import EXIT_BAD_INPUT, EXIT_STORE
 from ablate.models._custom import foreign_code
@@ -176,6 +179,97 @@ def test_a_factory_the_store_names_outside_your_own_code_is_never_called(planted
     code, err = _export(uri, tmp_path / "out", capsys)
     assert code == EXIT_STORE and not marker.exists()
     assert f"{where} factory subprocess:run" in _one_line(err) and "standard library" in err
+
+
+def _copied_store(uri: str, folder: Path) -> str:
+    """The trained store (database and artifacts) copied into `folder`, its artifact locations pointing there."""
+    source = Path(uri.removeprefix("sqlite:///")).parent
+    shutil.copytree(source, folder)
+    with sqlite3.connect(folder / "mlflow.db") as connection:
+        for table, column in (("runs", "artifact_uri"), ("experiments", "artifact_location")):
+            connection.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?)",
+                               (source.as_uri(), folder.as_uri()))
+    connection.close()
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+@pytest.mark.slow
+def test_a_dataset_factory_key_the_store_names_outside_your_own_code_is_never_called_by_the_report(trained, tmp_path,
+                                                                                                    capsys):
+    """A trial's `dataset` param is the key the report's figures rebuild a factory's dataset from, the factory's
+    arguments in it: one planted in the store naming subprocess:run is not called; the figures that need the data
+    are skipped, said in one line naming the study, the factory and why, and the report is written as before."""
+    marker = tmp_path / "factory-ran"
+    uri = _copied_store(trained[0], tmp_path / "store")
+    key = f'factory:subprocess:run{{"args":["touch","{marker}"]}}#0123456789ab'
+    with sqlite3.connect(tmp_path / "store" / "mlflow.db") as connection:
+        assert connection.execute("UPDATE params SET value = ? WHERE key = 'dataset'", (key,)).rowcount > 0
+    connection.close()
+    out = tmp_path / "report" / "tiny.md"
+    capsys.readouterr()
+    assert main(["report", "--tracking-uri", uri, "--study", "tiny", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert not marker.exists()
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("ablate report: no figures of tiny that need its data: ")
+    assert "dataset factory subprocess:run (a module of Python's standard library)" in err
+    drawn = {path.name for path in out.parent.glob("*.png")}
+    assert {"tiny-curves.png", "tiny-test_accuracy.png"} <= drawn and "tiny-samples.png" not in drawn
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["own", "dataset", "model"])
+def test_a_study_file_the_store_holds_is_read_for_macs_only_when_its_factories_are_your_own(trained, tmp_path, where):
+    """A plan logged before MACs were recorded has them computed from the study file its parent run carries, and
+    reading a study calls its factories: one naming a factory that is not your own code is not read (no MACs, as for
+    a study that cannot be read here); the untouched study is read as before."""
+    from ablate.report import load_study
+    from ablate.tracking import Tracker
+
+    marker = tmp_path / "factory-ran"
+    uri = _copied_store(trained[0], tmp_path / "store")
+    client = MlflowClient(uri)
+    parent = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.role = 'parent'")[0]
+    artifacts = Path(parent.info.artifact_uri.removeprefix("file://"))
+    plan = json.loads((artifacts / "plan.json").read_text())
+    for stage in plan["stages"]:
+        del stage["macs"]
+    (artifacts / "plan.json").write_text(json.dumps(plan))
+    study = artifacts / "tiny.toml"
+    planted = f'factory = "subprocess:run", args = ["touch", "{marker}"]'
+    if where == "dataset":
+        study.write_text(study.read_text().replace("[study]\n", f"[study]\ndataset = {{ {planted} }}\n", 1))
+    elif where == "model":
+        linear = 'model = { kind = "linear" }'
+        study.write_text(study.read_text().replace(linear, f'model = {{ kind = "custom", {planted} }}'))
+    assert where == "own" or "subprocess:run" in study.read_text()
+    macs = load_study(Tracker(uri), "tiny").table["macs"]
+    assert not marker.exists()
+    assert macs.notna().all() if where == "own" else macs.isna().all()
+
+
+def test_a_dataset_key_read_from_a_store_calls_only_your_own_factory(tmp_path, monkeypatch):
+    """datasets.get(key, from_store=True), what every reader of a store uses: your own factory is rebuilt from its
+    key as before; a standard library function the key names is not called (ForeignFactory, with the reason)."""
+    marker = tmp_path / "factory-ran"
+    with pytest.raises(datasets.ForeignFactory, match="standard library"):
+        datasets.get(f'factory:subprocess:run{{"args":["touch","{marker}"]}}#0123456789ab', from_store=True)
+    assert not marker.exists()
+    module = f"own_data_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{module}.py").write_text(
+        "import numpy as np\n"
+        "def tiny(n=4):\n"
+        "    images = np.zeros((n, 1, 4, 4), dtype=np.uint8)\n"
+        "    labels = np.arange(n) % 2\n"
+        "    return images, labels, images, labels\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    key = datasets.from_factory(f"{module}:tiny", {"n": 6}).name
+    datasets.unregister(key)
+    try:
+        assert datasets.get(key, from_store=True).train_size == 6
+    finally:
+        datasets.unregister(key)
+        sys.modules.pop(module, None)
 
 
 def test_foreign_code_tells_the_researchers_own_factories_from_the_rest():

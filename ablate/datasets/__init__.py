@@ -8,8 +8,8 @@ and its resident copy on a training device (`load` → `DeviceData`). Everything
 counts, augmentation, figures — takes the shape and classes from here. Adding a dataset is
 one module in this folder that calls `register`.
 
-May import: ablate.errors; numpy, torch and torchvision only on the loading side, which
-this package imports on first use (`load`, `DeviceData`, `Split`), so that validation and
+May import: ablate.errors, ablate._own_code; numpy, torch and torchvision only on the loading
+side, which this package imports on first use (`load`, `DeviceData`, `Split`), so that validation and
 `ablate plan` stay torch-free.
 """
 
@@ -17,16 +17,17 @@ from typing import TYPE_CHECKING
 
 from ablate.datasets import _mnist, _cifar, _svhn  # noqa: F401, I001  (they register the built-ins, in this order)
 from ablate.datasets._registry import (
-    DEFAULT, Dataset, check_data, default_data_dir, ensure_files, get, is_factory_key, names, provide, read_arrays,
-    register, train_stats, unregister,
+    DEFAULT, Dataset, ForeignFactory, check_data, default_data_dir, ensure_files, get, is_factory_key, names, provide,
+    read_arrays, register, train_stats, unregister,
 )
 
 if TYPE_CHECKING:
     from ablate.datasets._factory import from_factory
     from ablate.datasets._resident import DeviceData, Split, load
 
-__all__ = ["DEFAULT", "Dataset", "DeviceData", "Split", "check_data", "default_data_dir", "ensure_files", "from_factory",
-           "get", "is_factory_key", "load", "names", "provide", "read_arrays", "register", "train_stats", "unregister"]
+__all__ = ["DEFAULT", "Dataset", "DeviceData", "ForeignFactory", "Split", "check_data", "default_data_dir",
+           "ensure_files", "from_factory", "get", "is_factory_key", "load", "names", "provide", "read_arrays", "register",
+           "train_stats", "unregister"]
 
 _RESIDENT = ("load", "DeviceData", "Split")  # the torch side, imported on first use
 

@@ -9,7 +9,9 @@ everything needed to rebuild it anywhere — `factory:pkg.module:function{kwargs
 so a worker process, a node of a cluster or `ablate report` calls the factory again from the
 key alone, and a trial's hash (which holds the key) changes whenever the data does: changed
 data never reuses old runs. A factory whose data differs between two calls with the same
-arguments is refused there, since the runs would not be reproducible.
+arguments is refused there, since the runs would not be reproducible. A key read from a store
+(`get(key, from_store=True)`: the report's) is rebuilt only when its factory is the researcher's
+own code (ablate._own_code), never, say, a planted subprocess:run with the key's arguments.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ablate.datasets._registry import FACTORY_PREFIX as PREFIX
-from ablate.datasets._registry import ROLES, Dataset, register
+from ablate.datasets._registry import ROLES, Dataset, ForeignFactory, register
 from ablate.errors import AblateError
 
 FINGERPRINT_LENGTH = 12
@@ -40,12 +42,20 @@ def from_factory(factory: str, kwargs: Mapping[str, Any]) -> Dataset:
     return _register(key, factory, kwargs, arrays, class_names)
 
 
-def from_key(key: str) -> Dataset:
-    """The dataset a key names, rebuilt by calling its factory again; its data must be what the key was made from."""
+def from_key(key: str, from_store: bool = False) -> Dataset:
+    """The dataset a key names, rebuilt by calling its factory again; its data must be what the key was made from.
+    A key read from a store (`from_store`) is rebuilt only when its factory is the researcher's own code: the key
+    holds the factory's arguments, so a planted one could call any function with arguments of its choosing."""
     found = _KEY.fullmatch(key)
     if not found:
         raise AblateError(f"{key!r} is not a dataset factory key")
     factory, kwargs_text, fingerprint = found.groups()
+    if from_store:
+        from ablate._own_code import foreign_code
+
+        reason = foreign_code(factory)
+        if reason is not None:
+            raise ForeignFactory(factory, reason)
     kwargs = json.loads(kwargs_text) if kwargs_text else {}
     arrays, class_names = _call(factory, kwargs)
     now = _fingerprint(arrays, class_names)

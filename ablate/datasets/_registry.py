@@ -97,15 +97,27 @@ def names() -> tuple[str, ...]:
     return tuple(name for name in _DATASETS if not is_factory_key(name))
 
 
-def get(name: str) -> Dataset:
+class ForeignFactory(AblateError):
+    """A dataset factory key read from a store names a factory that is not the researcher's own code: not called."""
+
+    def __init__(self, factory: str, reason: str):
+        self.factory, self.reason = factory, reason
+        super().__init__(f"the store names the dataset factory {factory} ({reason}); ablate calls a factory named by "
+                         "a store only when it is your own code (a module outside Python's and installed packages' "
+                         "folders, e.g. beside the study)")
+
+
+def get(name: str, *, from_store: bool = False) -> Dataset:
     """The registered dataset, or a factory's rebuilt from its key; the study file's `dataset` is validated against
-    names(), so a miss is a bug."""
+    names(), so a miss is a bug. `from_store`: the name was read from a store (anyone who can write to it chose it),
+    so a factory key's factory is called only when it is the researcher's own code, else ForeignFactory; a trial's
+    own settings (from the user's study) pass no flag."""
     if name in _DATASETS:
         return _DATASETS[name]
     if is_factory_key(name):  # a dataset of the user's factory, in a process that has not called it yet
         from ablate.datasets._factory import from_key
 
-        return from_key(name)
+        return from_key(name, from_store=from_store)
     raise AblateError(f"no dataset named {name!r}; known: {', '.join(names())}")
 
 

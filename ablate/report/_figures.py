@@ -8,6 +8,7 @@ the images' shape and the class names from the dataset registry; none downloads 
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 
@@ -55,12 +56,17 @@ def write_figures(tracker: Tracker, report: StudyReport, folder: Path) -> list[P
 
 def _images(tracker: Tracker, report: StudyReport) -> tuple[datasets.Dataset, dict] | None:
     """The study's dataset and its arrays, or None: a dataset this process does not know, or whose files are not
-    here (never downloaded for a report)."""
+    here (never downloaded for a report), or a factory key naming a factory that is not the researcher's own code
+    (the name is the store's: one line says so)."""
     name = report.dataset or _started_dataset(tracker, report.name)
     if name is None:
         return None
     try:
-        return datasets.get(name), datasets.read_arrays(name, datasets.default_data_dir(), download=False)
+        return (datasets.get(name, from_store=True),
+                datasets.read_arrays(name, datasets.default_data_dir(), download=False))
+    except datasets.ForeignFactory as exc:
+        print(f"ablate report: no figures of {report.name} that need its data: {exc}", file=sys.stderr)
+        return None
     except AblateError:
         return None
 

@@ -144,6 +144,8 @@ def _fill_macs(tracker: Tracker, parents: list, plan: dict) -> None:
         with tempfile.TemporaryDirectory() as folder:
             try:
                 path = tracker.client.download_artifacts(parent.info.run_id, files[0], dst_path=folder)
+                if _foreign_factory(Path(path)):
+                    continue  # reading the study would call a factory the store names that is not your own code
                 by_name = {t.stage: models.macs(t.settings.model, datasets.get(t.settings.dataset))
                            for t in expand(spec.load_study(path))}
             except Exception:  # an older schema or a custom model that cannot be imported here: no MACs
@@ -152,6 +154,34 @@ def _fill_macs(tracker: Tracker, parents: list, plan: dict) -> None:
             for stage in plan["stages"]:
                 stage["macs"] = by_name[stage["name"]]
             return
+
+
+def _foreign_factory(path: Path) -> bool:
+    """Whether the study file a store holds names a factory (a custom model's, a dataset's, or a dataset factory
+    key) that is not the researcher's own code, or cannot be read: reading it with spec.load_study would call the
+    factory, and a store anyone may write to must not choose what ablate calls."""
+    import tomllib
+
+    from ablate._own_code import foreign_code
+
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # UnicodeDecodeError and TOMLDecodeError included: spec.load_study refuses it too
+        return True
+    named: list[str] = []
+
+    def walk(value, key: str = "") -> None:
+        if isinstance(value, dict):
+            for inner, item in value.items():
+                walk(item, str(inner))
+        elif isinstance(value, list):
+            for item in value:
+                walk(item, key)
+        elif isinstance(value, str) and (key == "factory" or datasets.is_factory_key(value)):
+            named.append(value.removeprefix("factory:").split("{")[0].split("#")[0])
+
+    walk(raw)
+    return any(foreign_code(reference) is not None for reference in named)
 
 
 def _baseline_index(stages: list[dict], name: str | None, study: str) -> int:

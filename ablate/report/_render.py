@@ -318,8 +318,10 @@ def _model_lines(report: StudyReport) -> list[str]:
     if not report.models:
         return []
     listed = ", ".join(f"{arm} `{report.models[arm]}`" for arm in report.table["stage"] if arm in report.models)
-    return ["", "Saved models (each arm's best run): load one with `mlflow.pytorch.load_model(\"runs:/<run>/model\")`, "
-            f"or write them as files with `ablate export --study {report.name} --out DIR`. Runs: {listed}."]
+    return ["", f"Saved models (each arm's best run): write them as files with `ablate export --study {report.name} "
+            "--out DIR` (weights loaded with weights_only=True); a network that torch.exports also loads with "
+            "`mlflow.pytorch.load_model(\"runs:/<run>/model\")`, which unpickles, so only from a store you trust. "
+            f"Runs: {listed}."]
 
 
 def render(reports: list[StudyReport], fmt: str, by: list[str] | None = None, columns: str = "default") -> str:

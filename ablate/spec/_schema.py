@@ -272,10 +272,11 @@ class TrackingSettings:
 
     models: Literal["none", "best", "all"] = option(
         "best",
-        "Trained models kept as MLflow models (`mlflow.pytorch.load_model(\"runs:/<id>/model\")`, raw images in, "
-        "class scores out). `best`: each arm's best run by test accuracy, chosen once the arm's seeds are all done "
-        "(a run that is its arm's best so far keeps its model until a better one finishes); `all`: every trial's; "
-        "`none`. Early stopping keeps the restored weights as `model`, the last epoch's as `model-last`.",
+        "Trained models kept in MLflow, raw images in, class scores out: `ablate export` writes them as files (weights "
+        "read with weights_only=True); a network that torch.exports is also an MLflow model "
+        "(`mlflow.pytorch.load_model(\"runs:/<id>/model\")`, which unpickles: only from a store you trust). `best`: "
+        "each arm's best run by test accuracy, chosen once the arm's seeds are all done (a run that is its arm's best "
+        "so far keeps its model until a better one finishes); `all`: every trial's; `none`. Early stopping keeps the restored weights as `model`, the last epoch's as `model-last`.",
     )
 
 
