@@ -56,6 +56,35 @@ def store(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
+@pytest.fixture(scope="session")
+def _empty_store(tmp_path_factory) -> Path:
+    """A new store, made once a session: MLflow's migrations build its tables in seconds (~4 s here)."""
+    from ablate.tracking import Tracker
+
+    path = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    Tracker(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def new_store(tmp_path, _empty_store):
+    """new_store(name) → the URI of a fresh SQLite store in the test's folder: a copy of the session's new store, the
+    very tables a first use builds, in milliseconds."""
+    import sqlite3
+
+    def make(name: str = "mlflow") -> str:
+        path = tmp_path / f"{name}.db"
+        source, target = sqlite3.connect(_empty_store), sqlite3.connect(path)
+        try:
+            source.backup(target)
+        finally:
+            source.close()
+            target.close()
+        return f"sqlite:///{path}"
+
+    return make
+
+
 def hooked_macs(model, shape: tuple[int, ...]) -> int:
     """Multiply-accumulates of one forward pass of one image of `shape`, counted by hooks on the network's conv and
     linear layers: the yardstick for ablate.models.macs, which counts them from the spec alone."""
@@ -87,3 +116,50 @@ def tracked(tmp_path, store):
     study.write_text(TINY_STUDY)
     tracker = Tracker(store)
     return tracker, tracker.experiment("tiny"), study, expand(parse_study(TINY_STUDY))
+
+
+# Comparing trained results so that a verdict holds on any x86-64 host (issue 27). Two computations of one training
+# (packed or single, channels-last or contiguous) round differently, and on another CPU (AVX2 or AVX-512, other oneDNN
+# and MKL kernels) in yet other ways; at a real learning rate training amplifies that noise, by an amount that depends
+# on the kernels. So a test compares either what rounding cannot move (float64 arithmetic, or a negligible rate), or
+# the trained results statistically, against the spread between seeds, which no kernel changes.
+FALSE_ALARM = 1e-3  # the rate at which seed_noise_p flags two computations of the same training as different
+
+
+def seed_noise_p(first, second) -> float:
+    """Two-sided p-value of Student's two-sample t-test: is the gap between the means of `first` and `second` (one
+    trained result per seed each) larger than the spread between seeds explains? Under the same training computed two
+    ways from the same seeds the pairs are positively correlated, which only shrinks the gap: the chance of a
+    p-value below FALSE_ALARM stays at most FALSE_ALARM, whatever the correlation (simulated in
+    tests/test_engine_pack.py::test_the_seed_noise_comparison_keeps_its_false_alarm_rate)."""
+    from scipy import stats
+
+    return float(stats.ttest_ind(first, second).pvalue)
+
+
+@pytest.fixture
+def float64(monkeypatch):
+    """The engine trains in float64 (networks built in it, the packed optimizer's per-step rates in it, images
+    normalised to it) on the data this returns. In float64 the rounding of any summation order is ~1e-16, and
+    Adam's eps (1e-8) dwarfs the gradient noise of weights the loss does not depend on, where float32 noise (~1e-9)
+    is turned into full steps: two computations of one training agree to the float32 accumulators that log the
+    metrics (~1e-7), at a real learning rate and on any host."""
+    from dataclasses import replace
+
+    import torch
+
+    from ablate import models
+    from ablate.engine import _pack
+
+    build = models.build_model
+    monkeypatch.setattr(models, "build_model", lambda *args, **kwargs: build(*args, **kwargs).double())
+    monkeypatch.setattr(_pack, "_by_step", lambda rows, device: torch.tensor(rows, dtype=torch.float64,
+                                                                             device=device).T.contiguous())
+
+    def in_float64(data):
+        def wide(value):  # (C, 1, 1): a 0-dim tensor would not promote the float32 images
+            return torch.as_tensor(value, dtype=torch.float64, device=data.train.labels.device).reshape(-1, 1, 1)
+
+        return replace(data, mean=wide(data.mean), std=wide(data.std))
+
+    return in_float64

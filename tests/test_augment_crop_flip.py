@@ -111,15 +111,17 @@ def test_a_rotation_only_training_is_bit_identical_to_before(monkeypatch):
 
 
 def test_packed_trials_get_their_single_runs_crops_and_flips():
-    """At a negligible learning rate (so float sums in another order cannot grow into a drift, see
-    test_engine_pack.py) a pack's trials see exactly their single runs' augmented images."""
+    """At a negligible learning rate (so float sums in another order, which differ on every CPU, cannot grow into a
+    drift, see test_engine_pack.py) a pack's trials see exactly their single runs' augmented images: their training
+    losses agree to the rounding of the same forward passes (~1e-7), where other crops and flips would move them by
+    1e-3 or more; a near-tie's argmax may flip."""
     torch.set_num_threads(1)
     data = datasets.load("mnist", DATA, DATA_DIR, CPU)
     trials = [_trial(seed, lr=1e-8, augment=Augment(crop=4, flip=True, rotation=5.0)) for seed in (0, 1)]
     for packed, single in zip(train_pack(trials, data, CPU), (train_trial(t, data, CPU) for t in trials)):
         for mine, theirs in zip(packed.history, single.history):
-            assert mine["train_loss"] == pytest.approx(theirs["train_loss"], abs=1e-6)
-            assert mine["val_accuracy"] == pytest.approx(theirs["val_accuracy"], abs=1e-6)
+            assert mine["train_loss"] == pytest.approx(theirs["train_loss"], abs=1e-5)
+            assert mine["val_accuracy"] == pytest.approx(theirs["val_accuracy"], abs=1 / 200 + 1e-6)
 
 
 def test_a_study_writes_crop_and_flip_and_a_negative_crop_is_named():

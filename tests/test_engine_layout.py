@@ -1,6 +1,7 @@
 """The CPU's fast paths for CNNs (channels-last layout, packing, `pack = "auto"`) give the old path's numbers: the same
-dropout masks exactly, the same metrics to float tolerance, and a result that does not depend on how many workers
-ran it."""
+dropout masks exactly, the same metrics to float noise at a negligible learning rate and to seed noise at a real one
+(the layouts round differently, on every CPU in its own way: see conftest.py), and a result that does not depend on
+how many workers ran it."""
 
 from __future__ import annotations
 
@@ -19,10 +20,10 @@ from ablate.engine import _train as train_module
 from ablate.models import CNNModel, ConvBlock
 from ablate.models._torch import Dropout
 from ablate.spec import Augment, DataSettings, TrainSettings, TrialSettings
-from tests.conftest import DATA_DIR, TINY_STUDY
+from tests.conftest import DATA_DIR, FALSE_ALARM, TINY_STUDY, seed_noise_p
 
 CPU = torch.device("cpu")
-DATA = DataSettings(val_size=500, train_limit=1024, test_limit=500)
+DATA = DataSettings(val_size=500, train_limit=512, test_limit=500)
 TINY_CNN = CNNModel(batchnorm=True, dropout=0.2, head="gap", blocks=(
     ConvBlock(out=8, pool=True), ConvBlock(out=12, pool=True), ConvBlock(out=10, activation="none", batchnorm=False,
                                                                         dropout=0.0))).resolved()
@@ -36,7 +37,7 @@ def data():
 
 
 def _trial(seed: int, **train) -> TrialSettings:
-    settings = TrainSettings(epochs=2, batch_size=64, augment=Augment(rotation=10.0))
+    settings = TrainSettings(epochs=1, batch_size=64, augment=Augment(rotation=10.0))
     return TrialSettings("mnist", seed, DATA, TINY_CNN, replace(settings, **train))
 
 
@@ -53,14 +54,16 @@ def old_layout(monkeypatch):
     return use
 
 
-def _close(new, old, loss: float, accuracy: float) -> None:
+def _close(new, old) -> None:
+    """To float noise: the rounding of the same forward passes in other orders (~1e-7 in a mean loss), where another
+    dropout mask, rotation or batch moves a training loss by 1e-3 or more; a near-tie's argmax may flip."""
     assert len(new.history) == len(old.history)
     for mine, theirs in zip(new.history, old.history):
         for metric in METRICS:
-            tolerance = accuracy if metric.endswith("accuracy") else loss
+            tolerance = 1 / 500 + 1e-6 if metric.endswith("accuracy") else 1e-5
             assert mine[metric] == pytest.approx(theirs[metric], abs=tolerance), metric
-    assert new.test_accuracy == pytest.approx(old.test_accuracy, abs=accuracy)
-    assert new.test_loss == pytest.approx(old.test_loss, abs=loss)
+    assert new.test_accuracy == pytest.approx(old.test_accuracy, abs=1 / 500 + 1e-6)
+    assert new.test_loss == pytest.approx(old.test_loss, abs=1e-5)
 
 
 def test_a_channels_last_dropout_mask_is_the_contiguous_one():
@@ -73,15 +76,11 @@ def test_a_channels_last_dropout_mask_is_the_contiguous_one():
     assert torch.equal(channels_last, contiguous)
 
 
-@pytest.mark.parametrize("lr, loss, accuracy", [(1e-8, 1e-5, 1e-6), (1e-3, 1e-2, 0.03)])
-def test_channels_last_and_packing_give_the_old_paths_metrics(data, old_layout, lr, loss, accuracy):
+def test_channels_last_and_packing_give_the_old_paths_metrics(data, old_layout):
     """A tiny CNN with batch norm, dropout and rotation: single runs channels-last (the CPU's default now) and a
-    pack of three against the old contiguous single runs. The layouts sum in other orders: with a negligible rate
-    the runs agree to float noise, which shows the same batches, rotations and dropout masks; at a real rate Adam
-    turns the noise in the batch-normalised (so gradient-free) conv biases into full steps, and a near-uniform
-    classifier's argmax flips a few images, so they agree more loosely (as tests/test_engine_pack.py's CNNs): a
-    different mask or rotation would move the first case's losses by 1e-2, not 1e-5."""
-    trials = [_trial(0, lr=lr), _trial(1, lr=3 * lr), _trial(2, lr=lr, weight_decay=1e-3)]
+    pack of three against the old contiguous single runs, at a negligible rate, where the weights barely move and
+    the layouts' other summation orders stay float noise: the same batches, rotations and dropout masks."""
+    trials = [_trial(0, lr=1e-8), _trial(1, lr=3e-8), _trial(2, lr=1e-8, weight_decay=1e-3)]
     new = [train_trial(t, data, CPU) for t in trials]
     packed = train_pack(trials, data, CPU)
     assert all(r.channels_last for r in new + packed)
@@ -89,11 +88,27 @@ def test_channels_last_and_packing_give_the_old_paths_metrics(data, old_layout, 
     old = [train_trial(t, data, CPU) for t in trials]
     assert not any(r.channels_last for r in old)
     for mine, packed_one, theirs in zip(new, packed, old):
-        _close(mine, theirs, loss, accuracy)
-        _close(packed_one, theirs, loss, accuracy)
+        _close(mine, theirs)
+        _close(packed_one, theirs)
 
 
-CNN_STUDY = TINY_STUDY.replace('name = "tiny"', 'name = "tinycnn"').split("[[stage]]")[0] + """
+def test_channels_last_trains_as_well_as_the_contiguous_layout(data, old_layout):
+    """At a real rate Adam turns the layouts' different rounding of the batch-normalised (so gradient-free) conv
+    biases into full steps, and the runs drift apart by an amount that depends on the CPU's kernels: eight seeds
+    in each layout, whose test accuracies must be indistinguishable against the spread between seeds (seed_noise_p,
+    false-alarm rate FALSE_ALARM). Packing's drift is tested so in tests/test_engine_pack.py."""
+    quick = replace(TINY_CNN, head="linear")  # learns in an epoch, where the global-pooling head needs more
+    trials = [replace(_trial(seed, lr=1e-2), model=quick) for seed in range(8)]
+    new = [train_trial(t, data, CPU).test_accuracy for t in trials]
+    old_layout()
+    old = [train_trial(t, data, CPU).test_accuracy for t in trials]
+    assert min(new + old) > 0.3  # they learn (chance is 0.1): two dead layouts would look alike
+    assert seed_noise_p(new, old) > FALSE_ALARM, (new, old)
+
+
+# A negligible rate: workers train in float32, where packing's other rounding grows at a real rate (see above).
+CNN_STUDY = TINY_STUDY.replace('name = "tiny"', 'name = "tinycnn"').replace(
+    "batch_size = 128", "batch_size = 128\nlr = 1e-8").split("[[stage]]")[0] + """
 [model]
 kind = "cnn"
 batchnorm = true
@@ -118,22 +133,23 @@ def _metrics(uri: str):
 
 
 @pytest.mark.slow
-def test_a_cnns_results_do_not_depend_on_how_many_workers_or_auto_packing(write_study, tmp_path, monkeypatch):
-    """1 worker = 2 workers, to the bit, channels-last; `--pack auto` (made to pack here) to float tolerance; and each
-    saved CNN model gives its run's logged test predictions exactly."""
+def test_a_cnns_results_do_not_depend_on_how_many_workers_or_auto_packing(write_study, new_store, monkeypatch):
+    """1 worker = 2 workers, to the bit, channels-last (every CPU worker has one thread); `--pack auto` (made to pack
+    here) to float noise; and each saved CNN model gives its run's logged test predictions exactly."""
     study = write_study(CNN_STUDY)
-    stores = {name: f"sqlite:///{tmp_path / name}.db" for name in ("one", "two", "auto")}
+    unsaved = write_study(CNN_STUDY + '\n[tracking]\nmodels = "none"\n', "unsaved.toml")  # the same trials, faster
+    stores = {name: new_store(name) for name in ("one", "two", "auto")}
     assert main(["run", str(study), "--tracking-uri", stores["one"], "--max-workers", "1"]) == 0
-    assert main(["run", str(study), "--tracking-uri", stores["two"], "--max-workers", "2"]) == 0
+    assert main(["run", str(unsaved), "--tracking-uri", stores["two"], "--max-workers", "2"]) == 0
     import ablate.engine
 
     monkeypatch.setattr(ablate.engine, "packed_speedup", lambda *args, **kwargs: 2.0)
-    assert main(["run", str(study), "--tracking-uri", stores["auto"], "--pack", "auto"]) == 0
+    assert main(["run", str(unsaved), "--tracking-uri", stores["auto"], "--pack", "auto"]) == 0
     one, two, auto = (_metrics(stores[name]) for name in ("one", "two", "auto"))
     assert len(one) == 4 and one.equals(two)
     losses = [c for c in one.columns if c.endswith("loss")]
-    assert ((auto - one)[losses].abs() < 1e-3).all().all()  # the accuracies of a barely trained net flip more
-    assert ((auto - one).drop(columns=losses).abs() < 0.03).all().all()
+    assert ((auto - one)[losses].abs() < 1e-5).all().all()
+    assert ((auto - one).drop(columns=losses).abs() <= 1 / 500 + 1e-6).all().all()  # a near-tie may flip
     mlflow.set_tracking_uri(stores["auto"])
     runs = mlflow.search_runs(experiment_names=["tinycnn"])
     assert set(runs.loc[runs["tags.role"] == "trial", "tags.pack_size"]) == {"2"}

@@ -35,6 +35,9 @@ hidden = [32]
 epochs = 3
 batch_size = 128
 
+[tracking]
+models = "none"
+
 [search]
 trials = {trials}
 startup_trials = 2
@@ -99,7 +102,7 @@ def _drive(storage: str, n: int) -> list[dict]:
     study_spec = parse_study(SEARCH.format(trials=n)).search
     asked = []
     for index in range(n):
-        study = search.open_study(study_spec, storage, "srch", epochs=3, index=index)
+        study = search.open_study(study_spec, storage, "srch", epochs=3)
         trial = study.ask()
         point = dict(search.suggest(trial, study_spec.space))
         asked.append(trial.params)
@@ -134,7 +137,7 @@ def test_stale_running_trial_is_failed_and_retried(tmp_path):
     search.suggest(trial, spec.space)
     for key, value in ((search.HOST_ATTR, os.uname().nodename), (search.PID_ATTR, 2 ** 22 + 7), (search.PID_START_ATTR, "1")):
         trial.set_user_attr(key, value)
-    assert search.recover_stale(study, alive) == 1
+    assert len(search.recover_stale(study, alive)) == 1
     states = [t.state for t in study.get_trials()]
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]  # failed, its params enqueued
     assert search.finished_count(study) == 0  # an interrupted trial does not count towards `trials`
@@ -152,17 +155,34 @@ def _runs(store: str) -> pd.DataFrame:
     return mlflow.search_runs(experiment_names=["srch"])
 
 
+# The search's first points, queued before it starts so that pruning happens on any host: two that learn (~0.8
+# after an epoch), then one whose rate (1e-6) leaves it at chance (~0.1), far below their median, so the median
+# pruner stops it whatever the CPU's rounding. Trials 3 and 4 are TPE's: pruned or not, nothing below depends on it.
+FIRST_POINTS = [{"train.lr": 1e-2, "model.dropout": 0.0, "train.schedule": "constant"},
+                {"train.lr": 3e-3, "model.dropout": 0.1, "train.schedule": "constant"},
+                {"train.lr": 1e-6, "model.dropout": 0.0, "train.schedule": "constant"}]
+
+
+def _queue_first_points(study_file, storage: str) -> None:
+    study = parse_study(study_file.read_text())
+    optuna_study = search.open_study(study.search, storage, search.optuna_name(study), search.trial_epochs(study))
+    for point in FIRST_POINTS:
+        optuna_study.enqueue_trial(point)
+
+
 @pytest.mark.slow
-def test_search_runs_prunes_confirms_and_resumes(write_study, tmp_path, capsys):
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_search_runs_prunes_confirms_and_resumes(write_study, tmp_path, new_store, capsys):
+    store = new_store()
     study = write_study(SEARCH.format(trials=5))
+    _queue_first_points(study, str(tmp_path / "optuna-journal.log"))  # the journal beside the store, ablate's default
     assert main(["run", str(study), "--tracking-uri", store, "--max-workers", "1"]) == 0
     runs = _runs(store)
     searched = runs[runs["tags.role"] == "search"]
     assert len(searched) == 5 and sorted(searched["tags.optuna_trial"].astype(int)) == [0, 1, 2, 3, 4]
     assert searched["metrics.test_accuracy"].isna().all()  # the search never looks at the test set
     pruned = searched[searched["tags.optuna_state"] == "PRUNED"]
-    assert len(pruned) >= 1 and (pruned["metrics.pruned_at_epoch"] < 3).all()
+    assert "2" in set(pruned["tags.optuna_trial"]) and (pruned["metrics.pruned_at_epoch"] < 3).all()
+    assert (pruned["metrics.params_count"] == 784 * 32 + 32 + 32 * 10 + 10).all()  # logged by a pruned run too
     confirmed = runs[runs["tags.role"] == "trial"]
     assert len(confirmed) == 4 and set(confirmed["tags.seed"]) == {"10", "11"}
     assert confirmed["tags.stage"].str.startswith("top").all()
