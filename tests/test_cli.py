@@ -98,7 +98,8 @@ def test_report_formats_parse_back(tiny, store, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_report_errors_exit_2_and_create_nothing(tiny, store, tmp_path, capsys):
+def test_report_errors_exit_2_and_create_nothing(tiny, tmp_path, capsys):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"  # none yet
     assert main(["report", "--tracking-uri", store]) == 2
     assert "no MLflow store" in capsys.readouterr().err
     assert not (tmp_path / "mlflow.db").exists()

@@ -20,7 +20,7 @@ import pytest
 from tests import _cluster
 from tests.conftest import TINY_STUDY
 
-pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.long]  # minutes: the default run leaves it out
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO / "data"

@@ -143,6 +143,38 @@ def test_stale_running_trial_is_failed_and_retried(tmp_path):
     assert search.finished_count(study) == 0  # an interrupted trial does not count towards `trials`
 
 
+def test_recovery_brings_search_runs_in_line_with_their_optuna_trials(tmp_path, tracked):
+    """A trial whose asker is gone is failed and its point enqueued again, and its run ends FAILED; a trial told
+    COMPLETE by a worker that died before recording it gets its run completed FINISHED with the objective; the gone
+    asker's late tell finds its trial ended and records nothing."""
+    from ablate.run._study import _recover_search
+
+    tracker, experiment, _, trials = tracked
+    spec = parse_study(SEARCH.format(trials=4)).search
+    study = search.open_study(spec, str(tmp_path / "j.log"), "srch", epochs=3)
+    gone, told = study.ask(), study.ask()
+    for trial in (gone, told):
+        search.suggest(trial, spec.space)
+        for key, value in ((search.HOST_ATTR, os.uname().nodename), (search.PID_ATTR, 2 ** 22 + 7),
+                           (search.PID_START_ATTR, "1")):
+            trial.set_user_attr(key, value)
+    study.tell(told, 0.7)
+    runs = {}
+    for trial in (gone, told):
+        runs[trial.number] = tracker.start_trial(experiment, "no-parent", trials[0], {"optuna_trial": str(trial.number)},
+                                                 role="search")
+
+    recovered = _recover_search(tracker, experiment, study)
+
+    assert [r["optuna_trial"] for r in recovered] == [str(gone.number)]
+    assert tracker.run_state(runs[gone.number]).status == "FAILED"
+    assert [t.state.name for t in study.get_trials()] == ["FAIL", "COMPLETE", "WAITING"]  # the point, again
+    completed = tracker.run_state(runs[told.number])
+    assert completed.status == "FINISHED" and completed.metrics["objective"] == 0.7
+    late = search.AskedTrial(study, gone, trials[0], "val_accuracy")
+    assert late.complete(0.9) is False and study.trials[gone.number].state.name == "FAIL"
+
+
 def _optuna_name(trials: int) -> str:
     """The Optuna study of the search: its name and identity (a budget of more trials continues the same one)."""
     from ablate.search import optuna_name

@@ -186,7 +186,8 @@ def test_cli_missing_file_and_debug_traceback(tmp_path):
     assert debug.returncode == 2 and "Traceback" in debug.stderr
 
 
-def test_run_with_bad_spec_touches_no_store(write_study, store, tmp_path):
+def test_run_with_bad_spec_touches_no_store(write_study, tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"  # none yet
     path = write_study(BASE.replace("epochs = 2", "epochs = -1"))
     assert main(["run", str(path), "--tracking-uri", store]) == 2
     assert not (tmp_path / "mlflow.db").exists()
