@@ -32,6 +32,15 @@ The contract, which every caller relies on:
 - **decide** stores a value under a key once (insert-if-absent): every caller gets the
   first writer's value (a search's confirm set).
 
+Prior art, and what is taken from it. Optuna's RDB storage fails a stale trial (fail_stale_trials) by a state
+change the storage makes only while the trial RUNs — under a row lock, raising UpdateFinishedTrialError for the
+loser — and only the process whose change won runs the failure callback: the same conditional write, which is why a
+search's trials are claimed by Optuna itself. Job queues lease work: Celery re-delivers an unacknowledged task after
+a visibility timeout (at least once: the worker must be idempotent), Airflow's scheduler takes task instances with
+SELECT … FOR UPDATE SKIP LOCKED and fails zombies whose heartbeat stopped. Neither keeps a lapsed worker from
+finishing: here the fencing token does (Kleppmann, "How to do distributed locking", 2016), as the commit is
+conditional on it. Ray Tune leaves exclusivity to its single driver; ablate has any number of drivers.
+
 What it assumes: every invocation of a study uses the same claims database for as long as
 the tracking store lives (by default one derived from the store — `claims_url`); the database
 makes single-row conditional updates atomic (SQLite on a local disk — its locks are not
