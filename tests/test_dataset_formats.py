@@ -37,7 +37,7 @@ def _write_idx(folder: Path, files: tuple[str, ...], classes: int, first_label: 
     class reads that) — so the comparison also proves the gzipped and plain readings agree."""
     folder.mkdir(parents=True, exist_ok=True)
     arrays = {}
-    for (role, file), n in zip(zip(_registry.ROLES, files), (TRAIN, TRAIN, TEST, TEST)):
+    for (role, file), n in zip(zip(datasets.ROLES, files), (TRAIN, TRAIN, TEST, TEST)):
         if role.endswith("images"):
             array = RNG.integers(0, 256, (n, 28, 28), dtype=np.uint8)
         else:

@@ -4,11 +4,12 @@ Owns each dataset's files and their layout under the data folder (torchvision's)
 are read, its shape (C, H, W), classes and class names and split sizes (`get`, `names`,
 `read_arrays`, `ensure_files`); the per-channel mean and std of its training images, computed
 and cached (`train_stats`); a researcher's own data from a factory function (`from_factory`);
-and its resident copy on a training device (`load` → `DeviceData`). Everything downstream — models, parameter and MAC
+its `[data]` table (`DataSettings`: split, scaling, limits; ablate.spec re-exports it) and its resident copy on a
+training device (`load` → `DeviceData`). Everything downstream — models, parameter and MAC
 counts, augmentation, figures — takes the shape and classes from here. Adding a dataset is
 one module in this folder that calls `register`.
 
-May import: ablate.errors, ablate._own_code; numpy, torch and torchvision only on the loading
+May import: ablate.errors, ablate.fields, ablate._own_code; numpy, torch and torchvision only on the loading
 side, which this package imports on first use (`load`, `DeviceData`, `Split`), so that validation and
 `ablate plan` stay torch-free.
 """
@@ -16,16 +17,17 @@ side, which this package imports on first use (`load`, `DeviceData`, `Split`), s
 from typing import TYPE_CHECKING
 
 from ablate.datasets import _mnist, _cifar, _svhn  # noqa: F401, I001  (they register the built-ins, in this order)
-from ablate.datasets._registry import (
-    DEFAULT, Dataset, ForeignFactory, check_data, default_data_dir, ensure_files, get, is_factory_key, names, provide,
-    read_arrays, register, train_stats, unregister,
+from ablate.datasets._dataset import (
+    DEFAULT, ROLES, Dataset, ForeignFactory, is_factory_key, names, provide, register, unregister,
 )
+from ablate.datasets._registry import check_data, default_data_dir, ensure_files, get, read_arrays, train_stats
+from ablate.datasets._settings import DataSettings
 
 if TYPE_CHECKING:
     from ablate.datasets._factory import from_factory
     from ablate.datasets._resident import DeviceData, Split, load
 
-__all__ = ["DEFAULT", "Dataset", "DeviceData", "ForeignFactory", "Split", "check_data", "default_data_dir",
+__all__ = ["DEFAULT", "ROLES", "DataSettings", "Dataset", "DeviceData", "ForeignFactory", "Split", "check_data", "default_data_dir",
            "ensure_files", "from_factory", "get", "is_factory_key", "load", "names", "provide", "read_arrays", "register",
            "train_stats", "unregister"]
 

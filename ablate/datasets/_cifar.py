@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ablate.datasets._registry import Dataset, register
+from ablate.datasets._dataset import Dataset, register
 
 if TYPE_CHECKING:
     import numpy as np

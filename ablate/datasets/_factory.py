@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from ablate.datasets._registry import FACTORY_PREFIX as PREFIX
-from ablate.datasets._registry import ROLES, Dataset, ForeignFactory, register
+from ablate.datasets._dataset import FACTORY_PREFIX as PREFIX
+from ablate.datasets._dataset import ROLES, Dataset, ForeignFactory, register
 from ablate.errors import AblateError
 
 FINGERPRINT_LENGTH = 12

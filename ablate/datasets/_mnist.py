@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ablate.datasets._registry import ROLES, Dataset, find, register
+from ablate.datasets._dataset import ROLES, Dataset, find, register
 
 if TYPE_CHECKING:
     import numpy as np

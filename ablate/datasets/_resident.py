@@ -17,7 +17,7 @@ import torch
 from ablate.datasets._registry import read_arrays, train_stats
 
 if TYPE_CHECKING:
-    from ablate.spec import DataSettings
+    from ablate.datasets._settings import DataSettings
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ablate.datasets._registry import Dataset, register
+from ablate.datasets._dataset import Dataset, register
 
 if TYPE_CHECKING:
     import numpy as np

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from ablate import datasets
+from ablate.datasets import DataSettings
 from ablate.fields import above, at_least, factory_reference, fraction_below_one, identifier, option, unique_ints
 from ablate.models import ModelSpec
 
@@ -66,19 +67,6 @@ class StudyInfo:
         "rather than expanded for minutes. Raise it to run a bigger grid.",
         at_least(1),
     )
-
-
-@dataclass(frozen=True)
-class DataSettings:
-    val_size: int = option(5000, "Validation examples split from the training set.", at_least(1))
-    split_seed: int = option(0, "Seed of the train/validation split; the same split for every trial.")
-    normalize: Literal["standard", "unit"] = option(
-        "standard",
-        "Pixel scaling: `standard` subtracts the training set's mean and divides by its std (Normalize); "
-        "`unit` only scales to [0, 1] (ToTensor alone).",
-    )
-    train_limit: int | None = option(None, "Use only this many training examples (smoke tests).", at_least(1))
-    test_limit: int | None = option(None, "Evaluate on only this many test examples (smoke tests).", at_least(1))
 
 
 def increasing(v: tuple) -> str | None:
