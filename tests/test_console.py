@@ -22,9 +22,8 @@ WIDTHS = (80, 100, 120, 200)
 
 def _plan_text(monkeypatch, path, width: int, statuses=None) -> str:
     recorded = Console(width=width, record=True, highlight=False, file=io.StringIO())
-    monkeypatch.setattr(ablate_console, "terminal", lambda: recorded)
     study = load_study(path)
-    ablate_console.print_plan(study, expand_design(study), statuses, "sqlite:///x.db")
+    ablate_console.print_plan(study, expand_design(study), statuses, "sqlite:///x.db", recorded)
     return recorded.export_text()
 
 
@@ -96,16 +95,14 @@ def test_search_plan_warns_when_trials_never_leave_startup(monkeypatch):
     assert "\ntrials = 40\n" in SEARCH
     study = parse_study(SEARCH.replace("\ntrials = 40\n", "\ntrials = 6\n"), "s.toml")
     recorded = Console(width=120, record=True, highlight=False, file=io.StringIO())
-    monkeypatch.setattr(ablate_console, "terminal", lambda: recorded)
-    ablate_console.print_search_plan(study)
+    ablate_console.print_search_plan(study, recorded)
     text = " ".join(recorded.export_text().split())
     assert "warning:" in text and "search.trials" in text and "startup_trials" in text
 
 
 def test_search_plan_fits_80_columns(monkeypatch):
     recorded = Console(width=80, record=True, highlight=False, file=io.StringIO())
-    monkeypatch.setattr(ablate_console, "terminal", lambda: recorded)
-    ablate_console.print_search_plan(parse_study(SEARCH, "s.toml"))
+    ablate_console.print_search_plan(parse_study(SEARCH, "s.toml"), recorded)
     text = recorded.export_text()
     assert not re.search(r"\S…", text)  # a cut word; a range's ' … ' stands alone
     assert "train.schedule.gamma" in text and "xavier_uniform" in text and max(map(len, text.splitlines())) <= 80

@@ -18,9 +18,9 @@ from ablate.cli import main
 from ablate.design import expand
 from ablate.engine import train_pack, train_trial
 from ablate.errors import SpecError
-from ablate.run import InlineBackend, run_study
+from ablate.run import InlineBackend, Loaded, prepare, run_study
 from ablate.spec import (
-    Augment, CNNModel, ConvBlock, DataSettings, ExecutionSettings, LinearModel, MLPModel, TrainSettings, TrialSettings,
+    Augment, CNNModel, ConvBlock, DataSettings, LinearModel, MLPModel, TrainSettings, TrialSettings,
     parse_study,
 )
 from ablate.tracking import Tracker
@@ -144,8 +144,9 @@ def test_a_study_on_a_registered_dataset_runs_and_reports(colours, tmp_path, cap
         def __getattr__(self, name):
             return lambda *args, **kwargs: None
 
-    summary = run_study(study, trials, Tracker(store), tmp_path, ExecutionSettings(devices="cpu", max_workers=1),
-                        Quiet(), backend=InlineBackend)
+    prepared = prepare(Loaded(study, trials), tracking_uri=store, data_dir=tmp_path,
+                       overrides={"devices": "cpu", "max_workers": 1}, backend=InlineBackend)
+    summary = run_study(prepared, Quiet())
     assert len(summary.finished) == 4 and summary.failed == []
     linear = [outcome.test_accuracy for trial, outcome in summary.finished if trial.stage == "linear"]
     assert len(linear) == 2 and min(linear) > 0.6  # it learned the colours (chance is 0.25), with mistakes to show

@@ -88,13 +88,8 @@ def test_a_store_that_fails_mid_study_stops_the_run_with_one_message(tiny, store
     from mlflow.tracking import MlflowClient
 
     from ablate.console import ConsoleReporter
-    from ablate.design import expand
-    from ablate.run import InlineBackend, run_study
-    from ablate.spec import load_study
-    from ablate.tracking import Tracker
+    from ablate.run import InlineBackend, load, prepare, run_study
 
-    study = load_study(tiny)
-    tracker = Tracker(store)
     real = MlflowClient.log_batch
     calls = []
 
@@ -107,25 +102,20 @@ def test_a_store_that_fails_mid_study_stops_the_run_with_one_message(tiny, store
 
     monkeypatch.setattr(MlflowClient, "log_batch", fills_the_disk)
     with pytest.raises(StoreError, match="is full"):
-        run_study(study, expand(study), tracker, DATA_DIR, study.execution, ConsoleReporter(), backend=InlineBackend)
+        run_study(prepare(load(tiny), tracking_uri=store, data_dir=DATA_DIR, backend=InlineBackend), ConsoleReporter())
 
 
 def test_an_error_after_the_parent_run_exists_ends_it_failed(tiny, store, monkeypatch):
     """Nothing half-recorded: a parent run is never left RUNNING by an invocation that crashed."""
     from ablate.console import ConsoleReporter
-    from ablate.design import expand
-    from ablate.run import InlineBackend, _study, run_study
-    from ablate.spec import load_study
-    from ablate.tracking import Tracker
+    from ablate.run import InlineBackend, _study, load, prepare, run_study
 
     def broken(*args, **kwargs):
         raise OSError(36, "File name too long")
 
     monkeypatch.setattr(_study, "plan_document", broken)
-    study = load_study(tiny)
     with pytest.raises(OSError):
-        run_study(study, expand(study), Tracker(store), DATA_DIR, study.execution, ConsoleReporter(),
-                  backend=InlineBackend)
+        run_study(prepare(load(tiny), tracking_uri=store, data_dir=DATA_DIR, backend=InlineBackend), ConsoleReporter())
     parents = mlflow.MlflowClient(store).search_runs(["1"], "tags.role = 'parent'")
     assert [p.info.status for p in parents] == ["FAILED"]
 
@@ -353,7 +343,7 @@ def test_an_interrupted_run_ends_killed_the_trial_runs_no_one_heard_of(tiny, sto
     and nothing else: a FINISHED run stays FINISHED, another invocation's RUNNING run stays RUNNING."""
     from ablate.console import ConsoleReporter
     from ablate.design import expand
-    from ablate.run import InlineBackend, run_study
+    from ablate.run import InlineBackend, Loaded, prepare, run_study
     from ablate.run._events import Done, Finished, Outcome, Started
     from ablate.run._tasks import task_key, task_trials
     from ablate.spec import load_study
@@ -379,7 +369,8 @@ def test_an_interrupted_run_ends_killed_the_trial_runs_no_one_heard_of(tiny, sto
 
         return InlineBackend(slots, execute=execute)
 
-    summary = run_study(study, trials[:2], tracker, DATA_DIR, study.execution, ConsoleReporter(), backend=backend)
+    summary = run_study(prepare(Loaded(study, trials[:2]), tracking_uri=store, data_dir=DATA_DIR, backend=backend),
+                        ConsoleReporter())
     assert summary.interrupted
     runs = _runs(store).set_index("run_id")
     by_trial = {f"{row['tags.stage']}:{row['tags.seed']}": row for _, row in runs.iterrows() if row["tags.role"] == "trial"}

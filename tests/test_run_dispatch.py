@@ -13,10 +13,10 @@ import pytest
 from ablate.design import Pack, expand
 from ablate.run import (
     Dispatcher, Done, EventChannel, Finished, InlineBackend, Orphaned, Outcome, RunSummary, Slot, Started, WorkerDied,
-    run_study, task_key, task_trials,
+    load, prepare, run_study, task_key, task_trials,
 )
-from ablate.spec import ExecutionSettings, load_study
-from ablate.tracking import RunState, Settled, Tracker
+from ablate.spec import load_study
+from ablate.tracking import RunState, Settled
 from tests.conftest import DATA_DIR, TINY_STUDY
 
 
@@ -174,9 +174,9 @@ def test_a_worker_whose_parent_is_gone_stops_as_orphaned():
 
 
 def _run_inline(study_path: Path, store: str) -> RunSummary:
-    study = load_study(study_path)
-    return run_study(study, expand(study), Tracker(store), DATA_DIR, ExecutionSettings(devices="cpu", max_workers=2),
-                     _Reporter(), backend=InlineBackend)
+    prepared = prepare(load(study_path), tracking_uri=store, data_dir=DATA_DIR,
+                       overrides={"devices": "cpu", "max_workers": 2}, backend=InlineBackend)
+    return run_study(prepared, _Reporter())
 
 
 def _trial_runs(store: str):

@@ -28,11 +28,15 @@ dispatcher's own process (InlineBackend), or an actor on another node.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 from ablate.run._events import Event
 from ablate.run._slots import Slot
 from ablate.run._tasks import Task
+
+if TYPE_CHECKING:
+    from ablate.run._worker import WorkerConfig
 
 
 class Backend(Protocol):
@@ -54,3 +58,7 @@ class Backend(Protocol):
     def terminate(self, slot: int) -> None: ...
 
     def shutdown(self, timeout: float = 10.0) -> None: ...
+
+
+# How a backend is made: from the slots it keeps workers on and what every worker needs (ablate.run's worker).
+MakeBackend = Callable[[list[Slot], "WorkerConfig"], Backend]

@@ -6,7 +6,8 @@ the parent run's heartbeat while it works, then dispatches the tasks (ablate.run
 dispatcher) and closes the parent run with the counts — whatever stops it: Ctrl-C or
 SIGTERM end it KILLED, an error FAILED, and a store that failed is said so (StoreError)
 once the workers have stopped. The data is read and checked by the caller before any of
-this (`check_data`), so a bad file is one error, not one failed run per trial.
+this (ablate.run's prepare, which decides the store, the slots and the data once), so a bad file is one error,
+not one failed run per trial.
 """
 
 from __future__ import annotations
@@ -19,36 +20,22 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ablate import datasets
 from ablate.design import Trial, pack_trials, plan_document
 from ablate.errors import StoreError
 from ablate.run import _signals
 from ablate.run._backend import Backend
 from ablate.run._dispatch import Dispatcher, Reporter, RunSummary, killed_error
-from ablate.run._local import LocalBackend
-from ablate.run._slots import Slot, hardware, plan_slots_for
+from ablate.run._prepare import Prepared
+from ablate.run._slots import Slot, hardware
 from ablate.run._worker import WorkerConfig, faults_from_env
 from ablate.search import RUN_ATTR, SearchTask
-from ablate.spec import ExecutionSettings, Study
+from ablate.spec import Study
 from ablate.tracking import INTERRUPTED, PID, PID_START, PLAN_ARTIFACT, ROLE, Heartbeat, Identity, alive
 
 if TYPE_CHECKING:
     import optuna
 
     from ablate.tracking import Tracker
-
-MakeBackend = Callable[[list[Slot], WorkerConfig], Backend]
-
-
-def placement(execution: ExecutionSettings, backend: MakeBackend | None = None, tracking_uri: str | None = None,
-              claims: str | None = None) -> tuple[list[Slot], MakeBackend]:
-    """The slots of the execution's backend and how to make it (`backend`: a caller's own, for tests); with the
-    `tracking_uri` and `claims` database, whether the backend's workers can reach them is checked too."""
-    if execution.backend == "ray":
-        from ablate.run._ray import RayBackend, ray_slots
-
-        return ray_slots(execution, tracking_uri, claims), backend or partial(RayBackend, address=execution.address)
-    return plan_slots_for(execution), backend or LocalBackend
 
 
 AUTO_PACK_GPU, AUTO_PACK_CPU, AUTO_PACK_GAIN = 8, 4, 1.15
@@ -79,14 +66,11 @@ def pack_size(pack: int | str, slots: list[Slot], notes: list[str]) -> int | Cal
     return probed
 
 
-def run_study(
-    study: Study, trials: list[Trial], tracker: Tracker, data_dir: Path, execution: ExecutionSettings,
-    reporter: Reporter, command: str = "", import_paths: tuple[str, ...] = (), backend: MakeBackend | None = None,
-) -> RunSummary:
+def run_study(prepared: Prepared, reporter: Reporter, command: str = "") -> RunSummary:
+    """Train every trial of the prepared study not already done (see the module's docstring)."""
     started = time.perf_counter()
-    slots, backend = placement(execution, backend)
-    for dataset in {t.settings.dataset for t in trials}:  # the CLI checked them whole (check_data); a caller may not
-        datasets.ensure_files(dataset, data_dir)
+    study, trials, tracker, execution = prepared.study, prepared.trials, prepared.tracker, prepared.execution
+    slots, backend = prepared.slots, prepared.make_backend
     experiment_id = tracker.experiment(study.name)
     recovered, elsewhere = tracker.recover_stale(experiment_id)
     done = tracker.finished_hashes(experiment_id)
@@ -101,8 +85,7 @@ def run_study(
     if not todo:
         _settle_models(tracker, summary, trials, study)
         return summary
-    invocation = _Invocation.start(study, tracker, experiment_id, len(trials), slots, command, {}, data_dir,
-                                   import_paths)
+    invocation = _Invocation.start(prepared, experiment_id, len(trials), slots, command, {})
     summary.parent_run_id = invocation.parent_id
     with _closing_parent(tracker, summary, started):
         tracker.log_dict(invocation.parent_id, plan_document(study, trials), PLAN_ARTIFACT)
@@ -131,12 +114,11 @@ class _Invocation:
     heartbeat: Heartbeat
 
     @classmethod
-    def start(
-        cls, study: Study, tracker: Tracker, experiment_id: str, trials: int, slots: list[Slot], command: str,
-        tags: dict[str, str], data_dir: Path, import_paths: tuple[str, ...],
-    ) -> _Invocation:
+    def start(cls, prepared: Prepared, experiment_id: str, trials: int, slots: list[Slot], command: str,
+              tags: dict[str, str]) -> _Invocation:
         from ablate.tracking import environment_tags
 
+        study, tracker = prepared.study, prepared.tracker
         env_tags = environment_tags(Path(study.path).resolve().parent)
         machine = hardware(slots)
         parent_id = tracker.start_parent(
@@ -147,7 +129,7 @@ class _Invocation:
             tracking_uri=tracker.uri, experiment_id=experiment_id, parent_run_id=parent_id,
             parent=Identity.of_this_process(),
             env_tags={k: v for k, v in env_tags.items() if k not in (PID, PID_START)} | {"hardware": machine},
-            data_dir=str(Path(data_dir).resolve()), import_paths=import_paths, faults=faults_from_env(),
+            data_dir=str(Path(prepared.data_dir).resolve()), import_paths=prepared.import_paths, faults=faults_from_env(),
             models=study.tracking.models, claims=tracker.claims.url,
         )
         return cls(parent_id, config, Heartbeat(lambda: tracker.beat([parent_id])))
@@ -236,10 +218,7 @@ def _search_trial_alive(tracker: Tracker) -> Callable[[Mapping[str, Any]], bool]
     return alive_trial
 
 
-def run_search(
-    study: Study, tracker: Tracker, data_dir: Path, execution: ExecutionSettings, reporter: Reporter,
-    storage: str, command: str = "", import_paths: tuple[str, ...] = (), backend: MakeBackend | None = None,
-) -> RunSummary:
+def run_search(prepared: Prepared, reporter: Reporter, command: str = "") -> RunSummary:
     """An Optuna search on the workers, then its best configurations re-trained on fresh seeds and tested.
 
     Any number of invocations may run one search at once: its budget of `trials` is counted over all of them (a
@@ -249,8 +228,8 @@ def run_search(
     from ablate import search
 
     started = time.perf_counter()
+    study, tracker, execution, storage = prepared.study, prepared.tracker, prepared.execution, prepared.storage
     spec = study.search
-    datasets.ensure_files(study.info.dataset, data_dir)
     experiment_id = tracker.experiment(study.name)
     recovered, _ = tracker.recover_stale(experiment_id)
     name = search.optuna_name(study)
@@ -260,7 +239,7 @@ def run_search(
     recovered += _recover_search(tracker, experiment_id, optuna_study)
     done = search.finished_count(optuna_study)
     budget = spec.settings.trials
-    slots, backend = placement(execution, backend)
+    slots, backend = prepared.slots, prepared.make_backend
     summary = RunSummary(experiment_id, None, total=max(budget, done) if budget else done + 10_000, skipped=done,
                          recovered=recovered, slots=slots, notes=summary_note)
     reporter.start(summary.total, done, slots)
@@ -270,10 +249,8 @@ def run_search(
             summary.total, summary.skipped = summary.total + len(confirm), summary.skipped + len(confirm)
             _settle_models(tracker, summary, confirm, study)
             return summary
-    invocation = _Invocation.start(
-        study, tracker, experiment_id, summary.total, slots, command,
-        {"optuna_storage": storage, "optuna_study": name}, data_dir, import_paths,
-    )
+    invocation = _Invocation.start(prepared, experiment_id, summary.total, slots, command,
+                                   {"optuna_storage": storage, "optuna_study": name})
     summary.parent_run_id = invocation.parent_id
     with _closing_parent(tracker, summary, started):
         arms, confirm = (), []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -106,6 +108,17 @@ def study_warnings(study: Study) -> list[str]:
     never leaves its random start-up trials); `ablate plan` and `ablate run` print them, neither refuses."""
     found = search_warnings(study.search.settings) if study.search is not None else []
     return [f"{study.path}: {warning}" for warning in found]
+
+
+def importable(study_path: str | Path) -> tuple[str, ...]:
+    """A custom model's or dataset's `package.module` may live beside the study file or in the current folder: both
+    go on sys.path (first), before the study is read, since a dataset factory is called to validate it. The folders,
+    for workers that import the same factories."""
+    folders = (str(Path(study_path).resolve().parent), os.getcwd())
+    for folder in folders:
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+    return folders
 
 
 def load_study(path: str | Path) -> Study:

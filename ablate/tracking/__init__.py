@@ -25,7 +25,7 @@ from ablate.tracking._liveness import (
 )
 from ablate.tracking._models import ARM_METRIC, beaten, model_runs, save_model, settle_models, stand_ins
 from ablate.tracking._store import (
-    RunState, check_store, default_uri, store_is_new, store_label, trial_statuses,
+    TRACKING_URI_ENV, RunState, check_store, default_uri, store_is_new, store_label, store_uri, trial_statuses,
 )
 from ablate.tracking._tags import (
     ARCHITECTURE, CHANGES, CLAIM_TOKEN, DEVICE, DIVERGED, ERROR, EXPERIMENT_KIND, EXPERIMENT_TAG, FAILED_ERROR, HEARTBEAT, HEARTBEAT_EVERY, HOST,
@@ -43,7 +43,7 @@ __all__ = [
     "MODEL_SETTINGS", "beaten", "model_runs", "save_model", "settle_models", "stand_ins", "ARCHITECTURE", "Claim", "BEAT_SECONDS", "CHANGES", "DEVICE", "DIVERGED", "ERROR", "EXPERIMENT_KIND", "EXPERIMENT_TAG", "FAILED_ERROR",
     "HEARTBEAT", "HEARTBEAT_EVERY", "HOST", "Heartbeat", "INTERRUPTED", "Identity", "OOM", "OUTPUTS_ARTIFACT", "PACK",
     "PACK_SIZE", "PID", "PID_START", "PLAN_ARTIFACT", "REASON", "ROLE", "RunState", "SEED", "STAGE", "STAGE_INDEX",
-    "STALE_AFTER", "STUDY", "TRIAL_HASH", "Tracker", "check_store", "default_uri", "store_is_new", "store_label", "WORKER", "WORKER_LOST", "alive", "beat_is_fresh",
+    "STALE_AFTER", "STUDY", "TRIAL_HASH", "Tracker", "check_store", "default_uri", "store_is_new", "store_label", "store_uri", "TRACKING_URI_ENV", "WORKER", "WORKER_LOST", "alive", "beat_is_fresh",
     "environment_tags", "heartbeat_tags", "process_start", "read_plan", "restore_signal_handlers", "runs_url", "sqlite_path",
     "trial_statuses",
 ]

@@ -33,6 +33,15 @@ def default_uri(folder: Path | None = None) -> str:
     return f"sqlite:///{path}"
 
 
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"  # MLflow's own variable: the store its tools (mlflow ui aside) use
+
+
+def store_uri(flag: str | None = None) -> str:
+    """The store a command uses, decided in one place: --tracking-uri, else $MLFLOW_TRACKING_URI (as MLflow's own
+    clients read it), else `default_uri()`. An empty flag or variable counts as none."""
+    return flag or os.environ.get(TRACKING_URI_ENV) or default_uri()
+
+
 def store_label(uri: str) -> str:
     """The store as a person reads it: an absolute file for SQLite (which folder matters), else the URI."""
     path = sqlite_path(uri)

@@ -1,0 +1,25 @@
+"""What a person sees in the terminal: `ablate plan`'s trial table (_plan), `ablate run`'s progress (_progress),
+and the tables both fit to the console's width (_tables).
+
+`ablate plan`'s tables fit the console's width without cutting a value: columns wrap at spaces
+and never below their longest word, headers name settings by their shortest unambiguous suffix
+(with a legend) and break at underscores, and a table too wide even then becomes one block per
+trial. `ablate run` shows a live display on a terminal, plain lines otherwise (CI, logs): one bar
+for the study (done, failed and running counts, elapsed time and an ETA from finished trials'
+durations) and one line per worker (its device, trial, epoch and latest validation accuracy).
+Imports neither torch nor MLflow: `ablate plan` draws its table at once.
+"""
+
+from ablate.console._plan import (
+    STATUS_ORDER, HASH_SHOWN, status_of, dataset_info, dataset_line, plan_json, print_plan, shown_hashes, setting_labels, search_plan, print_search_plan, print_warnings, plan_summary,
+)
+from ablate.console._progress import (
+    print_failures, TrialTimes, EtaColumn, ConsoleReporter,
+)
+from ablate.console._tables import (
+    TABLE_STYLES, Column, terminal, print_fitted, fitted_table, break_header, share_widths, print_blocks, pack, print_report_table,
+)
+
+__all__ = [
+    "break_header", "Column", "ConsoleReporter", "dataset_info", "dataset_line", "EtaColumn", "fitted_table", "HASH_SHOWN", "pack", "plan_json", "plan_summary", "print_blocks", "print_failures", "print_fitted", "print_plan", "print_report_table", "print_search_plan", "print_warnings", "search_plan", "setting_labels", "share_widths", "shown_hashes", "status_of", "STATUS_ORDER", "TABLE_STYLES", "terminal", "TrialTimes",
+]
