@@ -12,7 +12,8 @@ caller's (ablate.run), told through the epoch callbacks.
 
 from ablate.engine._augment import AUGMENT_SEED_OFFSET, affine_draws, affine_theta, augment_batch, resample
 from ablate.engine._optim import Schedule, make_loss, make_optimizer, make_schedule
-from ablate.engine._pack import PackedNet, train_pack
+from ablate.engine._pack import train_pack
+from ablate.engine._pack_model import PackedNet
 from ablate.engine._malloc import steady_allocations
 from ablate.engine._probe import packed_speedup
 from ablate.engine._saved import Classifier, deployable

@@ -172,6 +172,25 @@ class EarlyStopper:
         return self.waited >= self.rule.patience
 
 
+def end_training(
+    result: TrialResult, stopper: EarlyStopper | None, started: float, *, snapshot: Callable[[], nn.Module],
+    restore: Callable[[dict[str, torch.Tensor]], None], network: Callable[[], nn.Module],
+) -> None:
+    """The end of one trial's training, single or packed (one helper, so the two cannot drift apart): its training
+    time; the epoch it is tested at, the last; and, where early stopping kept the best epoch's weights, those
+    restored (`restore`) and tested instead, with the last epoch's network (`snapshot`, taken before the restore)
+    kept as the last model when the best epoch is not the last. The tested network (`network`, called after the
+    restore) becomes the trial's model."""
+    result.train_seconds = time.perf_counter() - started
+    result.tested_epoch = len(result.history)
+    if stopper is not None and stopper.best_state is not None:
+        if stopper.best_epoch != len(result.history):
+            result.last_model = snapshot()
+        restore(stopper.best_state)
+        result.tested_epoch = stopper.best_epoch
+    result.model = network()
+
+
 def train_trial(
     settings: TrialSettings, data: DeviceData, device: torch.device, on_epoch: EpochCallback | None = None,
     test: bool = True,
@@ -220,14 +239,8 @@ def train_trial(
         if stopper is not None and stopper.should_stop(epoch, metrics, model):
             result.stopped_early = True
             break
-    result.train_seconds = time.perf_counter() - started
-    result.tested_epoch = len(result.history)
-    if stopper is not None and stopper.best_state is not None:
-        if stopper.best_epoch != len(result.history):
-            result.last_model = copy.deepcopy(model)
-        model.load_state_dict(stopper.best_state)
-        result.tested_epoch = stopper.best_epoch
-    result.model = model
+    end_training(result, stopper, started, snapshot=lambda: copy.deepcopy(model), restore=model.load_state_dict,
+                 network=lambda: model)
     if test:
         kept: list = []
         result.test_loss, result.test_accuracy = evaluate(model, data.test, data, eval_loss, kept, layout)

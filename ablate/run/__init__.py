@@ -1,7 +1,8 @@
 """Run: executing a study's trials — where they run, what workers report, and what the parent does about it.
 
 Owns worker slots (devices, workers per device, threads), the worker (a slot's device set up
-once, then trials, packs and search trials trained and logged to MLflow by itself), the
+once, then trials, packs and search trials trained and logged to MLflow by itself, each to its
+trial's run), the faults that end a task and the reason a failed trial is recorded with, the
 typed events a worker reports, the backend protocol and its backends — `LocalBackend`
 (supervised processes on this machine) and `InlineBackend` (in-process, for tests and
 debugging) — the dispatcher (hands out tasks, notices lost workers, handles Ctrl-C), getting a
@@ -18,6 +19,7 @@ from ablate.run._dispatch import MAX_LOST_IN_A_ROW, Dispatcher, Ledger, Reporter
 from ablate.run._events import (
     Done, Epoch, Event, Failed, Finished, Killed, Outcome, Ready, Skipped, Started, StoreFailed,
 )
+from ablate.run._faults import FAULTS_ENV, Orphaned, classify, faults_from_env
 from ablate.run._inline import InlineBackend, WorkerDied
 from ablate.run._local import EventChannel, LocalBackend, start_worker_server
 from ablate.run._signals import PREEMPTED, Interrupted, as_interrupted, hurried, interruptible
@@ -25,7 +27,7 @@ from ablate.run._slots import Slot, check_memory, cpu_model, hardware, plan_slot
 from ablate.run._prepare import Loaded, Prepared, check_data, data_folder, load, placement, prepare
 from ablate.run._study import run_search, run_study
 from ablate.run._tasks import Task, task_key, task_trials
-from ablate.run._worker import FAULTS_ENV, Orphaned, Worker, WorkerConfig, classify, faults_from_env
+from ablate.run._worker import Worker, WorkerConfig
 
 __all__ = [
     "Backend", "Dispatcher", "Loaded", "MakeBackend", "Prepared", "check_data", "data_folder", "load", "prepare", "Done", "Epoch", "Event", "EventChannel", "FAULTS_ENV", "Failed", "Finished",

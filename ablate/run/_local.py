@@ -29,10 +29,11 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.queues import Queue
 
 from ablate.run._events import Event, Ready
+from ablate.run._faults import Orphaned
 from ablate.run._signals import raise_on_sigterm
 from ablate.run._slots import Slot
 from ablate.run._tasks import Task
-from ablate.run._worker import Orphaned, Worker, WorkerConfig
+from ablate.run._worker import Worker, WorkerConfig
 
 # What the worker server imports once, so that every worker it forks has it: torch, MLflow and the engine — and
 # torch._dynamo, which torch's optimizers import when the first one is made (~1 s and 900 modules per worker).

@@ -1,6 +1,7 @@
 """The Ray backend: one actor per slot on the nodes of a Ray cluster, each running ablate's Worker.
 
-`ray` is imported here only, and this module only when a run asks for `backend = "ray"`.
+`ray` is imported here and in this module's two parts (_ray_cluster, _ray_actor) only, and these only
+when a run asks for `backend = "ray"`.
 
 Slots (`ray_slots`): every GPU of every live node `workers_per_device` times over (an actor
 asks for `1 / workers_per_device` of a GPU, and Ray sets CUDA_VISIBLE_DEVICES, so inside it
@@ -31,207 +32,36 @@ Ctrl-C and SIGTERM reach the driver only: `interrupt` raises Interrupted in the 
 runs the actor's task (as the signal would in a worker process), so its runs end KILLED with
 the reason. A driver killed with -9 takes its actors with it (Ray ends the actors of a dead
 owner); the next invocation recovers their RUNNING runs through their heartbeat.
+
+This module is the driver's side: the data shelf and the backend that places, polls, replaces and stops the
+actors. Connecting to the cluster and its slots are ablate.run._ray_cluster's; the actor itself, what runs on the
+nodes, is ablate.run._ray_actor's.
 """
 
 from __future__ import annotations
 
-import ctypes
 import math
-import os
 import signal
-import socket
-import threading
 import time
 from collections import deque
 from pathlib import Path
 from typing import Any
 
 from ablate.errors import AblateError
-from ablate.run._events import Event, Killed, Ready
-from ablate.run._signals import Interrupted
+from ablate.run._events import Event
+from ablate.run._ray_actor import SlotActor
+from ablate.run._ray_cluster import connect, ray_slots  # noqa: F401 — ray_slots: ablate.run._study's, from here
 from ablate.run._slots import Slot
-from ablate.run._tasks import Task, task_key, task_trials
-from ablate.run._worker import Orphaned, Worker, WorkerConfig
+from ablate.run._tasks import Task, task_trials
+from ablate.run._worker import WorkerConfig
 from ablate.search import SearchTask
-from ablate.spec import ExecutionSettings
-from ablate.tracking import restore_signal_handlers, sqlite_path
 
 POLL_SECONDS = 1.0  # how long an actor's event poll waits for news before it answers empty
 RETRIES_LOST = 2  # a trial lost with its node is trained again this many times at most
 GONE_SECONDS = 10.0  # how long shutdown waits for a killed actor to be gone
-PROBE_SECONDS = 5.0  # how long the head's port may take to answer before the cluster counts as unreachable
 UNAVAILABLE_PAUSE = 0.5  # between two asks of an actor Ray cannot reach for now
 PLACE_SECONDS = 60.0  # how long a new actor may wait for the cluster to place it before its slot is given up
 ROOM_SECONDS = 5.0  # how long a lost slot waits for the cluster to show room for a fresh actor
-NODE_TAG = "ray_node"  # a trial run's tag: the id of the Ray node whose actor trained it
-
-
-def connect(address: str | None) -> Any:
-    """Ray, connected to the cluster at `address` ("host:port" or "auto"; None: RAY_ADDRESS, else a cluster running
-    on this machine, else a new one on this machine only, as ray.init does); a clear error if it cannot."""
-    try:
-        import ray
-    except ImportError as exc:
-        raise AblateError('the ray backend needs Ray: pip install "ablate[ray]"') from exc
-    if not ray.is_initialized():
-        _probe(address)
-        handlers = _handlers()
-        try:
-            ray.init(address=address, logging_level="ERROR", log_to_driver=False)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            where = f"at {address}" if address else "(RAY_ADDRESS, or one on this machine)"
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__  # not Ray's traceback
-            raise AblateError(f"no Ray cluster {where}: {first}. Start one with `ray start --head` (and `ray start "
-                              "--address=HEAD:PORT` on the other nodes), then give its address") from exc
-        finally:
-            # ray.init sets its own SIGTERM handler in a driver (it exits at once): ours stays, since SIGTERM ends a
-            # run as Ctrl-C does, recording its runs (ablate.run's signals).
-            raised = restore_signal_handlers(handlers)
-        if raised is not None:
-            raise raised
-    return ray
-
-
-def _probe(address: str | None) -> None:
-    """A head that does not answer is said so in seconds: ray.init itself retries for minutes, printing warnings."""
-    if not address or address == "auto" or "://" in address or ":" not in address:
-        return
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=PROBE_SECONDS):
-            pass
-    except (OSError, ValueError) as exc:
-        raise AblateError(f"no Ray cluster at {address}: nothing answers there ({exc}). Start its head with `ray start "
-                          "--head --port=PORT` (and `ray start --address=HEAD:PORT` on the other nodes), or give the "
-                          "address `ray start` printed") from exc
-
-
-def _handlers() -> dict[int, Any]:
-    """Ctrl-C's and SIGTERM's Python handlers (none off the main thread, where none may be set)."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    return {sig: handler for sig, handler in handlers.items() if handler is not None}
-
-
-def ray_slots(execution: ExecutionSettings, tracking_uri: str | None = None, claims: str | None = None) -> list[Slot]:
-    """The slots of the cluster (see the module docstring), connecting to it first; a SQLite `tracking_uri` or
-    `claims` database is refused on a cluster of several nodes (its file is on the driver's machine only)."""
-    ray = connect(execution.address)
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if tracking_uri is not None and sqlite_path(tracking_uri) is not None and len(nodes) > 1:
-        raise AblateError(f"tracking store {tracking_uri}: a SQLite file is on this machine only, and the workers on "
-                          f"the other {len(nodes) - 1} node(s) of the Ray cluster cannot write to it. Use a tracking "
-                          "server every node reaches: --tracking-uri http://HOST:5000 (README: Several machines)")
-    if claims is not None and sqlite_path(claims) is not None and len(nodes) > 1:
-        raise AblateError(f"claims database {sqlite_path(claims)}: a SQLite file is on this machine only, and the "
-                          f"workers on the other {len(nodes) - 1} node(s) of the Ray cluster would each claim trials "
-                          "on their own: pass --claims postgresql://… (a database every node reaches; the one behind "
-                          "the MLflow server will do) or --storage with one (README: Exactly once)")
-    gpus = int(sum(n["Resources"].get("GPU", 0) for n in nodes))
-    cpus = [int(n["Resources"].get("CPU", 0)) for n in nodes]
-    if isinstance(execution.devices, tuple):
-        raise AblateError(f"devices {list(execution.devices)}: with the ray backend, devices is \"auto\" or \"cpu\" "
-                          "(Ray places the workers on the GPUs of every node)")
-    cluster = f"Ray cluster {ray.get_runtime_context().gcs_address}, {len(nodes)} node(s)"
-    if execution.devices == "cpu" or gpus == 0:
-        count = sum(cpus) if execution.workers_per_device is None else execution.workers_per_device * sum(
-            1 for c in cpus if c)
-        device, threads = "cpu", 1
-    else:
-        count = gpus * (execution.workers_per_device or 1)
-        device, threads = "cuda:0", max(1, sum(cpus) // count)
-    if execution.max_workers is not None:
-        count = min(count, execution.max_workers)
-    if count == 0:
-        raise AblateError(f"the {cluster} has no {'GPU' if device != 'cpu' else 'CPU'} for a worker")
-    return [Slot(index=k, device=device, threads=threads, cluster=cluster) for k in range(count)]
-
-
-class _InterruptedHere(Interrupted):
-    """Ctrl-C raised in an actor's task thread (an exception raised in another thread is made from its class)."""
-
-    def __init__(self) -> None:
-        super().__init__(signal.SIGINT)
-
-
-class _PreemptedHere(Interrupted):
-    """SIGTERM raised in an actor's task thread."""
-
-    def __init__(self) -> None:
-        super().__init__(signal.SIGTERM)
-
-
-class SlotActor:
-    """A slot's worker inside a Ray actor (made remote by RayBackend, with room for three calls at once: the task,
-    the event poll and an interrupt)."""
-
-    def __init__(self, slot: Slot, config: WorkerConfig):
-        self._events: list[Event] = []
-        self._news = threading.Condition()
-        self._task_thread: int | None = None
-        self._task_lock = threading.Lock()  # an interrupt is raised in the task's thread only while the task runs
-        self._interrupted = False
-        self.worker = Worker(slot, config, self._emit, self._die)
-        self.worker.tags[NODE_TAG] = self._node_id()  # on each of its runs, beside host and pid
-        self._emit(Ready(slot.index, os.getpid()))
-
-    @staticmethod
-    def _node_id() -> str:
-        import ray
-
-        return ray.get_runtime_context().get_node_id()
-
-    def where(self) -> str:
-        """The node this actor runs on, as a person names it: host and Ray node id (several nodes may share a host)."""
-        return f"{socket.gethostname()} ({self._node_id()[:12]})"
-
-    def run(self, task: Task, *data: tuple) -> None:
-        """Train one task on the data the driver shelved (see _DataShelf); a stop was recorded by the worker."""
-        from ablate import datasets
-
-        for dataset, arrays, stats in data:
-            datasets.provide(dataset, arrays, stats)
-        with self._task_lock:
-            self._task_thread, self._interrupted = threading.get_ident(), False
-        try:
-            self.worker.run(task)
-        except (KeyboardInterrupt, Orphaned):
-            if self._interrupted:  # Killed is the dispatcher's cue; the worker emits it unless cut off before
-                self._emit(Killed(self.worker.slot.index, task_key(task)))
-        finally:
-            with self._task_lock:
-                thread, self._task_thread = self._task_thread, None
-                # An interrupt raised just as the task ended has not fired yet: cancelled, or it would fire in this
-                # thread's next call (an event poll) and lose that poll's events.
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), None)
-
-    def events(self, wait: float) -> list[Event]:
-        """The events emitted since the last call, waiting up to `wait` seconds for one."""
-        with self._news:
-            self._news.wait_for(lambda: bool(self._events), timeout=wait)
-            events, self._events = self._events, []
-        return events
-
-    def interrupt(self, signum: int) -> None:
-        """Raise Interrupted in the task's thread, where the running trial then ends KILLED (once)."""
-        with self._task_lock:
-            if self._task_thread is not None and not self._interrupted:
-                self._interrupted = True
-                kind = _PreemptedHere if signum == signal.SIGTERM else _InterruptedHere
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._task_thread), ctypes.py_object(kind))
-
-    def close(self) -> None:
-        self.worker.close()
-
-    def _emit(self, event: Event) -> None:
-        with self._news:
-            self._events.append(event)
-            self._news.notify_all()
-
-    def _die(self, mid_event: bool) -> None:
-        """The test-only kill faults: the actor's process ends at once, as a lost node's would."""
-        os._exit(1)
 
 
 def _cause(exc: BaseException) -> str:

@@ -7,7 +7,7 @@ store that `ablate plan` uses without importing MLflow (`trial_statuses`), liven
 whether the process behind a RUNNING run is still there, by its pid on this host and by its
 heartbeat from any other (`alive`, `Heartbeat`), and claims: who may train a trial, decided by
 a conditional write in a database only one claimant can win (`Claims`; the protocol is
-written down in _claims.py).
+written down in _claims.py, which database a study's invocations share in _claims_url.py).
 
 May import: ablate.design (trials), ablate.errors; MLflow only on its MLflow side, which
 this package imports on first use (`Tracker`, `environment_tags`, `read_plan`),
@@ -16,9 +16,8 @@ so that `ablate plan` stays MLflow-free.
 
 from typing import TYPE_CHECKING
 
-from ablate.tracking._claims import (
-    CLAIMS_ENV, LEASE_SECONDS, Claimed, Claims, Fence, Lease, claims_label, claims_url,
-)
+from ablate.tracking._claims import LEASE_SECONDS, Claimed, Claims, Fence, Lease
+from ablate.tracking._claims_url import CLAIMS_ENV, claims_label, claims_url
 from ablate.tracking._handlers import restore_signal_handlers
 from ablate.tracking._liveness import (
     BEAT_SECONDS, STALE_AFTER, Heartbeat, Identity, alive, beat_is_fresh, heartbeat_tags, process_start,
@@ -35,7 +34,8 @@ from ablate.tracking._tags import (
 )
 
 if TYPE_CHECKING:
-    from ablate.tracking._tracker import Claim, Settled, Tracker, environment_tags, read_plan
+    from ablate.tracking._tracker import Tracker, environment_tags, read_plan
+    from ablate.tracking._tracker_claims import Claim, Settled
 
 __all__ = [
     "CLAIMS_ENV", "CLAIM_TOKEN", "Claimed", "Claims", "Fence", "LEASE_SECONDS", "Lease", "Settled", "claims_label", "claims_url",
@@ -48,12 +48,13 @@ __all__ = [
     "trial_statuses",
 ]
 
-_MLFLOW_SIDE = ("Claim", "Settled", "Tracker", "environment_tags", "read_plan")
+_MLFLOW_SIDE = {"Claim": "_tracker_claims", "Settled": "_tracker_claims", "Tracker": "_tracker",
+                "environment_tags": "_tracker", "read_plan": "_tracker"}  # name → its module
 
 
 def __getattr__(name: str):
     if name in _MLFLOW_SIDE:  # imported on first use: MLflow takes seconds to import
-        from ablate.tracking import _tracker
+        import importlib
 
-        return getattr(_tracker, name)
+        return getattr(importlib.import_module(f"ablate.tracking.{_MLFLOW_SIDE[name]}"), name)
     raise AttributeError(f"module 'ablate.tracking' has no attribute {name!r}")

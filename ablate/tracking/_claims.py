@@ -54,21 +54,18 @@ existed (no claim_token tag) are judged by their heartbeats, as then.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from ablate.errors import AblateError, StoreError
+from ablate.tracking._claims_url import claims_label
 from ablate.tracking._liveness import BEAT_SECONDS, STALE_AFTER, Identity
 from ablate.tracking._tags import sqlite_path
 
 LEASE_SECONDS = STALE_AFTER * BEAT_SECONDS  # a lease not renewed for this long is the holder's no longer
-CLAIMS_ENV = "ABLATE_CLAIMS"  # the claims database, when not --claims
 TABLE, DECISIONS = "ablate_claims", "ablate_decisions"
 HELD, COMMITTED, FINISHED, FREE = "held", "committed", "finished", "free"
 # SQL for "now" in seconds, by the database's own clock (see the contract). A dialect without one uses the caller's.
@@ -365,53 +362,3 @@ def _key(lease: Lease) -> dict[str, Any]:
 
 def _first_line(exc: BaseException) -> str:
     return (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-
-
-def claims_label(url: str) -> str:
-    """The database as a person reads it, without a password."""
-    path = sqlite_path(url)
-    if path is not None:
-        return str(path.resolve())
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001
-        return url
-
-
-# -- which database ----------------------------------------------------------------------------
-
-DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mssql")
-
-
-def claims_url(tracking_uri: str, claims: str | None = None, storage: str | None = None) -> str:
-    """The claims database of a store (see the module's assumptions), in this order:
-    - `claims` (--claims) or $ABLATE_CLAIMS;
-    - a SQLite store `…/NAME.db`: `…/NAME.claims.db` beside it, on the same disk as the store;
-    - a database store (postgresql://, mysql://…): that database, in tables of its own;
-    - a server store (http://…): the search's Optuna storage when it is a database URL; else, on this machine
-      alone, a file under ~/.local/state/ablate keyed by the store's URI. Invocations on other machines cannot see
-      it: a Ray cluster of several nodes refuses a SQLite claims file (ablate.run's ray_slots)."""
-    chosen = claims or os.environ.get(CLAIMS_ENV)
-    if chosen:
-        return chosen
-    database = sqlite_path(tracking_uri)
-    if database is not None:  # escaped as sqlite_path reads it back
-        return f"sqlite:///{quote(str(database.resolve().with_suffix('.claims.db')), safe='/')}"
-    scheme = tracking_uri.split(":", 1)[0].split("+", 1)[0]
-    if scheme in DATABASE_SCHEMES:
-        return tracking_uri
-    if storage and "://" in storage:
-        return storage
-    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "ablate" / "claims"
-    state.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]
-    return f"sqlite:///{state / f'{digest}.db'}"
-
-
-def scope_of(experiment_id: str, creation_time: int | None) -> str:
-    """A study's claims scope: its experiment, told apart from a same-numbered one of another store by when it was
-    made (a claims database named by hand may serve several stores)."""
-    return f"{experiment_id}@{creation_time or 0}"
-
