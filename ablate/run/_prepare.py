@@ -69,7 +69,8 @@ def placement(execution: ExecutionSettings, backend: MakeBackend | None = None, 
     """The slots of the execution's backend and how to make it (`backend`: a caller's own, for tests); with the
     `tracking_uri` and `claims` database, whether the backend's workers can reach them is checked too."""
     if execution.backend == "ray":
-        from ablate.run._ray import RayBackend, ray_slots
+        from ablate.run._ray import RayBackend
+        from ablate.run._ray_cluster import ray_slots
 
         return ray_slots(execution, tracking_uri, claims), backend or partial(RayBackend, address=execution.address)
     return plan_slots_for(execution), backend or LocalBackend

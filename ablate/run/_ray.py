@@ -50,7 +50,7 @@ from typing import Any
 from ablate.errors import AblateError
 from ablate.run._events import Event
 from ablate.run._ray_actor import SlotActor
-from ablate.run._ray_cluster import connect, ray_slots  # noqa: F401 — ray_slots: ablate.run._study's, from here
+from ablate.run._ray_cluster import connect
 from ablate.run._slots import Slot
 from ablate.run._tasks import Task, task_trials
 from ablate.run._worker import WorkerConfig

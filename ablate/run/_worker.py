@@ -34,7 +34,7 @@ from ablate import datasets
 from ablate.design import Pack, Trial
 from ablate.errors import StoreError
 from ablate.run._events import Done, Event, Killed, Outcome, Skipped, StoreFailed
-from ablate.run._faults import Die, Orphaned, faults_from_env  # noqa: F401 — faults_from_env: for ablate.run._study
+from ablate.run._faults import Die, Orphaned
 from ablate.run._signals import reason_of
 from ablate.run._slots import Slot
 from ablate.run._tasks import Task, task_key
