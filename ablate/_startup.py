@@ -13,11 +13,10 @@ Only `_signal`, `os`, `sys` and `time` are used here: built in or loaded before 
 itself imports enum).
 """
 
+import _signal
 import os
 import sys
 import time
-
-import _signal
 
 EXIT_INTERRUPTED = 130  # ablate.errors.EXIT_INTERRUPTED (not imported: it loads difflib)
 

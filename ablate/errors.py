@@ -5,7 +5,6 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-
 # The exit codes of `ablate` (README "Exit codes"; the CLI's epilog). 1 is only ever "some trial failed".
 EXIT_FAILED_TRIALS, EXIT_BAD_INPUT, EXIT_STORE = 1, 2, 3
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM, as shells report them

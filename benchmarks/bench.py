@@ -263,10 +263,12 @@ def conv_section(rows, options: dict[str, float], roof: dict[str, float]) -> lis
         "packs an architecture where a probe of a few steps finds it ≥ 1.15× faster per trial.", "",
         "Measured for system C's model 3, and not taken:", "",
         "| option | measured |", "|---|---|",
-        f"| torch.compile of the training step (inductor, channels-last) | {options['compiled_ms']:.2f} ms/step against "
+        f"| torch.compile of the training step (inductor, channels-last) | {options['compiled_ms']:.2f} ms/step "
+        "against "
         f"{options['eager_ms']:.2f} eager (×{options['eager_ms'] / options['compiled_ms']:.2f}), after "
         f"{options['compile_s']:.0f} s compiling per architecture and worker |",
-        f"| 1 worker × 2 threads instead of 2 workers × 1 thread | two epochs in {options['two_threads']:.1f} s against "
+        f"| 1 worker × 2 threads instead of 2 workers × 1 thread | two epochs in {options['two_threads']:.1f} s "
+        "against "
         f"{options['two_workers']:.1f} s (×{options['two_threads'] / options['two_workers']:.2f} the time) |",
         f"| rotation ±7° (on the device, per batch) | {options['rotated']:.2f} s/epoch against "
         f"{options['unrotated']:.2f} without ({100 * (1 - options['unrotated'] / options['rotated']):.0f}% of the "
@@ -443,7 +445,8 @@ def overhead_section(help_s: float, plan_s: float, bookkeeping: float) -> list[s
         "| what | measured | goal |", "|---|---|---|",
         f"| `ablate --help` start | {help_s:.2f} s | < 1 s |",
         f"| `ablate plan studies/linearity.toml` | {plan_s:.2f} s | < 1 s |",
-        f"| per-trial MLflow bookkeeping (run, params, 5 epochs of metrics, end; SQLite) | {bookkeeping:.0f} ms | < 100 ms |",
+        f"| per-trial MLflow bookkeeping (run, params, 5 epochs of metrics, end; SQLite) | {bookkeeping:.0f} ms | < "
+        "100 ms |",
         "",
     ]
 

@@ -238,7 +238,8 @@ def option_rows(device, epochs: int, seeds: list[int], models_: list) -> list[di
                     rows.append({**row(name, option, seconds, acc), "seed": seed})
                 except Exception as error:  # a failing option is a finding, not the end of the run
                     traceback.print_exc()
-                    rows.append({"model": name, "option": option, "seed": seed, "error": f"{type(error).__name__}: {error}"[:300]})
+                    rows.append({"model": name, "option": option, "seed": seed, "error": f"{type(error).__name__}: "
+                                                                                         f"{error}"[:300]})
                 print(json.dumps(rows[-1]), flush=True)
                 torch._dynamo.reset()
     return rows
@@ -276,7 +277,8 @@ def pinned_rows(device, repeats: int = 5) -> list[dict]:
 
 def profile(settings, device, graphed: bool, steps: int = 50) -> dict:
     """The torch profiler over `steps` training steps: kernel launches and host syncs per step, top CUDA ops."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     data = datasets.load(settings.dataset, settings.data, REPO / "data", device)
     small = replace(data, train=datasets.Split(data.train.images[: steps * settings.train.batch_size],

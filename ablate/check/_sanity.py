@@ -114,7 +114,8 @@ def _initial_loss(settings: TrialSettings, data: DeviceData, device: torch.devic
     loss, _ = evaluate(model.to(device), data.val, data, make_loss(settings.train.loss, dataset.classes))
     expected = math.log(dataset.classes)
     if settings.train.loss != "cross_entropy":
-        return Check("initial loss", None, loss, f"only a cross-entropy loss has an expected start, ln {dataset.classes}")
+        return Check("initial loss", None, loss, "only a cross-entropy loss has an expected start, ln "
+                                                 f"{dataset.classes}")
     passed = abs(loss / expected - 1) <= INITIAL_LOSS_TOLERANCE
     return Check("initial loss", passed, loss, f"near ln {dataset.classes} = {expected:.3f}, within "
                                                f"{INITIAL_LOSS_TOLERANCE:.0%}")
@@ -177,7 +178,8 @@ def _labels(settings: TrialSettings, data: DeviceData, device: torch.device) -> 
     majority = float(torch.bincount(test.labels, minlength=classes).max()) / len(test)
     ceiling = majority + SHUFFLED_SHARE * max(0.0, accuracies[0] - majority)
     return (Check("real labels", accuracies[0] >= learns, accuracies[0],
-                  f"test accuracy ≥ {learns:.0%} after {train.epochs} epoch(s), ≥ {LABEL_STEPS} steps, on {n} examples; "
+                  f"test accuracy ≥ {learns:.0%} after {train.epochs} epoch(s), ≥ {LABEL_STEPS} steps, on {n} "
+                  "examples; "
                   f"chance {chance:.0%}"),
             Check("shuffled labels", accuracies[1] <= ceiling, accuracies[1],
                   f"test accuracy ≤ {ceiling:.1%}, halfway from the most frequent test class's share {majority:.1%} "

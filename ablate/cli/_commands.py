@@ -89,7 +89,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     suffix = Path(args.out).suffix.lstrip(".") if args.out else "md"
     fmt = args.format or {"tex": "latex"}.get(suffix, suffix)
     if fmt not in ("md", "csv", "json", "latex"):
-        raise AblateError(f"--out {args.out}: cannot tell the format from '.{suffix}'; pass --format md, csv, json or latex")
+        raise AblateError(f"--out {args.out}: cannot tell the format from '.{suffix}'; pass --format md, csv, json or "
+                          "latex")
     uri = _existing_store(args)
     if os.getcwd() not in sys.path:  # a dataset factory the figures call again, as `ablate run` found it
         sys.path.insert(0, os.getcwd())

@@ -51,7 +51,8 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]]) ->
         "--tracking-uri",
         default=None,
         metavar="URI",
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<current folder>/mlflow.db, which `mlflow ui` here shows)",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<current folder>/mlflow.db, which "
+             "`mlflow ui` here shows)",
     )
 
     run = commands.add_parser(

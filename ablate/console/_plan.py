@@ -11,10 +11,10 @@ from rich.console import Console
 from rich.text import Text
 
 from ablate import datasets, models
+from ablate.console._tables import Column, print_fitted, terminal
 from ablate.design import Design, Pack, flatten, format_value, pack_trials, resident_needs, varying_settings
 from ablate.spec import Study, format_label, study_warnings, survey_space
 from ablate.tracking import store_label
-from ablate.console._tables import Column, print_fitted, terminal
 
 if TYPE_CHECKING:
     from ablate.design import Trial
@@ -138,8 +138,10 @@ def search_plan(study: Study) -> tuple[list[dict[str, str]], str]:
     direction = "maximize" if s.maximize else "minimize"
     confirmed = s.confirm_top + s.confirm_base
     summary = (f"search: {budget} ({s.sampler} sampler seeded {s.seed}, {s.pruner} pruner), {direction} {s.objective}, "
-               f"seed {spec.seeds[0]}; then the top {s.confirm_top}{' and the base settings' if s.confirm_base else ''} "
-               f"re-trained on seeds {', '.join(map(str, spec.confirm_seeds))} ({confirmed * len(spec.confirm_seeds)} trials)")
+               f"seed {spec.seeds[0]}; then the top "
+               f"{s.confirm_top}{' and the base settings' if s.confirm_base else ''} "
+               f"re-trained on seeds {', '.join(map(str, spec.confirm_seeds))} ({confirmed * len(spec.confirm_seeds)} "
+               "trials)")
     budgets = [f"{key} {getattr(s, key):,}" for key in ("max_params", "max_macs") if getattr(s, key) is not None]
     if budgets:
         summary += (f"\n{' and '.join(budgets)}: {survey_space(study).describe()}; the others are rejected before "

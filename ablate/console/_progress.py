@@ -14,7 +14,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table
 from rich.text import Text
 
-
 if TYPE_CHECKING:
     from ablate.design import Trial
     from ablate.run import Outcome, Slot

@@ -40,7 +40,7 @@ class Dataset:
     class_names: tuple[str, ...]
     train_size: int
     test_size: int
-    read: Callable[[Path], dict[str, "np.ndarray"]]
+    read: Callable[[Path], dict[str, np.ndarray]]
     download: Callable[[Path], None]
     pixel_bytes: int = 1  # per stored pixel value: uint8 images; a factory's float images are kept as float32 (4)
     gzipped: bool = False  # its files are downloaded gzipped (the IDX family): an error names them so
@@ -49,7 +49,7 @@ class Dataset:
     def classes(self) -> int:
         return len(self.class_names)
 
-    def resident_bytes(self, data: "DataSettings") -> int:
+    def resident_bytes(self, data: DataSettings) -> int:
         """What one worker holds on its device for these data settings: the split's images, as stored, and labels."""
         train = self.train_size - data.val_size
         if data.train_limit is not None:
@@ -73,10 +73,10 @@ def register(dataset: Dataset) -> Dataset:
 
 
 # Datasets this process trains on from arrays it was given, not from files (see `provide`).
-_PROVIDED: dict[str, tuple[dict[str, "np.ndarray"], tuple[tuple[float, ...], tuple[float, ...]]]] = {}
+_PROVIDED: dict[str, tuple[dict[str, np.ndarray], tuple[tuple[float, ...], tuple[float, ...]]]] = {}
 
 
-def provide(dataset: Dataset, arrays: dict[str, "np.ndarray"],
+def provide(dataset: Dataset, arrays: dict[str, np.ndarray],
             stats: tuple[tuple[float, ...], tuple[float, ...]]) -> None:
     """This process reads `dataset` from these arrays (as read_arrays returned them) and takes these training
     statistics (train_stats'), not its files: a worker on another node of a cluster gets the data from the driver,

@@ -90,7 +90,7 @@ def check_data(name: str, root: Path) -> None:
                               "original files")
 
 
-def train_stats(name: str, root: Path, arrays: dict[str, "np.ndarray"]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def train_stats(name: str, root: Path, arrays: dict[str, np.ndarray]) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of the dataset's training images (scaled to [0, 1] when uint8), computed once and
     cached beside its files; `arrays` are the dataset's, as read_arrays returned them."""
     from ablate.datasets._stats import cached_stats
@@ -103,7 +103,7 @@ def train_stats(name: str, root: Path, arrays: dict[str, "np.ndarray"]) -> tuple
     return cached_stats(f"{name}@{folder}", arrays["train_images"], files)
 
 
-def read_arrays(name: str, root: Path, download: bool = True) -> dict[str, "np.ndarray"]:
+def read_arrays(name: str, root: Path, download: bool = True) -> dict[str, np.ndarray]:
     """The dataset's train and test arrays as numpy: images uint8 (N, C, H, W), labels int64 (N,); missing files are
     downloaded first unless `download` is false (then they are an AblateError)."""
     import numpy as np

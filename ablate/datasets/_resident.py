@@ -48,7 +48,7 @@ class DeviceData:
 _CACHE: dict[tuple, DeviceData] = {}
 
 
-def load(dataset: str, settings: "DataSettings", data_dir: Path, device: torch.device) -> DeviceData:
+def load(dataset: str, settings: DataSettings, data_dir: Path, device: torch.device) -> DeviceData:
     """The dataset split as the settings say, on the device; cached for the life of the process."""
     key = (dataset, settings, str(Path(data_dir).resolve()), str(device))
     if key not in _CACHE:
@@ -56,7 +56,7 @@ def load(dataset: str, settings: "DataSettings", data_dir: Path, device: torch.d
     return _CACHE[key]
 
 
-def build(dataset: str, settings: "DataSettings", data_dir: Path, device: torch.device) -> DeviceData:
+def build(dataset: str, settings: DataSettings, data_dir: Path, device: torch.device) -> DeviceData:
     """The dataset split as the settings say, on the device, without the cache."""
     arrays = read_arrays(dataset, data_dir)
     images = torch.from_numpy(arrays["train_images"].copy())  # read-only file buffers: torch wants its own

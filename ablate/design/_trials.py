@@ -104,7 +104,8 @@ def expand_design(study: Study) -> Design:
                 continue
             table = "stage" if study.info.design == "ladder" else "arm"
             where = f"{table}[{stage.index + (1 if table == 'stage' else 0)}]"
-            raise SpecError(study.path, where, f"resolves to the same settings as '{twin.name}'; every {table} must change something")
+            raise SpecError(study.path, where, f"resolves to the same settings as '{twin.name}'; every {table} must "
+                                               "change something")
         owner[same] = stage
         params, architecture = _size(stage, study)
         previous = None if stage.compare_to is None else study.stages[stage.compare_to]

@@ -12,8 +12,14 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
 from ablate.spec import (
-    ConstantSchedule, CosineSchedule, ExponentialSchedule, MultiStepSchedule, OneCycleSchedule, StepSchedule,
-    TrainSettings, WarmupCosineSchedule,
+    ConstantSchedule,
+    CosineSchedule,
+    ExponentialSchedule,
+    MultiStepSchedule,
+    OneCycleSchedule,
+    StepSchedule,
+    TrainSettings,
+    WarmupCosineSchedule,
 )
 
 

@@ -190,8 +190,8 @@ def _program_weights(path: Path, where: str) -> dict[str, torch.Tensor] | None:
     """The weights inside a torch.export archive (as ablate saved models before it kept state_dict.pt), read without
     torch.export.load: each tensor from its raw bytes and the layout the archive's JSON gives, a pickled one with
     torch.load(weights_only=True). None when the archive is not in the layout this reads."""
-    from torch._export.serde.serialize import deserialize_scalar_type
     from torch._export.serde.schema import ScalarType
+    from torch._export.serde.serialize import deserialize_scalar_type
 
     try:
         with zipfile.ZipFile(path) as archive:

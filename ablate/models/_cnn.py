@@ -41,7 +41,7 @@ class CNNModel:
     activation: Literal["relu", "gelu", "tanh", "none"] | None = option("relu", "Default `activation` of every block.")
     dropout: float | None = option(0.0, "Default `dropout` of every block.", fraction_below_one)
 
-    def resolved(self) -> "CNNModel":
+    def resolved(self) -> CNNModel:
         """Fold the model-level defaults into every block, so equal networks hash equal."""
         blocks = tuple(
             replace(
@@ -63,7 +63,8 @@ def conv_shapes(model: CNNModel, data: Dataset) -> list[tuple[int, int, int]]:
         height = height + 2 * block.padding - block.kernel + 1
         width = width + 2 * block.padding - block.kernel + 1
         if height < 1 or width < 1:
-            raise ModelError(f"blocks[{i}]: its {block.kernel}×{block.kernel} conv leaves no feature map ({height}×{width})")
+            raise ModelError(f"blocks[{i}]: its {block.kernel}×{block.kernel} conv leaves no feature map "
+                             f"({height}×{width})")
         if block.pool:
             height, width = height // 2, width // 2
             if height < 1 or width < 1:

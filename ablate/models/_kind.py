@@ -37,18 +37,18 @@ class ModelKind(Generic[Spec]):
     packable: bool = True  # can trials of it train as one batched network (ablate.engine's packing)
     layout: tuple[str, ...] = ()  # its settings that a table shows through `describe`, not as raw values
 
-    def params(self, spec: Spec, data: "Dataset") -> int:
+    def params(self, spec: Spec, data: Dataset) -> int:
         raise NotImplementedError
 
-    def macs(self, spec: Spec, data: "Dataset") -> int | None:
+    def macs(self, spec: Spec, data: Dataset) -> int | None:
         """Multiply-accumulates of one forward pass of one image (linear and conv layers); None: unknown."""
         return None
 
-    def describe(self, spec: Spec, data: "Dataset") -> str:
+    def describe(self, spec: Spec, data: Dataset) -> str:
         """One line a reader of a results table understands, e.g. 'mlp 3072 → 256 (ReLU) → 100' (inputs C·H·W)."""
         raise NotImplementedError
 
-    def build(self, spec: Spec, data: "Dataset") -> "nn.Module":
+    def build(self, spec: Spec, data: Dataset) -> nn.Module:
         raise NotImplementedError
 
     def pack_blank(self, spec: Spec) -> Spec:

@@ -35,7 +35,8 @@ def interaction_table(report: StudyReport, first: str, second: str) -> pd.DataFr
     runs = report.runs
     for axis in (first, second):
         if f"param:{axis}" not in runs.columns:
-            raise AblateError(f"--by {axis}: no such setting in study '{report.name}'{did_you_mean(axis, axes_of(report))}")
+            raise AblateError(f"--by {axis}: no such setting in study "
+                              f"'{report.name}'{did_you_mean(axis, axes_of(report))}")
     values = scaled(runs[report.metric], report.metric)
     return values.groupby([runs[f"param:{first}"], runs[f"param:{second}"]]).mean().unstack()
 

@@ -17,8 +17,8 @@ import pandas as pd
 
 from ablate import datasets
 from ablate.errors import AblateError
-from ablate.report._load import DATASET_PARAM
 from ablate.report._draw import saved, show
+from ablate.report._load import DATASET_PARAM
 from ablate.report._model_figures import model_figures
 from ablate.report._report import PRIMARY_METRICS, StudyReport
 from ablate.tracking import OUTPUTS_ARTIFACT, ROLE, Tracker

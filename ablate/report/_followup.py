@@ -10,7 +10,7 @@ import datetime
 from dataclasses import dataclass
 
 from ablate.errors import AblateError
-from ablate.spec import Stage, Study, ablation_text, winner_changes, Change
+from ablate.spec import Change, Stage, Study, ablation_text, winner_changes
 from ablate.tracking import Tracker
 
 

@@ -14,7 +14,17 @@ from ablate.report._report import METRICS, StudyReport
 from ablate.report._search import search_summary
 from ablate.report._table import summarise
 from ablate.tracking import (
-    DEVICE, EXPERIMENT_TAG, PACK_SIZE, ROLE, SEED, STAGE, STAGE_INDEX, TRIAL_HASH, Tracker, read_plan, sqlite_path,
+    DEVICE,
+    EXPERIMENT_TAG,
+    PACK_SIZE,
+    ROLE,
+    SEED,
+    STAGE,
+    STAGE_INDEX,
+    TRIAL_HASH,
+    Tracker,
+    read_plan,
+    sqlite_path,
     stand_ins,
 )
 

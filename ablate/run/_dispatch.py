@@ -26,12 +26,24 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from ablate.design import Pack, Trial, pack_trials
-from ablate.run._backend import Backend
+from ablate.errors import StoreError
 from ablate.run import _signals
-from ablate.run._events import Done, Epoch, Event, Failed, Finished, Killed, Outcome, Ready, Skipped, Started, StoreFailed
+from ablate.run._backend import Backend
+from ablate.run._events import (
+    Done,
+    Epoch,
+    Event,
+    Failed,
+    Finished,
+    Killed,
+    Outcome,
+    Ready,
+    Skipped,
+    Started,
+    StoreFailed,
+)
 from ablate.run._slots import Slot
 from ablate.run._tasks import Task, task_key, task_trials
-from ablate.errors import StoreError
 from ablate.tracking import ERROR, INTERRUPTED, REASON, WORKER_LOST, RunState
 
 if TYPE_CHECKING:

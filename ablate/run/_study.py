@@ -25,9 +25,9 @@ from ablate.errors import StoreError
 from ablate.run import _signals
 from ablate.run._backend import Backend
 from ablate.run._dispatch import Dispatcher, Reporter, RunSummary, killed_error
+from ablate.run._faults import faults_from_env
 from ablate.run._prepare import Prepared
 from ablate.run._slots import Slot, hardware
-from ablate.run._faults import faults_from_env
 from ablate.run._worker import WorkerConfig
 from ablate.search import RUN_ATTR, SearchTask
 from ablate.spec import Study

@@ -137,7 +137,13 @@ class TrialRun:
         A model that cannot be saved is said in the run's `model_error` tag; the trial itself stays done."""
         from ablate.engine import deployable
         from ablate.tracking import (
-            LAST_MODEL_ARTIFACT, MODEL, MODEL_ARTIFACT, MODEL_ERROR, MODEL_SAVED, beaten, save_model,
+            LAST_MODEL_ARTIFACT,
+            MODEL,
+            MODEL_ARTIFACT,
+            MODEL_ERROR,
+            MODEL_SAVED,
+            beaten,
+            save_model,
         )
 
         config = self.worker.config

@@ -9,17 +9,35 @@ from dataclasses import dataclass, replace
 import optuna
 
 from ablate.design import Trial, trial_for
-from ablate.search._study import best_points, may_count, open_study, suggest
-from ablate.search._task import (
-    optuna_name,
-    CONFIRM_ATTR, DECLINED_ATTR, HOST_ATTR, INTERRUPTED_ATTR, PID_ATTR, PID_START_ATTR, POINT_ATTR, REJECTED_ATTR, RUN_ATTR,
-    SearchTask, trial_epochs,
-)
 from ablate.errors import SpecError
 from ablate.models import ModelError
-from ablate.spec import BUDGETS, STARTUP_SAMPLERS, Stage, Study, budget_use, parse_study, point_problem, random_point, resolve_point
+from ablate.search._study import best_points, may_count, open_study, suggest
+from ablate.search._task import (
+    CONFIRM_ATTR,
+    DECLINED_ATTR,
+    HOST_ATTR,
+    INTERRUPTED_ATTR,
+    PID_ATTR,
+    PID_START_ATTR,
+    POINT_ATTR,
+    REJECTED_ATTR,
+    RUN_ATTR,
+    SearchTask,
+    optuna_name,
+    trial_epochs,
+)
+from ablate.spec import (
+    BUDGETS,
+    STARTUP_SAMPLERS,
+    Stage,
+    Study,
+    budget_use,
+    parse_study,
+    point_problem,
+    random_point,
+    resolve_point,
+)
 from ablate.tracking import Identity, heartbeat_tags
-
 
 _PARSED: dict[str, Study] = {}  # per worker process: a study is validated once, not once per trial
 

@@ -25,7 +25,7 @@ def default_storage(tracking_uri: str) -> str:
     return str(database.resolve().parent / JOURNAL_FILE)
 
 
-def open_storage(storage: str) -> "str | optuna.storages.BaseStorage":
+def open_storage(storage: str) -> str | optuna.storages.BaseStorage:
     """A journal file for a path (the storage Optuna makes for several processes on one machine); for an RDB URL, a
     storage that holds no connection between two calls.
 

@@ -11,8 +11,8 @@ still running and retry it if not.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import optuna

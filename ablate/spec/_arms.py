@@ -61,7 +61,8 @@ def _arm_body(raw: dict, name: str, path: str, table: str, file: str) -> ArmSour
     for key in raw:
         if key not in ARM_KEYS:
             allowed = ", ".join(ARM_KEYS)
-            raise SpecError(file, join_path(path, key), f"unknown key{did_you_mean(key, ARM_KEYS)}; a {table} allows: {allowed}")
+            raise SpecError(file, join_path(path, key), f"unknown key{did_you_mean(key, ARM_KEYS)}; a {table} allows: "
+                                                        f"{allowed}")
     description = raw.get("description", "")
     if not isinstance(description, str):
         raise SpecError(file, join_path(path, "description"), f"must be a string, not {description!r}")
@@ -69,7 +70,8 @@ def _arm_body(raw: dict, name: str, path: str, table: str, file: str) -> ArmSour
     if reference is not None:
         reference = coerce(reference, float, Context(file), join_path(path, "reference"))
         if not 0.0 <= reference <= 100.0:
-            raise SpecError(file, join_path(path, "reference"), f"is a test accuracy in percent, in [0, 100] (got {reference})")
+            raise SpecError(file, join_path(path, "reference"), "is a test accuracy in percent, in [0, 100] (got "
+                                                                f"{reference})")
     layer = {key: raw[key] for key in SETTING_TABLES if key in raw}
     return ArmSource(name, description, reference, layer, path)
 
@@ -82,7 +84,8 @@ def arm_sources(raw: dict, info: StudyInfo, file: str) -> list[ArmSource]:
                            ("exclude", ("grid",)), ("search", ("search",))):
         if other in raw and design not in allowed:
             shown = f"[[{other}]]" if other in ("stage", "arm", "exclude") else f"[{other}]"
-            raise SpecError(file, other, f"{shown} belongs to design {' or '.join(map(repr, allowed))}, not '{design}' (study.design)")
+            raise SpecError(file, other, f"{shown} belongs to design {' or '.join(map(repr, allowed))}, not '{design}' "
+                                         "(study.design)")
     listed = raw.get(table)
     if listed is not None and not isinstance(listed, list):
         raise SpecError(file, table, f"must be an array of tables: write [[{table}]], not [{table}]")

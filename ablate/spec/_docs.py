@@ -8,7 +8,14 @@ from typing import Any
 
 from ablate.models import MODEL_KINDS, ConvBlock
 from ablate.spec._schema import (
-    SCHEDULE_KINDS, Augment, DataSettings, EarlyStopping, ExecutionSettings, StudyInfo, TrackingSettings, TrainSettings,
+    SCHEDULE_KINDS,
+    Augment,
+    DataSettings,
+    EarlyStopping,
+    ExecutionSettings,
+    StudyInfo,
+    TrackingSettings,
+    TrainSettings,
 )
 from ablate.spec._space import SearchSettings
 from ablate.spec._validate import describe_type

@@ -220,5 +220,6 @@ def _check(study: Study, expected: dict[str, Stage], text: str) -> None:
     arms = {stage.name: stage for stage in written.stages}
     for arm, stage in expected.items():
         if arm not in arms or not _same(arms[arm], stage):
-            raise SpecError(study.path, "search.space", f"the follow-up arm '{arm}' does not resolve to the settings it "
+            raise SpecError(study.path, "search.space", f"the follow-up arm '{arm}' does not resolve to the settings "
+                                                        "it "
                             "stands for; please report this with the study file")

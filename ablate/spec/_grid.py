@@ -41,7 +41,8 @@ def parse_grid(raw: dict, file: str, max_points: int | None = None, crossed: int
                 f"an axis is a quoted setting path starting with data., train. or model.{hint} (e.g. \"model.dropout\")",
             )
         if isinstance(values, dict):
-            raise SpecError(file, _axis_name(path), 'must be a list of values; quote the dotted path: "model.dropout" = [0.0, 0.5]')
+            raise SpecError(file, _axis_name(path), 'must be a list of values; quote the dotted path: "model.dropout" '
+                                                    '= [0.0, 0.5]')
         if not isinstance(values, list) or not values:
             raise SpecError(file, _axis_name(path), f"must be a non-empty list of values, not {values!r}")
         axes.append((path, tuple(values)))
@@ -68,12 +69,14 @@ def parse_grid(raw: dict, file: str, max_points: int | None = None, crossed: int
         parsed = {}
         for path, wanted in rule.items():
             if path not in values_of:
-                raise SpecError(file, f'{where}."{path}"', f"is not a grid axis{did_you_mean(path, names)}; axes: {', '.join(names)}")
+                raise SpecError(file, f'{where}."{path}"', f"is not a grid axis{did_you_mean(path, names)}; axes: "
+                                                           f"{', '.join(names)}")
             wanted = tuple(wanted) if isinstance(wanted, list) else (wanted,)
             for value in wanted:
                 if value not in values_of[path]:
                     listed = ", ".join(map(repr, values_of[path]))
-                    raise SpecError(file, f'{where}."{path}"', f"{value!r} is not a value of this axis; it takes: {listed}")
+                    raise SpecError(file, f'{where}."{path}"', f"{value!r} is not a value of this axis; it takes: "
+                                                               f"{listed}")
             parsed[path] = wanted
         exclude.append(parsed)
     return Grid(tuple(axes), tuple(exclude))

@@ -89,27 +89,31 @@ class ConstantSchedule:
 
 @dataclass(frozen=True, kw_only=True)
 class StepSchedule:
-    kind: Literal["step"] = option("step", "StepLR: multiply the rate by `gamma` every `step_size` epochs (stepped per epoch).")
+    kind: Literal["step"] = option("step", "StepLR: multiply the rate by `gamma` every `step_size` epochs (stepped per "
+                                           "epoch).")
     step_size: int = option(doc="Epochs between decays.", check=at_least(1))
     gamma: float = option(0.1, "Decay factor.", above(0.0))
 
 
 @dataclass(frozen=True, kw_only=True)
 class MultiStepSchedule:
-    kind: Literal["multistep"] = option("multistep", "MultiStepLR: multiply the rate by `gamma` at each milestone epoch.")
+    kind: Literal["multistep"] = option("multistep", "MultiStepLR: multiply the rate by `gamma` at each milestone "
+                                                     "epoch.")
     milestones: tuple[int, ...] = option(doc="Epochs after which the rate decays, increasing.", check=increasing)
     gamma: float = option(0.1, "Decay factor.", above(0.0))
 
 
 @dataclass(frozen=True, kw_only=True)
 class ExponentialSchedule:
-    kind: Literal["exponential"] = option("exponential", "ExponentialLR: multiply the rate by `gamma` after every epoch.")
+    kind: Literal["exponential"] = option("exponential", "ExponentialLR: multiply the rate by `gamma` after every "
+                                                         "epoch.")
     gamma: float = option(doc="Decay factor per epoch.", check=above(0.0))
 
 
 @dataclass(frozen=True)
 class CosineSchedule:
-    kind: Literal["cosine"] = option("cosine", "CosineAnnealingLR from `train.lr` to `min_lr` over the whole run, stepped per batch.")
+    kind: Literal["cosine"] = option("cosine", "CosineAnnealingLR from `train.lr` to `min_lr` over the whole run, "
+                                               "stepped per batch.")
     min_lr: float = option(0.0, "Rate at the end of training.", at_least(0.0))
 
 
@@ -195,13 +199,15 @@ class TrainSettings:
     label_smoothing: float = option(0.0, "Label smoothing of the cross-entropy target (cross_entropy only).", fraction_below_one)
     grad_clip: float | None = option(None, "Clip the global L2 norm of the gradients to this value; unset: no clipping.", above(0.0))
     schedule: ScheduleSpec = option(
-        ConstantSchedule(), "Learning-rate schedule: a kind name (`\"cosine\"`) or a table (`{ kind = \"step\", step_size = 2 }`)."
+        ConstantSchedule(), "Learning-rate schedule: a kind name (`\"cosine\"`) or a table (`{ kind = \"step\", "
+                            "step_size = 2 }`)."
     )
     early_stopping: EarlyStopping | None = option(
         None, "Stop when the validation metric stops improving, e.g. `{ patience = 5, min_delta = 0.001 }`; unset: off."
     )
     augment: Augment = option(
-        Augment(), "Augmentation of training batches on the device, a different transform per image, e.g. `{ rotation = 7 }`."
+        Augment(), "Augmentation of training batches on the device, a different transform per image, e.g. `{ rotation "
+                   "= 7 }`."
     )
 
 
@@ -264,7 +270,8 @@ class TrackingSettings:
         "read with weights_only=True); a network that torch.exports is also an MLflow model "
         "(`mlflow.pytorch.load_model(\"runs:/<id>/model\")`, which unpickles: only from a store you trust). `best`: "
         "each arm's best run by test accuracy, chosen once the arm's seeds are all done (a run that is its arm's best "
-        "so far keeps its model until a better one finishes); `all`: every trial's; `none`. Early stopping keeps the restored weights as `model`, the last epoch's as `model-last`.",
+        "so far keeps its model until a better one finishes); `all`: every trial's; `none`. Early stopping keeps the "
+        "restored weights as `model`, the last epoch's as `model-last`.",
     )
 
 
@@ -297,9 +304,9 @@ class Study:
     excluded: int = 0  # grid: points `[[exclude]]` removed
     execution: ExecutionSettings = field(default_factory=ExecutionSettings)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
-    search: "SearchSpec | None" = None
-    top: "Layer | None" = field(default=None, repr=False)  # search: the top-level settings layer, to resolve points
-    sources: "tuple[ArmSource, ...]" = field(default=(), repr=False)  # search: the stages as written
+    search: SearchSpec | None = None
+    top: Layer | None = field(default=None, repr=False)  # search: the top-level settings layer, to resolve points
+    sources: tuple[ArmSource, ...] = field(default=(), repr=False)  # search: the stages as written
 
     @property
     def name(self) -> str:

@@ -16,7 +16,16 @@ from ablate.spec._arms import ArmSource
 from ablate.spec._grid import axis_layer, axis_origin, format_label, owning_axis
 from ablate.spec._schema import Stage, Study, StudyInfo
 from ablate.spec._validate import (
-    SETTING_TABLES, Context, build, check_table, coerce, describe_type, item_key, kinds_of, resolve, written,
+    SETTING_TABLES,
+    Context,
+    build,
+    check_table,
+    coerce,
+    describe_type,
+    item_key,
+    kinds_of,
+    resolve,
+    written,
 )
 
 
@@ -106,7 +115,8 @@ def search_warnings(settings: SearchSettings) -> list[str]:
         return []
     idle = []
     if settings.sampler in STARTUP_SAMPLERS:
-        idle.append(f"the {settings.sampler} sampler samples at random for the first {startup} trials, so this is a random search")
+        idle.append(f"the {settings.sampler} sampler samples at random for the first {startup} trials, so this is a "
+                    "random search")
     if settings.pruner in STARTUP_PRUNERS:
         idle.append(f"the {settings.pruner} pruner never prunes")
     if not idle:
@@ -146,7 +156,8 @@ def _parse_space_entry(path: str, raw: Any, earlier: dict[str, SpaceEntry], stag
     if path != "stage":
         head = path.split(".", 1)[0]
         if head not in SETTING_TABLES or "." not in path:
-            raise SpecError(file, shown, 'a searched setting is a quoted path starting with data., train. or model., or "stage"')
+            raise SpecError(file, shown, 'a searched setting is a quoted path starting with data., train. or model., '
+                                         'or "stage"')
     when: tuple = ()
     if isinstance(raw, dict) and "when" in raw:
         when = _parse_when(raw["when"], earlier, f"{shown}.when", file)
@@ -162,17 +173,21 @@ def _parse_space_entry(path: str, raw: Any, earlier: dict[str, SpaceEntry], stag
         if path == "stage":
             unknown = [v for v in raw if v not in stage_names]
             if unknown:
-                raise SpecError(file, shown, f"{unknown[0]!r} is not a stage{did_you_mean(str(unknown[0]), stage_names)}; stages: {', '.join(stage_names)}")
+                raise SpecError(file, shown, f"{unknown[0]!r} is not a "
+                                             f"stage{did_you_mean(str(unknown[0]), stage_names)}; stages: "
+                                             f"{', '.join(stage_names)}")
         return SpaceEntry(path, "categorical", choices=tuple(raw), when=when)
     if not isinstance(raw, dict):
         raise SpecError(file, shown, "must be a list of choices or a range table { low = …, high = … }")
     for key in raw:
         if key not in RANGE_KEYS + ("values",):
-            raise SpecError(file, f"{shown}.{key}", f"unknown key{did_you_mean(key, RANGE_KEYS)}; a range allows: {', '.join(RANGE_KEYS)}")
+            raise SpecError(file, f"{shown}.{key}", f"unknown key{did_you_mean(key, RANGE_KEYS)}; a range allows: "
+                                                    f"{', '.join(RANGE_KEYS)}")
     tp = _field_type(path)
     tp = next((a for a in typing.get_args(tp) if a is not type(None)), tp) if typing.get_origin(tp) in (types.UnionType, typing.Union) else tp
     if tp not in (int, float):
-        raise SpecError(file, shown, f"a range needs a numeric setting; {path} is {'not a setting' if tp is None else describe_type(tp)}")
+        raise SpecError(file, shown, f"a range needs a numeric setting; {path} is "
+                                     f"{'not a setting' if tp is None else describe_type(tp)}")
     for key in ("low", "high"):
         if key not in raw:
             raise SpecError(file, f"{shown}.{key}", "is required")
@@ -191,13 +206,15 @@ def _parse_space_entry(path: str, raw: Any, earlier: dict[str, SpaceEntry], stag
 
 def _parse_when(raw: Any, earlier: dict[str, SpaceEntry], shown: str, file: str) -> tuple:
     if not isinstance(raw, dict) or not raw:
-        raise SpecError(file, shown, 'must be a table of earlier searched settings and their values, e.g. { "train.schedule" = "step" }')
+        raise SpecError(file, shown, 'must be a table of earlier searched settings and their values, e.g. { '
+                                     '"train.schedule" = "step" }')
     conditions = []
     for path, wanted in raw.items():
         if path not in earlier:
             listed = ", ".join(earlier) or "none yet"
             raise SpecError(file, f'{shown}."{path}"',
-                            f"a condition must name a setting searched above it{did_you_mean(path, earlier)}; searched so far: {listed}")
+                            f"a condition must name a setting searched above it{did_you_mean(path, earlier)}; searched "
+                            f"so far: {listed}")
         wanted = tuple(wanted) if isinstance(wanted, list) else (wanted,)
         entry = earlier[path]
         for value in wanted:
@@ -215,14 +232,16 @@ def parse_search(raw: dict, info: StudyInfo, sources: list[ArmSource], file: str
         raise SpecError(file, "search", "must be a table")
     for key in table:
         if key not in SEARCH_KEYS:
-            raise SpecError(file, f"search.{key}", f"unknown key{did_you_mean(key, SEARCH_KEYS)}; [search] allows: {', '.join(SEARCH_KEYS)}")
+            raise SpecError(file, f"search.{key}", f"unknown key{did_you_mean(key, SEARCH_KEYS)}; [search] allows: "
+                                                   f"{', '.join(SEARCH_KEYS)}")
     ctx = Context(file)
     settings = build(SearchSettings, check_table({k: v for k, v in table.items() if k != "space"}, SearchSettings, ctx, "search"), ctx, "search")
     if settings.trials is None and settings.timeout is None:
         raise SpecError(file, "search.trials", "is required (or search.timeout): how long the search runs")
     space_raw = table.get("space")
     if not isinstance(space_raw, dict) or not space_raw:
-        raise SpecError(file, "search.space", 'is required: the settings to search, e.g. "train.lr" = { low = 1e-4, high = 1e-2, log = true }')
+        raise SpecError(file, "search.space", 'is required: the settings to search, e.g. "train.lr" = { low = 1e-4, '
+                                              'high = 1e-2, log = true }')
     names = [s.name for s in sources]
     entries: dict[str, SpaceEntry] = {}
     for path, value in space_raw.items():
@@ -234,7 +253,8 @@ def parse_search(raw: dict, info: StudyInfo, sources: list[ArmSource], file: str
     confirm = settings.confirm_seeds or tuple(range(max(info.seeds) + 1, max(info.seeds) + 4))
     overlap = set(confirm) & set(info.seeds)
     if overlap:
-        raise SpecError(file, "search.confirm_seeds", f"must be fresh seeds, not the search's ({sorted(overlap)[0]} is in study.seeds)")
+        raise SpecError(file, "search.confirm_seeds", f"must be fresh seeds, not the search's ({sorted(overlap)[0]} is "
+                                                      "in study.seeds)")
     return SearchSpec(settings, tuple(entries.values()), info.seeds, confirm)
 
 

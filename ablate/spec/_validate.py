@@ -20,7 +20,12 @@ from ablate.datasets import Dataset
 from ablate.errors import SpecError, did_you_mean
 from ablate.models import MODEL_KINDS, ModelSpec
 from ablate.spec._schema import (
-    SCHEDULE_KINDS, ConstantSchedule, CosineSchedule, DataSettings, TrainSettings, WarmupCosineSchedule,
+    SCHEDULE_KINDS,
+    ConstantSchedule,
+    CosineSchedule,
+    DataSettings,
+    TrainSettings,
+    WarmupCosineSchedule,
 )
 
 # Tables whose allowed keys depend on their `kind`; a layer naming another kind replaces them.
@@ -192,7 +197,8 @@ def check_table(
                 if name in out.get(extra, {}):
                     raise ctx.error(join_path(path, name), f"is given twice (as a key and inside `{extra}`)")
                 if not _plain(argument):
-                    raise ctx.error(join_path(path, name), f"must be a string, number, boolean, list or table, not {argument!r}")
+                    raise ctx.error(join_path(path, name), "must be a string, number, boolean, list or table, not "
+                                                           f"{argument!r}")
             out.setdefault(extra, {}).update(arguments)
             continue
         if key not in known:
@@ -325,7 +331,8 @@ def _settle_contradictions(train: TrainSettings, ctx: Context) -> TrainSettings:
     if isinstance(schedule, CosineSchedule | WarmupCosineSchedule) and schedule.min_lr > train.lr:
         raise ctx.error("train.schedule.min_lr", f"must be ≤ train.lr ({train.lr:g}): the schedule decays to it")
     if isinstance(schedule, WarmupCosineSchedule) and schedule.warmup_epochs >= train.epochs:
-        raise ctx.error("train.schedule.warmup_epochs", f"must be < train.epochs ({train.epochs}), or no cosine phase is left")
+        raise ctx.error("train.schedule.warmup_epochs", f"must be < train.epochs ({train.epochs}), or no cosine phase "
+                                                        "is left")
     return train
 
 
@@ -351,7 +358,8 @@ def resolve(layers: list[Layer], ctx: Context, where: str, dataset: Dataset) -> 
     data = coerce(tree.get("data", {}), DataSettings, ctx, "data")
     train = coerce(tree.get("train", {}), TrainSettings, ctx, "train")
     if "model" not in tree:
-        raise SpecError(ctx.file, f"{where}.model.kind", f"is required (in [model] or the {where.split('[')[0]}); allowed: {', '.join(MODEL_KINDS)}")
+        raise SpecError(ctx.file, f"{where}.model.kind", f"is required (in [model] or the {where.split('[')[0]}); "
+                                                         f"allowed: {', '.join(MODEL_KINDS)}")
     model = coerce(tree["model"], ModelSpec, ctx, "model")
     train = _settle_contradictions(train, ctx)
     _check_limits(dataset, data, ctx)

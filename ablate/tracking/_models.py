@@ -33,8 +33,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ablate.tracking._tags import (
-    LAST_MODEL_ARTIFACT, MODEL, MODEL_ARTIFACT, MODEL_BEST, MODEL_PRUNED, MODEL_SAVED, MODEL_SETTINGS, ROLE, SEED,
-    STAGE, TRIAL_HASH,
+    LAST_MODEL_ARTIFACT,
+    MODEL,
+    MODEL_ARTIFACT,
+    MODEL_BEST,
+    MODEL_PRUNED,
+    MODEL_SAVED,
+    MODEL_SETTINGS,
+    ROLE,
+    SEED,
+    STAGE,
+    TRIAL_HASH,
 )
 
 if TYPE_CHECKING:

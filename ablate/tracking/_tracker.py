@@ -34,8 +34,24 @@ from ablate.tracking._liveness import Identity, alive, heartbeat_tags
 from ablate.tracking._open import GuardedClient, open_client
 from ablate.tracking._store import RunState, store_label
 from ablate.tracking._tags import (
-    ARCHITECTURE, CHANGES, ERROR, EXPERIMENT_KIND, EXPERIMENT_TAG, HEARTBEAT, HOST, INTERRUPTED, PID, PLAN_ARTIFACT,
-    REASON, ROLE, SEED, STAGE, STAGE_INDEX, STUDY, TRIAL_HASH, sqlite_path,
+    ARCHITECTURE,
+    CHANGES,
+    ERROR,
+    EXPERIMENT_KIND,
+    EXPERIMENT_TAG,
+    HEARTBEAT,
+    HOST,
+    INTERRUPTED,
+    PID,
+    PLAN_ARTIFACT,
+    REASON,
+    ROLE,
+    SEED,
+    STAGE,
+    STAGE_INDEX,
+    STUDY,
+    TRIAL_HASH,
+    sqlite_path,
 )
 from ablate.tracking._tracker_claims import ClaimedRuns
 
