@@ -48,7 +48,8 @@ class ReferenceMNIST(Dataset):
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, transform):
         grey = images.reshape(len(images), *images.shape[-2:])  # one channel, as torchvision keeps MNIST
-        self.images, self.labels, self.transform = torch.from_numpy(grey), torch.from_numpy(labels.astype(np.int64)), transform
+        self.images, self.labels, self.transform = (torch.from_numpy(grey), torch.from_numpy(labels.astype(np.int64)),
+                                                    transform)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -106,13 +107,13 @@ def pack_epoch_rows(repeats: int, device: torch.device, k: int) -> list[tuple[st
         group = [replace(one_epoch, seed=seed) for seed in range(k)]
         data = datasets.load(settings.dataset, settings.data, REPO / "data", device)
 
-        def singles() -> float:
+        def singles(group=group, data=data) -> float:
             started = time.perf_counter()
             for trial in group:
                 train_trial(trial, data, device, test=False)
             return time.perf_counter() - started
 
-        def packed() -> float:
+        def packed(group=group, data=data) -> float:
             started = time.perf_counter()
             train_pack(group, data, device, test=False)
             return time.perf_counter() - started
@@ -139,8 +140,8 @@ def epoch_rows(repeats: int, device: torch.device) -> list[tuple[str, float, flo
     for name, settings in (("linear (batch 256)", linearity["linear-ce"]), ("MLP-256 (batch 256)", linearity["mlp"]),
                            ("system C model 3 (batch 64, rotation ±7°)", cnn["model3"])):
         warm = device.type == "cuda"
-        reference = median_of(repeats, lambda: reference_epoch(settings, arrays, device), warm)
-        engine = median_of(repeats, lambda: engine_epoch(settings, device), warm)
+        reference = median_of(repeats, lambda settings=settings: reference_epoch(settings, arrays, device), warm)
+        engine = median_of(repeats, lambda settings=settings: engine_epoch(settings, device), warm)
         data = datasets.load(settings.dataset, settings.data, REPO / "data", device)
         rows.append((name, reference, engine, epoch_flop(settings, data)))
         print(f"{name}: reference {reference:.2f} s, ablate {engine:.2f} s, ×{reference / engine:.1f}", flush=True)
@@ -177,9 +178,9 @@ def conv_rows(repeats: int, device: torch.device) -> list[tuple]:
     rows = []
     for name, settings in cnn.items():
         data = datasets.load(settings.dataset, settings.data, REPO / "data", device)
-        before = median_of(repeats, lambda: layout_epoch(settings, device, torch.contiguous_format))
-        after = median_of(repeats, lambda: layout_epoch(settings, device, None))
-        packed = median_of(repeats, lambda: layout_epoch(settings, device, None, pack=3))
+        before = median_of(repeats, lambda settings=settings: layout_epoch(settings, device, torch.contiguous_format))
+        after = median_of(repeats, lambda settings=settings: layout_epoch(settings, device, None))
+        packed = median_of(repeats, lambda settings=settings: layout_epoch(settings, device, None, pack=3))
         rows.append((name, before, after, packed, epoch_flop(settings, data)))
         print(f"{name}: contiguous {before:.2f} s, channels-last {after:.2f} s, packed ×3 {packed:.2f} s per trial",
               flush=True)
@@ -318,7 +319,8 @@ def bookkeeping_ms(repeats: int) -> float:
     from ablate.tracking import Tracker
 
     trial = expand(load_study(REPO / "studies" / "linearity.toml"))[0]
-    metrics = {"train_loss": 0.1, "train_accuracy": 0.9, "val_loss": 0.1, "val_accuracy": 0.9, "lr": 0.001, "epoch_seconds": 1.0}
+    metrics = {"train_loss": 0.1, "train_accuracy": 0.9, "val_loss": 0.1, "val_accuracy": 0.9, "lr": 0.001,
+               "epoch_seconds": 1.0}
     with tempfile.TemporaryDirectory() as folder:
         tracker = Tracker(f"sqlite:///{Path(folder) / 'mlflow.db'}")
         experiment = tracker.experiment("bench")
@@ -336,7 +338,8 @@ def bookkeeping_ms(repeats: int) -> float:
 
 
 SECTIONS = ("roofline", "epochs", "conv", "packing", "study", "overhead")
-GEMM_SIZE, CONV_SHAPE = 2048, (64, 64, 56, 56)  # the roofline's large GEMM (n × n × n) and conv (N, C, H, W; 3×3, C → C)
+# the roofline's large GEMM (n × n × n) and conv (N, C, H, W; 3×3, C → C)
+GEMM_SIZE, CONV_SHAPE = 2048, (64, 64, 56, 56)
 
 
 def roofline(threads: int, repeats: int) -> dict[str, float]:

@@ -82,7 +82,8 @@ def main() -> None:
             runs = trial_runs(str(tracking), name)
             per_hash = finished_per_hash(runs)
             on_cluster = finished(runs)
-            per_node = collections.Counter(r.data.tags.get("ray_node", "?")[:12] for r in runs if r.info.status == "FINISHED")
+            per_node = collections.Counter(r.data.tags.get("ray_node", "?")[:12] for r in runs
+                                           if r.info.status == "FINISHED")
             _, table = ablate("report", "--study", name, "--tracking-uri", str(tracking))
             again_seconds, again = ablate("run", args.study, "--backend", "ray", "--address", ray.address,
                                           "--tracking-uri", str(tracking))

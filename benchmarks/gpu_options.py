@@ -254,14 +254,14 @@ def pinned_rows(device, repeats: int = 5) -> list[dict]:
                "CIFAR-10-sized train images (154 MB)": torch.randint(0, 256, (50_000, 3, 32, 32), dtype=torch.uint8)}
     rows = []
     for name, host in sources.items():
-        def pageable():
+        def pageable(host=host):
             sync(device)
             started = time.perf_counter()
             host.to(device)
             sync(device)
             return time.perf_counter() - started
 
-        def pinned():
+        def pinned(host=host):
             sync(device)
             started = time.perf_counter()
             host.pin_memory().to(device, non_blocking=True)
@@ -326,7 +326,8 @@ def main() -> None:
     out = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
            "torch": torch.__version__, "cuda": torch.version.cuda, "epochs": epochs, "seeds": seeds}
     out["options"] = option_rows(device, epochs, seeds, [("MLP-256 (batch 256)", mlp, False)])
-    out["options"] += option_rows(device, 3 if not args.quick else 2, [0], [("system C model 3 (batch 64)", model3, True)])
+    out["options"] += option_rows(device, 3 if not args.quick else 2, [0],
+                                  [("system C model 3 (batch 64)", model3, True)])
     out["pinned"] = pinned_rows(device)
     out["profiles"] = []
     for graphed in ([False, True] if device.type == "cuda" else [False]):

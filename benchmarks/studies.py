@@ -67,7 +67,8 @@ def run_variant(variant: str, quick: bool, folder: Path) -> dict:
     wall = time.perf_counter() - started
     trials = trials_in(store) if store.exists() else []
     finished = sum(t["status"] == "FINISHED" for t in trials)
-    result = {"variant": variant, "study": name, "workers_per_device": int(workers), "pack": int(pack[0]) if pack else None,
+    result = {"variant": variant, "study": name, "workers_per_device": int(workers),
+              "pack": int(pack[0]) if pack else None,
               "exit": done.returncode, "wall_s": wall, "trials": len(trials), "finished": finished,
               "runs_per_hour": 3600 * finished / wall, "per_trial": trials,
               "command": " ".join(["ablate run", f"studies/{name}.toml", *command[7:]]),

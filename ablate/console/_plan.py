@@ -73,9 +73,11 @@ def print_plan(study: Study, design: Design, statuses: dict[str, str] | None, ur
     varying = [k for k in varying if k not in structural]
     labels = setting_labels(varying)
     columns = [Column("#", right=True, nowrap=True, head="#{}"), Column("hash", nowrap=True, head="{}"),
-               Column("stage" if study.info.design == "ladder" else "arm", head="{}"), Column("seed", right=True, nowrap=True),
+               Column("stage" if study.info.design == "ladder" else "arm", head="{}"),
+               Column("seed", right=True, nowrap=True),
                *([Column("model")] if structural else []), *(Column(label) for label in labels),
-               Column("params", right=True, nowrap=True), *([Column("status", nowrap=True)] if statuses is not None else [])]
+               Column("params", right=True, nowrap=True),
+               *([Column("status", nowrap=True)] if statuses is not None else [])]
     rows = []
     for i, (t, shown) in enumerate(zip(trials, shown_hashes(trials)), 1):
         flat = flatten(t.settings.to_dict())
@@ -130,11 +132,13 @@ def search_plan(study: Study) -> tuple[list[dict[str, str]], str]:
         if entry.kind == "categorical":
             values = ", ".join(entry.labels)
         else:
-            values = f"{entry.low:g} … {entry.high:g}" + (" (log)" if entry.log else "") + (f" step {entry.step:g}" if entry.step else "")
+            values = (f"{entry.low:g} … {entry.high:g}" + (" (log)" if entry.log else "")
+                      + (f" step {entry.step:g}" if entry.step else ""))
         when = "; ".join(f"{p} = {' or '.join(format_label(x) for x in v)}" for p, v in entry.when)
         rows.append({"setting": entry.path, "kind": entry.kind, "values": values, "when": when})
     s = spec.settings
-    budget = (f"{s.trials} trials" if s.trials else "no trial limit") + (f", at most {s.timeout:g} s" if s.timeout else "")
+    budget = ((f"{s.trials} trials" if s.trials else "no trial limit")
+              + (f", at most {s.timeout:g} s" if s.timeout else ""))
     direction = "maximize" if s.maximize else "minimize"
     confirmed = s.confirm_top + s.confirm_base
     summary = (f"search: {budget} ({s.sampler} sampler seeded {s.seed}, {s.pruner} pruner), {direction} {s.objective}, "
@@ -169,7 +173,8 @@ def plan_summary(study: Study, design: Design) -> str:
     """'48 trials: 24 arms × 2 seeds (seeds 0, 1); grid of 48 points, 12 excluded, 12 merged (...)'."""
     word = {"ladder": "stages", "ablation": "arms (baseline + arms)", "grid": "arms"}[study.info.design]
     seeds = study.info.seeds
-    line = f"{len(design.trials)} trials: {design.arms} {word} × {len(seeds)} seeds (seeds {', '.join(map(str, seeds))})"
+    line = (f"{len(design.trials)} trials: {design.arms} {word} × {len(seeds)} seeds "
+            f"(seeds {', '.join(map(str, seeds))})")
     if study.info.design == "grid":
         points = len(study.stages) + study.excluded
         line += f"; grid of {points} points, {study.excluded} excluded by [[exclude]], {len(design.merged)} merged"

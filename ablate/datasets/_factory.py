@@ -31,7 +31,7 @@ from ablate.datasets._dataset import ROLES, Dataset, ForeignFactory, register
 from ablate.errors import AblateError
 
 FINGERPRINT_LENGTH = 12
-_KEY = re.compile(r"factory:([A-Za-z_][\w.]*:[A-Za-z_]\w*)(\{.*\})?#([0-9a-f]{%d})" % FINGERPRINT_LENGTH)
+_KEY = re.compile(rf"factory:([A-Za-z_][\w.]*:[A-Za-z_]\w*)(\{{.*\}})?#([0-9a-f]{{{FINGERPRINT_LENGTH}}})")
 
 
 def from_factory(factory: str, kwargs: Mapping[str, Any]) -> Dataset:

@@ -44,7 +44,8 @@ def describe_changes(previous: Stage | None, stage: Stage, architecture: str = "
     if new_schedule:
         changed.append(f"train.schedule={_kinded(stage.train.schedule)}")
     for key, value in after.items():
-        if (structural and architecture and key.startswith("model.")) or (new_schedule and key.startswith("train.schedule.")):
+        if ((structural and architecture and key.startswith("model."))
+                or (new_schedule and key.startswith("train.schedule."))):
             continue
         if key in before and before[key] == value:
             continue

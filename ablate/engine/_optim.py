@@ -23,7 +23,9 @@ from ablate.spec import (
 )
 
 
-def make_loss(name: str, classes: int, label_smoothing: float = 0.0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def make_loss(
+    name: str, classes: int, label_smoothing: float = 0.0
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     if name == "cross_entropy":
         if label_smoothing:
             return lambda logits, y: F.cross_entropy(logits, y, label_smoothing=label_smoothing)

@@ -17,7 +17,9 @@ class MLPModel:
     kind: Literal["mlp"] = option("mlp", "Fully connected network on the flattened input.")
     hidden: tuple[int, ...] = option((256,), "Width of each hidden layer, input side first.", each_at_least(1))
     activation: Literal["relu", "gelu", "tanh", "none"] = option("relu", "Activation after each hidden layer.")
-    dropout: float = option(0.0, "Dropout probability after each hidden activation; 0 turns it off.", fraction_below_one)
+    dropout: float = option(
+        0.0, "Dropout probability after each hidden activation; 0 turns it off.", fraction_below_one
+    )
     batchnorm: bool = option(False, "BatchNorm1d after each hidden linear layer, before the activation.")
     output_activation: Literal["none", "relu"] = option(
         "none", "Activation on the logits; `relu` reproduces system N's V1 (a lesson, not a recommendation)."

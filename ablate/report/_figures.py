@@ -272,8 +272,8 @@ def _class_ticks(axes, names: tuple[str, ...]) -> None:
     """Class names on both axes, readable: long ones slanted, small type when there are many."""
     size = max(4.5, min(7.0, 250 / len(names)))
     slant = max(map(len, names)) > 3
-    axes.set_xticks(range(len(names)), names, fontsize=size, rotation=45 if slant else 0, ha="right" if slant else "center",
-                   rotation_mode="anchor")
+    axes.set_xticks(range(len(names)), names, fontsize=size, rotation=45 if slant else 0,
+                    ha="right" if slant else "center", rotation_mode="anchor")
     axes.set_yticks(range(len(names)), names, fontsize=size)
 
 
@@ -310,8 +310,8 @@ def _mistakes_figure(report: StudyReport, data: datasets.Dataset, arm: str, labe
     for axes, index in zip(grid.flat, worst):
         show(axes, images[index])
         # two lines: "T-shirt/top (0.97), true Ankle boot" on one would run into the next cell's title
-        axes.set_title(f"{names[predictions[index]]} ({confidences[index]:.2f})\ntrue {names[labels[index]]}", fontsize=7,
-                       color="red")
+        axes.set_title(f"{names[predictions[index]]} ({confidences[index]:.2f})\ntrue {names[labels[index]]}",
+                       fontsize=7, color="red")
     figure.suptitle(f"{report.name}: the {len(worst)} most confident test mistakes of {arm}\n"
                     "(predicted class, its probability, true class)", fontsize=9)
     return saved(figure, folder / f"{report.name}-mistakes.png", plt)
@@ -358,7 +358,8 @@ def _templates_figure(report: StudyReport, data: datasets.Dataset, arm: str, wei
             axes.imshow((0.5 + template / (2 * row_bound)).transpose(1, 2, 0))
         axes.set_title(data.class_names[k], fontsize=9)
     colours = "red +, blue −" if channels != 3 else "per channel: grey 0, brighter +, darker −"
-    figure.suptitle(f"{report.name}: {arm}'s weight row per class as a {height}×{width} template ({colours})", fontsize=9)
+    figure.suptitle(f"{report.name}: {arm}'s weight row per class as a {height}×{width} template ({colours})",
+                    fontsize=9)
     return saved(figure, folder / f"{report.name}-templates.png", plt)
 
 

@@ -136,14 +136,16 @@ def _full_frame(report: StudyReport) -> pd.DataFrame:
     ]
     columns["p (Holm)"] = ["—" if pd.isna(p) else (f"{p:.3f}" if p >= 0.001 else "<0.001") for p in table["p_holm"]]
     if metric != "val_accuracy":
-        columns["Val acc (%)"] = _bold_best([fmt(v, 2) for v in table["val_accuracy_mean"]], table["val_accuracy_mean"], True)
+        columns["Val acc (%)"] = _bold_best([fmt(v, 2) for v in table["val_accuracy_mean"]],
+                                            table["val_accuracy_mean"], True)
     if _stopped_early(report):
         columns["Epochs run / tested"] = [f"{fmt(r, 1)} / {fmt(t, 1)}"
                                           for r, t in zip(table["epochs_run_mean"], table["tested_epoch_mean"])]
     if metric != "test_loss":
         columns["Test loss"] = _bold_best_per_loss([fmt(v, 4) for v in table["test_loss_mean"]],
                                                    table["test_loss_mean"], table["loss"])
-    columns["Train time (s)"] = _bold_best([fmt(v, 1) for v in table["train_seconds_mean"]], table["train_seconds_mean"], False)
+    columns["Train time (s)"] = _bold_best([fmt(v, 1) for v in table["train_seconds_mean"]],
+                                           table["train_seconds_mean"], False)
     columns["Samples/s"] = _bold_best([_count(v) for v in table["throughput_mean"]], table["throughput_mean"], True)
     if table["peak_memory_mb_mean"].notna().any():
         columns[_peak_memory_header(report)] = [fmt(v, 0) for v in table["peak_memory_mb_mean"]]
@@ -203,7 +205,8 @@ def _footnote(report: StudyReport) -> str:
         "training examples per second of it. MACs: multiply-accumulates of one forward pass of one image."
     )
     if _stopped_early(report):
-        text += " Epochs run / tested: means over the seeds of the epochs trained and of the epoch whose weights were tested."
+        text += (" Epochs run / tested: means over the seeds of the epochs trained and of the epoch whose weights"
+                 " were tested.")
     if _has_reference(report):
         text += f" Reference: the published single-run figure the {arm} reproduces."
     packed = report.runs[report.runs["pack_size"] > 1] if "pack_size" in report.runs else report.runs.iloc[:0]
@@ -224,7 +227,8 @@ def _followup_pick(report: StudyReport) -> str:
     if not len(arms):
         return ""
     best = arms.loc[arms["val_accuracy_mean"].idxmax()]
-    return f"'{best['stage']}', the best mean validation accuracy over the confirm seeds ({best['val_accuracy_mean']:.2f}%)"
+    return (f"'{best['stage']}', the best mean validation accuracy over the confirm seeds "
+            f"({best['val_accuracy_mean']:.2f}%)")
 
 
 def _search_lines(report: StudyReport) -> list[str]:

@@ -3,12 +3,12 @@
 A task handed to a slot runs when the dispatcher next waits for events (submitit's
 DebugExecutor runs a job the same way: in-process, when its result is asked for), tasks in
 the order they were handed out, so a whole study runs in one process under a debugger, and
-tests drive the dispatcher through real events without processes. A worker "dies" when anything escapes its task, as a worker
-process dies of it: WorkerDied — what the kill faults raise here instead of SIGKILL, and
-what a test's scripted task raises to stage a death at an awkward moment — or any error the
-worker's own handling did not catch. The events it emitted before dying are delivered, its
-runs are left as a killed process leaves them, and the slot is reported dead until replaced
-or retired.
+tests drive the dispatcher through real events without processes. A worker "dies" when
+anything escapes its task, as a worker process dies of it: WorkerDied — what the kill faults
+raise here instead of SIGKILL, and what a test's scripted task raises to stage a death at an
+awkward moment — or any error the worker's own handling did not catch. The events it
+emitted before dying are delivered, its runs are left as a killed process leaves them, and
+the slot is reported dead until replaced or retired.
 Ctrl-C inside a task ends it as a real worker would (its runs KILLED, a Killed event) and
 then reaches the dispatcher, whose `interrupt` then drops the tasks handed out but not yet
 started, as a worker process would on Ctrl-C before starting one.

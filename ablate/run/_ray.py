@@ -144,7 +144,8 @@ class RayBackend:
         if not self.actors:
             causes = sorted({a.lost for a in unplaced if a.lost})
             raise AblateError(f"the Ray cluster placed none of {len(self.slots)} worker(s) in {PLACE_SECONDS:.0f} s: "
-                              + ("; ".join(causes) if causes else "it has no free room for one (another job holds it?)"))
+                              + ("; ".join(causes) if causes
+                                 else "it has no free room for one (another job holds it?)"))
         self.slots = [s for s in self.slots if s.index in self.actors]
 
     def _unplaced(self, actors: list[_Actor], timeout: float) -> list[_Actor]:

@@ -130,7 +130,8 @@ class _Invocation:
             tracking_uri=tracker.uri, experiment_id=experiment_id, parent_run_id=parent_id,
             parent=Identity.of_this_process(),
             env_tags={k: v for k, v in env_tags.items() if k not in (PID, PID_START)} | {"hardware": machine},
-            data_dir=str(Path(prepared.data_dir).resolve()), import_paths=prepared.import_paths, faults=faults_from_env(),
+            data_dir=str(Path(prepared.data_dir).resolve()), import_paths=prepared.import_paths,
+            faults=faults_from_env(),
             models=study.tracking.models, claims=tracker.claims.url,
         )
         return cls(parent_id, config, Heartbeat(lambda: tracker.beat([parent_id])))
@@ -331,7 +332,8 @@ def _recover_search(tracker: Tracker, experiment_id: str, optuna_study: optuna.S
         if trial is None or trial.state == optuna.trial.TrialState.RUNNING:
             continue
         if trial.state == optuna.trial.TrialState.FAIL:
-            if tracker.settle(run.info.run_id, "FAILED", error="interrupted", reason=INTERRUPTED, force=True).ended_here:
+            if tracker.settle(run.info.run_id, "FAILED", error="interrupted", reason=INTERRUPTED,
+                              force=True).ended_here:
                 recovered.append(run.data.tags)
             continue
         tracker.set_tag(run.info.run_id, "optuna_state", trial.state.name)

@@ -132,7 +132,9 @@ def _constrain(asked: optuna.Trial, excess: dict[str, float]) -> None:
             asked.set_constraint(key, value)
 
 
-def reject(optuna_study: optuna.Study, asked: optuna.Trial, point: tuple, problem: str, excess: dict[str, float]) -> None:
+def reject(
+    optuna_study: optuna.Study, asked: optuna.Trial, point: tuple, problem: str, excess: dict[str, float]
+) -> None:
     """A point that will not train ends PRUNED at once, marked REJECTED_ATTR (it does not count towards `trials`),
     with its excess over the budget as an Optuna constraint. TPE ranks an infeasible trial below every feasible one,
     so it learns to stop proposing it; told FAIL instead, TPE ignored it and proposed the same point again and again
@@ -181,7 +183,8 @@ def _over_budget(optuna_study: optuna.Study, budget: int, number: int | None = N
     """Is the search's budget of `trials` spent, counting every invocation's trials — those that count or may yet
     (may_count)? For an asked trial (`number`), only the trials numbered before it: the storage numbers trials once
     across all processes, so of two askers racing for the last place exactly one is within it."""
-    ahead = [t for t in optuna_study.get_trials(deepcopy=False) if may_count(t) and (number is None or t.number < number)]
+    ahead = [t for t in optuna_study.get_trials(deepcopy=False)
+             if may_count(t) and (number is None or t.number < number)]
     return len(ahead) >= budget
 
 

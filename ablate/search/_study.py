@@ -112,7 +112,8 @@ def suggest(trial: optuna.Trial, space: tuple[SpaceEntry, ...]) -> tuple[tuple[s
             chosen[entry.path] = entry.choices[labels.index(trial.suggest_categorical(entry.path, labels))]
         elif entry.kind == "int":
             step = int(entry.step or 1)
-            chosen[entry.path] = trial.suggest_int(entry.path, int(entry.low), int(entry.high), step=step, log=entry.log)
+            chosen[entry.path] = trial.suggest_int(entry.path, int(entry.low), int(entry.high), step=step,
+                                                   log=entry.log)
         else:
             chosen[entry.path] = trial.suggest_float(entry.path, entry.low, entry.high, step=entry.step, log=entry.log)
     return tuple(chosen.items())

@@ -99,7 +99,8 @@ def arm_sources(raw: dict, info: StudyInfo, file: str) -> list[ArmSource]:
         sources.insert(0, ArmSource(name, "the top-level settings", None, {}, ""))
     elif design in ("grid", "search"):
         if design not in raw:
-            example = '"model.dropout" = [0.0, 0.5]' if design == "grid" else '[search.space] "train.lr" = { low = 1e-4, high = 1e-2, log = true }'
+            example = ('"model.dropout" = [0.0, 0.5]' if design == "grid"
+                       else '[search.space] "train.lr" = { low = 1e-4, high = 1e-2, log = true }')
             raise SpecError(file, design, f"is required for design '{design}', e.g. {example}")
         if not sources:
             sources = [ArmSource("base", "", None, {}, "")]

@@ -216,7 +216,8 @@ def _check(study: Study, expected: dict[str, Stage], text: str) -> None:
 
     written = parse_study(text, f"<follow-up of {study.path}>")
     if written.info.dataset != study.info.dataset:
-        raise SpecError(study.path, "study.dataset", "the follow-up study would train on other data; please report this")
+        raise SpecError(study.path, "study.dataset",
+                        "the follow-up study would train on other data; please report this")
     arms = {stage.name: stage for stage in written.stages}
     for arm, stage in expected.items():
         if arm not in arms or not _same(arms[arm], stage):

@@ -38,7 +38,8 @@ def parse_grid(raw: dict, file: str, max_points: int | None = None, crossed: int
             hint = did_you_mean(head, SETTING_TABLES) if "." in path else ""
             raise SpecError(
                 file, _axis_name(path),
-                f"an axis is a quoted setting path starting with data., train. or model.{hint} (e.g. \"model.dropout\")",
+                f"an axis is a quoted setting path starting with data., train. or model.{hint}"
+                " (e.g. \"model.dropout\")",
             )
         if isinstance(values, dict):
             raise SpecError(file, _axis_name(path), 'must be a list of values; quote the dotted path: "model.dropout" '
@@ -216,7 +217,7 @@ def expand_grid(
                 Stage(name=name, description=source.description, reference=source.reference, index=len(stages),
                       data=data, model=model, train=train, compare_to=0, point=point, source=source.where)
             )
-    for path, values in grid.axes:
+    for path, _values in grid.axes:
         surviving = {repr(v) for point in points for p, v in point if p == path}  # what [[exclude]] left
         if len(effective[path]) < min(2, len(surviving)):  # at most one of its values ever took effect
             why = first_reason.get(path, "its other values are all excluded by [[exclude]]")

@@ -52,7 +52,9 @@ class StudyInfo:
         "settings as the baseline plus each `[[arm]]`, an arm changing one or more of them; `search`: an Optuna "
         "search over `[search.space]`, its best configurations re-trained on fresh seeds.",
     )
-    seeds: tuple[int, ...] = option((0,), "Seeds every arm runs with (the same in every arm, so comparisons pair).", unique_ints)
+    seeds: tuple[int, ...] = option(
+        (0,), "Seeds every arm runs with (the same in every arm, so comparisons pair).", unique_ints
+    )
     baseline: str | None = option(
         None,
         "The arm every other is compared with in reports: `ladder`, a stage's name (unset: the first); `ablation`, "
@@ -153,15 +155,21 @@ ScheduleSpec = (
 class EarlyStopping:
     metric: Literal["val_loss", "val_accuracy"] = option("val_loss", "Validation metric watched after every epoch.")
     patience: int = option(5, "Epochs without improvement before training stops.", at_least(1))
-    min_delta: float = option(0.0, "Smallest change that counts as an improvement (accuracy as a fraction).", at_least(0.0))
+    min_delta: float = option(
+        0.0, "Smallest change that counts as an improvement (accuracy as a fraction).", at_least(0.0)
+    )
     restore_best: bool = option(True, "Test (and report) the weights of the best epoch, not the last.")
 
 
 @dataclass(frozen=True)
 class Augment:
     rotation: float = option(0.0, "Random rotation in ± degrees; 0 turns it off.", at_least(0.0))
-    translate: float = option(0.0, "Random shift of up to this fraction of the width and height; 0: off.", fraction_below_one)
-    scale: tuple[float, ...] = option((1.0, 1.0), "Random zoom factor drawn from [low, high]; [1, 1]: off.", scale_range)
+    translate: float = option(
+        0.0, "Random shift of up to this fraction of the width and height; 0: off.", fraction_below_one
+    )
+    scale: tuple[float, ...] = option(
+        (1.0, 1.0), "Random zoom factor drawn from [low, high]; [1, 1]: off.", scale_range
+    )
     crop: int = option(
         0, "Pad each image with this many black pixels on every side and take a random window of its size "
         "(torchvision's RandomCrop(size, padding=crop)); 0: off.", at_least(0),
@@ -181,23 +189,34 @@ class Augment:
 @dataclass(frozen=True)
 class TrainSettings:
     epochs: int = option(5, "Passes over the training set.", at_least(1))
-    batch_size: int = option(256, "Examples per optimiser step; the last batch of an epoch may be smaller.", at_least(1))
+    batch_size: int = option(
+        256, "Examples per optimiser step; the last batch of an epoch may be smaller.", at_least(1)
+    )
     optimizer: Literal["adam", "adamw", "sgd"] = option(
         "adam", "torch.optim.Adam or AdamW (betas 0.9/0.999, eps 1e-8), or SGD."
     )
     lr: float = option(1e-3, "Learning rate.", above(0.0))
-    weight_decay: float = option(0.0, "Weight decay: L2 added to the gradient (adam, sgd), decoupled (adamw).", at_least(0.0))
+    weight_decay: float = option(
+        0.0, "Weight decay: L2 added to the gradient (adam, sgd), decoupled (adamw).", at_least(0.0)
+    )
     momentum: float = option(0.0, "SGD momentum (sgd only).", fraction_below_one)
     nesterov: bool = option(False, "Nesterov momentum (sgd only; needs momentum > 0).")
-    init: Literal["default", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "orthogonal"] = option(
+    init: Literal[
+        "default", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "orthogonal"
+    ] = option(
         "default",
-        "Weight initialisation of every linear and conv layer: PyTorch's own, or the named one with biases set to zero.",
+        "Weight initialisation of every linear and conv layer: PyTorch's own, or the named one with biases set to"
+        " zero.",
     )
     loss: Literal["cross_entropy", "mse"] = option(
         "cross_entropy", "`cross_entropy` on the logits, or `mse` between softmax(logits) and the one-hot target."
     )
-    label_smoothing: float = option(0.0, "Label smoothing of the cross-entropy target (cross_entropy only).", fraction_below_one)
-    grad_clip: float | None = option(None, "Clip the global L2 norm of the gradients to this value; unset: no clipping.", above(0.0))
+    label_smoothing: float = option(
+        0.0, "Label smoothing of the cross-entropy target (cross_entropy only).", fraction_below_one
+    )
+    grad_clip: float | None = option(
+        None, "Clip the global L2 norm of the gradients to this value; unset: no clipping.", above(0.0)
+    )
     schedule: ScheduleSpec = option(
         ConstantSchedule(), "Learning-rate schedule: a kind name (`\"cosine\"`) or a table (`{ kind = \"step\", "
                             "step_size = 2 }`)."

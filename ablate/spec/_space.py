@@ -35,7 +35,9 @@ def _optional_seeds(v: tuple) -> str | None:
 
 @dataclass(frozen=True)
 class SearchSettings:
-    trials: int | None = option(None, "Optuna trials in all; a second `ablate run` continues up to this count.", at_least(1))
+    trials: int | None = option(
+        None, "Optuna trials in all; a second `ablate run` continues up to this count.", at_least(1)
+    )
     timeout: float | None = option(None, "Start no new trial after this many seconds of this invocation.", above(0.0))
     objective: Literal["val_accuracy", "val_loss"] = option(
         "val_accuracy", "The validation metric the search optimises (never a test metric), at the last epoch."
@@ -151,7 +153,9 @@ def _field_type(path: str) -> Any:
     return types_here[0]
 
 
-def _parse_space_entry(path: str, raw: Any, earlier: dict[str, SpaceEntry], stage_names: list[str], file: str) -> SpaceEntry:
+def _parse_space_entry(
+    path: str, raw: Any, earlier: dict[str, SpaceEntry], stage_names: list[str], file: str
+) -> SpaceEntry:
     shown = f'search.space."{path}"'
     if path != "stage":
         head = path.split(".", 1)[0]
@@ -184,7 +188,8 @@ def _parse_space_entry(path: str, raw: Any, earlier: dict[str, SpaceEntry], stag
             raise SpecError(file, f"{shown}.{key}", f"unknown key{did_you_mean(key, RANGE_KEYS)}; a range allows: "
                                                     f"{', '.join(RANGE_KEYS)}")
     tp = _field_type(path)
-    tp = next((a for a in typing.get_args(tp) if a is not type(None)), tp) if typing.get_origin(tp) in (types.UnionType, typing.Union) else tp
+    tp = (next((a for a in typing.get_args(tp) if a is not type(None)), tp)
+          if typing.get_origin(tp) in (types.UnionType, typing.Union) else tp)
     if tp not in (int, float):
         raise SpecError(file, shown, f"a range needs a numeric setting; {path} is "
                                      f"{'not a setting' if tp is None else describe_type(tp)}")
@@ -235,7 +240,12 @@ def parse_search(raw: dict, info: StudyInfo, sources: list[ArmSource], file: str
             raise SpecError(file, f"search.{key}", f"unknown key{did_you_mean(key, SEARCH_KEYS)}; [search] allows: "
                                                    f"{', '.join(SEARCH_KEYS)}")
     ctx = Context(file)
-    settings = build(SearchSettings, check_table({k: v for k, v in table.items() if k != "space"}, SearchSettings, ctx, "search"), ctx, "search")
+    settings = build(
+        SearchSettings,
+        check_table({k: v for k, v in table.items() if k != "space"}, SearchSettings, ctx, "search"),
+        ctx,
+        "search",
+    )
     if settings.trials is None and settings.timeout is None:
         raise SpecError(file, "search.trials", "is required (or search.timeout): how long the search runs")
     space_raw = table.get("space")

@@ -74,7 +74,8 @@ def parse_study(text: str, file: str = "<study>") -> Study:
     stages: list[Stage] = []
     for index, source in enumerate(sources):
         with naming(source.where, source.name):
-            data, model, train = resolve([top, (source.layer, written(source.where))], Context(file), source.where or "baseline", dataset)
+            data, model, train = resolve([top, (source.layer, written(source.where))], Context(file),
+                                         source.where or "baseline", dataset)
         compare_to = (index - 1 if info.design == "ladder" else 0) if index else None
         stages.append(Stage(name=source.name, description=source.description, reference=source.reference,
                             index=index, data=data, model=model, train=train, compare_to=compare_to,

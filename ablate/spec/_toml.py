@@ -28,7 +28,8 @@ def read_toml(text: str, file: str) -> dict[str, Any]:
     except RecursionError:
         line = _deep_line(text)
         raise SpecError(f"{file}:{line}" if line else file, "",
-                        f"arrays or inline tables nest more than {MAX_DEPTH} levels deep; a study needs a few") from None
+                        f"arrays or inline tables nest more than {MAX_DEPTH} levels deep; a study needs a few"
+                        ) from None
     _check_depth(raw, file)
     return raw
 

@@ -89,7 +89,9 @@ def describe_type(tp: Any) -> str:
         return "a list of tables" if is_dataclass(item) else f"a list of {_PLURAL.get(item, 'values')}"
     if is_dataclass(tp):
         return "a table"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a table"}.get(tp, str(tp))
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a table"}.get(
+        tp, str(tp)
+    )
 
 
 _PLURAL = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
@@ -173,7 +175,8 @@ def _unknown_key(key: str, cls: type, owner: str, kinds: dict[str, type] | None)
     if elsewhere:
         label, kind = owner.split(" kind ")
         owners = ", ".join(map(repr, elsewhere))
-        return f"applies only to {label} kind{'s' if len(elsewhere) > 1 else ''} {owners} ({label} kind is {kind}); {allows}"
+        return (f"applies only to {label} kind{'s' if len(elsewhere) > 1 else ''} {owners} "
+                f"({label} kind is {kind}); {allows}")
     return f"unknown key{did_you_mean(key, known)}; {allows}"
 
 
@@ -275,7 +278,9 @@ def _overlay(tree: dict, ctx: Context, layer: dict, shown: Callable[[str], str |
             _overlay(tree[key], ctx, value, shown, path)
 
 
-def _overlay_item(tree: dict, ctx: Context, key: str, value: Any, shown: Callable[[str], str | None], prefix: str) -> None:
+def _overlay_item(
+    tree: dict, ctx: Context, key: str, value: Any, shown: Callable[[str], str | None], prefix: str
+) -> None:
     """`blocks[3] = { out = 12 }`: merge into the third item of the list below (a copy; lower layers keep theirs)."""
     name, index = item_key(key)
     path = join_path(prefix, key)
@@ -309,7 +314,8 @@ def _meaningless(train: TrainSettings) -> list[tuple[str, str, str, Any]]:
     found = []
     if train.optimizer != "sgd":
         why = f"applies only to optimizer 'sgd' (optimizer is '{train.optimizer}')"
-        found += [(key, "optimizer", why, off) for key, off in (("momentum", 0.0), ("nesterov", False)) if getattr(train, key) != off]
+        found += [(key, "optimizer", why, off) for key, off in (("momentum", 0.0), ("nesterov", False))
+                  if getattr(train, key) != off]
     elif train.nesterov and train.momentum == 0:
         found.append(("nesterov", "momentum", "needs momentum > 0 (as torch.optim.SGD does)", False))
     if train.loss != "cross_entropy" and train.label_smoothing:
@@ -349,7 +355,9 @@ def _check_limits(dataset: Dataset, data: DataSettings, ctx: Context) -> None:
 Layer = tuple[dict, Callable[[str], "str | None"]]
 
 
-def resolve(layers: list[Layer], ctx: Context, where: str, dataset: Dataset) -> tuple[DataSettings, ModelSpec, TrainSettings]:
+def resolve(
+    layers: list[Layer], ctx: Context, where: str, dataset: Dataset
+) -> tuple[DataSettings, ModelSpec, TrainSettings]:
     """Merge the layers (top level, stage or arm, grid point) and validate the result as one trial's settings."""
     # A kinded table with a default starts as that kind, so a key written without `kind` is checked against it.
     tree: dict[str, Any] = {"train": {"schedule": {"kind": ConstantSchedule.kind}}}

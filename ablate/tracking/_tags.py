@@ -44,7 +44,8 @@ def runs_url(experiment_id: str, base: str = "http://127.0.0.1:5000", metric: st
     `metric`, best first, which also lists the trial runs flat instead of collapsed under their parent run
     (tests/mlflow_ui_check.py checks this in a real browser)."""
     order = quote(f"metrics.`{metric}`", safe="")
-    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&orderByKey={order}&orderByAsc=false"
+    return (f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            f"&orderByKey={order}&orderByAsc=false")
 
 
 # A trial's trained models (ablate.tracking's models): MLflow models in these artifact folders, and the run's `model`

@@ -84,7 +84,8 @@ def git_commit(folder: Path) -> str | None:
             ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder, capture_output=True, text=True, timeout=5
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=folder, capture_output=True, text=True, timeout=5,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
@@ -154,7 +155,8 @@ class Tracker(ClaimedRuns):
     ) -> str:
         """The run of one `ablate run`, its first heartbeat included; `tags` carry who runs it (environment_tags)."""
         tags = {STUDY: study_name, ROLE: "parent", "trials": str(trials), **tags, **heartbeat_tags()}
-        run = self.client.create_run(experiment_id, tags=tags, run_name=f"{study_name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        run = self.client.create_run(experiment_id, tags=tags,
+                                     run_name=f"{study_name}-{time.strftime('%Y%m%d-%H%M%S')}")
         self.client.log_artifact(run.info.run_id, str(spec_path))
         return run.info.run_id
 
@@ -184,7 +186,9 @@ class Tracker(ClaimedRuns):
         now = int(time.time() * 1000)
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
-    def finish(self, run_id: str, status: str = "FINISHED", error: str | None = None, reason: str | None = None) -> None:
+    def finish(
+        self, run_id: str, status: str = "FINISHED", error: str | None = None, reason: str | None = None
+    ) -> None:
         tags = [RunTag(ERROR, error[:5000])] if error is not None else []
         if reason is not None:
             tags.append(RunTag(REASON, reason))
@@ -241,8 +245,8 @@ class Tracker(ClaimedRuns):
         for run in self.search(experiment_id, f"tags.{ROLE} = 'trial' and attributes.status = 'RUNNING'"):
             tags = run.data.tags
             who = f"pid {tags.get(PID, '?')} on {tags.get(HOST, '?')}"
-            settled = self.settle(run.info.run_id, "FAILED", error=f"left RUNNING by an ablate run that is gone ({who})",
-                                  reason=INTERRUPTED)
+            settled = self.settle(run.info.run_id, "FAILED",
+                                  error=f"left RUNNING by an ablate run that is gone ({who})", reason=INTERRUPTED)
             if settled.state.status == "RUNNING":
                 elsewhere.add(tags.get(TRIAL_HASH, ""))
             elif settled.ended_here:

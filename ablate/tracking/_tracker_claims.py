@@ -66,7 +66,8 @@ class ClaimedRuns:
     def scope(self, experiment_id: str) -> str:
         """The experiment's claims scope (ablate.tracking's claims)."""
         if experiment_id not in self._scopes:
-            self._scopes[experiment_id] = scope_of(experiment_id, self.client.get_experiment(experiment_id).creation_time)
+            self._scopes[experiment_id] = scope_of(experiment_id,
+                                                   self.client.get_experiment(experiment_id).creation_time)
         return self._scopes[experiment_id]
 
     def claim_trial(self, experiment_id: str, parent_id: str, trial: Trial, env_tags: dict[str, str],
