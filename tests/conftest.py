@@ -132,7 +132,7 @@ def seed_noise_p(first, second) -> float:
     trained result per seed each) larger than the spread between seeds explains? Under the same training computed two
     ways from the same seeds the pairs are positively correlated, which only shrinks the gap: the chance of a
     p-value below FALSE_ALARM stays at most FALSE_ALARM, whatever the correlation (simulated in
-    tests/test_engine_pack.py::test_the_seed_noise_comparison_keeps_its_false_alarm_rate)."""
+    tests/engine/test_pack.py::test_the_seed_noise_comparison_keeps_its_false_alarm_rate)."""
     from scipy import stats
 
     return float(stats.ttest_ind(first, second).pvalue)

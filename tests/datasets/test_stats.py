@@ -11,7 +11,7 @@ import pytest
 from ablate import datasets
 from ablate.datasets import _stats
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_uint8_statistics_are_exact_and_rounded_as_published():

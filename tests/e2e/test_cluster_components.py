@@ -91,7 +91,7 @@ def test_optuna_study_in_postgres(pg):
                 s.engine.dispose()  # give PostgreSQL its connections back before the module's server stops
 
 
-@pytest.mark.long  # a 3-node Ray cluster: tests/test_cluster.py's component, run with them
+@pytest.mark.long  # a 3-node Ray cluster: tests/e2e/test_ray_cluster.py's component, run with them
 def test_ray_cluster_loses_a_worker_node(tmp_path):
     require_cluster_components(postgres=False, mlflow=False)
     import ray

@@ -99,7 +99,7 @@ def test_normalisation_is_per_channel_and_training_learns(colours):
 
 def test_packed_trials_on_colour_images_equal_their_single_runs(colours):
     """Three input channels as grouped-convolution groups: at a negligible learning rate (so that the order of float
-    sums cannot grow into a drift, see test_engine_pack.py) a pack's trials see exactly their single runs' images."""
+    sums cannot grow into a drift, see tests/engine/test_pack.py) a pack's trials see exactly their single runs' images."""
     data = datasets.load(NAME, DataSettings(val_size=100), "unused", CPU)
     trials = [_trial(seed, CNN, lr=1e-8, augment=Augment(rotation=7.0)) for seed in (0, 1)]
     for packed, single in zip(train_pack(trials, data, CPU), (train_trial(t, data, CPU) for t in trials)):

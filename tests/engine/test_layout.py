@@ -96,7 +96,7 @@ def test_channels_last_trains_as_well_as_the_contiguous_layout(data, old_layout)
     """At a real rate Adam turns the layouts' different rounding of the batch-normalised (so gradient-free) conv
     biases into full steps, and the runs drift apart by an amount that depends on the CPU's kernels: eight seeds
     in each layout, whose test accuracies must be indistinguishable against the spread between seeds (seed_noise_p,
-    false-alarm rate FALSE_ALARM). Packing's drift is tested so in tests/test_engine_pack.py."""
+    false-alarm rate FALSE_ALARM). Packing's drift is tested so in tests/engine/test_pack.py."""
     quick = replace(TINY_CNN, head="linear")  # learns in an epoch, where the global-pooling head needs more
     trials = [replace(_trial(seed, lr=1e-2), model=quick) for seed in range(8)]
     new = [train_trial(t, data, CPU).test_accuracy for t in trials]

@@ -1,7 +1,7 @@
 """Nothing from the store runs code, and export deletes nothing it did not write.
 
 Anyone who can write to a shared MLflow store can plant files in a run's artifacts. Here they plant pickles whose
-payload would create a marker file: `ablate export` (and the report's figures, tests/test_saved_models.py) must
+payload would create a marker file: `ablate export` (and the report's figures, tests/export/test_saved_models.py) must
 never create it, read what they can without unpickling, and refuse with one line and a documented exit code where no
 safe copy of the model exists. Export writes only its own files, only inside --out.
 """

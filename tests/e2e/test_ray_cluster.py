@@ -22,7 +22,7 @@ from tests.conftest import TINY_STUDY
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.long]  # minutes: the default run leaves it out
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DATA_DIR = REPO / "data"
 EXIT_TERMINATED = 143
 EXIT_FAILED_TRIALS = 1

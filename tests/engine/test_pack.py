@@ -203,7 +203,7 @@ def test_pack_trials_chunks_each_group_in_order(tiny_trials):
 
 
 # The tiny study's header (2 seeds, 1,000 training images, 2 epochs) under this file's experiment name, keeping no
-# trained models (saving them is tests/test_saved_models.py's, and takes a second or two each).
+# trained models (saving them is tests/export/test_saved_models.py's, and takes a second or two each).
 PACKING_HEADER = TINY_STUDY.split("[[stage]]")[0].replace('name = "tiny"', 'name = "packing"') + """
 [tracking]
 models = "none"

@@ -14,7 +14,7 @@ from ablate import run
 from ablate.cli import main
 from ablate.errors import AblateError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _plan(study: str, tmp_path: Path) -> dict:

@@ -219,7 +219,7 @@ def test_report_looks_inside_the_best_cnn_and_tables_accuracy_per_class(write_st
 def _a_pickle_in_the_store_gives_no_figures_and_runs_nothing(store: str, best: list, tmp_path: Path, capsys) -> None:
     """The best runs' models replaced by pickles whose payload would create a marker file (as anyone who can write to
     the store could): the report runs nothing, says in one line why it draws no filters, and reports the rest."""
-    from tests.test_store_safety import Payload
+    from tests.export.test_store_safety import Payload
 
     marker = tmp_path / "payload-ran"
     for run in best:

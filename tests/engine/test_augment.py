@@ -112,7 +112,7 @@ def test_a_rotation_only_training_is_bit_identical_to_before(monkeypatch):
 
 def test_packed_trials_get_their_single_runs_crops_and_flips():
     """At a negligible learning rate (so float sums in another order, which differ on every CPU, cannot grow into a
-    drift, see test_engine_pack.py) a pack's trials see exactly their single runs' augmented images: their training
+    drift, see tests/engine/test_pack.py) a pack's trials see exactly their single runs' augmented images: their training
     losses agree to the rounding of the same forward passes (~1e-7), where other crops and flips would move them by
     1e-3 or more; a near-tie's argmax may flip."""
     torch.set_num_threads(1)

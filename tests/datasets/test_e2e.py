@@ -12,7 +12,7 @@ import pytest
 from ablate import datasets
 from ablate.cli import main
 from ablate.datasets import _registry
-from tests.test_dataset_formats import _write_cifar
+from tests.datasets.test_formats import _write_cifar
 
 TRAIN, TEST = 1000, 300
 
