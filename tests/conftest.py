@@ -41,6 +41,23 @@ def _data_dir(monkeypatch):
 
 
 @pytest.fixture
+def swap_dataset():
+    """swap_dataset(dataset): `dataset` registered under its name (ablate.datasets.register) for this test; the one
+    it replaced is registered again after it, as a plugin or a test that registers a dataset for a while does."""
+    from ablate import datasets
+
+    replaced = []
+
+    def swap(dataset):
+        replaced.append(datasets.get(dataset.name))
+        datasets.register(dataset)
+
+    yield swap
+    for dataset in reversed(replaced):
+        datasets.register(dataset)
+
+
+@pytest.fixture
 def write_study(tmp_path):
     def write(text: str, name: str = "study.toml") -> Path:
         path = tmp_path / name

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from ablate.datasets import _mnist, _cifar, _svhn  # noqa: F401, I001  (they register the built-ins, in this order)
 from ablate.datasets._registry import (
-    DEFAULT, Dataset, ForeignFactory, check_data, default_data_dir, ensure_files, get, is_factory_key, names, provide,
+    DEFAULT, ROLES, Dataset, ForeignFactory, check_data, default_data_dir, ensure_files, get, is_factory_key, names, provide,
     read_arrays, register, train_stats, unregister,
 )
 
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ablate.datasets._factory import from_factory
     from ablate.datasets._resident import DeviceData, Split, load
 
-__all__ = ["DEFAULT", "Dataset", "DeviceData", "ForeignFactory", "Split", "check_data", "default_data_dir",
+__all__ = ["DEFAULT", "ROLES", "Dataset", "DeviceData", "ForeignFactory", "Split", "check_data", "default_data_dir",
            "ensure_files", "from_factory", "get", "is_factory_key", "load", "names", "provide", "read_arrays", "register",
            "train_stats", "unregister"]
 

@@ -20,8 +20,8 @@ from ablate.run._events import (
 from ablate.run._inline import InlineBackend, WorkerDied
 from ablate.run._local import EventChannel, LocalBackend, start_worker_server
 from ablate.run._signals import PREEMPTED, Interrupted, as_interrupted, hurried, interruptible
-from ablate.run._slots import Slot, check_memory, cpu_model, hardware, plan_slots, plan_slots_for
-from ablate.run._study import placement, run_search, run_study
+from ablate.run._slots import Slot, check_memory, cpu_model, free_memory, hardware, plan_slots, plan_slots_for
+from ablate.run._study import pack_size, placement, run_search, run_study
 from ablate.run._tasks import Task, task_key, task_trials
 from ablate.run._worker import FAULTS_ENV, Orphaned, Worker, WorkerConfig, classify, faults_from_env
 
@@ -29,6 +29,6 @@ __all__ = [
     "Backend", "Dispatcher", "Done", "Epoch", "Event", "EventChannel", "FAULTS_ENV", "Failed", "Finished",
     "InlineBackend", "Interrupted", "Killed", "Ledger", "LocalBackend", "MAX_LOST_IN_A_ROW", "Orphaned", "Outcome", "PREEMPTED", "Ready",
     "Reporter", "RunSummary", "as_interrupted", "Skipped", "Slot", "Started", "StoreFailed", "Task", "Worker", "WorkerConfig", "WorkerDied", "classify",
-    "check_memory", "cpu_model", "faults_from_env", "hardware", "hurried", "interruptible", "placement", "plan_slots", "plan_slots_for", "run_search", "run_study", "start_worker_server", "task_key",
+    "check_memory", "cpu_model", "faults_from_env", "free_memory", "hardware", "hurried", "interruptible", "pack_size", "placement", "plan_slots", "plan_slots_for", "run_search", "run_study", "start_worker_server", "task_key",
     "task_trials",
 ]

@@ -27,6 +27,7 @@ from ablate.tracking._models import ARM_METRIC, beaten, model_runs, save_model, 
 from ablate.tracking._store import (
     RunState, check_store, default_uri, store_is_new, store_label, trial_statuses,
 )
+from ablate.tracking._uri import check_tracking_uri
 from ablate.tracking._tags import (
     ARCHITECTURE, CHANGES, CLAIM_TOKEN, DEVICE, DIVERGED, ERROR, EXPERIMENT_KIND, EXPERIMENT_TAG, FAILED_ERROR, HEARTBEAT, HEARTBEAT_EVERY, HOST,
     INTERRUPTED, LAST_MODEL_ARTIFACT, MODEL, MODEL_ARTIFACT, MODEL_BEST, MODEL_ERROR, MODEL_PRUNED, MODEL_SAVED, MODEL_SETTINGS, OOM,
@@ -35,10 +36,11 @@ from ablate.tracking._tags import (
 )
 
 if TYPE_CHECKING:
-    from ablate.tracking._tracker import Claim, Settled, Tracker, environment_tags, read_plan
+    from ablate.tracking._open import GuardedClient, open_client
+    from ablate.tracking._tracker import Claim, Settled, Tracker, artifact_folder, environment_tags, read_plan
 
 __all__ = [
-    "CLAIMS_ENV", "CLAIM_TOKEN", "Claimed", "Claims", "Fence", "LEASE_SECONDS", "Lease", "Settled", "claims_label", "claims_url",
+    "CLAIMS_ENV", "CLAIM_TOKEN", "Claimed", "Claims", "Fence", "LEASE_SECONDS", "Lease", "Settled", "artifact_folder", "check_tracking_uri", "GuardedClient", "open_client", "claims_label", "claims_url",
     "ARM_METRIC", "LAST_MODEL_ARTIFACT", "MODEL", "MODEL_ARTIFACT", "MODEL_BEST", "MODEL_ERROR", "MODEL_PRUNED", "MODEL_SAVED",
     "MODEL_SETTINGS", "beaten", "model_runs", "save_model", "settle_models", "stand_ins", "ARCHITECTURE", "Claim", "BEAT_SECONDS", "CHANGES", "DEVICE", "DIVERGED", "ERROR", "EXPERIMENT_KIND", "EXPERIMENT_TAG", "FAILED_ERROR",
     "HEARTBEAT", "HEARTBEAT_EVERY", "HOST", "Heartbeat", "INTERRUPTED", "Identity", "OOM", "OUTPUTS_ARTIFACT", "PACK",
@@ -48,7 +50,8 @@ __all__ = [
     "trial_statuses",
 ]
 
-_MLFLOW_SIDE = ("Claim", "Settled", "Tracker", "environment_tags", "read_plan")
+_MLFLOW_SIDE = ("Claim", "Settled", "Tracker", "artifact_folder", "environment_tags", "read_plan")
+_OPEN_SIDE = ("GuardedClient", "open_client")  # opening a store: MLflow too
 
 
 def __getattr__(name: str):
@@ -56,4 +59,8 @@ def __getattr__(name: str):
         from ablate.tracking import _tracker
 
         return getattr(_tracker, name)
+    if name in _OPEN_SIDE:
+        from ablate.tracking import _open
+
+        return getattr(_open, name)
     raise AttributeError(f"module 'ablate.tracking' has no attribute {name!r}")

@@ -162,26 +162,28 @@ def test_a_truncated_data_file_is_one_error_naming_it_before_anything_is_recorde
 
 
 def test_an_idx_file_shorter_than_its_header_says_is_damaged(tmp_path):
-    from ablate.datasets._idx import read_idx
+    import shutil
+
+    from ablate import datasets
     from ablate.errors import AblateError
 
-    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
-    raw = gzip.open(DATA_DIR / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz").read()
-    path.write_bytes(gzip.compress(raw[:-10]))
+    shutil.copytree(DATA_DIR / "MNIST", tmp_path / "MNIST")
+    path = tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(gzip.compress(gzip.open(path).read()[:-10]))
     with pytest.raises(AblateError, match="header promises"):
-        read_idx(path)
+        datasets.read_arrays("mnist", tmp_path, download=False)
 
 
-def test_a_missing_data_folder_leaves_no_store_and_no_empty_folders(tiny, tmp_path, capsys, monkeypatch):
+def test_a_missing_data_folder_leaves_no_store_and_no_empty_folders(tiny, tmp_path, capsys, monkeypatch, swap_dataset):
     import dataclasses
 
-    from ablate.datasets import _mnist, _registry
+    from ablate import datasets
 
     def no_network(root):  # what torchvision does here, after making its folders
         (root / "MNIST" / "raw").mkdir(parents=True, exist_ok=True)
         raise OSError("no network")
 
-    monkeypatch.setitem(_registry._DATASETS, "mnist", dataclasses.replace(_mnist.MNIST, download=no_network))
+    swap_dataset(dataclasses.replace(datasets.get("mnist"), download=no_network))
     monkeypatch.chdir(tmp_path)
     code, out = _run(capsys, "run", str(tiny), "--data-dir", str(tmp_path / "data"))
     assert code == EXIT_BAD_INPUT and str(tmp_path / "data" / "MNIST" / "raw") in out
@@ -197,13 +199,13 @@ def test_a_missing_gpu_is_said_before_the_store_is_made(tiny, tmp_path, capsys, 
 # -- the command line ------------------------------------------------------------------
 
 def test_run_says_which_store_and_data_it_uses_and_that_the_store_is_new(tiny, tmp_path, capsys, monkeypatch):
-    from ablate.tracking import _tracker
+    from ablate.tracking import Tracker
 
     def interrupted(self, *args, **kwargs):
         raise KeyboardInterrupt()
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(_tracker.Tracker, "__init__", interrupted)
+    monkeypatch.setattr(Tracker, "__init__", interrupted)
     code, out = _run(capsys, "run", str(tiny))  # stopped right after the header, before the store is opened
     assert code == EXIT_INTERRUPTED
     assert f"store {tmp_path / 'mlflow.db'} (new: this run creates it)" in out and f"data  {DATA_DIR}" in out
@@ -353,9 +355,7 @@ def test_an_interrupted_run_ends_killed_the_trial_runs_no_one_heard_of(tiny, sto
     and nothing else: a FINISHED run stays FINISHED, another invocation's RUNNING run stays RUNNING."""
     from ablate.console import ConsoleReporter
     from ablate.design import expand
-    from ablate.run import InlineBackend, run_study
-    from ablate.run._events import Done, Finished, Outcome, Started
-    from ablate.run._tasks import task_key, task_trials
+    from ablate.run import Done, Finished, InlineBackend, Outcome, Started, run_study, task_key, task_trials
     from ablate.spec import load_study
     from ablate.tracking import Tracker
 

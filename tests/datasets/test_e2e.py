@@ -11,7 +11,6 @@ import pytest
 
 from ablate import datasets
 from ablate.cli import main
-from ablate.datasets import _registry
 from tests.datasets.test_formats import _write_cifar
 
 TRAIN, TEST = 1000, 300
@@ -71,10 +70,9 @@ def _learnable_cifar(root) -> None:
 
 
 @pytest.mark.slow
-def test_a_cifar_shaped_study_trains_packs_and_reports(tmp_path, monkeypatch):
+def test_a_cifar_shaped_study_trains_packs_and_reports(tmp_path, monkeypatch, swap_dataset):
     _learnable_cifar(tmp_path / "data")
-    monkeypatch.setitem(_registry._DATASETS, "cifar10",
-                        dataclasses.replace(datasets.get("cifar10"), train_size=TRAIN, test_size=TEST))
+    swap_dataset(dataclasses.replace(datasets.get("cifar10"), train_size=TRAIN, test_size=TEST))
     study = tmp_path / "tiny-cifar.toml"
     study.write_text(STUDY)
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"

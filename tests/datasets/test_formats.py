@@ -19,8 +19,6 @@ import scipy.io
 import torchvision.datasets as tv
 
 from ablate import datasets
-from ablate.datasets import _registry
-from ablate.datasets._mnist import MNIST_FILES, emnist_files
 from ablate.errors import AblateError
 
 TRAIN, TEST = 30, 10  # 30: five CIFAR batches of 6
@@ -37,7 +35,7 @@ def _write_idx(folder: Path, files: tuple[str, ...], classes: int, first_label: 
     class reads that) — so the comparison also proves the gzipped and plain readings agree."""
     folder.mkdir(parents=True, exist_ok=True)
     arrays = {}
-    for (role, file), n in zip(zip(_registry.ROLES, files), (TRAIN, TRAIN, TEST, TEST)):
+    for (role, file), n in zip(zip(datasets.ROLES, files), (TRAIN, TRAIN, TEST, TEST)):
         if role.endswith("images"):
             array = RNG.integers(0, 256, (n, 28, 28), dtype=np.uint8)
         else:
@@ -48,22 +46,22 @@ def _write_idx(folder: Path, files: tuple[str, ...], classes: int, first_label: 
     return arrays
 
 
-def _small(monkeypatch, name: str) -> None:
+def _small(swap_dataset, name: str) -> None:
     """The registered dataset with the synthetic sizes, so that read_arrays and check_data accept the small files."""
-    monkeypatch.setitem(_registry._DATASETS, name, dataclasses.replace(datasets.get(name), train_size=TRAIN, test_size=TEST))
+    swap_dataset(dataclasses.replace(datasets.get(name), train_size=TRAIN, test_size=TEST))
 
 
-def _ours(monkeypatch, name: str, root: Path) -> dict[str, np.ndarray]:
-    _small(monkeypatch, name)
+def _ours(swap_dataset, name: str, root: Path) -> dict[str, np.ndarray]:
+    _small(swap_dataset, name)
     datasets.check_data(name, root)  # shapes, sizes and label range as a run checks them
     return datasets.read_arrays(name, root)
 
 
 @pytest.mark.parametrize("name, torchvision_class", [("mnist", tv.MNIST), ("fashion-mnist", tv.FashionMNIST),
                                                      ("kmnist", tv.KMNIST)])
-def test_the_mnist_family_reads_as_torchvision_reads_it(tmp_path, monkeypatch, name, torchvision_class):
-    _write_idx(tmp_path / torchvision_class.__name__ / "raw", MNIST_FILES, classes=10)
-    ours = _ours(monkeypatch, name, tmp_path)
+def test_the_mnist_family_reads_as_torchvision_reads_it(tmp_path, monkeypatch, swap_dataset, name, torchvision_class):
+    _write_idx(tmp_path / torchvision_class.__name__ / "raw", datasets.get("mnist").files, classes=10)
+    ours = _ours(swap_dataset, name, tmp_path)
     for train in (True, False):
         theirs = torchvision_class(str(tmp_path), train=train, download=False)
         split = "train" if train else "test"
@@ -73,12 +71,12 @@ def test_the_mnist_family_reads_as_torchvision_reads_it(tmp_path, monkeypatch, n
 
 
 @pytest.mark.parametrize("split", ["balanced", "letters", "digits"])
-def test_emnist_reads_as_torchvision_reads_it_turned_upright(tmp_path, monkeypatch, split):
+def test_emnist_reads_as_torchvision_reads_it_turned_upright(tmp_path, monkeypatch, swap_dataset, split):
     """EMNIST's files hold each image transposed; torchvision returns them so, ablate upright: ours are theirs
     transposed. Letters are numbered 1…26 in the files (torchvision keeps an 'N/A' class 0): ours count from 0."""
     classes = len(tv.EMNIST.classes_split_dict[split]) - (split == "letters")
-    _write_idx(tmp_path / "EMNIST" / "raw", emnist_files(split), classes, first_label=int(split == "letters"))
-    ours = _ours(monkeypatch, f"emnist-{split}", tmp_path)
+    _write_idx(tmp_path / "EMNIST" / "raw", datasets.get(f"emnist-{split}").files, classes, first_label=int(split == "letters"))
+    ours = _ours(swap_dataset, f"emnist-{split}", tmp_path)
     shift = 1 if split == "letters" else 0
     for train in (True, False):
         theirs = tv.EMNIST(str(tmp_path), split=split, train=train, download=False)
@@ -142,14 +140,14 @@ def _write_cifar(folder: Path, train_files: tuple[str, ...], test_file: str, lab
     ("cifar100", tv.CIFAR100, "cifar-100-python", ("train",), "test", "fine_labels", ("meta", "fine_label_names")),
 ])
 @pytest.mark.parametrize("python2", [True, False], ids=["python2-pickles", "python3-pickles"])
-def test_cifar_reads_as_torchvision_reads_it(tmp_path, monkeypatch, name, torchvision_class, folder, train_files,
+def test_cifar_reads_as_torchvision_reads_it(tmp_path, monkeypatch, swap_dataset, name, torchvision_class, folder, train_files,
                                              test_file, label_key, meta, python2):
     dataset = datasets.get(name)
     _write_cifar(tmp_path / folder, train_files, test_file, label_key, dataset.classes, (*meta, dataset.class_names),
                  python2)
     monkeypatch.setattr(torchvision_class, "_check_integrity", lambda self: True)  # md5s of the real files
     monkeypatch.setattr(tv.cifar, "check_integrity", lambda *args: True)
-    ours = _ours(monkeypatch, name, tmp_path)
+    ours = _ours(swap_dataset, name, tmp_path)
     for train in (True, False):
         theirs = torchvision_class(str(tmp_path), train=train, download=False)
         split = "train" if train else "test"
@@ -168,10 +166,10 @@ def _write_svhn(folder: Path) -> None:
                          do_compression=compressed)
 
 
-def test_svhn_reads_as_torchvision_reads_it(tmp_path, monkeypatch):
+def test_svhn_reads_as_torchvision_reads_it(tmp_path, monkeypatch, swap_dataset):
     _write_svhn(tmp_path / "SVHN")
     monkeypatch.setattr(tv.SVHN, "_check_integrity", lambda self: True)
-    ours = _ours(monkeypatch, "svhn", tmp_path)
+    ours = _ours(swap_dataset, "svhn", tmp_path)
     for split in ("train", "test"):
         theirs = tv.SVHN(str(tmp_path / "SVHN"), split=split, download=False)
         np.testing.assert_array_equal(ours[f"{split}_images"], theirs.data)
@@ -181,12 +179,12 @@ def test_svhn_reads_as_torchvision_reads_it(tmp_path, monkeypatch):
 
 # Damage: one AblateError naming the file and what to do, for every way a download goes wrong.
 
-def _mnist_folder(tmp_path: Path, monkeypatch) -> Path:
+def _mnist_folder(tmp_path: Path, swap_dataset) -> Path:
     folder = tmp_path / "MNIST" / "raw"
-    _write_idx(folder, MNIST_FILES, classes=10)
-    for file in MNIST_FILES:
+    _write_idx(folder, datasets.get("mnist").files, classes=10)
+    for file in datasets.get("mnist").files:
         (folder / file).unlink()  # the gzipped files only, as downloaded
-    _small(monkeypatch, "mnist")
+    _small(swap_dataset, "mnist")
     return folder
 
 
@@ -197,8 +195,8 @@ def _mnist_folder(tmp_path: Path, monkeypatch) -> Path:
     (lambda raw: gzip.compress(raw[:-5]), "where its header promises"),
     (lambda raw: b"not gzip at all", "damaged (BadGzipFile"),
 ])
-def test_a_damaged_idx_file_is_named(tmp_path, monkeypatch, damage, says):
-    folder = _mnist_folder(tmp_path, monkeypatch)
+def test_a_damaged_idx_file_is_named(tmp_path, monkeypatch, swap_dataset, damage, says):
+    folder = _mnist_folder(tmp_path, swap_dataset)
     target = folder / "train-images-idx3-ubyte.gz"
     target.write_bytes(damage(gzip.decompress(target.read_bytes())))
     with pytest.raises(AblateError, match=re.escape(says)) as info:
@@ -206,8 +204,8 @@ def test_a_damaged_idx_file_is_named(tmp_path, monkeypatch, damage, says):
     assert str(target.resolve()) in str(info.value) and "download it again" in str(info.value)
 
 
-def test_labels_out_of_range_and_wrong_counts_are_named(tmp_path, monkeypatch):
-    folder = _mnist_folder(tmp_path, monkeypatch)
+def test_labels_out_of_range_and_wrong_counts_are_named(tmp_path, monkeypatch, swap_dataset):
+    folder = _mnist_folder(tmp_path, swap_dataset)
     (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx(np.full(TEST, 12, dtype=np.uint8))))
     with pytest.raises(AblateError, match=r"MNIST's test files in .* hold labels outside 0…9"):
         datasets.check_data("mnist", tmp_path)
@@ -216,12 +214,12 @@ def test_labels_out_of_range_and_wrong_counts_are_named(tmp_path, monkeypatch):
         datasets.check_data("mnist", tmp_path)
 
 
-def test_a_damaged_or_tampered_cifar_batch_is_named_and_never_executed(tmp_path, monkeypatch):
+def test_a_damaged_or_tampered_cifar_batch_is_named_and_never_executed(tmp_path, monkeypatch, swap_dataset):
     folder = tmp_path / "cifar-10-batches-py"
     data = datasets.get("cifar10")
     _write_cifar(folder, tuple(f"data_batch_{k}" for k in range(1, 6)), "test_batch", "labels", 10,
                  ("batches.meta", "label_names", data.class_names))
-    _small(monkeypatch, "cifar10")
+    _small(swap_dataset, "cifar10")
     batch = folder / "data_batch_3"
     batch.write_bytes(batch.read_bytes()[:300])
     with pytest.raises(AblateError, match=r"data_batch_3 is damaged \((UnpicklingError|EOFError)"):
@@ -243,9 +241,9 @@ def test_a_damaged_or_tampered_cifar_batch_is_named_and_never_executed(tmp_path,
     ("test_32x32.mat", lambda raw: b"<html>503 Service Unavailable</html>"),  # a proxy's page saved as the file
     ("test_32x32.mat", lambda raw: raw.replace(b"\x00X\x00", b"\x00Z\x00", 1)),  # no X: not an SVHN file
 ])
-def test_a_damaged_svhn_file_is_named(tmp_path, monkeypatch, file, damage):
+def test_a_damaged_svhn_file_is_named(tmp_path, monkeypatch, swap_dataset, file, damage):
     _write_svhn(tmp_path / "SVHN")
-    _small(monkeypatch, "svhn")
+    _small(swap_dataset, "svhn")
     target = tmp_path / "SVHN" / file
     target.write_bytes(damage(target.read_bytes()))
     with pytest.raises(AblateError, match=f"{target.resolve()} is damaged") as info:
@@ -260,12 +258,12 @@ def test_a_damaged_svhn_file_is_named(tmp_path, monkeypatch, file, damage):
     ("cifar100", "files train, test there"),
     ("svhn", "train_32x32.mat, test_32x32.mat"),
 ])
-def test_missing_files_without_a_network_name_the_files_and_leave_no_folder(tmp_path, monkeypatch, name, listed):
+def test_missing_files_without_a_network_name_the_files_and_leave_no_folder(tmp_path, monkeypatch, swap_dataset, name, listed):
     def offline(root):
         (Path(root) / datasets.get(name).folder).mkdir(parents=True, exist_ok=True)  # as a download starts
         raise OSError("Temporary failure in name resolution")
 
-    monkeypatch.setitem(_registry._DATASETS, name, dataclasses.replace(datasets.get(name), download=offline))
+    swap_dataset(dataclasses.replace(datasets.get(name), download=offline))
     with pytest.raises(AblateError) as info:
         datasets.check_data(name, tmp_path / "data")
     message = str(info.value)

@@ -69,7 +69,7 @@ def test_data_that_would_not_fit_is_refused_before_anything_is_recorded(tmp_path
 
 
 def test_the_hosts_free_memory_is_read_for_cpu_workers():
-    from ablate.run._slots import free_memory
+    from ablate.run import free_memory
 
     free = free_memory("cpu")
     assert free is None or 0 < free < 1 << 50  # bytes, where the system says (Linux does)
@@ -79,7 +79,7 @@ def test_a_gpus_free_memory_comes_from_nvml_and_else_from_cuda(monkeypatch):
     """No GPU here: torch's calls are stood in for, to check which is asked (NVML leaves no CUDA context behind)."""
     import torch
 
-    from ablate.run._slots import free_memory
+    from ablate.run import free_memory
 
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: type("P", (), {"total_memory": 80})())
     monkeypatch.setattr(torch.cuda, "device_memory_used", lambda device: 30)

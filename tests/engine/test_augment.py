@@ -12,7 +12,8 @@ import torchvision.transforms.v2.functional as TF
 
 from ablate import datasets
 from ablate.engine import _train, train_pack, train_trial
-from ablate.engine._augment import affine_draws, affine_theta, apply, augment_batch, draw, resample
+from ablate.engine import affine_draws, affine_theta, augment_batch, resample
+from ablate.engine import apply_augment as apply, draw_augment as draw
 from ablate.errors import SpecError
 from ablate.spec import Augment, CNNModel, ConvBlock, DataSettings, TrainSettings, TrialSettings, parse_study
 from tests.conftest import DATA_DIR, TINY_STUDY

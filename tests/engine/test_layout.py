@@ -18,7 +18,7 @@ from ablate.engine import train_pack, train_trial
 from ablate.engine import _pack as pack_module
 from ablate.engine import _train as train_module
 from ablate.models import CNNModel, ConvBlock
-from ablate.models._torch import Dropout
+from ablate.models import Dropout
 from ablate.spec import Augment, DataSettings, TrainSettings, TrialSettings
 from tests.conftest import DATA_DIR, FALSE_ALARM, TINY_STUDY, seed_noise_p
 
@@ -168,8 +168,7 @@ def test_a_cnns_results_do_not_depend_on_how_many_workers_or_auto_packing(write_
 
 def test_auto_packing_follows_the_probe_on_the_cpu_and_packs_on_a_gpu(monkeypatch):
     from ablate.design import Pack, expand, pack_trials
-    from ablate.run._slots import Slot
-    from ablate.run._study import pack_size
+    from ablate.run import Slot, pack_size
     from ablate.spec import parse_study
 
     trials = expand(parse_study(CNN_STUDY))

@@ -189,7 +189,7 @@ def test_report_looks_inside_the_best_cnn_and_tables_accuracy_per_class(write_st
     """The best CNN arm's saved model gives the filters figure (its first layer's 8 filters) and the activation maps
     (input + its 3 conv blocks), both logged to that model's run; the markdown tables accuracy per class and arm and
     says where the models are."""
-    from ablate.report._model_figures import block_outputs
+    from ablate.report import block_outputs
 
     study = write_study(TINY_CNN, "tinycnn.toml")
     assert main(["run", str(study), "--tracking-uri", store]) == 0

@@ -25,7 +25,7 @@ from mlflow import MlflowClient
 from ablate import datasets
 from ablate.cli import main
 from ablate.errors import EXIT_BAD_INPUT, EXIT_STORE
-from ablate.models._custom import foreign_code
+from ablate.models import foreign_code
 from tests.conftest import DATA_DIR, TINY_STUDY
 
 OWN = {"README.md", "ablate.json", "model.pt2", "state_dict.pt"}  # what export writes for a network that exports

@@ -239,7 +239,7 @@ def test_per_class_accuracy_weighted_by_the_class_counts_is_the_arms_accuracy(st
     test accuracy of its runs: the heat map shows where an arm's accuracy comes from, not other numbers."""
     from ablate import datasets
     from ablate.report import build
-    from ablate.report._figures import per_class_accuracy
+    from ablate.report import per_class_accuracy
     from ablate.tracking import Tracker
 
     uri, _ = store

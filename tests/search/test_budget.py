@@ -15,8 +15,9 @@ from ablate import search
 from ablate.cli import main
 from ablate.design import expand
 from ablate.errors import SpecError
-from ablate.spec import ablation_text, parse_study, point_problem, resolve_point, survey_space, winner_changes
-from ablate.spec._toml import toml_value
+from ablate.spec import (
+    ablation_text, parse_study, point_problem, resolve_point, survey_space, toml_value, winner_changes,
+)
 
 CNN = """
 [study]

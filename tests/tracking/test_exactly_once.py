@@ -195,7 +195,7 @@ def test_a_study_named_after_an_experiment_ablate_did_not_make_is_refused(tmp_pa
 
 
 def test_a_study_name_too_long_for_a_file_name_gets_a_short_artifact_folder(tmp_path, store):
-    from ablate.tracking._tracker import artifact_folder
+    from ablate.tracking import artifact_folder
 
     name = "a-very-long-study-name-" * 20
     experiment = Tracker(store).experiment(name)
