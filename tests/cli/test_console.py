@@ -14,6 +14,7 @@ from ablate import console as ablate_console
 from ablate import models
 from ablate.design import expand_design, flatten, format_value, varying_settings
 from ablate.spec import load_study, parse_study
+from tests._helpers import SEARCH_STUDY
 from tests.conftest import REPO
 
 STUDIES = sorted(p for p in (REPO / "studies").glob("*.toml") if load_study(p).search is None)
@@ -89,7 +90,7 @@ def test_terminal_honours_columns_in_a_pipe(monkeypatch):
     assert ablate_console.terminal().width == 240  # a pipe or a log: wide, not rich's 80
 
 
-SEARCH = (REPO / "studies" / "search.toml").read_text()
+SEARCH = SEARCH_STUDY
 
 
 def test_search_plan_warns_when_trials_never_leave_startup(monkeypatch):

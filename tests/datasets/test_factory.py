@@ -14,6 +14,7 @@ from ablate.cli import main
 from ablate.design import expand
 from ablate.errors import AblateError, SpecError
 from ablate.spec import DataSettings, parse_study
+from tests._helpers import spec_error_at
 
 FACTORY = '''
 import numpy as np
@@ -172,9 +173,7 @@ def test_grey_float_images_become_one_channel_float32_normalised_by_their_own_st
 ])
 def test_a_bad_factory_is_one_error_at_study_dataset(module, kind, says):
     text = STUDY.format(module=module, kwargs=f', kind = "{kind}"').replace(":stripes", ":broken")
-    with pytest.raises(SpecError) as info:
-        parse_study(text, "bad.toml")
-    assert info.value.path == "study.dataset" and says in str(info.value), str(info.value)
+    spec_error_at(text, "study.dataset", says)
 
 
 def test_a_factory_that_cannot_be_imported_says_where_it_was_looked_for():

@@ -14,6 +14,7 @@ from ablate.engine import make_optimizer
 from ablate.errors import SpecError
 from ablate.models import build_model, count_params, initialise
 from ablate.spec import MLPModel, TrainSettings, load_study, parse_study
+from tests._helpers import spec_error_at
 from tests.conftest import REPO, hooked_macs
 
 MNIST = datasets.get("mnist")
@@ -154,9 +155,7 @@ def test_optimisers_and_their_contradictions():
         ('optimizer = "sgd"\nnesterov = true', "train.nesterov", "needs momentum > 0"),
         ('init = "xavier"', "train.init", "did you mean 'xavier_normal'"),
     ]:
-        with pytest.raises(SpecError) as info:
-            parse_study(base.format(train), "bad.toml")
-        assert info.value.path == path and needle in str(info.value)
+        spec_error_at(base.format(train), path, needle)
 
 
 def test_a_cnn_trains_with_sgd_and_an_init():

@@ -11,6 +11,7 @@ import pytest
 from ablate.design import expand, expand_design
 from ablate.errors import SpecError
 from ablate.spec import load_study, parse_study
+from tests._helpers import spec_error_at
 from tests.conftest import REPO
 
 GRID = """
@@ -129,9 +130,7 @@ def test_plan_counts_merged_and_excluded(tmp_path):
 )
 def test_bad_axes_are_rejected(axes, path, needle):
     text = '[study]\nname = "g"\ndesign = "grid"\n[model]\nkind = "mlp"\n[grid]\n' + axes + "\n"
-    with pytest.raises(SpecError) as info:
-        parse_study(text, "bad.toml")
-    assert info.value.path == path and needle in str(info.value), str(info.value)
+    spec_error_at(text, path, needle)
 
 
 @pytest.mark.parametrize(
@@ -143,9 +142,7 @@ def test_bad_axes_are_rejected(axes, path, needle):
     ],
 )
 def test_bad_exclude_rules_are_rejected(rule, path, needle):
-    with pytest.raises(SpecError) as info:
-        parse_study(GRID + "\n[[exclude]]\n" + rule + "\n", "bad.toml")
-    assert info.value.path == path and needle in str(info.value)
+    spec_error_at(GRID + "\n[[exclude]]\n" + rule + "\n", path, needle)
 
 
 ABLATION = """
@@ -206,16 +203,12 @@ def test_ablation_is_baseline_plus_arms_each_compared_with_the_baseline():
     ],
 )
 def test_bad_ablations_are_rejected(change, path, needle):
-    with pytest.raises(SpecError) as info:
-        expand(parse_study(change(ABLATION), "bad.toml"))
-    assert info.value.path == path and needle in str(info.value), str(info.value)
+    spec_error_at(change(ABLATION), path, needle, expand=True)
 
 
 def test_errors_in_an_arm_name_it_and_keep_the_key_path():
-    with pytest.raises(SpecError) as info:
-        parse_study(ABLATION + '\n[[arm]]\nname = "x"\nmodel = { dropuot = 0.1 }\n', "bad.toml")
-    assert info.value.path == "arm[4].model.dropuot"
-    assert str(info.value).startswith('bad.toml: arm[4] ("x").model.dropuot: unknown key')
+    error = spec_error_at(ABLATION + '\n[[arm]]\nname = "x"\nmodel = { dropuot = 0.1 }\n', "arm[4].model.dropuot")
+    assert str(error).startswith('bad.toml: arm[4] ("x").model.dropuot: unknown key')
 
 
 @pytest.mark.parametrize("name", ["linearity", "classics", "fc-baseline", "cnn8k", "ablations"])
@@ -254,9 +247,7 @@ def test_committed_studies_match_their_reference_systems():
 def test_axes_without_effect_or_with_contradictions(text, path, needle):
     model = '[model]\nkind = "cnn"\nblocks = [{ out = 4, dropout = 0.1 }, { out = 4, dropout = 0.1 }]\n'
     study = f'[study]\nname = "g"\ndesign = "grid"\n{model}[grid]\n{text}\n'
-    with pytest.raises(SpecError) as info:
-        expand(parse_study(study, "bad.toml"))
-    assert info.value.path == path and needle in str(info.value), str(info.value)
+    spec_error_at(study, path, needle, expand=True)
 
 
 def test_plan_counts_points_per_stage():
