@@ -3,14 +3,16 @@
 Owns worker slots (devices, workers per device, threads), the worker (a slot's device set up
 once, then trials, packs and search trials trained and logged to MLflow by itself), the
 typed events a worker reports, the backend protocol and its backends — `LocalBackend`
-(supervised processes on this machine) and `InlineBackend` (in-process, for tests and
-debugging) — the dispatcher (hands out tasks, notices lost workers, handles Ctrl-C), and
+(supervised processes on this machine), `InlineBackend` (in-process, for tests and
+debugging) and `RayBackend` (actors on a Ray cluster; its module imported on first use) — the dispatcher (hands out tasks, notices lost workers, handles Ctrl-C), and
 the study and search runs that tie them to the store.
 
 May import: every package below it — ablate.spec, ablate.design, ablate.datasets,
 ablate.engine, ablate.search, ablate.tracking — and multiprocessing. The dispatcher assumes
 nothing of where a worker runs beyond the Backend protocol.
 """
+
+from typing import TYPE_CHECKING
 
 from ablate.run._backend import Backend
 from ablate.run._dispatch import MAX_LOST_IN_A_ROW, Dispatcher, Ledger, Reporter, RunSummary
@@ -26,9 +28,20 @@ from ablate.run._tasks import Task, task_key, task_trials
 from ablate.run._worker import FAULTS_ENV, Orphaned, Worker, WorkerConfig, classify, faults_from_env
 
 __all__ = [
-    "Backend", "Dispatcher", "Done", "Epoch", "Event", "EventChannel", "FAULTS_ENV", "Failed", "Finished",
+    "Backend", "Dispatcher", "RayBackend", "Done", "Epoch", "Event", "EventChannel", "FAULTS_ENV", "Failed", "Finished",
     "InlineBackend", "Interrupted", "Killed", "Ledger", "LocalBackend", "MAX_LOST_IN_A_ROW", "Orphaned", "Outcome", "PREEMPTED", "Ready",
     "Reporter", "RunSummary", "as_interrupted", "Skipped", "Slot", "Started", "StoreFailed", "Task", "Worker", "WorkerConfig", "WorkerDied", "classify",
     "check_memory", "cpu_model", "faults_from_env", "free_memory", "hardware", "hurried", "interruptible", "pack_size", "placement", "plan_slots", "plan_slots_for", "run_search", "run_study", "start_worker_server", "task_key",
     "task_trials",
 ]
+
+if TYPE_CHECKING:
+    from ablate.run._ray import RayBackend
+
+
+def __getattr__(name: str):
+    if name == "RayBackend":  # imported on first use, as `--backend ray` does: Ray itself only when it connects
+        from ablate.run._ray import RayBackend
+
+        return RayBackend
+    raise AttributeError(f"module 'ablate.run' has no attribute {name!r}")
