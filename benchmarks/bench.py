@@ -435,7 +435,7 @@ def packing_section(rows: dict[int, list[tuple[str, float, float]]]) -> list[str
         "| model | K | one after another (s) | packed (s) | ratio |", "|---|---|---|---|---|",
         *[f"| {name} | {k} | {one:.2f} | {pk:.2f} | ×{one / pk:.2f} |" for k in ks for name, one, pk in rows[k]], "",
         "Both sides are ablate's engine on the same data (seeds 0 to K−1, training plus validation); packed trials "
-        "give the single runs' metrics to float tolerance (tests/test_pack.py). A packed step does the same "
+        "give the single runs' metrics to float tolerance (tests/engine/test_pack.py). A packed step does the same "
         "arithmetic as K single steps in fewer, larger kernels: it pays where a step is small next to its fixed "
         "cost per kernel, as on a GPU, and is about neutral where the CPU's cores are already busy with the "
         "arithmetic.", "",

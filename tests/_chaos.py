@@ -8,7 +8,7 @@ store holds is checked:
 - a search kept its budget (its counted Optuna trials are `trials`, each with its own point) and confirmed one set of
   configurations, the same in every invocation's plan, each confirm trial trained once.
 
-Used by tests/test_chaos.py, and standalone against any checkout (the "before" of issue 27):
+Used by tests/e2e/test_chaos.py, and standalone against any checkout (the "before" of issue 27):
 
     python tests/_chaos.py --repo /path/to/checkout --kind grid --drivers 4 --rounds 3
 """

@@ -41,6 +41,23 @@ def _data_dir(monkeypatch):
 
 
 @pytest.fixture
+def swap_dataset():
+    """swap_dataset(dataset): `dataset` registered under its name (ablate.datasets.register) for this test; the one
+    it replaced is registered again after it, as a plugin or a test that registers a dataset for a while does."""
+    from ablate import datasets
+
+    replaced = []
+
+    def swap(dataset):
+        replaced.append(datasets.get(dataset.name))
+        datasets.register(dataset)
+
+    yield swap
+    for dataset in reversed(replaced):
+        datasets.register(dataset)
+
+
+@pytest.fixture
 def write_study(tmp_path):
     def write(text: str, name: str = "study.toml") -> Path:
         path = tmp_path / name
@@ -132,7 +149,7 @@ def seed_noise_p(first, second) -> float:
     trained result per seed each) larger than the spread between seeds explains? Under the same training computed two
     ways from the same seeds the pairs are positively correlated, which only shrinks the gap: the chance of a
     p-value below FALSE_ALARM stays at most FALSE_ALARM, whatever the correlation (simulated in
-    tests/test_engine_pack.py::test_the_seed_noise_comparison_keeps_its_false_alarm_rate)."""
+    tests/engine/test_pack.py::test_the_seed_noise_comparison_keeps_its_false_alarm_rate)."""
     from scipy import stats
 
     return float(stats.ttest_ind(first, second).pvalue)

@@ -1,5 +1,5 @@
 """A user's factory whose network torch.export cannot trace (Python control flow on the data): ablate must save it
-as a state dict and its settings, never as a pickle (tests/test_store_safety.py)."""
+as a state dict and its settings, never as a pickle (tests/export/test_store_safety.py)."""
 
 from torch import nn
 

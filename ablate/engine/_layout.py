@@ -4,7 +4,7 @@ On the CPU, oneDNN's NHWC (channels-last) kernels train the small CNNs of these 
 faster than the default NCHW ones: convolutions and their backward passes, and max pooling
 most of all (measured by `python benchmarks/bench.py --sections conv`; results/benchmarks.md).
 A layout changes how values lie in memory, not which values are computed: sums run in
-another order, so metrics move by float rounding only (tests/test_engine_layout.py), and
+another order, so metrics move by float rounding only (tests/engine/test_layout.py), and
 dropout masks do not move at all (ablate.models' Dropout draws them in the logical order).
 
 Only built-in `cnn` models switch: a custom model's own layers (its dropout above all) are

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from ablate.datasets import Dataset
 from ablate.models._cnn import CNN, CNNModel, ConvBlock
-from ablate.models._custom import Custom, CustomModel
+from ablate.models._custom import Custom, CustomModel, foreign_code
 from ablate.models._kind import ModelError, ModelKind
 from ablate.models._linear import Linear, LinearModel
 from ablate.models._mlp import MLP, MLPModel
@@ -27,7 +27,7 @@ from ablate.models._mlp import MLP, MLPModel
 if TYPE_CHECKING:
     from torch import nn
 
-    from ablate.models._torch import count_params, initialise
+    from ablate.models._torch import Dropout, count_params, initialise
 
 KINDS: dict[str, ModelKind] = {kind.name: kind for kind in (Linear(), MLP(), CNN(), Custom())}
 MODEL_KINDS: dict[str, type] = {name: kind.spec for name, kind in KINDS.items()}  # kind name → schema table
@@ -52,9 +52,9 @@ def _table_valued(spec: type) -> list[str]:
 # Model settings whose values are tables: plan and report show them through the architecture, not as columns.
 TABLE_SETTINGS = tuple(dict.fromkeys(key for kind in KINDS.values() for key in _table_valued(kind.spec)))
 
-__all__ = ["CNNModel", "ConvBlock", "CustomModel", "KINDS", "LAYOUT_SETTINGS", "LinearModel", "MLPModel",
+__all__ = ["CNNModel", "ConvBlock", "CustomModel", "Dropout", "KINDS", "LAYOUT_SETTINGS", "LinearModel", "MLPModel",
            "MODEL_KINDS", "ModelError", "ModelKind", "ModelSpec", "TABLE_SETTINGS", "build_model", "count_params", "describe",
-           "initialise", "kind_of", "macs", "pack_blank", "params_count"]
+           "foreign_code", "initialise", "kind_of", "macs", "pack_blank", "params_count"]
 
 
 def kind_of(spec: ModelSpec) -> ModelKind:
@@ -86,7 +86,7 @@ def build_model(spec: ModelSpec, data: Dataset) -> "nn.Module":
 
 
 def __getattr__(name: str):
-    if name in ("initialise", "count_params"):  # the torch side, imported on first use
+    if name in ("initialise", "count_params", "Dropout"):  # the torch side, imported on first use
         from ablate.models import _torch
 
         return getattr(_torch, name)

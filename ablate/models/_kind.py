@@ -28,7 +28,7 @@ class ModelKind(Generic[Spec]):
 
     `params`, `macs` and `describe` work from the spec alone, without torch, so `ablate plan` shows
     them at once; `build` imports torch and must produce a module whose parameter count is `params`
-    (tests/test_models.py checks each kind). A kind that cannot fit the data raises ModelError from
+    (tests/models/test_kinds.py checks each kind). A kind that cannot fit the data raises ModelError from
     `params` — the first thing validation asks — so a bad architecture is a spec error before any run.
     """
 

@@ -26,16 +26,17 @@ from ablate.spec._space import (
     BUDGETS, STARTUP_SAMPLERS, SearchSettings, SearchSpec, SpaceEntry, SpaceSurvey, budget_use, point_problem, random_point,
     resolve_point, survey_space,
 )
-from ablate.spec._study import importable, load_study, parse_study, study_warnings
+from ablate.spec._study import MAX_NAME, importable, load_study, parse_study, study_warnings
+from ablate.spec._toml import MAX_DEPTH, read_toml, toml_value
 from ablate.spec._validate import model_from_dict
 
 __all__ = [
     "Augment", "BUDGETS", "CNNModel", "Change", "ConstantSchedule", "ConvBlock", "CosineSchedule", "CustomModel",
-    "DataSettings", "DatasetFactory", "EarlyStopping", "ExecutionSettings", "ExponentialSchedule", "LinearModel",
+    "DataSettings", "DatasetFactory", "EarlyStopping", "ExecutionSettings", "ExponentialSchedule", "LinearModel", "MAX_DEPTH", "MAX_NAME",
     "MLPModel", "ModelSpec", "MultiStepSchedule", "OneCycleSchedule", "SCHEDULE_KINDS", "STARTUP_SAMPLERS",
     "ScheduleSpec", "SearchSettings", "SearchSpec", "SpaceEntry", "SpaceSurvey", "Stage", "StepSchedule", "Study",
     "StudyInfo", "TrackingSettings", "TrainSettings", "TrialSettings", "WarmupCosineSchedule", "ablation_text",
     "budget_use", "format_label", "importable", "load_study", "model_from_dict", "naming", "parse_study", "point_problem",
-    "random_point", "resolve_point", "schema_markdown", "schema_rows", "schema_tables", "study_warnings",
-    "survey_space", "winner_changes",
+    "random_point", "read_toml", "resolve_point", "schema_markdown", "schema_rows", "schema_tables", "study_warnings",
+    "survey_space", "toml_value", "winner_changes",
 ]

@@ -26,6 +26,7 @@ from ablate.tracking._models import ARM_METRIC, beaten, model_runs, save_model, 
 from ablate.tracking._store import (
     TRACKING_URI_ENV, RunState, check_store, default_uri, store_is_new, store_label, store_uri, trial_statuses,
 )
+from ablate.tracking._uri import check_tracking_uri
 from ablate.tracking._tags import (
     ARCHITECTURE, CHANGES, CLAIM_TOKEN, DEVICE, DIVERGED, ERROR, EXPERIMENT_KIND, EXPERIMENT_TAG, FAILED_ERROR, HEARTBEAT, HEARTBEAT_EVERY, HOST,
     INTERRUPTED, LAST_MODEL_ARTIFACT, MODEL, MODEL_ARTIFACT, MODEL_BEST, MODEL_ERROR, MODEL_PRUNED, MODEL_SAVED, MODEL_SETTINGS, OOM,
@@ -34,11 +35,12 @@ from ablate.tracking._tags import (
 )
 
 if TYPE_CHECKING:
-    from ablate.tracking._tracker import Tracker, environment_tags, read_plan
+    from ablate.tracking._open import GuardedClient, open_client
+    from ablate.tracking._tracker import Tracker, artifact_folder, environment_tags, read_plan
     from ablate.tracking._tracker_claims import Claim, Settled
 
 __all__ = [
-    "CLAIMS_ENV", "CLAIM_TOKEN", "Claimed", "Claims", "Fence", "LEASE_SECONDS", "Lease", "Settled", "claims_label", "claims_url",
+    "CLAIMS_ENV", "CLAIM_TOKEN", "Claimed", "Claims", "Fence", "LEASE_SECONDS", "Lease", "Settled", "artifact_folder", "check_tracking_uri", "GuardedClient", "open_client", "claims_label", "claims_url",
     "ARM_METRIC", "LAST_MODEL_ARTIFACT", "MODEL", "MODEL_ARTIFACT", "MODEL_BEST", "MODEL_ERROR", "MODEL_PRUNED", "MODEL_SAVED",
     "MODEL_SETTINGS", "beaten", "model_runs", "save_model", "settle_models", "stand_ins", "ARCHITECTURE", "Claim", "BEAT_SECONDS", "CHANGES", "DEVICE", "DIVERGED", "ERROR", "EXPERIMENT_KIND", "EXPERIMENT_TAG", "FAILED_ERROR",
     "HEARTBEAT", "HEARTBEAT_EVERY", "HOST", "Heartbeat", "INTERRUPTED", "Identity", "OOM", "OUTPUTS_ARTIFACT", "PACK",
@@ -49,7 +51,8 @@ __all__ = [
 ]
 
 _MLFLOW_SIDE = {"Claim": "_tracker_claims", "Settled": "_tracker_claims", "Tracker": "_tracker",
-                "environment_tags": "_tracker", "read_plan": "_tracker"}  # name → its module
+                "artifact_folder": "_tracker", "environment_tags": "_tracker", "read_plan": "_tracker",
+                "GuardedClient": "_open", "open_client": "_open"}  # name → its module (MLflow loads with it)
 
 
 def __getattr__(name: str):

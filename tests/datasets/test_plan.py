@@ -1,0 +1,94 @@
+"""What a plan says of a dataset without reading it — shape, classes, parameter counts, resident size — and a run that
+refuses data which would not fit the device, before anything is recorded."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ablate import run
+from ablate.cli import main
+from ablate.errors import AblateError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _plan(study: str, tmp_path: Path) -> dict:
+    """`ablate plan --format json` from a folder with no data at all: plan never reads images."""
+    done = subprocess.run([sys.executable, "-m", "ablate", "plan", str(REPO / "studies" / study), "--format", "json",
+                           "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}"],
+                          capture_output=True, text=True, cwd=tmp_path, env={"ABLATE_DATA_DIR": str(tmp_path / "empty"),
+                                                                              "PATH": "/usr/bin:/bin",
+                                                                              "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_a_fashion_mnist_plan_states_its_shape_and_sizes_without_the_data(tmp_path):
+    plan = _plan("fashion-linearity.toml", tmp_path)
+    data = plan["dataset"]
+    assert (data["name"], data["shape"], data["classes"]) == ("fashion-mnist", [1, 28, 28], 10)
+    assert data["resident_bytes_per_worker"] == 70_000 * (784 + 8)  # uint8 pixels and int64 labels of every split
+    assert plan["trials"][0]["params_count"] == 7_850
+    assert not (tmp_path / "empty").exists()
+
+
+def test_a_cifar10_plan_counts_parameters_at_three_channels(tmp_path):
+    plan = _plan("cifar10-cnn.toml", tmp_path)
+    data = plan["dataset"]
+    assert (data["name"], data["shape"], data["classes"]) == ("cifar10", [3, 32, 32], 10)
+    assert data["resident_bytes_per_worker"] == 60_000 * (3 * 32 * 32 + 8)  # 185 MB
+    assert {t["params_count"] for t in plan["trials"]} == {288_298, 289_194}  # without and with batchnorm
+
+
+def test_a_linear_model_on_cifar10_has_30730_parameters(tmp_path):
+    text = (REPO / "studies" / "fashion-linearity.toml").read_text().replace('"fashion-mnist"', '"cifar10"')
+    (tmp_path / "s.toml").write_text(text)
+    done = subprocess.run([sys.executable, "-m", "ablate", "plan", str(tmp_path / "s.toml")], capture_output=True,
+                          text=True, cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    assert "30,730" in done.stdout  # 3,072 inputs × 10 classes + 10 biases
+    assert "data: CIFAR-10, 3×32×32, 10 classes, 50,000 train / 10,000 test; 185 MB resident per worker" in done.stdout
+
+
+def test_data_that_would_not_fit_is_refused_before_anything_is_recorded(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("ablate.run._slots.free_memory", lambda device: 100_000_000)  # 100 MB free
+    slots = run.plan_slots("cpu", 2, None, 0, 2)
+    run.check_memory(slots, {"MNIST": 40_000_000})  # 2 × 40 MB fit
+    with pytest.raises(AblateError, match=r"would not fit on cpu: 2 worker\(s\) .*MNIST 55 MB.*110 MB in all"):
+        run.check_memory(slots, {"MNIST": 55_000_000})
+    store = tmp_path / "mlflow.db"
+    code = main(["run", str(REPO / "studies" / "linearity.toml"), "--tracking-uri", f"sqlite:///{store}",
+                 "--devices", "cpu", "--workers-per-device", "2"])
+    assert code == 2 and "would not fit" in capsys.readouterr().err
+    assert not store.exists()
+
+
+def test_the_hosts_free_memory_is_read_for_cpu_workers():
+    from ablate.run import free_memory
+
+    free = free_memory("cpu")
+    assert free is None or 0 < free < 1 << 50  # bytes, where the system says (Linux does)
+
+
+def test_a_gpus_free_memory_comes_from_nvml_and_else_from_cuda(monkeypatch):
+    """No GPU here: torch's calls are stood in for, to check which is asked (NVML leaves no CUDA context behind)."""
+    import torch
+
+    from ablate.run import free_memory
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: type("P", (), {"total_memory": 80})())
+    monkeypatch.setattr(torch.cuda, "device_memory_used", lambda device: 30)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: pytest.fail("a CUDA context was opened"))
+    assert free_memory("cuda:1") == 50
+
+    def no_pynvml(device):
+        raise ModuleNotFoundError("nvidia-ml-py does not seem to be installed")
+
+    monkeypatch.setattr(torch.cuda, "device_memory_used", no_pynvml)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (42, 80))
+    assert free_memory("cuda:0") == 42
