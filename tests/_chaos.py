@@ -109,8 +109,10 @@ class Outcome:
 
     def line(self) -> str:
         verdict = "ok" if not self.problems else "; ".join(self.problems)
-        return (f"{self.kind} N={self.drivers} blows={','.join(self.blows) or '-'} exits={self.exits} "
-                f"{self.seconds:.0f}s: {verdict}")
+        return (
+            f"{self.kind} N={self.drivers} blows={','.join(self.blows) or '-'} exits={self.exits} "
+            f"{self.seconds:.0f}s: {verdict}"
+        )
 
 
 class Reader(threading.Thread):
@@ -153,8 +155,9 @@ def _driver(repo: Path, study: Path, uri: str, extra: list[str], log: Path) -> s
     env = {**os.environ, "ABLATE_DATA_DIR": str(DATA_DIR), "PYTHONPATH": str(repo)}
     command = [sys.executable, "-m", "ablate", "run", str(study), "--tracking-uri", uri, "--max-workers", "1", *extra]
     with open(log, "ab") as out:
-        return subprocess.Popen(command, cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # its own group: kill-group reaches its workers only
+        return subprocess.Popen(
+            command, cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )  # its own group: kill-group reaches its workers only
 
 
 def _blow(process: subprocess.Popen, blow: str) -> None:
@@ -169,9 +172,19 @@ def _blow(process: subprocess.Popen, blow: str) -> None:
         pass  # it had ended already
 
 
-def run_round(repo: Path, folder: Path, kind: str, drivers: int, rng: random.Random, uri: str | None = None,
-              extra: tuple[str, ...] = (), blows: int | None = None, window: tuple[float, float] = (4.0, 14.0),
-              timeout: float = 600.0, storage: str | None = None) -> Outcome:
+def run_round(
+    repo: Path,
+    folder: Path,
+    kind: str,
+    drivers: int,
+    rng: random.Random,
+    uri: str | None = None,
+    extra: tuple[str, ...] = (),
+    blows: int | None = None,
+    window: tuple[float, float] = (4.0, 14.0),
+    timeout: float = 600.0,
+    storage: str | None = None,
+) -> Outcome:
     """One round: `drivers` invocations at once, `blows` of them (default: half) hit at a random moment of `window`
     seconds, a reader throughout; then a clean invocation, and the checks. `uri`: the tracking store (default: a
     SQLite file in `folder`); `storage`: a search's Optuna storage when not the journal beside it (then also passed
@@ -194,10 +207,14 @@ def run_round(repo: Path, folder: Path, kind: str, drivers: int, rng: random.Ran
         _blow(processes[index], blow)
     exits = [_wait(p, timeout) for p in processes]
     time.sleep(1.0)  # orphaned workers notice their driver is gone and record it
-    final = subprocess.run([sys.executable, "-m", "ablate", "run", str(study), "--tracking-uri", uri, "--max-workers",
-                            "1", *extra], cwd=repo, env={**os.environ, "ABLATE_DATA_DIR": str(DATA_DIR),
-                                                          "PYTHONPATH": str(repo)},
-                           capture_output=True, text=True, timeout=timeout)
+    final = subprocess.run(
+        [sys.executable, "-m", "ablate", "run", str(study), "--tracking-uri", uri, "--max-workers", "1", *extra],
+        cwd=repo,
+        env={**os.environ, "ABLATE_DATA_DIR": str(DATA_DIR), "PYTHONPATH": str(repo)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     reader.stop.set()
     reader.join(timeout=30)
     outcome = Outcome(kind, drivers, [blow for _, _, blow in hits], exits)
@@ -286,7 +303,9 @@ def _counts(trial) -> bool:
     if attrs.get("rejected") or attrs.get("declined"):
         return False
     states = optuna.trial.TrialState
-    return trial.state in (states.COMPLETE, states.PRUNED) or (trial.state == states.FAIL and not attrs.get("interrupted"))
+    return trial.state in (states.COMPLETE, states.PRUNED) or (
+        trial.state == states.FAIL and not attrs.get("interrupted")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -304,8 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     for round_ in range(args.rounds):
         for drivers in args.drivers:
-            outcome = run_round(args.repo.resolve(), root / f"{args.kind}-{drivers}-{round_}", args.kind, drivers, rng,
-                                blows=args.blows)
+            outcome = run_round(
+                args.repo.resolve(), root / f"{args.kind}-{drivers}-{round_}", args.kind, drivers, rng, blows=args.blows
+            )
             failed += bool(outcome.problems)
             print(f"round {round_ + 1}: {outcome.line()}", flush=True)
     print(f"{failed} of {args.rounds * len(args.drivers)} rounds failed (folders in {root})")

@@ -161,7 +161,7 @@ def _proc_stat(pid: int) -> tuple[int, int, str] | None:
             stat = f.read()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2:].split()  # the command name, in parentheses, may contain spaces
+    fields = stat[stat.rindex(")") + 2 :].split()  # the command name, in parentheses, may contain spaces
     return int(fields[1]), int(fields[2]), fields[0]
 
 
@@ -223,8 +223,14 @@ def _wait_gone(pids: Sequence[int], timeout: float, proc: subprocess.Popen | Non
         time.sleep(0.1)
 
 
-def stop_process_tree(proc: subprocess.Popen, *, term_timeout: float = 10.0, kill_timeout: float = 10.0,
-                      first_signal: int = signal.SIGTERM, group_signal: bool = True) -> list[int]:
+def stop_process_tree(
+    proc: subprocess.Popen,
+    *,
+    term_timeout: float = 10.0,
+    kill_timeout: float = 10.0,
+    first_signal: int = signal.SIGTERM,
+    group_signal: bool = True,
+) -> list[int]:
     """Stop `proc` (started with ``start_new_session=True``), its process group and its recorded descendants:
     `first_signal` (to the group, or only to `proc` if not `group_signal`), a bounded wait, then SIGKILL to the
     group and to every recorded pid. Returns the pids that had to be SIGKILLed (for reporting)."""
@@ -271,8 +277,11 @@ def _tail(path: str | Path, chars: int = 4000) -> str:
 
 def _clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment for a component: ours without the variables that would point it at another cluster."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "PGHOST", "PGPORT", "PGDATABASE", "PGUSER")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "PGHOST", "PGPORT", "PGDATABASE", "PGUSER")
+    }
     env.update(extra or {})
     return env
 
@@ -332,7 +341,9 @@ def _pg_identity() -> tuple[int, int] | None:
     try:
         entry = pwd.getpwnam(PG_USER)
     except KeyError:
-        raise ComponentStartError(f"running as root and there is no {PG_USER!r} user: PostgreSQL refuses root")
+        raise ComponentStartError(
+            f"running as root and there is no {PG_USER!r} user: PostgreSQL refuses root"
+        ) from None
     return entry.pw_uid, entry.pw_gid
 
 
@@ -353,8 +364,9 @@ def _chown_tree(path: str, ident: tuple[int, int] | None) -> None:
 
 
 @contextlib.contextmanager
-def postgres_server(tmp_path: str | Path | None = None, *, databases: Sequence[str] = ("mlflow", "optuna"),
-                    start_timeout: float = 60.0) -> Iterator[PostgresServer]:
+def postgres_server(
+    tmp_path: str | Path | None = None, *, databases: Sequence[str] = ("mlflow", "optuna"), start_timeout: float = 60.0
+) -> Iterator[PostgresServer]:
     """A throwaway PostgreSQL cluster on 127.0.0.1:<free port> with role ``ablate`` (password ``ablate``) owning
     `databases`; yields a :class:`PostgresServer` (``.url(db)`` for SQLAlchemy, ``.dsn(db)`` for psycopg).
 
@@ -387,42 +399,96 @@ def postgres_server(tmp_path: str | Path | None = None, *, databases: Sequence[s
     try:
         started = time.monotonic()
         init = subprocess.run(
-            [initdb, "-D", data_dir, "-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256",
-             "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions"],
-            cwd=base, env=_clean_env({"LC_ALL": "C"}), capture_output=True, text=True, timeout=start_timeout,
-            check=False, **_as_pg_user(ident))
+            [
+                initdb,
+                "-D",
+                data_dir,
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+                "--no-instructions",
+            ],
+            cwd=base,
+            env=_clean_env({"LC_ALL": "C"}),
+            capture_output=True,
+            text=True,
+            timeout=start_timeout,
+            check=False,
+            **_as_pg_user(ident),
+        )
         if init.returncode != 0:
             raise ComponentStartError(
-                f"initdb failed ({init.returncode}):\n{init.stdout[-3000:]}\n{init.stderr[-3000:]}")
+                f"initdb failed ({init.returncode}):\n{init.stdout[-3000:]}\n{init.stderr[-3000:]}"
+            )
         port = free_port()
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
-                [postgres, "-D", data_dir, "-p", str(port), "-k", socket_dir, "-c", "listen_addresses=127.0.0.1",
-                 "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-                 "-c", "shared_buffers=32MB", "-c", "max_connections=100"],
-                cwd=base, env=_clean_env({"LC_ALL": "C"}), stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True, **_as_pg_user(ident))
+                [
+                    postgres,
+                    "-D",
+                    data_dir,
+                    "-p",
+                    str(port),
+                    "-k",
+                    socket_dir,
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "synchronous_commit=off",
+                    "-c",
+                    "full_page_writes=off",
+                    "-c",
+                    "shared_buffers=32MB",
+                    "-c",
+                    "max_connections=100",
+                ],
+                cwd=base,
+                env=_clean_env({"LC_ALL": "C"}),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                **_as_pg_user(ident),
+            )
         deadline = started + start_timeout
         while True:
             if proc.poll() is not None:
                 raise ComponentStartError(
-                    f"postgres exited with {proc.returncode} while starting; log:\n{_tail(log_path)}")
+                    f"postgres exited with {proc.returncode} while starting; log:\n{_tail(log_path)}"
+                )
             try:
-                admin = psycopg.connect(host=socket_dir, port=port, user="postgres", dbname="postgres",
-                                        connect_timeout=2, autocommit=True)
+                admin = psycopg.connect(
+                    host=socket_dir, port=port, user="postgres", dbname="postgres", connect_timeout=2, autocommit=True
+                )
                 break
             except psycopg.OperationalError:
                 if time.monotonic() > deadline:
                     raise ComponentStartError(
-                        f"postgres not accepting connections after {start_timeout:.0f}s; log:\n{_tail(log_path)}")
+                        f"postgres not accepting connections after {start_timeout:.0f}s; log:\n{_tail(log_path)}"
+                    ) from None
                 time.sleep(0.2)
         with admin:
             admin.execute(f"CREATE ROLE {DB_ROLE} LOGIN PASSWORD '{DB_PASSWORD}'")
             for db in databases:
                 admin.execute(f'CREATE DATABASE "{db}" OWNER {DB_ROLE}')
-        yield PostgresServer(host="127.0.0.1", port=port, role=DB_ROLE, password=DB_PASSWORD,
-                             databases=tuple(databases), data_dir=data_dir, socket_dir=socket_dir,
-                             log_path=log_path, pid=proc.pid)
+        yield PostgresServer(
+            host="127.0.0.1",
+            port=port,
+            role=DB_ROLE,
+            password=DB_PASSWORD,
+            databases=tuple(databases),
+            data_dir=data_dir,
+            socket_dir=socket_dir,
+            log_path=log_path,
+            pid=proc.pid,
+        )
     finally:
         try:
             if proc is not None:
@@ -451,9 +517,15 @@ class ServerURL(str):
 
 
 @contextlib.contextmanager
-def mlflow_server(backend_store_uri: str, artifacts_dir: str | Path, *, start_timeout: float = 90.0,
-                  log_path: str | Path | None = None, job_execution: bool = False,
-                  env: Mapping[str, str] | None = None) -> Iterator[ServerURL]:
+def mlflow_server(
+    backend_store_uri: str,
+    artifacts_dir: str | Path,
+    *,
+    start_timeout: float = 90.0,
+    log_path: str | Path | None = None,
+    job_execution: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[ServerURL]:
     """An MLflow tracking server on http://127.0.0.1:<free port>, yielded as that URL (a :class:`ServerURL`: a
     ``str`` with the server's ``.pid``).
 
@@ -478,12 +550,30 @@ def mlflow_server(backend_store_uri: str, artifacts_dir: str | Path, *, start_ti
     url = f"http://127.0.0.1:{port}"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri,
-             "--artifacts-destination", str(artifacts_dir), "--serve-artifacts",
-             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                backend_store_uri,
+                "--artifacts-destination",
+                str(artifacts_dir),
+                "--serve-artifacts",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
             cwd=str(artifacts_dir.parent),
             env=_clean_env({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": str(job_execution).lower(), **(env or {})}),
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + start_timeout
         while True:
@@ -497,7 +587,8 @@ def mlflow_server(backend_store_uri: str, artifacts_dir: str | Path, *, start_ti
                 pass
             if time.monotonic() > deadline:
                 raise ComponentStartError(
-                    f"mlflow server not healthy after {start_timeout:.0f}s at {url}; log:\n{_tail(log_path)}")
+                    f"mlflow server not healthy after {start_timeout:.0f}s at {url}; log:\n{_tail(log_path)}"
+                )
             time.sleep(0.5)
         yield ServerURL(url, proc.pid)
     finally:
@@ -536,8 +627,14 @@ print(json.dumps(nodes))
 def ray_nodes(address: str, timeout: float = 20.0) -> list[dict]:
     """The nodes of the Ray cluster at `address` (dicts: node_id, ip, alive, is_head, resources), from a
     short-lived subprocess; raises if GCS does not answer within `timeout`."""
-    out = subprocess.run([sys.executable, "-c", _NODES_CHECKER, address], capture_output=True, text=True,
-                         timeout=timeout, env=_clean_env(), check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", _NODES_CHECKER, address],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_clean_env(),
+        check=False,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"node check failed: {out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -633,8 +730,14 @@ def _node_ports(head: bool, worker_ports: int) -> tuple[list[str], dict[str, int
     """Explicit ports for one node. Every listening port a node opens is named here: left to defaults, a second
     node on this host would try the head's object manager/agent/metrics ports, and a second cluster the first's
     GCS (6379) and dashboard (8265, bound even with --include-dashboard=false, by the minimal dashboard head)."""
-    names = ["node-manager-port", "object-manager-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-             "runtime-env-agent-port", "metrics-export-port"]
+    names = [
+        "node-manager-port",
+        "object-manager-port",
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "runtime-env-agent-port",
+        "metrics-export-port",
+    ]
     if head:
         names += ["port", "dashboard-port"]
         if _ray_client_installed():
@@ -654,10 +757,18 @@ def _ray_log_tail(log_path: str, temp_dir: str) -> str:
 
 
 @contextlib.contextmanager
-def ray_cluster(tmp_path: str | Path | None = None, worker_nodes: int = 2, cpus_per_node: int = 1, *,
-                head_cpus: int | None = None,
-                object_store_mb: int = 128, worker_ports_per_node: int = 40, start_timeout: float = 60.0,
-                stop_grace: float = 10.0, env: Mapping[str, str] | None = None) -> Iterator[RayCluster]:
+def ray_cluster(
+    tmp_path: str | Path | None = None,
+    worker_nodes: int = 2,
+    cpus_per_node: int = 1,
+    *,
+    head_cpus: int | None = None,
+    object_store_mb: int = 128,
+    worker_ports_per_node: int = 40,
+    start_timeout: float = 60.0,
+    stop_grace: float = 10.0,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[RayCluster]:
     """A Ray cluster of a head and `worker_nodes` worker nodes on this host, each a ``ray start --block`` in its
     own process group with `cpus_per_node` CPUs, no GPUs, `object_store_mb` of object store and a custom resource
     ``ablate_node_<i>`` (0 = head) that pins work to it. Yields a :class:`RayCluster`.
@@ -695,22 +806,44 @@ def ray_cluster(tmp_path: str | Path | None = None, worker_nodes: int = 2, cpus_
             resource = node_resource(index)
             role = ["--head", "--include-dashboard=false"] if head else [f"--address={address}"]
             cpus = head_cpus if head and head_cpus is not None else cpus_per_node  # 0: the head runs no worker
-            cmd = [ray, "start", "--block", *role, "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}",
-                   "--num-gpus=0", f"--object-store-memory={object_store_mb * 1024 * 1024}", f"--temp-dir={temp_dir}",
-                   f"--resources={json.dumps({resource: 1})}", "--disable-usage-stats", *flags]
+            cmd = [
+                ray,
+                "start",
+                "--block",
+                *role,
+                "--node-ip-address=127.0.0.1",
+                f"--num-cpus={cpus}",
+                "--num-gpus=0",
+                f"--object-store-memory={object_store_mb * 1024 * 1024}",
+                f"--temp-dir={temp_dir}",
+                f"--resources={json.dumps({resource: 1})}",
+                "--disable-usage-stats",
+                *flags,
+            ]
             started = time.monotonic()
             with open(log_path, "ab") as log:
-                proc = subprocess.Popen(cmd, cwd=root, env=node_env, stdin=subprocess.DEVNULL, stdout=log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+                proc = subprocess.Popen(
+                    cmd,
+                    cwd=root,
+                    env=node_env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
             procs.append(proc)
             found = None
             while found is None:
                 if proc.poll() is not None:
-                    raise ComponentStartError(f"ray node {index} exited with {proc.returncode} while starting:\n"
-                                              f"{_ray_log_tail(log_path, temp_dir)}")
+                    raise ComponentStartError(
+                        f"ray node {index} exited with {proc.returncode} while starting:\n"
+                        f"{_ray_log_tail(log_path, temp_dir)}"
+                    )
                 if time.monotonic() - started > start_timeout:
-                    raise ComponentStartError(f"ray node {index} not alive in GCS after {start_timeout:.0f}s:\n"
-                                              f"{_ray_log_tail(log_path, temp_dir)}")
+                    raise ComponentStartError(
+                        f"ray node {index} not alive in GCS after {start_timeout:.0f}s:\n"
+                        f"{_ray_log_tail(log_path, temp_dir)}"
+                    )
                 try:
                     listed = ray_nodes(address, timeout=min(20.0, max(5.0, start_timeout)))
                     found = next((n for n in listed if n["alive"] and resource in n["resources"]), None)
@@ -718,8 +851,18 @@ def ray_cluster(tmp_path: str | Path | None = None, worker_nodes: int = 2, cpus_
                     pass  # GCS not up yet
                 if found is None:
                     time.sleep(0.5)
-            nodes.append(RayNode(index=index, node_id=found["node_id"], ip=found["ip"], pgid=proc.pid,
-                                 resource=resource, temp_dir=temp_dir, log_path=log_path, proc=proc))
+            nodes.append(
+                RayNode(
+                    index=index,
+                    node_id=found["node_id"],
+                    ip=found["ip"],
+                    pgid=proc.pid,
+                    resource=resource,
+                    temp_dir=temp_dir,
+                    log_path=log_path,
+                    proc=proc,
+                )
+            )
         yield RayCluster(address=address, nodes=nodes, root=root)
     finally:
         try:

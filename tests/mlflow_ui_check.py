@@ -352,7 +352,7 @@ def check_page(
 ) -> PageCheck:
     """Open url in a fresh headless profile, read the rendered DOM, and save a screenshot."""
     check = PageCheck(name, url)
-    for attempt in range(attempts):
+    for _attempt in range(attempts):
         profile = Path(tempfile.mkdtemp(prefix=f"chromium-{name}-", dir=workdir))
         try:
             result = _run_bounded([*_chromium_cmd(chromium, profile, budget_ms), "--dump-dom", url], timeout)
@@ -478,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
         "--require",
         choices=["plain", "runs", "both"],
         default="runs",
-        help="which URL must show the trial runs for exit status 0 (default: runs, the link `ablate run` prints; the plain experiment URL opens on the GenAI overview in MLflow 3.17)",
+        help="which URL must show the trial runs for exit status 0 (default: runs, the link `ablate run` prints; the "
+             "plain experiment URL opens on the GenAI overview in MLflow 3.17)",
     )
     parser.add_argument("--keep", type=Path, metavar="DIR", help="work in DIR and keep it (store, server log)")
     parser.add_argument("--page-timeout", type=float, default=90.0, help="seconds per Chromium call (default 90)")

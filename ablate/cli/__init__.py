@@ -97,8 +97,8 @@ def _debug_logging(debug: bool) -> bool:
 def _check_paths(args: argparse.Namespace) -> None:
     """Before any command runs: the tracking URI (scheme, form, driver, a looping link; StoreError, exit 3), and the
     file that report or followup writes with --out (a looping link, a folder; exit 2)."""
-    from ablate.tracking._uri import check_tracking_uri, symlink_loops
     from ablate.tracking import store_uri
+    from ablate.tracking._uri import check_tracking_uri, symlink_loops
 
     if "tracking_uri" in args:
         check_tracking_uri(store_uri(args.tracking_uri))  # (an empty one means the default, as it always did)

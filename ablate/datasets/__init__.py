@@ -16,9 +16,20 @@ side, which this package imports on first use (`load`, `DeviceData`, `Split`), s
 
 from typing import TYPE_CHECKING
 
-from ablate.datasets import _mnist, _cifar, _svhn  # noqa: F401, I001  (they register the built-ins, in this order)
+# The built-ins register in this order, the order `ablate schema` and errors list them in.
+# isort: off
+from ablate.datasets import _mnist, _cifar, _svhn  # noqa: F401
+# isort: on
 from ablate.datasets._dataset import (
-    DEFAULT, ROLES, Dataset, ForeignFactory, is_factory_key, names, provide, register, unregister,
+    DEFAULT,
+    ROLES,
+    Dataset,
+    ForeignFactory,
+    is_factory_key,
+    names,
+    provide,
+    register,
+    unregister,
 )
 from ablate.datasets._registry import check_data, default_data_dir, ensure_files, get, read_arrays, train_stats
 from ablate.datasets._settings import DataSettings
@@ -27,9 +38,28 @@ if TYPE_CHECKING:
     from ablate.datasets._factory import from_factory
     from ablate.datasets._resident import DeviceData, Split, load
 
-__all__ = ["DEFAULT", "ROLES", "DataSettings", "Dataset", "DeviceData", "ForeignFactory", "Split", "check_data", "default_data_dir",
-           "ensure_files", "from_factory", "get", "is_factory_key", "load", "names", "provide", "read_arrays", "register",
-           "train_stats", "unregister"]
+__all__ = [
+    "DEFAULT",
+    "ROLES",
+    "DataSettings",
+    "Dataset",
+    "DeviceData",
+    "ForeignFactory",
+    "Split",
+    "check_data",
+    "default_data_dir",
+    "ensure_files",
+    "from_factory",
+    "get",
+    "is_factory_key",
+    "load",
+    "names",
+    "provide",
+    "read_arrays",
+    "register",
+    "train_stats",
+    "unregister",
+]
 
 _RESIDENT = ("load", "DeviceData", "Split")  # the torch side, imported on first use
 

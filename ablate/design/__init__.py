@@ -13,7 +13,13 @@ from ablate.design._identity import HASH_LENGTH, flatten, format_value, identity
 from ablate.design._pack import PACKABLE_TRAIN, Pack, pack_key, pack_trials
 from ablate.design._plan import plan_document, resident_needs
 from ablate.design._trials import (
-    Design, Trial, describe_changes, expand, expand_design, trial_for, varying_settings,
+    Design,
+    Trial,
+    describe_changes,
+    expand,
+    expand_design,
+    trial_for,
+    varying_settings,
 )
 
 __all__ = ["Design", "HASH_LENGTH", "PACKABLE_TRAIN", "Pack", "Trial", "describe_changes", "expand", "expand_design",

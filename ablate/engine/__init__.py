@@ -11,15 +11,39 @@ caller's (ablate.run), told through the epoch callbacks.
 """
 
 from ablate.engine._augment import AUGMENT_SEED_OFFSET, Draws, affine_draws, affine_theta, augment_batch, resample
-from ablate.engine._augment import apply as apply_augment, draw as draw_augment  # a batch's crop/flip/affine draws, then applied
+from ablate.engine._augment import apply as apply_augment  # a batch's crop/flip/affine draws, then applied
+from ablate.engine._augment import draw as draw_augment
+from ablate.engine._malloc import steady_allocations
 from ablate.engine._optim import Schedule, make_loss, make_optimizer, make_schedule
 from ablate.engine._pack import train_pack
 from ablate.engine._pack_model import PackedNet
-from ablate.engine._malloc import steady_allocations
 from ablate.engine._probe import packed_speedup
 from ablate.engine._saved import Classifier, deployable
 from ablate.engine._train import Diverged, EarlyStopper, EpochCallback, TrialResult, evaluate, train_trial
 
-__all__ = ["AUGMENT_SEED_OFFSET", "Classifier", "Diverged", "Draws", "deployable", "EarlyStopper", "EpochCallback", "PackedNet", "Schedule",
-           "TrialResult", "affine_draws", "affine_theta", "apply_augment", "augment_batch", "draw_augment", "evaluate", "make_loss", "make_optimizer",
-           "make_schedule", "packed_speedup", "resample", "steady_allocations", "train_pack", "train_trial"]
+__all__ = [
+    "AUGMENT_SEED_OFFSET",
+    "Classifier",
+    "Diverged",
+    "Draws",
+    "deployable",
+    "EarlyStopper",
+    "EpochCallback",
+    "PackedNet",
+    "Schedule",
+    "TrialResult",
+    "affine_draws",
+    "affine_theta",
+    "apply_augment",
+    "augment_batch",
+    "draw_augment",
+    "evaluate",
+    "make_loss",
+    "make_optimizer",
+    "make_schedule",
+    "packed_speedup",
+    "resample",
+    "steady_allocations",
+    "train_pack",
+    "train_trial",
+]

@@ -52,9 +52,30 @@ def _table_valued(spec: type) -> list[str]:
 # Model settings whose values are tables: plan and report show them through the architecture, not as columns.
 TABLE_SETTINGS = tuple(dict.fromkeys(key for kind in KINDS.values() for key in _table_valued(kind.spec)))
 
-__all__ = ["CNNModel", "ConvBlock", "CustomModel", "Dropout", "KINDS", "LAYOUT_SETTINGS", "LinearModel", "MLPModel",
-           "MODEL_KINDS", "ModelError", "ModelKind", "ModelSpec", "TABLE_SETTINGS", "build_model", "count_params", "describe",
-           "foreign_code", "initialise", "kind_of", "macs", "pack_blank", "params_count"]
+__all__ = [
+    "CNNModel",
+    "ConvBlock",
+    "CustomModel",
+    "Dropout",
+    "KINDS",
+    "LAYOUT_SETTINGS",
+    "LinearModel",
+    "MLPModel",
+    "MODEL_KINDS",
+    "ModelError",
+    "ModelKind",
+    "ModelSpec",
+    "TABLE_SETTINGS",
+    "build_model",
+    "count_params",
+    "describe",
+    "foreign_code",
+    "initialise",
+    "kind_of",
+    "macs",
+    "pack_blank",
+    "params_count",
+]
 
 
 def kind_of(spec: ModelSpec) -> ModelKind:
@@ -81,7 +102,7 @@ def pack_blank(spec: ModelSpec) -> ModelSpec | None:
     return kind.pack_blank(spec) if kind.packable else None
 
 
-def build_model(spec: ModelSpec, data: Dataset) -> "nn.Module":
+def build_model(spec: ModelSpec, data: Dataset) -> nn.Module:
     return kind_of(spec).build(spec, data)
 
 

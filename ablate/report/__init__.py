@@ -14,16 +14,48 @@ the figures), ablate.models, ablate.design and ablate.spec (sizes of older plans
 from ablate.report._build import build
 from ablate.report._effects import axes_of, interaction_table, marginal_table
 from ablate.report._figures import per_class_accuracy, write_figures
-from ablate.report._model_figures import block_outputs
 from ablate.report._followup import FollowUp, followup
 from ablate.report._load import check_store, load_study, study_names
+from ablate.report._model_figures import block_outputs
 from ablate.report._render import (
-    COLUMN_KEYS, DEFAULT_COLUMNS, column_keys, latex_table, markdown_section, markdown_table, render, summary_frame,
+    COLUMN_KEYS,
+    DEFAULT_COLUMNS,
+    column_keys,
+    latex_table,
+    markdown_section,
+    markdown_table,
+    render,
+    summary_frame,
 )
 from ablate.report._report import PRIMARY_METRICS, StudyReport
 from ablate.report._stats import holm, mean_interval, paired_difference
 from ablate.report._table import summarise
 
-__all__ = ["COLUMN_KEYS", "FollowUp", "followup", "DEFAULT_COLUMNS", "column_keys", "PRIMARY_METRICS", "StudyReport", "axes_of", "block_outputs", "build", "check_store", "holm", "interaction_table",
-           "latex_table", "load_study", "marginal_table", "markdown_section", "markdown_table", "mean_interval",
-           "paired_difference", "per_class_accuracy", "render", "study_names", "summarise", "summary_frame", "write_figures"]
+__all__ = [
+    "COLUMN_KEYS",
+    "FollowUp",
+    "followup",
+    "DEFAULT_COLUMNS",
+    "column_keys",
+    "PRIMARY_METRICS",
+    "StudyReport",
+    "axes_of",
+    "block_outputs",
+    "build",
+    "check_store",
+    "holm",
+    "interaction_table",
+    "latex_table",
+    "load_study",
+    "marginal_table",
+    "markdown_section",
+    "markdown_table",
+    "mean_interval",
+    "paired_difference",
+    "per_class_accuracy",
+    "render",
+    "study_names",
+    "summarise",
+    "summary_frame",
+    "write_figures",
+]

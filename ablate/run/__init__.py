@@ -20,24 +20,83 @@ from typing import TYPE_CHECKING
 from ablate.run._backend import Backend, MakeBackend
 from ablate.run._dispatch import MAX_LOST_IN_A_ROW, Dispatcher, Ledger, Reporter, RunSummary
 from ablate.run._events import (
-    Done, Epoch, Event, Failed, Finished, Killed, Outcome, Ready, Skipped, Started, StoreFailed,
+    Done,
+    Epoch,
+    Event,
+    Failed,
+    Finished,
+    Killed,
+    Outcome,
+    Ready,
+    Skipped,
+    Started,
+    StoreFailed,
 )
 from ablate.run._faults import FAULTS_ENV, Orphaned, classify, faults_from_env
 from ablate.run._inline import InlineBackend, WorkerDied
 from ablate.run._local import EventChannel, LocalBackend, start_worker_server
-from ablate.run._signals import PREEMPTED, Interrupted, as_interrupted, hurried, interruptible
 from ablate.run._prepare import Loaded, Prepared, check_data, data_folder, load, placement, prepare
+from ablate.run._signals import PREEMPTED, Interrupted, as_interrupted, hurried, interruptible
 from ablate.run._slots import Slot, check_memory, cpu_model, free_memory, hardware, plan_slots, plan_slots_for
 from ablate.run._study import pack_size, run_search, run_study
 from ablate.run._tasks import Task, task_key, task_trials
 from ablate.run._worker import Worker, WorkerConfig
 
 __all__ = [
-    "Backend", "Dispatcher", "Loaded", "MakeBackend", "Prepared", "RayBackend", "check_data", "data_folder", "load",
-    "prepare", "Done", "Epoch", "Event", "EventChannel", "FAULTS_ENV", "Failed", "Finished",
-    "InlineBackend", "Interrupted", "Killed", "Ledger", "LocalBackend", "MAX_LOST_IN_A_ROW", "Orphaned", "Outcome", "PREEMPTED", "Ready",
-    "Reporter", "RunSummary", "as_interrupted", "Skipped", "Slot", "Started", "StoreFailed", "Task", "Worker", "WorkerConfig", "WorkerDied", "classify",
-    "check_memory", "cpu_model", "faults_from_env", "free_memory", "hardware", "hurried", "interruptible", "pack_size", "placement", "plan_slots", "plan_slots_for", "run_search", "run_study", "start_worker_server", "task_key",
+    "Backend",
+    "Dispatcher",
+    "Loaded",
+    "MakeBackend",
+    "Prepared",
+    "RayBackend",
+    "check_data",
+    "data_folder",
+    "load",
+    "prepare",
+    "Done",
+    "Epoch",
+    "Event",
+    "EventChannel",
+    "FAULTS_ENV",
+    "Failed",
+    "Finished",
+    "InlineBackend",
+    "Interrupted",
+    "Killed",
+    "Ledger",
+    "LocalBackend",
+    "MAX_LOST_IN_A_ROW",
+    "Orphaned",
+    "Outcome",
+    "PREEMPTED",
+    "Ready",
+    "Reporter",
+    "RunSummary",
+    "as_interrupted",
+    "Skipped",
+    "Slot",
+    "Started",
+    "StoreFailed",
+    "Task",
+    "Worker",
+    "WorkerConfig",
+    "WorkerDied",
+    "classify",
+    "check_memory",
+    "cpu_model",
+    "faults_from_env",
+    "free_memory",
+    "hardware",
+    "hurried",
+    "interruptible",
+    "pack_size",
+    "placement",
+    "plan_slots",
+    "plan_slots_for",
+    "run_search",
+    "run_study",
+    "start_worker_server",
+    "task_key",
     "task_trials",
 ]
 

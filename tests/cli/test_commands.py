@@ -62,7 +62,9 @@ def test_second_run_trains_nothing_and_changed_spec_runs_only_new_trials(tiny, s
     assert "All 4 trials already done: nothing to train." in capsys.readouterr().out
     assert len(_runs(store)) == 5  # no new parent, no new child
 
-    grown = write_study(TINY_STUDY + '\n[[stage]]\nname = "bn"\nmodel = { kind = "mlp", hidden = [32], batchnorm = true }\n')
+    grown = write_study(
+        TINY_STUDY + '\n[[stage]]\nname = "bn"\nmodel = { kind = "mlp", hidden = [32], batchnorm = true }\n'
+    )
     assert main(["run", str(grown), "--tracking-uri", store]) == 0
     assert "6 trials: 4 already done, 2 to train" in capsys.readouterr().out
     children = _runs(store).query("`tags.role` == 'trial'")
@@ -87,7 +89,9 @@ def test_report_formats_parse_back(tiny, store, tmp_path, capsys):
     assert list(table["stage"]) == ["linear", "mlp"] and list(table["n"]) == [2, 2]
     assert pd.isna(table.loc[0, "delta_vs_baseline"])  # the baseline itself
     # every seed ran in both arms, so the paired mean difference is the difference of the means
-    assert table.loc[1, "delta_vs_baseline"] == pytest.approx(table.loc[1, "test_accuracy_mean"] - table.loc[0, "test_accuracy_mean"])
+    assert table.loc[1, "delta_vs_baseline"] == pytest.approx(
+        table.loc[1, "test_accuracy_mean"] - table.loc[0, "test_accuracy_mean"]
+    )
 
     assert main(["report", "--tracking-uri", store, "--format", "json"]) == 0
     records = json.loads(capsys.readouterr().out)

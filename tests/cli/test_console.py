@@ -79,7 +79,15 @@ def test_wide_plan_keeps_the_boxed_table_and_names_abbreviated_columns(monkeypat
 
 def test_setting_labels_are_the_shortest_unambiguous_suffix():
     keys = ["model.dropout", "train.schedule.kind", "model.kind", "train.schedule.gamma", "a.b", "x.a.b", "y.gamma"]
-    assert ablate_console.setting_labels(keys) == ["dropout", "schedule", "kind", "schedule.gamma", "a.b", "x.a.b", "y.gamma"]
+    assert ablate_console.setting_labels(keys) == [
+        "dropout",
+        "schedule",
+        "kind",
+        "schedule.gamma",
+        "a.b",
+        "x.a.b",
+        "y.gamma",
+    ]
 
 
 def test_terminal_honours_columns_in_a_pipe(monkeypatch):
@@ -118,7 +126,9 @@ class FakeClock:
 
 
 def _trial(name: str):
-    return SimpleNamespace(stage=name, seed=0, hash=name * 12, settings=SimpleNamespace(train=SimpleNamespace(epochs=2)))
+    return SimpleNamespace(
+        stage=name, seed=0, hash=name * 12, settings=SimpleNamespace(train=SimpleNamespace(epochs=2))
+    )
 
 
 def _reporter(clock: FakeClock, slots: int = 2):
@@ -156,7 +166,9 @@ def test_eta_is_smoothed_over_finished_trials():
     for i, seconds in enumerate((10.0, 10.0, 40.0)):  # one slow trial moves the estimate, not to its own pace
         reporter.trial_started(_trial(str(i)), a)
         clock.now += seconds
-        reporter.trial_finished(_trial(str(i)), a, SimpleNamespace(note="ok", test_accuracy=None, train_seconds=seconds))
+        reporter.trial_finished(
+            _trial(str(i)), a, SimpleNamespace(note="ok", test_accuracy=None, train_seconds=seconds)
+        )
     assert reporter.eta_seconds() == pytest.approx(7 * 20.0)
     reporter.close()
 

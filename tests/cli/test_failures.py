@@ -32,6 +32,7 @@ def _run(capsys, *args: str) -> tuple[int, str]:
 
 # -- the store -------------------------------------------------------------------------
 
+
 def test_a_damaged_store_is_said_so_by_run_and_plan_and_left_untouched(tiny, tmp_path, capsys):
     db = tmp_path / "mlflow.db"
     db.write_bytes(b"\x00garbage, not a database" * 100)
@@ -78,8 +79,12 @@ def test_an_experiment_of_that_name_that_ablate_did_not_make_stops_the_run_befor
     mlflow.MlflowClient(store).create_experiment("tiny")
     code, out = _run(capsys, "run", str(tiny), "--tracking-uri", store)
     assert code == EXIT_STORE and "ablate did not create" in out
-    assert mlflow.MlflowClient(store).search_runs([mlflow.MlflowClient(store).get_experiment_by_name("tiny")
-                                                   .experiment_id]) == []
+    assert (
+        mlflow.MlflowClient(store).search_runs(
+            [mlflow.MlflowClient(store).get_experiment_by_name("tiny").experiment_id]
+        )
+        == []
+    )
 
 
 def test_a_store_that_fails_mid_study_stops_the_run_with_one_message(tiny, store, monkeypatch):
@@ -96,8 +101,9 @@ def test_a_store_that_fails_mid_study_stops_the_run_with_one_message(tiny, store
     def fills_the_disk(self, run_id, metrics=(), **kwargs):
         calls.append(run_id)
         if metrics and len(calls) > 6:
-            raise MlflowException("(sqlite3.OperationalError) database or disk is full",
-                                  error_code="TEMPORARILY_UNAVAILABLE")
+            raise MlflowException(
+                "(sqlite3.OperationalError) database or disk is full", error_code="TEMPORARILY_UNAVAILABLE"
+            )
         return real(self, run_id, metrics=metrics, **kwargs)
 
     monkeypatch.setattr(MlflowClient, "log_batch", fills_the_disk)
@@ -134,6 +140,7 @@ def test_a_folder_whose_path_means_something_in_a_uri_holds_its_own_store(tmp_pa
 
 # -- the data --------------------------------------------------------------------------
 
+
 def _data_copy(tmp_path, truncate: str | None = None):
     data = tmp_path / "data"
     shutil.copytree(DATA_DIR / "MNIST", data / "MNIST")
@@ -145,8 +152,9 @@ def _data_copy(tmp_path, truncate: str | None = None):
 
 def test_a_truncated_data_file_is_one_error_naming_it_before_anything_is_recorded(tiny, tmp_path, capsys):
     data = _data_copy(tmp_path, truncate="train-images-idx3-ubyte.gz")
-    code, out = _run(capsys, "run", str(tiny), "--data-dir", str(data), "--tracking-uri",
-                     f"sqlite:///{tmp_path / 'mlflow.db'}")
+    code, out = _run(
+        capsys, "run", str(tiny), "--data-dir", str(data), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    )
     assert code == EXIT_BAD_INPUT and "train-images-idx3-ubyte.gz is damaged" in out and "Traceback" not in out
     assert not (tmp_path / "mlflow.db").exists()
 
@@ -188,6 +196,7 @@ def test_a_missing_gpu_is_said_before_the_store_is_made(tiny, tmp_path, capsys, 
 
 # -- the command line ------------------------------------------------------------------
 
+
 def test_run_says_which_store_and_data_it_uses_and_that_the_store_is_new(tiny, tmp_path, capsys, monkeypatch):
     from ablate.tracking import Tracker
 
@@ -216,10 +225,17 @@ def test_debug_works_after_the_command_too(tiny, tmp_path, capsys):
 
 # -- signals ---------------------------------------------------------------------------
 
+
 def _start(study, store, **env):
     environment = {**os.environ, "ABLATE_DATA_DIR": str(DATA_DIR), **env}
-    return subprocess.Popen([sys.executable, "-m", "ablate", "run", str(study), "--tracking-uri", store],
-                            cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ablate", "run", str(study), "--tracking-uri", store],
+        cwd=REPO,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _runs(store):
@@ -345,7 +361,18 @@ def test_an_interrupted_run_ends_killed_the_trial_runs_no_one_heard_of(tiny, sto
     and nothing else: a FINISHED run stays FINISHED, another invocation's RUNNING run stays RUNNING."""
     from ablate.console import ConsoleReporter
     from ablate.design import expand
-    from ablate.run import Done, Finished, InlineBackend, Loaded, Outcome, Started, prepare, run_study, task_key, task_trials
+    from ablate.run import (
+        Done,
+        Finished,
+        InlineBackend,
+        Loaded,
+        Outcome,
+        Started,
+        prepare,
+        run_study,
+        task_key,
+        task_trials,
+    )
     from ablate.spec import load_study
     from ablate.tracking import Tracker
 
@@ -369,11 +396,14 @@ def test_an_interrupted_run_ends_killed_the_trial_runs_no_one_heard_of(tiny, sto
 
         return InlineBackend(slots, execute=execute)
 
-    summary = run_study(prepare(Loaded(study, trials[:2]), tracking_uri=store, data_dir=DATA_DIR, backend=backend),
-                        ConsoleReporter())
+    summary = run_study(
+        prepare(Loaded(study, trials[:2]), tracking_uri=store, data_dir=DATA_DIR, backend=backend), ConsoleReporter()
+    )
     assert summary.interrupted
     runs = _runs(store).set_index("run_id")
-    by_trial = {f"{row['tags.stage']}:{row['tags.seed']}": row for _, row in runs.iterrows() if row["tags.role"] == "trial"}
+    by_trial = {
+        f"{row['tags.stage']}:{row['tags.seed']}": row for _, row in runs.iterrows() if row["tags.role"] == "trial"
+    }
     assert by_trial["linear:0"]["status"] == "FINISHED"
     assert (by_trial["linear:1"]["status"], by_trial["linear:1"]["tags.reason"]) == ("KILLED", "interrupted")
     assert runs.loc[elsewhere[0], "status"] == "RUNNING"
@@ -382,9 +412,15 @@ def test_an_interrupted_run_ends_killed_the_trial_runs_no_one_heard_of(tiny, sto
 
 @pytest.mark.slow
 def test_ctrl_c_while_the_workers_start_prints_no_traceback(tiny, store):
-    parent = subprocess.Popen([sys.executable, "-m", "ablate", "run", str(tiny), "--tracking-uri", store],
-                              cwd=REPO, env={**os.environ, "ABLATE_DATA_DIR": str(DATA_DIR)}, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "ablate", "run", str(tiny), "--tracking-uri", store],
+        cwd=REPO,
+        env={**os.environ, "ABLATE_DATA_DIR": str(DATA_DIR)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (_runs(store) is not None and len(_runs(store))):
         time.sleep(0.05)  # the parent run exists: the workers are starting
@@ -395,8 +431,9 @@ def test_ctrl_c_while_the_workers_start_prints_no_traceback(tiny, store):
 
 
 @pytest.mark.slow
-def test_a_report_of_a_study_whose_trials_all_failed_is_written_without_metric_figures(tiny, store, tmp_path, capsys,
-                                                                                monkeypatch):
+def test_a_report_of_a_study_whose_trials_all_failed_is_written_without_metric_figures(
+    tiny, store, tmp_path, capsys, monkeypatch
+):
     faults = {f"{stage}:{seed}": "raise" for stage in ("linear", "mlp") for seed in (0, 1)}
     monkeypatch.setenv("ABLATE_TEST_FAULTS", __import__("json").dumps(faults))
     assert main(["run", str(tiny), "--tracking-uri", store]) == 1
@@ -409,14 +446,24 @@ def test_a_report_of_a_study_whose_trials_all_failed_is_written_without_metric_f
 
 
 def test_report_without_a_store_and_a_missing_gpu_are_said_before_mlflow_loads(tiny, tmp_path):
-    probe = ("import sys; from ablate.cli import main; code = main(sys.argv[1:]); "
-             "print('mlflow loaded' if 'mlflow' in sys.modules else 'mlflow not loaded', code)")
+    probe = (
+        "import sys; from ablate.cli import main; code = main(sys.argv[1:]); "
+        "print('mlflow loaded' if 'mlflow' in sys.modules else 'mlflow not loaded', code)"
+    )
     for args in (["report"], ["run", str(tiny), "--devices", "0"]):
-        done = subprocess.run([sys.executable, "-c", probe, *args], cwd=tmp_path, capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": str(REPO), "ABLATE_DATA_DIR": str(DATA_DIR)},
-                              timeout=120)
-        assert done.stdout.split()[-3:] == ["mlflow", "not", "loaded"] or "mlflow not loaded 2" in done.stdout, \
-            (args, done.stdout, done.stderr)
+        done = subprocess.run(
+            [sys.executable, "-c", probe, *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO), "ABLATE_DATA_DIR": str(DATA_DIR)},
+            timeout=120,
+        )
+        assert done.stdout.split()[-3:] == ["mlflow", "not", "loaded"] or "mlflow not loaded 2" in done.stdout, (
+            args,
+            done.stdout,
+            done.stderr,
+        )
         assert "mlflow not loaded 2" in done.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.toml"]
 
@@ -474,6 +521,8 @@ def test_a_ray_head_that_does_not_answer_is_one_message_in_seconds_and_no_store(
         port = closed.getsockname()[1]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     started = time.monotonic()
-    code, out = _run(capsys, "run", str(tiny), "--backend", "ray", "--address", f"127.0.0.1:{port}", "--tracking-uri", uri)
+    code, out = _run(
+        capsys, "run", str(tiny), "--backend", "ray", "--address", f"127.0.0.1:{port}", "--tracking-uri", uri
+    )
     assert code == 2 and f"no Ray cluster at 127.0.0.1:{port}" in out and "Traceback" not in out, out
     assert time.monotonic() - started < 30 and not (tmp_path / "mlflow.db").exists()

@@ -57,8 +57,9 @@ def _ours(swap_dataset, name: str, root: Path) -> dict[str, np.ndarray]:
     return datasets.read_arrays(name, root)
 
 
-@pytest.mark.parametrize("name, torchvision_class", [("mnist", tv.MNIST), ("fashion-mnist", tv.FashionMNIST),
-                                                     ("kmnist", tv.KMNIST)])
+@pytest.mark.parametrize(
+    "name, torchvision_class", [("mnist", tv.MNIST), ("fashion-mnist", tv.FashionMNIST), ("kmnist", tv.KMNIST)]
+)
 def test_the_mnist_family_reads_as_torchvision_reads_it(tmp_path, monkeypatch, swap_dataset, name, torchvision_class):
     _write_idx(tmp_path / torchvision_class.__name__ / "raw", datasets.get("mnist").files, classes=10)
     ours = _ours(swap_dataset, name, tmp_path)
@@ -75,7 +76,9 @@ def test_emnist_reads_as_torchvision_reads_it_turned_upright(tmp_path, monkeypat
     """EMNIST's files hold each image transposed; torchvision returns them so, ablate upright: ours are theirs
     transposed. Letters are numbered 1…26 in the files (torchvision keeps an 'N/A' class 0): ours count from 0."""
     classes = len(tv.EMNIST.classes_split_dict[split]) - (split == "letters")
-    _write_idx(tmp_path / "EMNIST" / "raw", datasets.get(f"emnist-{split}").files, classes, first_label=int(split == "letters"))
+    _write_idx(
+        tmp_path / "EMNIST" / "raw", datasets.get(f"emnist-{split}").files, classes, first_label=int(split == "letters")
+    )
     ours = _ours(swap_dataset, f"emnist-{split}", tmp_path)
     shift = 1 if split == "letters" else 0
     for train in (True, False):
@@ -99,16 +102,40 @@ def _py2_int(k: int) -> bytes:
 def _py2_array(array: np.ndarray) -> bytes:
     """A uint8 ndarray as numpy under Python 2 pickled it: numpy.core.multiarray._reconstruct (the module path numpy 2
     renamed), then the state (version, shape, dtype, Fortran order, the bytes as a str)."""
-    dtype = (b"cnumpy\ndtype\n" + _py2_str(b"u1") + _py2_int(0) + _py2_int(1) + b"\x87R(" + _py2_int(3) + _py2_str(b"|")
-             + b"NNN" + _py2_int(-1) + _py2_int(-1) + _py2_int(0) + b"tb")
+    dtype = (
+        b"cnumpy\ndtype\n"
+        + _py2_str(b"u1")
+        + _py2_int(0)
+        + _py2_int(1)
+        + b"\x87R("
+        + _py2_int(3)
+        + _py2_str(b"|")
+        + b"NNN"
+        + _py2_int(-1)
+        + _py2_int(-1)
+        + _py2_int(0)
+        + b"tb"
+    )
     shape = b"(" + b"".join(_py2_int(d) for d in array.shape) + b"t"
-    return (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + _py2_int(0) + b"\x85" + _py2_str(b"b")
-            + b"\x87R(" + _py2_int(1) + shape + dtype + b"\x89" + _py2_str(array.tobytes()) + b"tb")
+    return (
+        b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n"
+        + _py2_int(0)
+        + b"\x85"
+        + _py2_str(b"b")
+        + b"\x87R("
+        + _py2_int(1)
+        + shape
+        + dtype
+        + b"\x89"
+        + _py2_str(array.tobytes())
+        + b"tb"
+    )
 
 
 def _py2_pickle(entry: dict) -> bytes:
     """What the CIFAR files are: a dict pickled by Python 2's cPickle (protocol 2), written opcode by opcode since
     Python 3 pickles byte strings and arrays differently; lists hold ints or strs."""
+
     def value(v) -> bytes:
         if isinstance(v, np.ndarray):
             return _py2_array(v)
@@ -119,32 +146,65 @@ def _py2_pickle(entry: dict) -> bytes:
     return b"\x80\x02}(" + b"".join(_py2_str(k.encode()) + value(v) for k, v in entry.items()) + b"u."
 
 
-def _write_cifar(folder: Path, train_files: tuple[str, ...], test_file: str, label_key: str, classes: int,
-                 meta: tuple[str, str, tuple[str, ...]], python2: bool = True) -> None:
+def _write_cifar(
+    folder: Path,
+    train_files: tuple[str, ...],
+    test_file: str,
+    label_key: str,
+    classes: int,
+    meta: tuple[str, str, tuple[str, ...]],
+    python2: bool = True,
+) -> None:
     """Pickled dicts as the originals hold them: `data` N × 3072 uint8 (channel-major rows), labels a list — pickled
     by Python 2 as the published files are, or by Python 3 as a re-saved copy would be."""
     dumps = _py2_pickle if python2 else lambda entry: pickle.dumps(entry, protocol=2)
     folder.mkdir(parents=True)
     for name in (*train_files, test_file):
         n = TRAIN // len(train_files) if name != test_file else TEST
-        batch = {"batch_label": name, "data": RNG.integers(0, 256, (n, 3072), dtype=np.uint8),
-                 label_key: RNG.integers(0, classes, n).tolist(), "filenames": [f"{k}.png" for k in range(n)]}
+        batch = {
+            "batch_label": name,
+            "data": RNG.integers(0, 256, (n, 3072), dtype=np.uint8),
+            label_key: RNG.integers(0, classes, n).tolist(),
+            "filenames": [f"{k}.png" for k in range(n)],
+        }
         (folder / name).write_bytes(dumps(batch))
     file, key, names = meta
     (folder / file).write_bytes(dumps({key: list(names)}))
 
 
-@pytest.mark.parametrize("name, torchvision_class, folder, train_files, test_file, label_key, meta", [
-    ("cifar10", tv.CIFAR10, "cifar-10-batches-py", tuple(f"data_batch_{k}" for k in range(1, 6)), "test_batch",
-     "labels", ("batches.meta", "label_names")),
-    ("cifar100", tv.CIFAR100, "cifar-100-python", ("train",), "test", "fine_labels", ("meta", "fine_label_names")),
-])
+@pytest.mark.parametrize(
+    "name, torchvision_class, folder, train_files, test_file, label_key, meta",
+    [
+        (
+            "cifar10",
+            tv.CIFAR10,
+            "cifar-10-batches-py",
+            tuple(f"data_batch_{k}" for k in range(1, 6)),
+            "test_batch",
+            "labels",
+            ("batches.meta", "label_names"),
+        ),
+        ("cifar100", tv.CIFAR100, "cifar-100-python", ("train",), "test", "fine_labels", ("meta", "fine_label_names")),
+    ],
+)
 @pytest.mark.parametrize("python2", [True, False], ids=["python2-pickles", "python3-pickles"])
-def test_cifar_reads_as_torchvision_reads_it(tmp_path, monkeypatch, swap_dataset, name, torchvision_class, folder, train_files,
-                                             test_file, label_key, meta, python2):
+def test_cifar_reads_as_torchvision_reads_it(
+    tmp_path,
+    monkeypatch,
+    swap_dataset,
+    name,
+    torchvision_class,
+    folder,
+    train_files,
+    test_file,
+    label_key,
+    meta,
+    python2,
+):
     dataset = datasets.get(name)
-    _write_cifar(tmp_path / folder, train_files, test_file, label_key, dataset.classes, (*meta, dataset.class_names),
-                 python2)
+    _write_cifar(
+        tmp_path / folder, train_files, test_file, label_key, dataset.classes, (*meta, dataset.class_names), python2
+    )
     monkeypatch.setattr(torchvision_class, "_check_integrity", lambda self: True)  # md5s of the real files
     monkeypatch.setattr(tv.cifar, "check_integrity", lambda *args: True)
     ours = _ours(swap_dataset, name, tmp_path)
@@ -162,8 +222,11 @@ def _write_svhn(folder: Path) -> None:
     for file, n, compressed in (("train_32x32.mat", TRAIN, True), ("test_32x32.mat", TEST, False)):  # both kinds
         labels = RNG.integers(1, 11, (n, 1)).astype(np.uint8)
         labels[0] = 10
-        scipy.io.savemat(str(folder / file), {"X": RNG.integers(0, 256, (32, 32, 3, n), dtype=np.uint8), "y": labels},
-                         do_compression=compressed)
+        scipy.io.savemat(
+            str(folder / file),
+            {"X": RNG.integers(0, 256, (32, 32, 3, n), dtype=np.uint8), "y": labels},
+            do_compression=compressed,
+        )
 
 
 def test_svhn_reads_as_torchvision_reads_it(tmp_path, monkeypatch, swap_dataset):
@@ -179,6 +242,7 @@ def test_svhn_reads_as_torchvision_reads_it(tmp_path, monkeypatch, swap_dataset)
 
 # Damage: one AblateError naming the file and what to do, for every way a download goes wrong.
 
+
 def _mnist_folder(tmp_path: Path, swap_dataset) -> Path:
     folder = tmp_path / "MNIST" / "raw"
     _write_idx(folder, datasets.get("mnist").files, classes=10)
@@ -188,13 +252,16 @@ def _mnist_folder(tmp_path: Path, swap_dataset) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("damage, says", [
-    (lambda raw: gzip.compress(raw)[:200], "damaged (EOFError"),
-    (lambda raw: gzip.compress(b"\x00\x00\x0c\x03" + raw[4:]), "does not start as an IDX file"),  # floats
-    (lambda raw: gzip.compress(b"\x1f\x8b" + raw[2:]), "does not start as an IDX file"),  # gzipped twice, say
-    (lambda raw: gzip.compress(raw[:-5]), "where its header promises"),
-    (lambda raw: b"not gzip at all", "damaged (BadGzipFile"),
-])
+@pytest.mark.parametrize(
+    "damage, says",
+    [
+        (lambda raw: gzip.compress(raw)[:200], "damaged (EOFError"),
+        (lambda raw: gzip.compress(b"\x00\x00\x0c\x03" + raw[4:]), "does not start as an IDX file"),  # floats
+        (lambda raw: gzip.compress(b"\x1f\x8b" + raw[2:]), "does not start as an IDX file"),  # gzipped twice, say
+        (lambda raw: gzip.compress(raw[:-5]), "where its header promises"),
+        (lambda raw: b"not gzip at all", "damaged (BadGzipFile"),
+    ],
+)
 def test_a_damaged_idx_file_is_named(tmp_path, monkeypatch, swap_dataset, damage, says):
     folder = _mnist_folder(tmp_path, swap_dataset)
     target = folder / "train-images-idx3-ubyte.gz"
@@ -217,8 +284,14 @@ def test_labels_out_of_range_and_wrong_counts_are_named(tmp_path, monkeypatch, s
 def test_a_damaged_or_tampered_cifar_batch_is_named_and_never_executed(tmp_path, monkeypatch, swap_dataset):
     folder = tmp_path / "cifar-10-batches-py"
     data = datasets.get("cifar10")
-    _write_cifar(folder, tuple(f"data_batch_{k}" for k in range(1, 6)), "test_batch", "labels", 10,
-                 ("batches.meta", "label_names", data.class_names))
+    _write_cifar(
+        folder,
+        tuple(f"data_batch_{k}" for k in range(1, 6)),
+        "test_batch",
+        "labels",
+        10,
+        ("batches.meta", "label_names", data.class_names),
+    )
     _small(swap_dataset, "cifar10")
     batch = folder / "data_batch_3"
     batch.write_bytes(batch.read_bytes()[:300])
@@ -235,12 +308,15 @@ def test_a_damaged_or_tampered_cifar_batch_is_named_and_never_executed(tmp_path,
     assert not Path("pwned").exists() and not (tmp_path / "pwned").exists()
 
 
-@pytest.mark.parametrize("file, damage", [
-    ("test_32x32.mat", lambda raw: raw[:500]),  # truncated
-    ("train_32x32.mat", lambda raw: raw[:-100]),  # a compressed one, truncated
-    ("test_32x32.mat", lambda raw: b"<html>503 Service Unavailable</html>"),  # a proxy's page saved as the file
-    ("test_32x32.mat", lambda raw: raw.replace(b"\x00X\x00", b"\x00Z\x00", 1)),  # no X: not an SVHN file
-])
+@pytest.mark.parametrize(
+    "file, damage",
+    [
+        ("test_32x32.mat", lambda raw: raw[:500]),  # truncated
+        ("train_32x32.mat", lambda raw: raw[:-100]),  # a compressed one, truncated
+        ("test_32x32.mat", lambda raw: b"<html>503 Service Unavailable</html>"),  # a proxy's page saved as the file
+        ("test_32x32.mat", lambda raw: raw.replace(b"\x00X\x00", b"\x00Z\x00", 1)),  # no X: not an SVHN file
+    ],
+)
 def test_a_damaged_svhn_file_is_named(tmp_path, monkeypatch, swap_dataset, file, damage):
     _write_svhn(tmp_path / "SVHN")
     _small(swap_dataset, "svhn")
@@ -251,14 +327,19 @@ def test_a_damaged_svhn_file_is_named(tmp_path, monkeypatch, swap_dataset, file,
     assert "download it again" in str(info.value)
 
 
-@pytest.mark.parametrize("name, listed", [
-    ("fashion-mnist", "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz"),
-    ("emnist-letters", "emnist-letters-train-images-idx3-ubyte.gz, emnist-letters-train-labels-idx1-ubyte.gz"),
-    ("cifar10", "data_batch_1, data_batch_2"),
-    ("cifar100", "files train, test there"),
-    ("svhn", "train_32x32.mat, test_32x32.mat"),
-])
-def test_missing_files_without_a_network_name_the_files_and_leave_no_folder(tmp_path, monkeypatch, swap_dataset, name, listed):
+@pytest.mark.parametrize(
+    "name, listed",
+    [
+        ("fashion-mnist", "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz"),
+        ("emnist-letters", "emnist-letters-train-images-idx3-ubyte.gz, emnist-letters-train-labels-idx1-ubyte.gz"),
+        ("cifar10", "data_batch_1, data_batch_2"),
+        ("cifar100", "files train, test there"),
+        ("svhn", "train_32x32.mat, test_32x32.mat"),
+    ],
+)
+def test_missing_files_without_a_network_name_the_files_and_leave_no_folder(
+    tmp_path, monkeypatch, swap_dataset, name, listed
+):
     def offline(root):
         (Path(root) / datasets.get(name).folder).mkdir(parents=True, exist_ok=True)  # as a download starts
         raise OSError("Temporary failure in name resolution")

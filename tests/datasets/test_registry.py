@@ -20,7 +20,14 @@ from ablate.engine import train_pack, train_trial
 from ablate.errors import SpecError
 from ablate.run import InlineBackend, Loaded, prepare, run_study
 from ablate.spec import (
-    Augment, CNNModel, ConvBlock, DataSettings, LinearModel, MLPModel, TrainSettings, TrialSettings,
+    Augment,
+    CNNModel,
+    ConvBlock,
+    DataSettings,
+    LinearModel,
+    MLPModel,
+    TrainSettings,
+    TrialSettings,
     parse_study,
 )
 from ablate.tracking import Tracker
@@ -43,8 +50,12 @@ def _images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def _read(folder) -> dict[str, np.ndarray]:
     train_images, train_labels = _images(900, seed=0)
     test_images, test_labels = _images(300, seed=1)
-    return {"train_images": train_images, "train_labels": train_labels, "test_images": test_images,
-            "test_labels": test_labels}
+    return {
+        "train_images": train_images,
+        "train_labels": train_labels,
+        "test_images": test_images,
+        "test_labels": test_labels,
+    }
 
 
 def _offline(root) -> None:
@@ -53,19 +64,38 @@ def _offline(root) -> None:
 
 @pytest.fixture
 def colours():
-    dataset = datasets.register(datasets.Dataset(
-        name=NAME, title="Colours", folder="Colours", files=(), shape=SHAPE, class_names=CLASSES, train_size=900,
-        test_size=300, read=_read, download=_offline,
-    ))
+    dataset = datasets.register(
+        datasets.Dataset(
+            name=NAME,
+            title="Colours",
+            folder="Colours",
+            files=(),
+            shape=SHAPE,
+            class_names=CLASSES,
+            train_size=900,
+            test_size=300,
+            read=_read,
+            download=_offline,
+        )
+    )
     yield dataset
     datasets.unregister(NAME)
 
 
-CNN = CNNModel(blocks=(ConvBlock(out=6, padding=1, pool=True), ConvBlock(out=8, batchnorm=True)), head="linear").resolved()
+CNN = CNNModel(
+    blocks=(ConvBlock(out=6, padding=1, pool=True), ConvBlock(out=8, batchnorm=True)), head="linear"
+).resolved()
 
 
-@pytest.mark.parametrize("spec", [LinearModel(), MLPModel(hidden=(16,), batchnorm=True), CNN,
-                                  CNNModel(blocks=(ConvBlock(out=4), ConvBlock(out=len(CLASSES))), head="gap").resolved()])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        LinearModel(),
+        MLPModel(hidden=(16,), batchnorm=True),
+        CNN,
+        CNNModel(blocks=(ConvBlock(out=4), ConvBlock(out=len(CLASSES))), head="gap").resolved(),
+    ],
+)
 def test_every_model_kind_follows_the_datasets_shape_and_classes(colours, spec):
     model = models.build_model(spec, colours)
     assert model.eval()(torch.zeros(2, *SHAPE)).shape == (2, len(CLASSES))
@@ -82,8 +112,7 @@ def test_the_gap_head_checks_the_class_count(colours):
 
 
 def _trial(seed: int, model, **train) -> TrialSettings:
-    return TrialSettings(NAME, seed, DataSettings(val_size=100), model,
-                         TrainSettings(epochs=2, batch_size=64, **train))
+    return TrialSettings(NAME, seed, DataSettings(val_size=100), model, TrainSettings(epochs=2, batch_size=64, **train))
 
 
 def test_normalisation_is_per_channel_and_training_learns(colours):
@@ -99,7 +128,8 @@ def test_normalisation_is_per_channel_and_training_learns(colours):
 
 def test_packed_trials_on_colour_images_equal_their_single_runs(colours):
     """Three input channels as grouped-convolution groups: at a negligible learning rate (so that the order of float
-    sums cannot grow into a drift, see tests/engine/test_pack.py) a pack's trials see exactly their single runs' images."""
+    sums cannot grow into a drift, see tests/engine/test_pack.py) a pack's trials see exactly their single runs'
+    images."""
     data = datasets.load(NAME, DataSettings(val_size=100), "unused", CPU)
     trials = [_trial(seed, CNN, lr=1e-8, augment=Augment(rotation=7.0)) for seed in (0, 1)]
     for packed, single in zip(train_pack(trials, data, CPU), (train_trial(t, data, CPU) for t in trials)):
@@ -144,8 +174,13 @@ def test_a_study_on_a_registered_dataset_runs_and_reports(colours, tmp_path, cap
         def __getattr__(self, name):
             return lambda *args, **kwargs: None
 
-    prepared = prepare(Loaded(study, trials), tracking_uri=store, data_dir=tmp_path,
-                       overrides={"devices": "cpu", "max_workers": 1}, backend=InlineBackend)
+    prepared = prepare(
+        Loaded(study, trials),
+        tracking_uri=store,
+        data_dir=tmp_path,
+        overrides={"devices": "cpu", "max_workers": 1},
+        backend=InlineBackend,
+    )
     summary = run_study(prepared, Quiet())
     assert len(summary.finished) == 4 and summary.failed == []
     linear = [outcome.test_accuracy for trial, outcome in summary.finished if trial.stage == "linear"]
@@ -168,8 +203,18 @@ def test_a_dataset_not_registered_is_a_spec_error_naming_the_known_ones():
 
 
 def _dataset(name: str, shape: tuple[int, ...], names: tuple[str, ...]) -> datasets.Dataset:
-    return datasets.Dataset(name=name, title=name.title(), folder="", files=(), shape=shape, class_names=names,
-                            train_size=0, test_size=0, read=_read, download=_offline)
+    return datasets.Dataset(
+        name=name,
+        title=name.title(),
+        folder="",
+        files=(),
+        shape=shape,
+        class_names=names,
+        train_size=0,
+        test_size=0,
+        read=_read,
+        download=_offline,
+    )
 
 
 def _samples(data: datasets.Dataset, arrays: dict):
@@ -197,8 +242,10 @@ def test_the_samples_figure_has_a_row_per_class_up_to_twenty(classes, rows):
 
     data = _dataset("many", SHAPE, tuple(f"c{k}" for k in range(classes)))
     rng = np.random.default_rng(0)
-    arrays = {"train_images": rng.integers(0, 256, (20 * classes, *SHAPE), dtype=np.uint8),
-              "train_labels": np.arange(20 * classes) % classes}
+    arrays = {
+        "train_images": rng.integers(0, 256, (20 * classes, *SHAPE), dtype=np.uint8),
+        "train_labels": np.arange(20 * classes) % classes,
+    }
     figure, pixels = _samples(data, arrays)
     labels = [axes.get_ylabel() for axes in figure.axes if axes.get_ylabel()]
     assert len(labels) == rows and labels[0] == "c0" and labels[-1] == f"c{classes - 1}"
@@ -213,14 +260,19 @@ def test_the_samples_figure_draws_colour_as_rgb_upright_at_the_datas_aspect():
     labels = np.arange(40) % 4
     images = np.broadcast_to(hues[labels][:, :, None, None], (40, 3, 12, 20)).copy()
     images[:, :, :3] = 128
-    figure, pixels = _samples(_dataset("hues", (3, 12, 20), ("red", "green", "blue", "white")),
-                              {"train_images": images, "train_labels": labels})
+    figure, pixels = _samples(
+        _dataset("hues", (3, 12, 20), ("red", "green", "blue", "white")),
+        {"train_images": images, "train_labels": labels},
+    )
     assert figure.get_suptitle() == "Hues training images (3×12×20)"
-    rows = [figure.axes[8 * k:8 * k + 8] for k in range(4)]
+    rows = [figure.axes[8 * k : 8 * k + 8] for k in range(4)]
     assert [row[0].get_ylabel() for row in rows] == ["red", "green", "blue", "white"]
     for row, hue in zip(rows, hues):
         for axes in row:
-            assert np.abs(_pixel(pixels, axes, 0.6) - hue).max() <= 2 and np.abs(_pixel(pixels, axes, 0.05) - 128).max() <= 2
+            assert (
+                np.abs(_pixel(pixels, axes, 0.6) - hue).max() <= 2
+                and np.abs(_pixel(pixels, axes, 0.05) - 128).max() <= 2
+            )
             box = axes.get_window_extent()
             assert box.width / box.height == pytest.approx(20 / 12, rel=0.03)
 
@@ -255,8 +307,16 @@ def test_the_samples_figure_is_written_and_logged_before_any_trial_finished(colo
     parent = tracker.client.create_run(experiment, tags={ROLE: "parent"}).info.run_id
     trial = tracker.client.create_run(experiment, tags={ROLE: "trial"}).info.run_id
     tracker.client.log_param(trial, "dataset", NAME)
-    report = StudyReport(name="live", description="", design="ladder", dataset=None, planned=4, parent_run_id=parent,
-                         table=pd.DataFrame({"stage": [], "test_accuracy_mean": []}), runs=pd.DataFrame())
+    report = StudyReport(
+        name="live",
+        description="",
+        design="ladder",
+        dataset=None,
+        planned=4,
+        parent_run_id=parent,
+        table=pd.DataFrame({"stage": [], "test_accuracy_mean": []}),
+        runs=pd.DataFrame(),
+    )
     assert write_figures(tracker, report, tmp_path / "figs") == [tmp_path / "figs" / "live-samples.png"]
     assert matplotlib.image.imread(tmp_path / "figs" / "live-samples.png").std() > 0.05
     assert [a.path for a in tracker.client.list_artifacts(parent, "figures")] == ["figures/live-samples.png"]

@@ -21,10 +21,14 @@ def test_ladder_is_stages_times_seeds_in_order():
 def test_hash_ignores_key_order_and_stage_name_and_explicit_defaults():
     reordered = TINY_STUDY.replace('model = { kind = "mlp", hidden = [32] }', 'model = { hidden = [32], kind = "mlp" }')
     renamed = TINY_STUDY.replace('name = "mlp"', 'name = "renamed"')
-    explicit = TINY_STUDY.replace('hidden = [32] }', 'hidden = [32], dropout = 0.0, activation = "relu" }')
-    moved = TINY_STUDY.replace("epochs = 2\n", "").replace(
-        'model = { kind = "mlp", hidden = [32] }', 'model = { kind = "mlp", hidden = [32] }\ntrain = { epochs = 2 }'
-    ).replace('model = { kind = "linear" }', 'model = { kind = "linear" }\ntrain = { epochs = 2 }')
+    explicit = TINY_STUDY.replace("hidden = [32] }", 'hidden = [32], dropout = 0.0, activation = "relu" }')
+    moved = (
+        TINY_STUDY.replace("epochs = 2\n", "")
+        .replace(
+            'model = { kind = "mlp", hidden = [32] }', 'model = { kind = "mlp", hidden = [32] }\ntrain = { epochs = 2 }'
+        )
+        .replace('model = { kind = "linear" }', 'model = { kind = "linear" }\ntrain = { epochs = 2 }')
+    )
     hashes = [t.hash for t in expand(parse_study(TINY_STUDY))]
     for variant in (reordered, renamed, explicit, moved):
         assert [t.hash for t in expand(parse_study(variant))] == hashes
@@ -32,7 +36,11 @@ def test_hash_ignores_key_order_and_stage_name_and_explicit_defaults():
 
 def test_hash_changes_with_any_setting_or_seed():
     base = expand(parse_study(TINY_STUDY))[2]
-    for old, new in [("hidden = [32]", "hidden = [33]"), ("epochs = 2", "epochs = 3"), ("val_size = 500", "val_size = 501")]:
+    for old, new in [
+        ("hidden = [32]", "hidden = [33]"),
+        ("epochs = 2", "epochs = 3"),
+        ("val_size = 500", "val_size = 501"),
+    ]:
         other = expand(parse_study(TINY_STUDY.replace(old, new)))[2]
         assert other.hash != base.hash
     assert expand(parse_study(TINY_STUDY))[3].hash != base.hash  # seed 1
@@ -52,7 +60,11 @@ def test_identical_stages_are_rejected():
 
 def test_varying_settings_name_what_differs():
     assert varying_settings(expand(parse_study(TINY_STUDY))) == [
-        "model.activation", "model.batchnorm", "model.dropout", "model.hidden", "model.kind",
+        "model.activation",
+        "model.batchnorm",
+        "model.dropout",
+        "model.hidden",
+        "model.kind",
     ]
 
 

@@ -14,7 +14,12 @@ from pathlib import Path
 import pytest
 
 from tests._cluster import (
-    descendants, mlflow_server, postgres_server, ray_cluster, require_cluster_components, rss_mb,
+    descendants,
+    mlflow_server,
+    postgres_server,
+    ray_cluster,
+    require_cluster_components,
+    rss_mb,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]

@@ -88,12 +88,32 @@ class _Cluster:
         return path
 
     def argv(self, study: Path, *extra: str) -> list[str]:
-        return [sys.executable, "-m", "ablate", "run", str(study), "--backend", "ray", "--address", self.ray.address,
-                "--tracking-uri", self.tracking, "--claims", self.pg.url("mlflow"), *extra]  # the server's database
+        return [
+            sys.executable,
+            "-m",
+            "ablate",
+            "run",
+            str(study),
+            "--backend",
+            "ray",
+            "--address",
+            self.ray.address,
+            "--tracking-uri",
+            self.tracking,
+            "--claims",
+            self.pg.url("mlflow"),
+            *extra,
+        ]  # the server's database
 
     def start(self, study: Path, *extra: str, **env: str) -> subprocess.Popen:
-        return subprocess.Popen(self.argv(study, *extra), cwd=REPO, env={**os.environ, "ABLATE_DATA_DIR": str(DATA_DIR), **env},
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen(
+            self.argv(study, *extra),
+            cwd=REPO,
+            env={**os.environ, "ABLATE_DATA_DIR": str(DATA_DIR), **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
     def run(self, study: Path, *extra: str, timeout: float = 240, **env: str) -> tuple[int, str]:
         process = self.start(study, *extra, **env)
@@ -115,8 +135,13 @@ class _Cluster:
         stage may be RUNNING for a moment and be done by the time the test acts on it)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            running = [r for r in self.trial_runs(name) if r.info.status == "RUNNING"
-                       and r.data.tags.get("stage") == stage and r.data.tags.get("seed") == str(seed)]
+            running = [
+                r
+                for r in self.trial_runs(name)
+                if r.info.status == "RUNNING"
+                and r.data.tags.get("stage") == stage
+                and r.data.tags.get("seed") == str(seed)
+            ]
             if running:
                 return running[0]
             time.sleep(0.5)
@@ -133,8 +158,11 @@ def _finished_per_hash(runs) -> dict[str, int]:
 
 
 def _accuracies(runs) -> dict[str, float]:
-    return {r.data.tags["trial_hash"]: r.data.metrics["test_accuracy"] for r in runs
-            if r.data.tags.get("role") == "trial" and r.info.status == "FINISHED"}
+    return {
+        r.data.tags["trial_hash"]: r.data.metrics["test_accuracy"]
+        for r in runs
+        if r.data.tags.get("role") == "trial" and r.info.status == "FINISHED"
+    }
 
 
 def test_a_grid_runs_across_the_nodes_once_per_trial_with_the_local_backends_accuracies(cluster, tmp_path):
@@ -147,14 +175,20 @@ def test_a_grid_runs_across_the_nodes_once_per_trial_with_the_local_backends_acc
     workers = {n.node_id for n in cluster.ray.nodes[1:]}
     assert nodes == workers, (nodes, workers)  # both worker nodes trained, the head none
 
-    local = subprocess.run([sys.executable, "-m", "ablate", "run", str(study), "--tracking-uri",
-                            f"sqlite:///{tmp_path / 'local.db'}"], cwd=REPO, capture_output=True, text=True,
-                           env={**os.environ, "ABLATE_DATA_DIR": str(DATA_DIR)}, timeout=240)
+    local = subprocess.run(
+        [sys.executable, "-m", "ablate", "run", str(study), "--tracking-uri", f"sqlite:///{tmp_path / 'local.db'}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ABLATE_DATA_DIR": str(DATA_DIR)},
+        timeout=240,
+    )
     assert local.returncode == 0, local.stdout + local.stderr
     import mlflow
 
     local_runs = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'local.db'}").search_runs(
-        [mlflow.MlflowClient(f"sqlite:///{tmp_path / 'local.db'}").get_experiment_by_name("grid").experiment_id])
+        [mlflow.MlflowClient(f"sqlite:///{tmp_path / 'local.db'}").get_experiment_by_name("grid").experiment_id]
+    )
     assert _accuracies(runs) == _accuracies(local_runs)  # one thread per CPU worker: the same numbers, bit for bit
 
     code, out = cluster.run(study)
@@ -181,9 +215,15 @@ def test_a_claims_file_on_the_drivers_machine_alone_is_refused_on_a_cluster(clus
     other nodes' workers would claim trials on their own. Refused before anything is recorded."""
     study = cluster.study(grid("unclaimed", "[0]"), "unclaimed")
     argv = cluster.argv(study)
-    del argv[argv.index("--claims"):argv.index("--claims") + 2]
-    done = subprocess.run(argv, cwd=REPO, env={**os.environ, "ABLATE_DATA_DIR": str(DATA_DIR)}, capture_output=True,
-                          text=True, timeout=120)
+    del argv[argv.index("--claims") : argv.index("--claims") + 2]
+    done = subprocess.run(
+        argv,
+        cwd=REPO,
+        env={**os.environ, "ABLATE_DATA_DIR": str(DATA_DIR)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and "--claims postgresql://" in done.stderr and "Traceback" not in done.stderr, done
     assert cluster.runs("unclaimed") == []
 
@@ -258,9 +298,15 @@ def test_a_lost_worker_node_fails_its_trial_worker_lost_and_the_other_node_finis
     assert (lost.info.status, lost.data.tags.get("reason")) == ("FAILED", "worker-lost")
     assert "was lost" in lost.data.tags.get("error", "")
     counts = _finished_per_hash(runs)
-    assert set(counts.values()) == {1} and len(counts) == 4, (out, [(r.data.tags.get("stage"), r.data.tags.get("seed"), r.info.status, r.data.tags.get("reason")) for r in runs])
-    retrained = [r for r in runs if r.data.tags.get("trial_hash") == running.data.tags["trial_hash"]
-                 and r.info.status == "FINISHED"]
+    assert set(counts.values()) == {1} and len(counts) == 4, (
+        out,
+        [(r.data.tags.get("stage"), r.data.tags.get("seed"), r.info.status, r.data.tags.get("reason")) for r in runs],
+    )
+    retrained = [
+        r
+        for r in runs
+        if r.data.tags.get("trial_hash") == running.data.tags["trial_hash"] and r.info.status == "FINISHED"
+    ]
     assert retrained[0].data.tags["ray_node"] != running.data.tags["ray_node"]
     code, out = cluster.run(study)
     assert code == 0 and "All 4 trials already done" in out, out

@@ -11,9 +11,9 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from ablate import datasets
-from ablate.engine import _train, train_pack, train_trial
-from ablate.engine import affine_draws, affine_theta, augment_batch, resample
-from ablate.engine import apply_augment as apply, draw_augment as draw
+from ablate.engine import _train, affine_draws, affine_theta, augment_batch, resample, train_pack, train_trial
+from ablate.engine import apply_augment as apply
+from ablate.engine import draw_augment as draw
 from ablate.errors import SpecError
 from ablate.spec import Augment, CNNModel, ConvBlock, DataSettings, TrainSettings, TrialSettings, parse_study
 from tests.conftest import DATA_DIR, TINY_STUDY
@@ -94,7 +94,9 @@ def _affine_only(images: torch.Tensor, augment: Augment, generator: torch.Genera
 
 
 DATA = DataSettings(val_size=200, train_limit=600, test_limit=300)
-CNN = CNNModel(blocks=(ConvBlock(out=4, padding=1, pool=True), ConvBlock(out=6, batchnorm=True)), head="linear").resolved()
+CNN = CNNModel(
+    blocks=(ConvBlock(out=4, padding=1, pool=True), ConvBlock(out=6, batchnorm=True)), head="linear"
+).resolved()
 
 
 def _trial(seed: int, **train) -> TrialSettings:
@@ -113,9 +115,9 @@ def test_a_rotation_only_training_is_bit_identical_to_before(monkeypatch):
 
 def test_packed_trials_get_their_single_runs_crops_and_flips():
     """At a negligible learning rate (so float sums in another order, which differ on every CPU, cannot grow into a
-    drift, see tests/engine/test_pack.py) a pack's trials see exactly their single runs' augmented images: their training
-    losses agree to the rounding of the same forward passes (~1e-7), where other crops and flips would move them by
-    1e-3 or more; a near-tie's argmax may flip."""
+    drift, see tests/engine/test_pack.py) a pack's trials see exactly their single runs' augmented images: their
+    training losses agree to the rounding of the same forward passes (~1e-7), where other crops and flips would move
+    them by 1e-3 or more; a near-tie's argmax may flip."""
     torch.set_num_threads(1)
     data = datasets.load("mnist", DATA, DATA_DIR, CPU)
     trials = [_trial(seed, lr=1e-8, augment=Augment(crop=4, flip=True, rotation=5.0)) for seed in (0, 1)]

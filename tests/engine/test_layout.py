@@ -14,11 +14,10 @@ import torch
 
 from ablate import datasets
 from ablate.cli import main
-from ablate.engine import train_pack, train_trial
 from ablate.engine import _pack as pack_module
 from ablate.engine import _train as train_module
-from ablate.models import CNNModel, ConvBlock
-from ablate.models import Dropout
+from ablate.engine import train_pack, train_trial
+from ablate.models import CNNModel, ConvBlock, Dropout
 from ablate.spec import Augment, DataSettings, TrainSettings, TrialSettings
 from tests.conftest import DATA_DIR, FALSE_ALARM, TINY_STUDY, seed_noise_p
 

@@ -19,8 +19,20 @@ from ablate.cli import main
 from ablate.design import Pack, pack_key, pack_trials
 from ablate.engine import train_pack, train_trial
 from ablate.spec import (
-    Augment, CNNModel, ConvBlock, CosineSchedule, CustomModel, DataSettings, EarlyStopping, LinearModel, MLPModel,
-    OneCycleSchedule, StepSchedule, TrainSettings, TrialSettings, WarmupCosineSchedule,
+    Augment,
+    CNNModel,
+    ConvBlock,
+    CosineSchedule,
+    CustomModel,
+    DataSettings,
+    EarlyStopping,
+    LinearModel,
+    MLPModel,
+    OneCycleSchedule,
+    StepSchedule,
+    TrainSettings,
+    TrialSettings,
+    WarmupCosineSchedule,
 )
 from tests.conftest import DATA_DIR, FALSE_ALARM, TINY_STUDY, seed_noise_p
 
@@ -65,7 +77,9 @@ def test_four_packed_mlps_equal_their_single_runs(data, float64):
         trial(0, MLPModel(hidden=(32,))),
         trial(1, MLPModel(hidden=(32,), dropout=0.5), lr=3e-3, init="kaiming_normal"),
         trial(2, MLPModel(hidden=(32,), dropout=0.2), weight_decay=1e-3, schedule=OneCycleSchedule()),
-        trial(3, MLPModel(hidden=(32,)), label_smoothing=0.1, grad_clip=0.5, schedule=StepSchedule(step_size=1, gamma=0.5)),
+        trial(
+            3, MLPModel(hidden=(32,)), label_smoothing=0.1, grad_clip=0.5, schedule=StepSchedule(step_size=1, gamma=0.5)
+        ),
     ]
     packed = train_pack(trials, data, CPU)
     singles = [train_trial(t, data, CPU) for t in trials]
@@ -84,8 +98,15 @@ def test_packed_batchnorm_sgd_momentum_and_early_stopping(data, float64):
         trial(0, model, optimizer="sgd", lr=0.05, momentum=0.9, epochs=4, early_stopping=stop),
         trial(1, replace(model, dropout=0.3), optimizer="sgd", lr=0.05, schedule=CosineSchedule(), epochs=4),
         trial(2, model, optimizer="sgd", lr=0.05, momentum=0.5, schedule=OneCycleSchedule(), epochs=4),
-        trial(3, replace(model, dropout=0.1), optimizer="sgd", lr=0.05, momentum=0.9, epochs=4,
-              schedule=WarmupCosineSchedule(warmup_epochs=1)),
+        trial(
+            3,
+            replace(model, dropout=0.1),
+            optimizer="sgd",
+            lr=0.05,
+            momentum=0.9,
+            epochs=4,
+            schedule=WarmupCosineSchedule(warmup_epochs=1),
+        ),
     ]
     ended: list[tuple[int, int]] = []  # (trial, epochs it had run) as each is handed over
     packed = train_pack(trials, data, CPU, on_end=lambda i, result: ended.append((i, len(result.history))))
@@ -97,8 +118,10 @@ def test_packed_batchnorm_sgd_momentum_and_early_stopping(data, float64):
 
 def test_packed_linear_models_with_mse_loss(data, float64):
     data = float64(data)
-    trials = [trial(seed, LinearModel(), lr=lr, loss="mse", optimizer="adamw", weight_decay=0.01)
-              for seed, lr in [(0, 1e-3), (1, 1e-2), (2, 3e-3)]]
+    trials = [
+        trial(seed, LinearModel(), lr=lr, loss="mse", optimizer="adamw", weight_decay=0.01)
+        for seed, lr in [(0, 1e-3), (1, 1e-2), (2, 3e-3)]
+    ]
     packed = train_pack(trials, data, CPU)
     _assert_same([train_trial(t, data, CPU) for t in trials], packed)
     assert packed[1].weights.shape == (10, 784)
@@ -118,9 +141,18 @@ CNN = CNNModel(blocks=(ConvBlock(out=4, padding=1, pool=True), ConvBlock(out=8, 
 
 def _cnns(lr: float, epochs: int) -> list[TrialSettings]:
     """Three CNNs with batch norm, rotations, and their own dropout rates, weight decays and seeds."""
-    return [trial(seed, replace(CNN, dropout=rate).resolved(), optimizer="adamw", lr=lr, weight_decay=wd,
-                  augment=Augment(rotation=7), epochs=epochs)
-            for seed, rate, wd in [(0, 0.0, 0.01), (1, 0.2, 0.0), (2, 0.1, 0.1)]]
+    return [
+        trial(
+            seed,
+            replace(CNN, dropout=rate).resolved(),
+            optimizer="adamw",
+            lr=lr,
+            weight_decay=wd,
+            augment=Augment(rotation=7),
+            epochs=epochs,
+        )
+        for seed, rate, wd in [(0, 0.0, 0.01), (1, 0.2, 0.0), (2, 0.1, 0.1)]
+    ]
 
 
 def test_packed_cnns_with_augmentation_see_their_single_runs_batches(data):
@@ -147,8 +179,18 @@ def test_packed_cnns_train_as_well_as_their_single_runs(data):
     """float32 at a real rate, where the drift depends on the CPU's kernels: eight seeds packed and single, whose
     test accuracies must be indistinguishable against the spread between seeds (seed_noise_p, false-alarm rate
     FALSE_ALARM) — the drift is float noise grown by training, never a change of what is trained."""
-    trials = [trial(seed, replace(CNN, dropout=0.1).resolved(), optimizer="adamw", lr=3e-3, weight_decay=0.01,
-                    augment=Augment(rotation=7), epochs=1) for seed in range(8)]
+    trials = [
+        trial(
+            seed,
+            replace(CNN, dropout=0.1).resolved(),
+            optimizer="adamw",
+            lr=3e-3,
+            weight_decay=0.01,
+            augment=Augment(rotation=7),
+            epochs=1,
+        )
+        for seed in range(8)
+    ]
     packed = [r.test_accuracy for r in train_pack(trials, data, CPU)]
     singles = [train_trial(t, data, CPU).test_accuracy for t in trials]
     assert min(packed + singles) > 0.3  # they learn (chance is 0.1): two dead paths would look alike
@@ -177,8 +219,11 @@ def test_the_seed_noise_comparison_keeps_its_false_alarm_rate():
 
 def test_one_diverging_trial_leaves_its_pack_mates_alone(data, float64):
     data = float64(data)
-    trials = [trial(0, MLPModel(hidden=(16,))), trial(1, MLPModel(hidden=(16,)), lr=float("inf")),
-              trial(2, MLPModel(hidden=(16,)), lr=3e-3)]
+    trials = [
+        trial(0, MLPModel(hidden=(16,))),
+        trial(1, MLPModel(hidden=(16,)), lr=float("inf")),
+        trial(2, MLPModel(hidden=(16,)), lr=3e-3),
+    ]
     packed = train_pack(trials, data, CPU)
     assert isinstance(packed[1], RuntimeError) and "not finite" in str(packed[1])
     _assert_same([train_trial(trials[i], data, CPU) for i in (0, 2)], [packed[0], packed[2]])
@@ -186,11 +231,19 @@ def test_one_diverging_trial_leaves_its_pack_mates_alone(data, float64):
 
 def test_pack_key_groups_only_what_can_share_a_network():
     base = trial(0, MLPModel(hidden=(32,)))
-    same = [base, replace(base, seed=5), replace(base, model=MLPModel(hidden=(32,), dropout=0.5)),
-            replace(base, train=replace(base.train, lr=0.1, init="orthogonal", schedule=CosineSchedule()))]
+    same = [
+        base,
+        replace(base, seed=5),
+        replace(base, model=MLPModel(hidden=(32,), dropout=0.5)),
+        replace(base, train=replace(base.train, lr=0.1, init="orthogonal", schedule=CosineSchedule())),
+    ]
     assert len({pack_key(s) for s in same}) == 1
-    other = [replace(base, model=MLPModel(hidden=(64,))), replace(base, model=MLPModel(hidden=(32,), batchnorm=True)),
-             replace(base, train=replace(base.train, batch_size=32)), replace(base, train=replace(base.train, optimizer="sgd"))]
+    other = [
+        replace(base, model=MLPModel(hidden=(64,))),
+        replace(base, model=MLPModel(hidden=(32,), batchnorm=True)),
+        replace(base, train=replace(base.train, batch_size=32)),
+        replace(base, train=replace(base.train, optimizer="sgd")),
+    ]
     assert len({pack_key(s) for s in [base, *other]}) == 5
     assert pack_key(replace(base, model=CustomModel(factory="tests.custom_models:tiny"))) is None
 
@@ -204,11 +257,16 @@ def test_pack_trials_chunks_each_group_in_order(tiny_trials):
 
 # The tiny study's header (2 seeds, 1,000 training images, 2 epochs) under this file's experiment name, keeping no
 # trained models (saving them is tests/export/test_saved_models.py's, and takes a second or two each).
-PACKING_HEADER = TINY_STUDY.split("[[stage]]")[0].replace('name = "tiny"', 'name = "packing"') + """
+PACKING_HEADER = (
+    TINY_STUDY.split("[[stage]]")[0].replace('name = "tiny"', 'name = "packing"')
+    + """
 [tracking]
 models = "none"
 """
-TINY_PACKING = PACKING_HEADER + """
+)
+TINY_PACKING = (
+    PACKING_HEADER
+    + """
 [[stage]]
 name = "mlp"
 model = { kind = "mlp", hidden = [32] }
@@ -220,6 +278,7 @@ model = { kind = "mlp", hidden = [32] }
 name = "linear"
 model = { kind = "linear" }
 """
+)
 
 
 @pytest.fixture
@@ -242,14 +301,17 @@ def test_ablate_run_with_pack_logs_each_trial_as_its_own_run(write_study, new_st
     """The CLI path: `--pack 4` gives the runs, statuses and metrics of an unpacked run of the same study. Workers
     train in float32, so the rates are negligible (real rates are compared in float64 above): each run's metrics are
     its own trial's to float noise, while two trials' differ by their seeds and dropout rates far more."""
-    study = write_study(PACKING_HEADER.replace("seeds = [0, 1]", 'design = "grid"\nseeds = [0, 1]') + """
+    study = write_study(
+        PACKING_HEADER.replace("seeds = [0, 1]", 'design = "grid"\nseeds = [0, 1]')
+        + """
 [model]
 kind = "mlp"
 hidden = [32]
 [grid]
 "model.dropout" = [0.0, 0.5]
 "train.lr" = [1e-7, 1e-6]
-""")
+"""
+    )
     single, packed = new_store("single"), new_store("packed")
     assert main(["run", str(study), "--tracking-uri", single, "--max-workers", "1"]) == 0
     assert main(["run", str(study), "--tracking-uri", packed, "--max-workers", "2", "--pack", "4"]) == 0
@@ -272,7 +334,9 @@ hidden = [32]
 
 
 @pytest.mark.slow
-def test_a_pack_whose_worker_dies_fails_all_its_trials_and_resume_runs_each_once(write_study, new_store, capsys, monkeypatch):
+def test_a_pack_whose_worker_dies_fails_all_its_trials_and_resume_runs_each_once(
+    write_study, new_store, capsys, monkeypatch
+):
     store = new_store()
     study = write_study(TINY_PACKING)
     monkeypatch.setenv("ABLATE_TEST_FAULTS", '{"mlp:1": "kill"}')

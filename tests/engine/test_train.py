@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from ablate import datasets, models
+from ablate.engine import train_trial
 from ablate.errors import AblateError
 from ablate.models import build_model, count_params
-from ablate.engine import train_trial
 from ablate.spec import DataSettings, LinearModel, MLPModel, TrainSettings, TrialSettings
 from tests.conftest import DATA_DIR
 

@@ -145,7 +145,7 @@ def test_early_stopping_stops_and_restores_the_best_epoch():
     assert stopped.test_accuracy == one_epoch.test_accuracy  # the epoch-1 weights were restored before testing
     kept_last = _train(_settings(rule.replace("min_delta = 1.0", "min_delta = 1.0, restore_best = false")))
     assert kept_last.tested_epoch == 3 and kept_last.test_accuracy != one_epoch.test_accuracy
-    patient = _train(_settings('epochs = 3\nearly_stopping = { patience = 5 }'))
+    patient = _train(_settings("epochs = 3\nearly_stopping = { patience = 5 }"))
     assert len(patient.history) == 3 and not patient.stopped_early
 
 
@@ -180,7 +180,9 @@ def test_custom_model_factory_gets_its_keyword_arguments():
     assert trial.settings.model.kwargs == {"width": 8, "depth": 2}
     assert "custom tests.custom_models:tiny_net(width=8, depth=2)" == trial.architecture
     result = _train(trial.settings)
-    assert result.params_count == trial.params_count and result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert (
+        result.params_count == trial.params_count and result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -221,7 +223,8 @@ def test_cli_imports_a_factory_beside_the_study(tmp_path, monkeypatch, capsys):
     from tests.conftest import REPO
 
     (tmp_path / "my_models.py").write_text(
-        "from torch import nn\n\ndef wide(width=4):\n    return nn.Sequential(nn.Flatten(), nn.Linear(784, width), nn.Linear(width, 10))\n"
+        "from torch import nn\n\ndef wide(width=4):\n    return nn.Sequential(nn.Flatten(), nn.Linear(784, width), "
+        "nn.Linear(width, 10))\n"
     )
     study = tmp_path / "custom.toml"
     study.write_text(SMALL.format(train="", model='{ kind = "custom", factory = "my_models:wide", width = 5 }'))

@@ -46,8 +46,10 @@ def test_a_packed_trials_model_is_the_network_its_single_run_ends_with(data, flo
     data = float64(data)
     stop = EarlyStopping(metric="val_accuracy", patience=1, min_delta=1.0)  # never improves after epoch 1
     sgd = dict(optimizer="sgd", lr=0.05, momentum=0.9)  # Adam amplifies float noise in BN's ~0 gradients
-    trials = [_settings(0, MLPModel(hidden=(32,), batchnorm=True, dropout=0.2), **sgd),
-              _settings(1, MLPModel(hidden=(32,), batchnorm=True), early_stopping=stop, **sgd)]
+    trials = [
+        _settings(0, MLPModel(hidden=(32,), batchnorm=True, dropout=0.2), **sgd),
+        _settings(1, MLPModel(hidden=(32,), batchnorm=True), early_stopping=stop, **sgd),
+    ]
     packed = train_pack(trials, data, CPU)
     singles = [train_trial(t, data, CPU) for t in trials]
     for single, pack in zip(singles, packed):
@@ -161,19 +163,23 @@ def test_models_none_keeps_none_and_export_says_what_to_do(write_study, store, c
     assert main(["export", "--study", "tiny", "--tracking-uri", store]) == 2  # neither --out nor --register
 
 
-TINY_CNN = TINY_STUDY.replace('name = "tiny"', 'name = "tinycnn"').split("[[stage]]")[0] + """
+TINY_CNN = (
+    TINY_STUDY.replace('name = "tiny"', 'name = "tinycnn"').split("[[stage]]")[0]
+    + """
 [model]
 kind = "cnn"
 
 [[stage]]
 name = "plain"
-model = { head = "gap", blocks = [{ out = 8, pool = true }, { out = 16, pool = true }, { out = 10, activation = "none" }] }
+model = { head = "gap", blocks = [
+    { out = 8, pool = true }, { out = 16, pool = true }, { out = 10, activation = "none" }] }
 
 [[stage]]
 name = "bn"
 model = { batchnorm = true, head = "gap", blocks = [{ out = 8, pool = true }, { out = 16, pool = true },
           { out = 10, activation = "none", batchnorm = false }] }
 """
+)
 
 
 def _ink(path: Path) -> float:
@@ -184,8 +190,9 @@ def _ink(path: Path) -> float:
 
 
 @pytest.mark.slow
-def test_report_looks_inside_the_best_cnn_and_tables_accuracy_per_class(write_study, store, tmp_path, monkeypatch,
-                                                                          capsys):
+def test_report_looks_inside_the_best_cnn_and_tables_accuracy_per_class(
+    write_study, store, tmp_path, monkeypatch, capsys
+):
     """The best CNN arm's saved model gives the filters figure (its first layer's 8 filters) and the activation maps
     (input + its 3 conv blocks), both logged to that model's run; the markdown tables accuracy per class and arm and
     says where the models are."""

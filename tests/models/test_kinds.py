@@ -69,10 +69,17 @@ def test_reference_cnns_have_their_published_sizes():
 
 
 def test_model_level_defaults_fold_into_blocks_and_hash_alike():
-    explicit = CNNS.replace('model = { batchnorm = true, head = "gap", blocks = [\n  { out = 8 }, { out = 8, pool = true }',
-                            'model = { head = "gap", blocks = [\n  { out = 8, batchnorm = true }, { out = 8, pool = true, batchnorm = true }')
-    explicit = explicit.replace("{ out = 12 }, { out = 12, pool = true }, { out = 24, pool = true },\n  { out = 10, padding = 1, batchnorm = false",
-                                "{ out = 12, batchnorm = true }, { out = 12, pool = true, batchnorm = true }, { out = 24, pool = true, batchnorm = true },\n  { out = 10, padding = 1, batchnorm = false")
+    explicit = CNNS.replace(
+        'model = { batchnorm = true, head = "gap", blocks = [\n  { out = 8 }, { out = 8, pool = true }',
+        'model = { head = "gap", blocks = [\n  { out = 8, batchnorm = true }, { out = 8, pool = true, batchnorm = true '
+        '}',
+    )
+    explicit = explicit.replace(
+        "{ out = 12 }, { out = 12, pool = true }, { out = 24, pool = true },\n  { out = 10, padding = 1, batchnorm = "
+        "false",
+        "{ out = 12, batchnorm = true }, { out = 12, pool = true, batchnorm = true }, { out = 24, pool = true, "
+        "batchnorm = true },\n  { out = 10, padding = 1, batchnorm = false",
+    )
     assert explicit != CNNS
     assert _trials(explicit)["c3"].hash == _trials()["c3"].hash
     blocks = _trials()["c3"].settings.model.blocks
@@ -97,11 +104,22 @@ def test_bad_cnns_are_rejected_with_their_path(model, needle):
 
 
 def test_conv_gap_head_and_block_layer_order():
-    text = '[study]\nname = "x"\n[[stage]]\nname = "a"\nmodel = { kind = "cnn", head = "conv-gap", blocks = [{ out = 6, batchnorm = true, dropout = 0.2, pool = true }] }\n'
+    text = (
+        '[study]\nname = "x"\n[[stage]]\nname = "a"\n'
+        'model = { kind = "cnn", head = "conv-gap", blocks = [\n'
+        '    { out = 6, batchnorm = true, dropout = 0.2, pool = true }] }\n'
+    )
     trial = expand(parse_study(text))[0]
     model = build_model(trial.settings.model, MNIST)
     assert [type(m).__name__ for m in model] == [
-        "Conv2d", "BatchNorm2d", "ReLU", "Dropout", "MaxPool2d", "Conv2d", "AdaptiveAvgPool2d", "Flatten"
+        "Conv2d",
+        "BatchNorm2d",
+        "ReLU",
+        "Dropout",
+        "MaxPool2d",
+        "Conv2d",
+        "AdaptiveAvgPool2d",
+        "Flatten",
     ]
     assert count_params(model) == trial.params_count == (6 * 9 + 6) + 12 + (6 * 10 + 10)
 
@@ -165,7 +183,9 @@ def test_a_cnn_trains_with_sgd_and_an_init():
 
     trial = _trials()["c3"]
     settings = TrialSettings(
-        dataset="mnist", seed=0, data=DataSettings(val_size=500, train_limit=2000, test_limit=500),
+        dataset="mnist",
+        seed=0,
+        data=DataSettings(val_size=500, train_limit=2000, test_limit=500),
         model=trial.settings.model,
         train=TrainSettings(epochs=2, batch_size=64, optimizer="sgd", lr=0.05, momentum=0.9, init="kaiming_normal"),
     )
@@ -175,6 +195,9 @@ def test_a_cnn_trains_with_sgd_and_an_init():
 
 
 def test_macs_match_a_torch_hook_count():
-    for trial in expand(load_study(REPO / "studies" / "cnn8k.toml"))[::3] + expand(load_study(REPO / "studies" / "linearity.toml"))[::3]:
+    for trial in (
+        expand(load_study(REPO / "studies" / "cnn8k.toml"))[::3]
+        + expand(load_study(REPO / "studies" / "linearity.toml"))[::3]
+    ):
         model = build_model(trial.settings.model, MNIST)
         assert models.macs(trial.settings.model, MNIST) == hooked_macs(model, MNIST.shape)

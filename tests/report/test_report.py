@@ -123,22 +123,47 @@ def test_figures_are_non_blank_pngs_linked_and_logged(store, capsys):
     printed = capsys.readouterr().out
     assert f"wrote {out.parent / 'tiny-curves.png'}" in printed and "logged 8 figure(s) of tiny" in printed
     text = out.read_text()
-    for name in ("tiny-curves.png", "tiny-test_accuracy.png", "tiny-confusion.png", "tiny-mistakes.png",
-                 "tiny-templates.png", "tiny-samples.png", "tiny-per-class.png", "tiny-predictions.png"):
+    for name in (
+        "tiny-curves.png",
+        "tiny-test_accuracy.png",
+        "tiny-confusion.png",
+        "tiny-mistakes.png",
+        "tiny-templates.png",
+        "tiny-samples.png",
+        "tiny-per-class.png",
+        "tiny-predictions.png",
+    ):
         path = out.parent / name
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({name})" in text
         assert matplotlib.image.imread(path).std() > 0.05  # something is drawn
     client = MlflowClient(uri)
     parent = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.role = 'parent'")[0]
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "figures")} >= {"figures/tiny-curves.png"}
-    assert main(["report", "--tracking-uri", uri, "--study", "tiny", "--out", str(folder / "nofig" / "t.md"), "--no-figures"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--tracking-uri",
+                uri,
+                "--study",
+                "tiny",
+                "--out",
+                str(folder / "nofig" / "t.md"),
+                "--no-figures",
+            ]
+        )
+        == 0
+    )
     assert not list((folder / "nofig").glob("*.png"))
 
 
 @pytest.mark.slow
 def test_grid_main_effects_and_interaction(write_study, tmp_path, capsys):
-    grid = write_study(TINY_STUDY.split("[[stage]]")[0].replace('name = "tiny"', 'name = "g"\ndesign = "grid"')
-                       + '[model]\nkind = "mlp"\nhidden = [16]\n[grid]\n"model.dropout" = [0.0, 0.5]\n"model.batchnorm" = [false, true]\n')
+    grid = write_study(
+        TINY_STUDY.split("[[stage]]")[0].replace('name = "tiny"', 'name = "g"\ndesign = "grid"')
+        + '[model]\nkind = "mlp"\nhidden = [16]\n[grid]\n"model.dropout" = [0.0, 0.5]\n"model.batchnorm" = [false, '
+          'true]\n'
+    )
     uri = f"sqlite:///{tmp_path / 'g.db'}"
     assert main(["run", str(grid), "--tracking-uri", uri]) == 0
     capsys.readouterr()
@@ -176,10 +201,17 @@ def test_latex_compiles_with_booktabs(store, tmp_path):
     uri, _ = store
     assert main(["report", "--tracking-uri", uri, "--study", "tiny", "--out", str(tmp_path / "t.tex")]) == 0
     document = tmp_path / "doc.tex"
-    document.write_text("\\documentclass{article}\\usepackage{booktabs}\\usepackage[margin=1cm,landscape]{geometry}"
-                        "\\begin{document}\\input{t.tex}\\end{document}\n")
-    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    document.write_text(
+        "\\documentclass{article}\\usepackage{booktabs}\\usepackage[margin=1cm,landscape]{geometry}"
+        "\\begin{document}\\input{t.tex}\\end{document}\n"
+    )
+    done = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout[-2000:]
     assert (tmp_path / "doc.pdf").stat().st_size > 1000
 
@@ -212,7 +244,9 @@ def test_accuracy_per_arm_is_dots_with_whiskers_and_a_one_epoch_curve_has_marker
     _arms_figure(report, tmp_path / "arms.png", plt)
     axes = drawn[0].axes[0]
     assert not [p for p in axes.patches if type(p).__name__ == "Rectangle"]  # no bars
-    assert any(line.get_marker() == "o" for line in axes.lines) and any(line.get_linestyle() == "--" for line in axes.lines)
+    assert any(line.get_marker() == "o" for line in axes.lines) and any(
+        line.get_linestyle() == "--" for line in axes.lines
+    )
     _curves_figure(Tracker(uri), report, tmp_path / "curves.png", plt)  # the tiny study trains 2 epochs
     assert all(line.get_marker() == "o" for line in drawn[1].axes[0].lines)
 
@@ -238,8 +272,7 @@ def test_per_class_accuracy_weighted_by_the_class_counts_is_the_arms_accuracy(st
     """Each arm's per-class test accuracies, weighted by how many test images each class has, give back the mean
     test accuracy of its runs: the heat map shows where an arm's accuracy comes from, not other numbers."""
     from ablate import datasets
-    from ablate.report import build
-    from ablate.report import per_class_accuracy
+    from ablate.report import build, per_class_accuracy
     from ablate.tracking import Tracker
 
     uri, _ = store

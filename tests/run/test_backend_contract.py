@@ -11,8 +11,20 @@ import time
 
 import pytest
 
-from ablate.run import Done, Epoch, Event, Finished, InlineBackend, Killed, LocalBackend, Ready, Slot, Started
-from ablate.run import WorkerConfig, task_key
+from ablate.run import (
+    Done,
+    Epoch,
+    Event,
+    Finished,
+    InlineBackend,
+    Killed,
+    LocalBackend,
+    Ready,
+    Slot,
+    Started,
+    WorkerConfig,
+    task_key,
+)
 from ablate.tracking import Identity
 from tests.conftest import DATA_DIR
 

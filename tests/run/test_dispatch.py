@@ -12,8 +12,22 @@ import pytest
 
 from ablate.design import Pack, expand
 from ablate.run import (
-    Dispatcher, Done, EventChannel, Finished, InlineBackend, Orphaned, Outcome, RunSummary, Slot, Started, WorkerDied,
-    load, prepare, run_study, task_key, task_trials,
+    Dispatcher,
+    Done,
+    EventChannel,
+    Finished,
+    InlineBackend,
+    Orphaned,
+    Outcome,
+    RunSummary,
+    Slot,
+    Started,
+    WorkerDied,
+    load,
+    prepare,
+    run_study,
+    task_key,
+    task_trials,
 )
 from ablate.spec import load_study
 from ablate.tracking import RunState, Settled
@@ -28,8 +42,9 @@ class _Ledger:
         self.statuses = statuses or {}
         self.claimed = claimed or {}  # run id → (status, trial hash): runs in the store the dispatcher never heard of
 
-    def settle(self, run_id: str, status: str, error: str | None = None, reason: str | None = None,
-               force: bool = False) -> Settled:
+    def settle(
+        self, run_id: str, status: str, error: str | None = None, reason: str | None = None, force: bool = False
+    ) -> Settled:
         """As Tracker.settle: a run that ended stays as it is; a RUNNING one is ended here."""
         state = RunState(self.statuses.get(run_id, "RUNNING"), {"test_accuracy": 0.9, "train_seconds": 1.0}, {})
         if state.status != "RUNNING":
@@ -38,7 +53,9 @@ class _Ledger:
         return Settled(RunState(status, state.metrics, {"reason": reason or "", "error": error or ""}), ended_here=True)
 
     def running_runs(self, experiment_id: str, parent_id: str, trial_hash: str) -> list[str]:
-        return [run_id for run_id, (status, hash_) in self.claimed.items() if status == "RUNNING" and hash_ == trial_hash]
+        return [
+            run_id for run_id, (status, hash_) in self.claimed.items() if status == "RUNNING" and hash_ == trial_hash
+        ]
 
 
 class _Reporter:
@@ -108,7 +125,10 @@ def test_a_run_the_worker_ended_before_dying_unheard_keeps_its_status(trials):
     assert [t for t, _ in summary.finished] == [pack.trials[0]]
     assert ledger.finished == [("run-b", "FAILED", "worker-lost")]
     assert [(t, reason) for t, reason, _ in summary.failed] == [(pack.trials[1], "worker-lost")]
-    assert "the inline worker died (after ending run-a, before saying so) while training this trial" in summary.failed[0][2]
+    assert (
+        "the inline worker died (after ending run-a, before saying so) while training this trial"
+        in summary.failed[0][2]
+    )
     assert backend.dead() == {}  # nothing left to do: the slot is retired, not reported again
 
 
@@ -174,8 +194,13 @@ def test_a_worker_whose_parent_is_gone_stops_as_orphaned():
 
 
 def _run_inline(study_path: Path, store: str) -> RunSummary:
-    prepared = prepare(load(study_path), tracking_uri=store, data_dir=DATA_DIR,
-                       overrides={"devices": "cpu", "max_workers": 2}, backend=InlineBackend)
+    prepared = prepare(
+        load(study_path),
+        tracking_uri=store,
+        data_dir=DATA_DIR,
+        overrides={"devices": "cpu", "max_workers": 2},
+        backend=InlineBackend,
+    )
     return run_study(prepared, _Reporter())
 
 
@@ -206,7 +231,8 @@ def test_an_inline_worker_killed_mid_trial_is_lost_and_resume_trains_it_once(wri
     monkeypatch.setenv("ABLATE_TEST_FAULTS", json.dumps({"mlp:0": "kill"}))
     summary = _run_inline(study, store)
     assert len(summary.finished) == 3 and [(t.stage, t.seed, reason) for t, reason, _ in summary.failed] == [
-        ("mlp", 0, "worker-lost")]
+        ("mlp", 0, "worker-lost")
+    ]
     lost = _trial_runs(store).query("status == 'FAILED'")
     assert list(lost["tags.reason"]) == ["worker-lost"] and "inline worker died" in lost["tags.error"].iloc[0]
 
@@ -217,8 +243,9 @@ def test_an_inline_worker_killed_mid_trial_is_lost_and_resume_trains_it_once(wri
     assert len(finished) == 4 and finished["tags.trial_hash"].is_unique
 
 
-def test_ctrl_c_on_the_inline_backend_kills_the_running_trial_and_hands_out_nothing_more(write_study, tmp_path,
-                                                                                        monkeypatch):
+def test_ctrl_c_on_the_inline_backend_kills_the_running_trial_and_hands_out_nothing_more(
+    write_study, tmp_path, monkeypatch
+):
     """Ctrl-C lands in the dispatcher's own process while the inline worker trains: the trial's run ends KILLED, no
     further trial starts, the parent run ends KILLED, and Ctrl-C works as before afterwards."""
     import os
@@ -248,8 +275,11 @@ def test_ctrl_c_on_the_inline_backend_kills_the_running_trial_and_hands_out_noth
     presser.join(timeout=5)
     assert summary.interrupted and [(t.stage, t.seed) for t, _ in summary.finished] == [("linear", 0), ("linear", 1)]
     runs = _trial_runs(store).set_index(["tags.stage", "tags.seed"])
-    assert list(runs["status"].sort_index().items()) == [(("linear", "0"), "FINISHED"), (("linear", "1"), "FINISHED"),
-                                                        (("mlp", "0"), "KILLED")]
+    assert list(runs["status"].sort_index().items()) == [
+        (("linear", "0"), "FINISHED"),
+        (("linear", "1"), "FINISHED"),
+        (("mlp", "0"), "KILLED"),
+    ]
     assert runs.loc[("mlp", "0"), "tags.reason"] == "interrupted"
     mlflow.set_tracking_uri(store)
     parents = mlflow.search_runs(experiment_names=["tiny"]).query("`tags.role` == 'parent'")

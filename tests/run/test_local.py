@@ -18,7 +18,6 @@ from ablate.errors import AblateError
 from ablate.run import Slot, plan_slots
 from tests.conftest import DATA_DIR, REPO, TINY_STUDY
 
-
 # ---------------------------------------------------------------------------- device assignment (no GPU needed)
 
 
@@ -82,7 +81,10 @@ def test_injected_failures_are_recorded_with_their_reason(tiny, store, capsys, m
     assert trials.loc[("linear", "0"), "status"] == "FINISHED"  # the good trial still ran
     assert trials.loc[("linear", "1"), "tags.reason"] == "diverged"
     assert trials.loc[("mlp", "0"), "tags.reason"] == "oom"
-    assert trials.loc[("mlp", "1"), "tags.reason"] == "worker-lost" and "exit code -9" in trials.loc[("mlp", "1"), "tags.error"]
+    assert (
+        trials.loc[("mlp", "1"), "tags.reason"] == "worker-lost"
+        and "exit code -9" in trials.loc[("mlp", "1"), "tags.error"]
+    )
     assert set(trials["status"]) == {"FINISHED", "FAILED"}
 
     monkeypatch.delenv("ABLATE_TEST_FAULTS")
@@ -117,7 +119,9 @@ def test_a_worker_killed_while_writing_an_event_silences_no_one(tiny, store):
 
 @pytest.mark.slow
 def test_eight_workers_on_a_fresh_sqlite_store(write_study, tmp_path, capsys):
-    study = write_study(TINY_STUDY.replace("seeds = [0, 1]", "seeds = [0, 1, 2, 3]").replace("epochs = 2", "epochs = 1"))
+    study = write_study(
+        TINY_STUDY.replace("seeds = [0, 1]", "seeds = [0, 1, 2, 3]").replace("epochs = 2", "epochs = 1")
+    )
     store = f"sqlite:///{tmp_path / 'fresh.db'}"
     assert main(["run", str(study), "--tracking-uri", store, "--devices", "cpu", "--workers-per-device", "8"]) == 0
     out = capsys.readouterr().out
@@ -132,8 +136,21 @@ def test_eight_workers_on_a_fresh_sqlite_store(write_study, tmp_path, capsys):
 def _start(study, store, *options: str, **env) -> subprocess.Popen:
     environment = {**os.environ, "ABLATE_DATA_DIR": str(DATA_DIR), **env}
     return subprocess.Popen(
-        [sys.executable, "-m", "ablate", "run", str(study), "--tracking-uri", store, *(options or ("--max-workers", "1"))],
-        cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "ablate",
+            "run",
+            str(study),
+            "--tracking-uri",
+            store,
+            *(options or ("--max-workers", "1")),
+        ],
+        cwd=REPO,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -199,10 +216,18 @@ def test_plan_shows_each_trials_status_in_the_store(tiny, store, capsys, monkeyp
     assert main(["run", str(tiny), "--tracking-uri", store]) == 1
     capsys.readouterr()
     grown = tiny.parent / "grown.toml"
-    grown.write_text(tiny.read_text() + '\n[[stage]]\nname = "bn"\nmodel = { kind = "mlp", hidden = [32], batchnorm = true }\n')
+    grown.write_text(
+        tiny.read_text() + '\n[[stage]]\nname = "bn"\nmodel = { kind = "mlp", hidden = [32], batchnorm = true }\n'
+    )
     assert main(["plan", str(grown), "--tracking-uri", store, "--format", "json"]) == 0
     statuses = {(t["stage"], t["seed"]): t["status"] for t in json.loads(capsys.readouterr().out)["trials"]}
-    assert statuses == {("linear", 0): "done", ("linear", 1): "done", ("mlp", 0): "done", ("mlp", 1): "failed",
-                        ("bn", 0): "to do", ("bn", 1): "to do"}
+    assert statuses == {
+        ("linear", 0): "done",
+        ("linear", 1): "done",
+        ("mlp", 0): "done",
+        ("mlp", 1): "failed",
+        ("bn", 0): "to do",
+        ("bn", 1): "to do",
+    }
     assert main(["plan", str(grown), "--tracking-uri", store]) == 0
     assert "3 done, 1 failed, 2 to do" in capsys.readouterr().out

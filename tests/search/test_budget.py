@@ -16,7 +16,13 @@ from ablate.cli import main
 from ablate.design import expand
 from ablate.errors import SpecError
 from ablate.spec import (
-    ablation_text, parse_study, point_problem, resolve_point, survey_space, toml_value, winner_changes,
+    ablation_text,
+    parse_study,
+    point_problem,
+    resolve_point,
+    survey_space,
+    toml_value,
+    winner_changes,
 )
 
 CNN = """
@@ -40,7 +46,8 @@ schedule = "constant"
 kind = "cnn"
 batchnorm = true
 head = "gap"
-blocks = [{{ out = 4 }}, {{ out = 4, pool = true }}, {{ out = 8, pool = true }}, {{ out = 10, padding = 1, batchnorm = false, activation = "none" }}]
+blocks = [{{ out = 4 }}, {{ out = 4, pool = true }}, {{ out = 8, pool = true }},
+          {{ out = 10, padding = 1, batchnorm = false, activation = "none" }}]
 
 [tracking]
 models = "none"
@@ -72,25 +79,44 @@ def test_a_block_setting_changes_that_block_only():
     study = _study()
     stage = resolve_point(study, (("model.blocks[3].out", 20), ("model.blocks[2].pool", False)))
     assert [(b.out, b.pool, b.batchnorm) for b in stage.model.blocks] == [
-        (4, False, True), (4, False, True), (20, True, True), (10, False, False)]
+        (4, False, True),
+        (4, False, True),
+        (20, True, True),
+        (10, False, False),
+    ]
     base = resolve_point(study, ())
     assert [b.out for b in base.model.blocks] == [4, 4, 8, 10]  # the study's own list is untouched
 
 
 def test_a_whole_block_can_be_a_choice_and_a_grid_axis_can_name_a_block():
     grid = CNN.format(trials=1, budget=1).split("[search]")[0].replace('design = "search"', 'design = "grid"')
-    grid += '[grid]\n"model.blocks[1]" = [{ out = 4 }, { out = 6, batchnorm = false }]\n"model.blocks[3].out" = [8, 12]\n'
+    grid += (
+        '[grid]\n"model.blocks[1]" = [{ out = 4 }, { out = 6, batchnorm = false }]\n"model.blocks[3].out" = [8, 12]\n'
+    )
     study = parse_study(grid)
     firsts = {(s.model.blocks[0].out, s.model.blocks[0].batchnorm, s.model.blocks[2].out) for s in study.stages}
     assert firsts == {(4, True, 8), (4, True, 12), (6, False, 8), (6, False, 12)}
     assert len({t.hash for t in expand(study)}) == 4
 
 
-@pytest.mark.parametrize(("old", "new", "path", "needle"), [
-    ('"model.blocks[3].out" = {', '"model.blocks[9].out" = {', 'search.space."model.blocks[9].out"', "has 4 items, numbered from 1"),
-    ('"model.blocks[3].out" = {', '"model.head[1].out" = {', 'search.space."model.head[1].out"', "not a setting"),
-    ('"model.blocks[3].out" = { low = 4', '"model.blocks[3].out" = { low = 0', 'search.space."model.blocks[3].out"', "must be ≥ 1"),
-])
+@pytest.mark.parametrize(
+    ("old", "new", "path", "needle"),
+    [
+        (
+            '"model.blocks[3].out" = {',
+            '"model.blocks[9].out" = {',
+            'search.space."model.blocks[9].out"',
+            "has 4 items, numbered from 1",
+        ),
+        ('"model.blocks[3].out" = {', '"model.head[1].out" = {', 'search.space."model.head[1].out"', "not a setting"),
+        (
+            '"model.blocks[3].out" = { low = 4',
+            '"model.blocks[3].out" = { low = 0',
+            'search.space."model.blocks[3].out"',
+            "must be ≥ 1",
+        ),
+    ],
+)
 def test_bad_block_paths_are_named(old, new, path, needle):
     with pytest.raises(SpecError) as error:
         parse_study(CNN.format(trials=4, budget=2500).replace(old, new))
@@ -103,7 +129,9 @@ def test_a_budget_nothing_fits_is_refused_at_plan_time():
     assert 0 < survey.fit < survey.drawn and smallest < 2500 < largest
     with pytest.raises(SpecError) as error:
         _study(budget=100)
-    assert error.value.path == "search.max_params" and f"{smallest:,} – {largest:,} parameters seen" in error.value.message
+    assert (
+        error.value.path == "search.max_params" and f"{smallest:,} – {largest:,} parameters seen" in error.value.message
+    )
 
 
 def test_a_compute_budget_rejects_what_costs_too_much():
@@ -135,7 +163,8 @@ def test_points_over_the_budget_are_rejected_before_training_and_tpe_learns_to_a
         assert trial.state == optuna.trial.TrialState.PRUNED and not trial.intermediate_values
         why = trial.user_attrs[search.REJECTED_ATTR]
         assert (trial.constraints["max_params"] > 0 and "parameters > max_params 2,500" in why) or (
-            trial.constraints["fits"] > 0 and "does not fit" in why)
+            trial.constraints["fits"] > 0 and "does not fit" in why
+        )
     assert search.finished_count(loaded) == 14 and search.rejected_count(loaded) == len(rejected)
     # With the rejections told to TPE as infeasible, it stops proposing them; told FAIL, it proposed one point
     # thousands of times in a row.
@@ -144,8 +173,13 @@ def test_points_over_the_budget_are_rejected_before_training_and_tpe_learns_to_a
 
 def _create(study, storage: str) -> optuna.Study:
     """The Optuna study as `ablate run` creates it before any worker asks: with its random start enqueued."""
-    return search.open_study(study.search, storage, search.optuna_name(study), search.trial_epochs(study),
-                             on_create=partial(search.enqueue_startup, study))
+    return search.open_study(
+        study.search,
+        storage,
+        search.optuna_name(study),
+        search.trial_epochs(study),
+        on_create=partial(search.enqueue_startup, study),
+    )
 
 
 def _drive_search(study, storage: str, scores: dict, asks: int | None = None) -> optuna.Study:
@@ -160,10 +194,22 @@ def test_the_base_settings_are_confirmed_first_and_a_top_point_equal_to_them_is_
     study = _study(trials=7, path=str(tmp_path / "s.toml"))
     storage = str(tmp_path / "journal.log")
     loaded = _drive_search(study, storage, {}, asks=6)  # the budget's 7th trial is the enqueued point below
-    base_point = [["train.schedule", "constant"], ["train.lr", 0.01], ["model.blocks[1].out", 4],
-                  ["model.blocks[3].out", 8], ["model.blocks[2].pool", True]]
-    loaded.enqueue_trial({"model.blocks[1].out": 4, "model.blocks[3].out": 8, "model.blocks[2].pool": "true",
-                          "train.schedule": "constant", "train.lr": 0.01})
+    base_point = [
+        ["train.schedule", "constant"],
+        ["train.lr", 0.01],
+        ["model.blocks[1].out", 4],
+        ["model.blocks[3].out", 8],
+        ["model.blocks[2].pool", True],
+    ]
+    loaded.enqueue_trial(
+        {
+            "model.blocks[1].out": 4,
+            "model.blocks[3].out": 8,
+            "model.blocks[2].pool": "true",
+            "train.schedule": "constant",
+            "train.lr": 0.01,
+        }
+    )
     asked = search.ask(search.SearchTask(6, storage, study.path, study.text))
     assert sorted(map(tuple, asked.asked.user_attrs[search.POINT_ATTR])) == sorted(map(tuple, base_point))
     asked.complete(0.99)  # the base settings, found by the search, score best
@@ -176,8 +222,14 @@ def test_the_base_settings_are_confirmed_first_and_a_top_point_equal_to_them_is_
 
 def test_followup_undoes_each_change_alone_with_blocks_and_conditions_grouped():
     study = _study()
-    point = (("model.blocks[1].out", 6), ("model.blocks[3].out", 8), ("model.blocks[2].pool", False),
-             ("train.schedule", {"kind": "step", "step_size": 1}), ("train.schedule.gamma", 0.5), ("train.lr", 0.01))
+    point = (
+        ("model.blocks[1].out", 6),
+        ("model.blocks[3].out", 8),
+        ("model.blocks[2].pool", False),
+        ("train.schedule", {"kind": "step", "step_size": 1}),
+        ("train.schedule.gamma", 0.5),
+        ("train.lr", 0.01),
+    )
     changes = winner_changes(study, point)
     # blocks[3].out = 8 and lr 0.01 are the base's own values; widths are one change, gamma goes with its schedule
     assert [c.arm for c in changes] == ["undo-blocks.out", "undo-blocks.pool", "undo-schedule"]
@@ -196,13 +248,18 @@ def test_followup_undoes_each_change_alone_with_blocks_and_conditions_grouped():
     assert tomllib.loads(text)["study"]["baseline"] == "winner"
 
 
-@pytest.mark.parametrize("value", [0.05, 1e-05, 3.0, 7, True, "a \"quoted\" name", [1, 2.5], {"kind": "step", "x": [1]}])
+@pytest.mark.parametrize("value", [0.05, 1e-05, 3.0, 7, True, 'a "quoted" name', [1, 2.5], {"kind": "step", "x": [1]}])
 def test_toml_values_read_back_as_written(value):
     assert tomllib.loads(f"v = {toml_value(value)}")["v"] == value
 
 
-OVER_BUDGET = {"model.blocks[1].out": 12, "model.blocks[3].out": 24, "model.blocks[2].pool": False,
-               "train.schedule": "constant", "train.lr": 0.01}
+OVER_BUDGET = {
+    "model.blocks[1].out": 12,
+    "model.blocks[3].out": 24,
+    "model.blocks[2].pool": False,
+    "train.schedule": "constant",
+    "train.lr": 0.01,
+}
 
 
 @pytest.mark.slow
@@ -214,7 +271,8 @@ def test_a_budgeted_search_confirms_against_base_and_its_followup_runs(write_stu
     study = parse_study(path.read_text(), str(path))
     assert "max_params 2,500" in point_problem(study, resolve_point(study, tuple(OVER_BUDGET.items())))
     _create(study, str(tmp_path / "optuna-journal.log")).enqueue_trial(  # the journal beside the store, as ablate's
-        {key: str(value).lower() if isinstance(value, bool) else value for key, value in OVER_BUDGET.items()})
+        {key: str(value).lower() if isinstance(value, bool) else value for key, value in OVER_BUDGET.items()}
+    )
     assert main(["run", str(path), "--tracking-uri", store, "--max-workers", "2"]) == 0
     mlflow.set_tracking_uri(store)
     runs = mlflow.search_runs(experiment_names=["tinycnn"])
@@ -248,14 +306,17 @@ def test_followup_undoes_a_cnn_wide_default_to_the_schema_default():
     point = (("model.blocks[1].out", 6), ("model.dropout", 0.2))
     changes = winner_changes(study, point)
     assert [c.base for c in changes] == [(("model.blocks[1].out", 4),), (("model.dropout", 0.0),)]
-    arms = {s.name: s for s in parse_study(ablation_text(study, point, winner_changes(study, point), "w", (5, 6), "#")).stages}
+    arms = {
+        s.name: s
+        for s in parse_study(ablation_text(study, point, winner_changes(study, point), "w", (5, 6), "#")).stages
+    }
     assert {b.dropout for b in arms["undo-dropout"].model.blocks[:-1]} == {0.0}
     assert {b.dropout for b in arms["winner"].model.blocks[:-1]} == {0.2}
 
 
 def test_followup_keeps_the_dataset_and_states_what_the_winner_switched_off():
-    text = CNN.format(trials=6, budget=2500).replace('seeds = [0]', 'seeds = [0]\ndataset = "fashion-mnist"')
-    text = text.replace('lr = 0.01\n', 'lr = 0.01\noptimizer = "sgd"\nmomentum = 0.9\n')
+    text = CNN.format(trials=6, budget=2500).replace("seeds = [0]", 'seeds = [0]\ndataset = "fashion-mnist"')
+    text = text.replace("lr = 0.01\n", 'lr = 0.01\noptimizer = "sgd"\nmomentum = 0.9\n')
     study = parse_study(text + '"train.optimizer" = ["sgd", "adam"]\n')
     point = (("model.blocks[1].out", 6), ("train.optimizer", "adam"))
     written = parse_study(ablation_text(study, point, winner_changes(study, point), "w", (5, 6), "#"))
@@ -267,19 +328,24 @@ def test_followup_keeps_the_dataset_and_states_what_the_winner_switched_off():
 
 def test_samplers_blind_to_rejections_are_refused_with_a_budget():
     with pytest.raises(SpecError) as error:
-        parse_study(CNN.format(trials=6, budget=2500).replace("startup_trials = 3", 'startup_trials = 3\nsampler = "gp"'))
+        parse_study(
+            CNN.format(trials=6, budget=2500).replace("startup_trials = 3", 'startup_trials = 3\nsampler = "gp"')
+        )
     assert error.value.path == "search.sampler" and "use 'tpe' or 'random'" in error.value.message
 
 
 def test_a_block_setting_means_nothing_for_a_stage_without_blocks():
-    text = CNN.format(trials=6, budget=100_000).replace("[search]", '''[[stage]]
+    text = CNN.format(trials=6, budget=100_000).replace(
+        "[search]",
+        """[[stage]]
 name = "c"
 
 [[stage]]
 name = "m"
 model = { kind = "mlp", hidden = [32] }
 
-[search]''')
+[search]""",
+    )
     study = parse_study(text + '"stage" = ["c", "m"]\n')
     mlp = resolve_point(study, (("stage", "m"), ("model.blocks[2].out", 8)))
     assert mlp.model.kind == "mlp" and dict(mlp.point) == {"stage": "m"}  # dropped, as a grid drops it
@@ -288,7 +354,9 @@ model = { kind = "mlp", hidden = [32] }
 
 
 def test_confirm_top_zero_confirms_nothing_but_the_base(tmp_path):
-    study = parse_study(CNN.format(trials=4, budget=2500).replace("confirm_top = 2", "confirm_top = 0"), str(tmp_path / "s.toml"))
+    study = parse_study(
+        CNN.format(trials=4, budget=2500).replace("confirm_top = 2", "confirm_top = 0"), str(tmp_path / "s.toml")
+    )
     loaded = _drive_search(study, str(tmp_path / "journal.log"), {})
     assert search.best_points(loaded, 0) == []
 

@@ -33,7 +33,9 @@ def test_space_parses_ranges_choices_and_conditions():
 
 
 def test_default_confirm_seeds_are_fresh():
-    study = parse_study(SEARCH.format(trials=4).replace("confirm_seeds = [10, 11]\n", "").replace("seeds = [0]", "seeds = [3, 5]"))
+    study = parse_study(
+        SEARCH.format(trials=4).replace("confirm_seeds = [10, 11]\n", "").replace("seeds = [0]", "seeds = [3, 5]")
+    )
     assert study.search.confirm_seeds == (6, 7, 8)
 
 
@@ -41,7 +43,7 @@ def _drive(storage: str, n: int) -> list[dict]:
     """Ask and tell as the workers do, one at a time: the suggested parameters in order."""
     study_spec = parse_study(SEARCH.format(trials=n)).search
     asked = []
-    for index in range(n):
+    for _ in range(n):
         study = search.open_study(study_spec, storage, "srch", epochs=3)
         trial = study.ask()
         point = dict(search.suggest(trial, study_spec.space))
@@ -75,7 +77,11 @@ def test_stale_running_trial_is_failed_and_retried(tmp_path):
     study = search.open_study(spec, str(tmp_path / "j.log"), "srch", epochs=3)
     trial = study.ask()
     search.suggest(trial, spec.space)
-    for key, value in ((search.HOST_ATTR, os.uname().nodename), (search.PID_ATTR, 2 ** 22 + 7), (search.PID_START_ATTR, "1")):
+    for key, value in (
+        (search.HOST_ATTR, os.uname().nodename),
+        (search.PID_ATTR, 2**22 + 7),
+        (search.PID_START_ATTR, "1"),
+    ):
         trial.set_user_attr(key, value)
     assert len(search.recover_stale(study, alive)) == 1
     states = [t.state for t in study.get_trials()]
@@ -95,14 +101,18 @@ def test_recovery_brings_search_runs_in_line_with_their_optuna_trials(tmp_path, 
     gone, told = study.ask(), study.ask()
     for trial in (gone, told):
         search.suggest(trial, spec.space)
-        for key, value in ((search.HOST_ATTR, os.uname().nodename), (search.PID_ATTR, 2 ** 22 + 7),
-                           (search.PID_START_ATTR, "1")):
+        for key, value in (
+            (search.HOST_ATTR, os.uname().nodename),
+            (search.PID_ATTR, 2**22 + 7),
+            (search.PID_START_ATTR, "1"),
+        ):
             trial.set_user_attr(key, value)
     study.tell(told, 0.7)
     runs = {}
     for trial in (gone, told):
-        runs[trial.number] = tracker.start_trial(experiment, "no-parent", trials[0], {"optuna_trial": str(trial.number)},
-                                                 role="search")
+        runs[trial.number] = tracker.start_trial(
+            experiment, "no-parent", trials[0], {"optuna_trial": str(trial.number)}, role="search"
+        )
 
     recovered = _recover_search(tracker, experiment, study)
 
@@ -130,9 +140,11 @@ def _runs(store: str) -> pd.DataFrame:
 # The search's first points, queued before it starts so that pruning happens on any host: two that learn (~0.8
 # after an epoch), then one whose rate (1e-6) leaves it at chance (~0.1), far below their median, so the median
 # pruner stops it whatever the CPU's rounding. Trials 3 and 4 are TPE's: pruned or not, nothing below depends on it.
-FIRST_POINTS = [{"train.lr": 1e-2, "model.dropout": 0.0, "train.schedule": "constant"},
-                {"train.lr": 3e-3, "model.dropout": 0.1, "train.schedule": "constant"},
-                {"train.lr": 1e-6, "model.dropout": 0.0, "train.schedule": "constant"}]
+FIRST_POINTS = [
+    {"train.lr": 1e-2, "model.dropout": 0.0, "train.schedule": "constant"},
+    {"train.lr": 3e-3, "model.dropout": 0.1, "train.schedule": "constant"},
+    {"train.lr": 1e-6, "model.dropout": 0.0, "train.schedule": "constant"},
+]
 
 
 def _queue_first_points(study_file, storage: str) -> None:
@@ -159,8 +171,12 @@ def test_search_runs_prunes_confirms_and_resumes(write_study, tmp_path, new_stor
     assert len(confirmed) == 4 and set(confirmed["tags.seed"]) == {"10", "11"}
     assert confirmed["tags.stage"].str.startswith("top").all()
 
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "optuna-journal.log")))
-    loaded = optuna.load_study(study_name=_optuna_name(5), storage=storage)  # the storage ablate wrote, opened by Optuna itself
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "optuna-journal.log"))
+    )
+    loaded = optuna.load_study(
+        study_name=_optuna_name(5), storage=storage
+    )  # the storage ablate wrote, opened by Optuna itself
     assert len(loaded.trials) == 5
 
     assert main(["run", str(study), "--tracking-uri", store]) == 0  # nothing left to do

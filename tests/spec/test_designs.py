@@ -45,7 +45,9 @@ def test_grid_is_the_cartesian_product_times_seeds():
 
 
 def test_grid_crosses_stages():
-    text = GRID.replace('"train.init" = ["default", "xavier_uniform"]\n', "") + """
+    text = (
+        GRID.replace('"train.init" = ["default", "xavier_uniform"]\n', "")
+        + """
 [[stage]]
 name = "narrow"
 
@@ -53,6 +55,7 @@ name = "narrow"
 name = "wide"
 model = { hidden = [128] }
 """
+    )
     trials = expand(parse_study(text))
     assert len(trials) == 2 * 2 * 3 * 2
     assert trials[0].stage == "narrow dropout=0.0 schedule=constant"
@@ -60,7 +63,9 @@ model = { hidden = [128] }
 
 
 def test_exclude_removes_matching_points():
-    text = GRID + """
+    text = (
+        GRID
+        + """
 [[exclude]]
 "train.init" = "xavier_uniform"
 "model.dropout" = 0.5
@@ -68,6 +73,7 @@ def test_exclude_removes_matching_points():
 [[exclude]]
 "train.schedule" = ["cosine"]
 """
+    )
     study = parse_study(text)
     assert study.excluded == 3 + 4 - 1  # (xavier, 0.5, any) ∪ (any, any, cosine): 3 + 4 − 1
     names = {t.stage for t in expand(study)}
@@ -88,7 +94,10 @@ def test_no_op_grid_points_merge_into_one_trial():
 
 
 def test_contradiction_made_by_an_axis_is_a_no_op_not_an_error():
-    text = GRID.replace('"train.init" = ["default", "xavier_uniform"]', '"train.optimizer" = ["sgd", "adam"]\n"train.momentum" = [0.0, 0.9]')
+    text = GRID.replace(
+        '"train.init" = ["default", "xavier_uniform"]',
+        '"train.optimizer" = ["sgd", "adam"]\n"train.momentum" = [0.0, 0.9]',
+    )
     design = expand_design(parse_study(text))
     adam = [t for t in design.trials if t.settings.train.optimizer == "adam"]
     assert {t.settings.train.momentum for t in adam} == {0.0}
@@ -97,17 +106,27 @@ def test_contradiction_made_by_an_axis_is_a_no_op_not_an_error():
 
 def test_plan_counts_merged_and_excluded(tmp_path):
     path = tmp_path / "g.toml"
-    path.write_text(GRID.replace('"train.init" = ["default", "xavier_uniform"]', '"train.schedule.gamma" = [0.1, 0.5]')
-                    + '\n[[exclude]]\n"model.dropout" = 0.5\n"train.schedule" = "cosine"\n')
+    path.write_text(
+        GRID.replace('"train.init" = ["default", "xavier_uniform"]', '"train.schedule.gamma" = [0.1, 0.5]')
+        + '\n[[exclude]]\n"model.dropout" = 0.5\n"train.schedule" = "cosine"\n'
+    )
     store = f"sqlite:///{tmp_path / 'none.db'}"
-    done = subprocess.run([sys.executable, "-m", "ablate", "plan", str(path), "--tracking-uri", store],
-                          capture_output=True, text=True, cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, "-m", "ablate", "plan", str(path), "--tracking-uri", store],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert done.returncode == 0, done.stderr
     summary = " ".join(done.stdout.split())  # rich wraps long lines at the pipe's 80 columns
     assert "14 trials: 7 arms × 2 seeds" in summary
     assert "grid of 12 points, 2 excluded by [[exclude]], 3 merged" in summary
-    as_json = subprocess.run([sys.executable, "-m", "ablate", "plan", str(path), "--format", "json"],
-                             capture_output=True, text=True, cwd=REPO)
+    as_json = subprocess.run(
+        [sys.executable, "-m", "ablate", "plan", str(path), "--format", "json"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     document = json.loads(as_json.stdout)
     assert document["count"] == 14 and document["excluded"] == 2 and len(document["merged"]) == 3
 
@@ -122,8 +141,16 @@ def test_plan_counts_merged_and_excluded(tmp_path):
         ('"model.dropout" = [0.1, 1.5]', 'grid."model.dropout"', "[0, 1)"),
         ('"model.dropout" = []', 'grid."model.dropout"', "non-empty list"),
         ('"model.dropout" = [0.1, 0.1]', 'grid."model.dropout"', "lists 0.1 twice"),
-        ('"train.momentum" = [0.0, 0.9]', 'grid."train.momentum"', "has no effect in any grid point: applies only to optimizer 'sgd'"),
-        ('"train.schedule.gamma" = [0.1, 0.5]', 'grid."train.schedule.gamma"', "has no effect in any grid point: applies only to schedule kinds"),
+        (
+            '"train.momentum" = [0.0, 0.9]',
+            'grid."train.momentum"',
+            "has no effect in any grid point: applies only to optimizer 'sgd'",
+        ),
+        (
+            '"train.schedule.gamma" = [0.1, 0.5]',
+            'grid."train.schedule.gamma"',
+            "has no effect in any grid point: applies only to schedule kinds",
+        ),
         ('"train.schedule" = ["constant", "step"]', 'grid."train.schedule"', "needs `step_size`"),
         ('"model.dropout" = 0.5', 'grid."model.dropout"', "must be a non-empty list"),
     ],
@@ -184,18 +211,38 @@ def test_ablation_is_baseline_plus_arms_each_compared_with_the_baseline():
     assert changes["no-dropout"] == "model.dropout=0.0"
     assert changes["no-bn-no-dropout"] == "model.dropout=0.0, model.batchnorm=false"  # vs baseline, not the arm before
     assert changes["constant-lr"] == "train.schedule=constant"
-    named = parse_study(ABLATION.replace('seeds = [0, 1, 2]', 'seeds = [0, 1, 2]\nbaseline = "full"'))
+    named = parse_study(ABLATION.replace("seeds = [0, 1, 2]", 'seeds = [0, 1, 2]\nbaseline = "full"'))
     assert named.stages[0].name == "full"
 
 
 @pytest.mark.parametrize(
     ("change", "path", "needle"),
     [
-        (lambda t: t + '\n[[arm]]\nname = "same"\nmodel = { dropout = 0.2 }\n', "arm[4]", "same settings as 'baseline'"),
-        (lambda t: t + '\n[[arm]]\nname = "no-dropout"\nmodel = { dropout = 0.1 }\n', "arm[4].name", "already the name of arm[1]"),
-        (lambda t: t + '\n[[arm]]\nname = "baseline"\nmodel = { dropout = 0.1 }\n', "arm[4].name", "already the name of the baseline"),
-        (lambda t: t + '\n[[arm]]\nname = "x"\nmodel = { dropuot = 0.1 }\n', "arm[4].model.dropuot", "did you mean 'dropout'"),
-        (lambda t: t + '\n[[stage]]\nname = "x"\n', "stage", "belongs to design 'ladder' or 'grid' or 'search', not 'ablation'"),
+        (
+            lambda t: t + '\n[[arm]]\nname = "same"\nmodel = { dropout = 0.2 }\n',
+            "arm[4]",
+            "same settings as 'baseline'",
+        ),
+        (
+            lambda t: t + '\n[[arm]]\nname = "no-dropout"\nmodel = { dropout = 0.1 }\n',
+            "arm[4].name",
+            "already the name of arm[1]",
+        ),
+        (
+            lambda t: t + '\n[[arm]]\nname = "baseline"\nmodel = { dropout = 0.1 }\n',
+            "arm[4].name",
+            "already the name of the baseline",
+        ),
+        (
+            lambda t: t + '\n[[arm]]\nname = "x"\nmodel = { dropuot = 0.1 }\n',
+            "arm[4].model.dropuot",
+            "did you mean 'dropout'",
+        ),
+        (
+            lambda t: t + '\n[[stage]]\nname = "x"\n',
+            "stage",
+            "belongs to design 'ladder' or 'grid' or 'search', not 'ablation'",
+        ),
         (lambda t: t.split("[[arm]]")[0], "arm", "at least one [[arm]]"),
         (lambda t: t.replace('"ablation"', '"grid"'), "arm", "belongs to design 'ablation', not 'grid'"),
         (lambda t: t.replace('"ablation"', '"ladder"'), "arm", "belongs to design 'ablation', not 'ladder'"),
@@ -235,13 +282,20 @@ def test_committed_studies_match_their_reference_systems():
     ("text", "path", "needle"),
     [
         # [[exclude]] leaves an axis with a single value that means nothing
-        ('"train.optimizer" = ["adam", "sgd"]\n"train.momentum" = [0.0, 0.9]\n[[exclude]]\n"train.optimizer" = "sgd"',
-         'grid."train.momentum"', "has no effect in any grid point: applies only to optimizer 'sgd'"),
+        (
+            '"train.optimizer" = ["adam", "sgd"]\n"train.momentum" = [0.0, 0.9]\n'
+            '[[exclude]]\n"train.optimizer" = "sgd"',
+            'grid."train.momentum"',
+            "has no effect in any grid point: applies only to optimizer 'sgd'",
+        ),
         # every value resolves to the same settings (a model-level dropout the blocks override)
         ('"model.dropout" = [0.0, 0.5]', 'grid."model.dropout"', "every value resolves to the same settings"),
         # a contradiction inside one axis value is the user's, not a no-op
-        ('"train.schedule" = [{ kind = "constant", gamma = 0.5 }, "cosine"]', 'grid."train.schedule"',
-         "applies only to schedule kinds"),
+        (
+            '"train.schedule" = [{ kind = "constant", gamma = 0.5 }, "cosine"]',
+            'grid."train.schedule"',
+            "applies only to schedule kinds",
+        ),
     ],
 )
 def test_axes_without_effect_or_with_contradictions(text, path, needle):
@@ -251,7 +305,9 @@ def test_axes_without_effect_or_with_contradictions(text, path, needle):
 
 
 def test_plan_counts_points_per_stage():
-    text = GRID.replace('"train.init" = ["default", "xavier_uniform"]\n', "") + """
+    text = (
+        GRID.replace('"train.init" = ["default", "xavier_uniform"]\n', "")
+        + """
 [[exclude]]
 "model.dropout" = 0.5
 "train.schedule" = "cosine"
@@ -263,16 +319,17 @@ name = "narrow"
 name = "wide"
 model = { hidden = [128] }
 """
+    )
     study = parse_study(text)
     assert study.excluded == 2 and len(study.stages) == 2 * (6 - 1)
 
 
 def test_baseline_names_the_arm_reports_compare_with():
     named = "init=default dropout=0.5 schedule=cosine"
-    study = parse_study(GRID.replace('seeds = [0, 1]', f'seeds = [0, 1]\nbaseline = "{named}"'))
+    study = parse_study(GRID.replace("seeds = [0, 1]", f'seeds = [0, 1]\nbaseline = "{named}"'))
     assert study.info.baseline == named and named in [stage.name for stage in study.stages]
     with pytest.raises(SpecError, match="is not a grid point's name") as info:
-        parse_study(GRID.replace('seeds = [0, 1]', 'seeds = [0, 1]\nbaseline = "dropout=0.5"'), "bad.toml")
+        parse_study(GRID.replace("seeds = [0, 1]", 'seeds = [0, 1]\nbaseline = "dropout=0.5"'), "bad.toml")
     assert info.value.path == "study.baseline"
     ladder = TINY_LADDER.replace('name = "t"', 'name = "t"\nbaseline = "mlp"')
     assert parse_study(ladder).info.baseline == "mlp"

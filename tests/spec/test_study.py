@@ -85,8 +85,10 @@ def test_errors_in_a_stage_name_it_and_keep_the_key_path(old, new, path, shown):
 
 
 def test_errors_in_a_grid_stage_name_it():
-    text = '[study]\nname = "g"\ndesign = "grid"\n[model]\nkind = "mlp"\n[grid]\n"model.dropout" = [0.0, 0.5]\n' \
-           '[[stage]]\nname = "narrow"\nmodel = { hidden = [8] }\n[[stage]]\nname = "wide"\nmodel = { hiden = [64] }\n'
+    text = (
+        '[study]\nname = "g"\ndesign = "grid"\n[model]\nkind = "mlp"\n[grid]\n"model.dropout" = [0.0, 0.5]\n'
+        '[[stage]]\nname = "narrow"\nmodel = { hidden = [8] }\n[[stage]]\nname = "wide"\nmodel = { hiden = [64] }\n'
+    )
     error = spec_error_at(text, "stage[2].model.hiden")
     assert str(error).startswith('bad.toml: stage[2] ("wide").model.hiden: ')
 
@@ -94,11 +96,15 @@ def test_errors_in_a_grid_stage_name_it():
 SEARCH = SEARCH_STUDY
 
 
-@pytest.mark.parametrize(("trials", "sampler", "warned"), [(8, "tpe", True), (4, "tpe", True), (9, "tpe", False),
-                                                             (4, "random", True), (4, "qmc", True)])
+@pytest.mark.parametrize(
+    ("trials", "sampler", "warned"),
+    [(8, "tpe", True), (4, "tpe", True), (9, "tpe", False), (4, "random", True), (4, "qmc", True)],
+)
 def test_search_that_never_leaves_startup_trials_is_warned(trials, sampler, warned):
     assert "\ntrials = 40\n" in SEARCH and "startup_trials = 8" in SEARCH and 'pruner = "median"' in SEARCH
-    text = SEARCH.replace("\ntrials = 40\n", f"\ntrials = {trials}\n").replace('sampler = "tpe"', f'sampler = "{sampler}"')
+    text = SEARCH.replace("\ntrials = 40\n", f"\ntrials = {trials}\n").replace(
+        'sampler = "tpe"', f'sampler = "{sampler}"'
+    )
     warnings = study_warnings(parse_study(text, "s.toml"))
     assert bool(warnings) == warned, warnings
     if warned:
@@ -114,7 +120,7 @@ def test_search_without_a_pruner_or_startup_is_not_warned():
 
 
 def test_missing_study_table_and_stages():
-    assert _error('[train]\nepochs = 1\n').path == "study"
+    assert _error("[train]\nepochs = 1\n").path == "study"
     assert "at least one [[stage]]" in str(_error('[study]\nname = "x"\n'))
     assert "[[stage]]" in str(_error('[study]\nname = "x"\n[stage]\nname = "a"\n'))
 
@@ -141,7 +147,10 @@ def test_cli_bad_spec_exits_2_with_one_line_and_no_traceback(write_study):
         assert done.returncode == 2
         assert done.stderr.count("\n") == 1, done.stderr
         assert "Traceback" not in done.stderr
-        assert f"{path}: stage[2] (\"mlp\").model.hiden: unknown key (did you mean 'hidden'?); model kind 'mlp' allows:" in done.stderr
+        assert (
+            f"{path}: stage[2] (\"mlp\").model.hiden: unknown key (did you mean 'hidden'?); model kind 'mlp' allows:"
+            in done.stderr
+        )
 
 
 def test_cli_missing_file_and_debug_traceback(tmp_path):
