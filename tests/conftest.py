@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -38,6 +39,18 @@ model = { kind = "mlp", hidden = [32] }
 def _data_dir(monkeypatch):
     """Every test reads the MNIST files committed in data/, never the network."""
     monkeypatch.setenv("ABLATE_DATA_DIR", str(DATA_DIR))
+
+
+@pytest.fixture(autouse=True)
+def _no_tracking_uri_in_the_environment():
+    """ablate takes the store from $MLFLOW_TRACKING_URI when no --tracking-uri is given, and MLflow's own
+    set_tracking_uri writes that variable: a test that calls it (or a developer's shell that sets it) must not choose
+    the store of the tests after it. Cleared before each test, and after it whatever the test set."""
+    before = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    if before is not None:
+        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 @pytest.fixture

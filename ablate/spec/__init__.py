@@ -39,20 +39,9 @@ from ablate.spec._schema import (
     TrialSettings,
     WarmupCosineSchedule,
 )
-from ablate.spec._space import (
-    BUDGETS,
-    STARTUP_SAMPLERS,
-    SearchSettings,
-    SearchSpec,
-    SpaceEntry,
-    SpaceSurvey,
-    budget_use,
-    point_problem,
-    random_point,
-    resolve_point,
-    survey_space,
-)
+from ablate.spec._space import BUDGETS, STARTUP_SAMPLERS, SearchSettings, SearchSpec, SpaceEntry, resolve_point
 from ablate.spec._study import MAX_NAME, importable, load_study, parse_study, study_warnings
+from ablate.spec._survey import SpaceSurvey, budget_use, point_problem, random_point, survey_space
 from ablate.spec._toml import MAX_DEPTH, read_toml, toml_value
 from ablate.spec._validate import model_from_dict
 

@@ -12,7 +12,8 @@ from ablate.errors import AblateError, SpecError, did_you_mean
 from ablate.spec._arms import TOP_KEYS, arm_sources, naming
 from ablate.spec._grid import expand_grid, parse_grid
 from ablate.spec._schema import DatasetFactory, ExecutionSettings, Stage, Study, StudyInfo, TrackingSettings
-from ablate.spec._space import check_space_resolves, check_space_trains, parse_search, search_warnings
+from ablate.spec._space import parse_search, search_warnings
+from ablate.spec._survey import check_space_resolves, check_space_trains
 from ablate.spec._toml import read_toml
 from ablate.spec._validate import SETTING_TABLES, Context, Layer, build, check_table, coerce, resolve, written
 
