@@ -31,6 +31,7 @@ from ablate.spec import (
     parse_study,
 )
 from ablate.tracking import Tracker
+from tests._helpers import QuietReporter
 from tests.conftest import hooked_macs
 
 NAME, SHAPE, CLASSES = "colours", (3, 12, 10), ("red", "green", "blue", "grey")
@@ -170,10 +171,6 @@ def test_a_study_on_a_registered_dataset_runs_and_reports(colours, tmp_path, cap
     assert trials[0].architecture == f"linear {math.prod(SHAPE)} → {len(CLASSES)}"
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
 
-    class Quiet:
-        def __getattr__(self, name):
-            return lambda *args, **kwargs: None
-
     prepared = prepare(
         Loaded(study, trials),
         tracking_uri=store,
@@ -181,7 +178,7 @@ def test_a_study_on_a_registered_dataset_runs_and_reports(colours, tmp_path, cap
         overrides={"devices": "cpu", "max_workers": 1},
         backend=InlineBackend,
     )
-    summary = run_study(prepared, Quiet())
+    summary = run_study(prepared, QuietReporter())
     assert len(summary.finished) == 4 and summary.failed == []
     linear = [outcome.test_accuracy for trial, outcome in summary.finished if trial.stage == "linear"]
     assert len(linear) == 2 and min(linear) > 0.6  # it learned the colours (chance is 0.25), with mistakes to show

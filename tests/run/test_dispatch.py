@@ -31,6 +31,7 @@ from ablate.run import (
 )
 from ablate.spec import load_study
 from ablate.tracking import RunState, Settled
+from tests._helpers import QuietReporter
 from tests.conftest import DATA_DIR, TINY_STUDY
 
 
@@ -57,10 +58,6 @@ class _Ledger:
             run_id for run_id, (status, hash_) in self.claimed.items() if status == "RUNNING" and hash_ == trial_hash
         ]
 
-
-class _Reporter:
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None
 
 
 def _trains(slot, task, emit) -> None:
@@ -94,7 +91,7 @@ def trials(write_study):
 def _dispatcher(execute, ledger: _Ledger, slots: int = 1) -> tuple[Dispatcher, InlineBackend, RunSummary]:
     backend = InlineBackend([Slot(i, "cpu", 1) for i in range(slots)], execute=execute)
     summary = RunSummary("exp", "parent", 4, 0)
-    return Dispatcher(backend, ledger, _Reporter(), summary), backend, summary
+    return Dispatcher(backend, ledger, QuietReporter(), summary), backend, summary
 
 
 def test_a_task_handed_to_a_worker_that_just_died_goes_back_to_the_queue(trials):
@@ -201,7 +198,7 @@ def _run_inline(study_path: Path, store: str) -> RunSummary:
         overrides={"devices": "cpu", "max_workers": 2},
         backend=InlineBackend,
     )
-    return run_study(prepared, _Reporter())
+    return run_study(prepared, QuietReporter())
 
 
 def _trial_runs(store: str):
@@ -330,14 +327,14 @@ def test_a_slot_the_cluster_has_no_room_to_refill_is_retired_and_the_others_carr
     backend = NoRoom([Slot(i, "cpu", 1) for i in range(2)], execute=execute)
     backend.retries_lost = 1
     summary = RunSummary("exp", "parent", 4, 0)
-    dispatcher = Dispatcher(backend, _Ledger(), _Reporter(), summary)
+    dispatcher = Dispatcher(backend, _Ledger(), QuietReporter(), summary)
     dispatcher.run(list(trials))
     assert sorted(t.hash for t, _ in summary.finished) == sorted(t.hash for t in trials) and summary.failed == []
     assert dispatcher.held[0].stopped
 
     backend = NoRoom([Slot(0, "cpu", 1)], execute=_dies_mid_trial)
     summary = RunSummary("exp", "parent", 4, 0)
-    Dispatcher(backend, _Ledger(), _Reporter(), summary).run(list(trials))
+    Dispatcher(backend, _Ledger(), QuietReporter(), summary).run(list(trials))
     assert summary.finished == [] and len(summary.failed) == len(trials)
     assert {error for *_, error in summary.failed[1:]} == {"not run: no worker left (every slot's worker was lost)"}
 
@@ -361,7 +358,7 @@ def test_what_a_lost_slot_leaves_goes_to_a_slot_that_had_run_out_of_work(trials)
     backend = NoRoom([Slot(i, "cpu", 1) for i in range(2)], execute=execute)
     backend.retries_lost = 1
     summary = RunSummary("exp", "parent", 3, 0)
-    Dispatcher(backend, _Ledger(), _Reporter(), summary).run(trials[:3])
+    Dispatcher(backend, _Ledger(), QuietReporter(), summary).run(trials[:3])
     assert handed == [0, 1, 0, 1]
     assert sorted(t.hash for t, _ in summary.finished) == sorted(t.hash for t in trials[:3]) and summary.failed == []
 

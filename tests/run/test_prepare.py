@@ -10,6 +10,7 @@ from ablate.cli import main
 from ablate.errors import AblateError
 from ablate.run import InlineBackend, load, prepare, run_study
 from ablate.tracking import TRACKING_URI_ENV, default_uri, store_uri
+from tests._helpers import QuietReporter
 from tests.conftest import DATA_DIR, TINY_STUDY
 
 
@@ -33,7 +34,7 @@ def test_plan_and_run_use_mlflows_variable(write_study, new_store, monkeypatch, 
     path = write_study(TINY_STUDY)
     prepared = prepare(load(path), data_dir=DATA_DIR, backend=InlineBackend)
     assert prepared.uri == store and prepared.tracker.uri == store
-    summary = run_study(prepared, _Quiet())
+    summary = run_study(prepared, QuietReporter())
     assert len(summary.finished) == len(prepared.trials) and not summary.failed
     assert main(["plan", str(path)]) == 0
     out = capsys.readouterr().out
@@ -48,8 +49,3 @@ def test_prepare_checks_everything_before_creating_anything(write_study, tmp_pat
         prepare(load(write_study(TINY_STUDY)), tracking_uri=f"sqlite:///{store}", data_dir=tmp_path / "nothing",
                 backend=InlineBackend)
     assert not store.exists() and not list(Path(store.parent).iterdir())
-
-
-class _Quiet:
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None
