@@ -119,9 +119,15 @@ def prepare(
     check_data(study, trials, folder)
     if backend is None and execution.backend == "local":
         start_worker_server()  # before MLflow loads and starts threads (see there)
-    if study.search is not None:
-        from ablate.search import default_storage
+    return Prepared(study, trials, execution, uri, claims_db, folder, slots, make_backend, loaded.import_paths,
+                    _search_storage(study, uri, storage), new_store)
 
-        storage = storage or default_storage(uri)
-    return Prepared(study, trials, execution, uri, claims_db, folder, slots, make_backend,
-                    loaded.import_paths, storage if study.search is not None else None, new_store)
+
+def _search_storage(study: Study, uri: str, storage: str | None) -> str | None:
+    """A search's Optuna storage: --storage, else the journal file beside the store (ablate.search's); None for
+    other designs, which have none."""
+    if study.search is None:
+        return None
+    from ablate.search import default_storage
+
+    return storage or default_storage(uri)
