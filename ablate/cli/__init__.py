@@ -22,10 +22,11 @@ from pathlib import Path
 
 from ablate.cli._commands import cmd_export, cmd_followup, cmd_plan, cmd_report, cmd_schema
 from ablate.cli._parser import build_parser
+from ablate.cli._reference import cli_markdown
 from ablate.cli._run import cmd_check, cmd_run
 from ablate.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, AblateError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "cli_markdown", "main"]
 
 
 def _commands() -> dict[str, Callable[[argparse.Namespace], int]]:
