@@ -1,5 +1,5 @@
-"""The codebase's shape, checked: the layers docs/architecture.md draws, no import cycle inside a package, no module over
-400 lines, ruff clean. Each is a rule a reviewer would otherwise have to remember."""
+"""The codebase's shape, checked: the layers docs/architecture.md draws, no import cycle inside a package, no module
+over 400 lines, ruff clean. Each is a rule a reviewer would otherwise have to remember."""
 
 from __future__ import annotations
 
