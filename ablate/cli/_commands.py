@@ -24,18 +24,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
         held = _search_held(study, uri, args.storage)
         if args.format == "json":
             rows, summary = console.search_plan(study)
-            document = {"study": study.name, "design": "search", "space": rows, "summary": summary, "store": held}
+            document = {"study": study.name, "design": "search", "space": rows, "summary": summary,
+                        "dataset": console.dataset_info(study, [], args.data_dir), "store": held}
             print(json.dumps(document, indent=2, default=str))
         else:
-            console.print_search_plan(study)
+            console.print_search_plan(study, data_dir=args.data_dir)
             _print_search_held(held)
         return 0
     design = expand_design(study)
     statuses = trial_statuses(uri, study.name)
     if args.format == "json":
-        print(json.dumps(console.plan_json(study, design, statuses), indent=2))
+        print(json.dumps(console.plan_json(study, design, statuses, args.data_dir), indent=2))
     else:
-        console.print_plan(study, design, statuses, uri)
+        console.print_plan(study, design, statuses, uri, data_dir=args.data_dir)
     return 0
 
 

@@ -109,9 +109,14 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]]) ->
         "plan", parents=[tracking], help="list the trials a study expands into, and which the store already holds",
         description="Dry run: validate the study and list its trials (hash, stage, seed, the settings that "
         "differ between trials, parameter count) and, when the tracking store exists, each trial's status there "
-        "(done, failed, killed, running, or to do).",
+        "(done, failed, killed, running, or to do); then the dataset: the training, validation and test examples "
+        "the trials use (after the validation split, train_limit and test_limit) and whether its files are in the "
+        "data folder (present, downloaded by `ablate run`, or missing: which files to put where).",
     )
     plan.add_argument("study", metavar="STUDY.toml", help="the study file")
+    plan.add_argument("--data-dir", default=None, metavar="DIR",
+                      help="folder where the datasets are looked for (default: $ABLATE_DATA_DIR, else ./data); plan "
+                      "says whether their files are there, without reading them")
     plan.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
     plan.add_argument("--storage", default=None, metavar="URL|FILE",
                       help="search studies: the Optuna storage to read (default: optuna-journal.log beside the store)")
