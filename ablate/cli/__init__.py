@@ -23,7 +23,7 @@ from pathlib import Path
 from ablate.cli._commands import cmd_export, cmd_followup, cmd_plan, cmd_report, cmd_schema
 from ablate.cli._parser import build_parser
 from ablate.cli._reference import cli_markdown
-from ablate.cli._run import cmd_check, cmd_run
+from ablate.cli._run import cmd_check, cmd_run, resume_hint
 from ablate.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, AblateError
 
 __all__ = ["build_parser", "cli_markdown", "main"]
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         code = signals.as_interrupted(exc).exit_code if signals is not None else EXIT_INTERRUPTED
         if args.debug:
             traceback.print_exc()
-        resume = f"; resume with: {args.command_line}" if args.command == "run" else ""
+        resume = f"; resume with: {resume_hint(args.command_line)}" if args.command == "run" else ""
         print(f"ablate: {'stopped by SIGTERM' if code != EXIT_INTERRUPTED else 'interrupted'}{resume}", file=sys.stderr)
         return code
     except BrokenPipeError:

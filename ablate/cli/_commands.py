@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
+from ablate._shell import command, on_path
 from ablate.errors import AblateError
 
 
@@ -24,18 +26,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
         held = _search_held(study, uri, args.storage)
         if args.format == "json":
             rows, summary = console.search_plan(study)
-            document = {"study": study.name, "design": "search", "space": rows, "summary": summary, "store": held}
+            document = {"study": study.name, "design": "search", "space": rows, "summary": summary,
+                        "dataset": console.dataset_info(study, [], args.data_dir), "store": held}
             print(json.dumps(document, indent=2, default=str))
         else:
-            console.print_search_plan(study)
+            console.print_search_plan(study, data_dir=args.data_dir)
             _print_search_held(held)
         return 0
     design = expand_design(study)
     statuses = trial_statuses(uri, study.name)
     if args.format == "json":
-        print(json.dumps(console.plan_json(study, design, statuses), indent=2))
+        print(json.dumps(console.plan_json(study, design, statuses, args.data_dir), indent=2))
     else:
-        console.print_plan(study, design, statuses, uri)
+        console.print_plan(study, design, statuses, uri, data_dir=args.data_dir)
     return 0
 
 
@@ -77,8 +80,8 @@ def _existing_store(args: argparse.Namespace, write: bool = False, study: str = 
     uri = store_uri(args.tracking_uri)
     store = sqlite_path(uri)
     if store is not None and not store.exists():
-        raise AblateError(f"no MLflow store at {store_label(uri)}; run `ablate run {study}` here first, or pass "
-                          "--tracking-uri")
+        raise AblateError(f"no MLflow store at {store_label(uri)}; run `{command('ablate')} run {study}` here first, "
+                          "or pass --tracking-uri")
     check_store(uri, write=write)
     return uri
 
@@ -130,12 +133,26 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from ablate.export import export_models
 
-    for item in export_models(uri, args.study, args.arm, Path(args.out) if args.out else None, args.register,
-                              force=args.force, trust_pickles=args.trust_pickles):
+    exported = export_models(uri, args.study, args.arm, Path(args.out) if args.out else None, args.register,
+                             force=args.force, trust_pickles=args.trust_pickles)
+    for item in exported:
         where = [f"wrote {item.folder}/ ({', '.join(item.files)})"] if item.folder else []
         where += [f"registered as {item.registered}"] if item.registered else []
         print(f"{item.arm}: run {item.run_id}, test accuracy {100 * item.test_accuracy:.2f}%: {'; '.join(where)}")
+    if args.register and exported:
+        print(f"serve one: {serve_hint(uri, exported[0].model_uri)}")
     return 0
+
+
+def serve_hint(uri: str, model_uri: str) -> str:
+    """`mlflow models serve` of a registered model, as it runs here: MLflow starts uvicorn by name, so a virtual
+    environment not activated goes on PATH for it (ablate._shell's on_path); in this process's environment (the
+    default, virtualenv, would build a new one, from the network) and beside `mlflow ui`'s port 5000."""
+    from ablate.tracking import default_uri
+
+    store = "" if uri == default_uri() else f"MLFLOW_TRACKING_URI={shlex.quote(uri)} "
+    line = f"mlflow models serve -m {shlex.quote(model_uri)} --env-manager local --port 5001"
+    return store + on_path(line, "mlflow", "uvicorn")
 
 
 def cmd_followup(args: argparse.Namespace) -> int:
@@ -162,7 +179,7 @@ def cmd_followup(args: argparse.Namespace) -> int:
         print("note: the base settings did better on validation; the study says so in its header")
     for change in made.changes:
         print(f"  {change.arm}: {change.describe()}")
-    print(f"wrote {out}: run it with `ablate run {out}`")
+    print(f"wrote {out}: run it with `{command('ablate')} run {out}`")
     return 0
 
 

@@ -6,16 +6,24 @@ import argparse
 from collections.abc import Callable, Mapping
 
 import ablate
+from ablate._shell import command
 
 DESCRIPTION = """\
 ablate runs ablation studies of neural networks from one TOML file: it expands the
 study into trials, trains them, logs every run to MLflow and writes comparison tables.
 
-  ablate plan studies/linearity.toml      what would run (no training)
-  ablate run studies/linearity.toml       train every trial not already done
-  mlflow ui                               browse the runs (same folder)
-  ablate report --out results/table.md    the comparison table
 """
+
+
+def _examples() -> str:
+    """The first commands, as they run here (ablate._shell: a virtual environment not activated names its path)."""
+    ablate, mlflow = command("ablate"), command("mlflow")
+    rows = [(f"{ablate} plan studies/linearity.toml", "what would run (no training)"),
+            (f"{ablate} run studies/linearity.toml", "train every trial not already done"),
+            (f"{mlflow} ui", "browse the runs (same folder)"),
+            (f"{ablate} report --out results/table.md", "the comparison table")]
+    width = max(len(line) for line, _ in rows) + 4
+    return "".join(f"  {line.ljust(width)}{what}\n" for line, what in rows)
 
 EPILOG = """\
 exit codes: 0 success; 1 some trial failed (the others are recorded); 2 bad input
@@ -38,7 +46,8 @@ def _pack_size(text: str) -> int | str:
 def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]]) -> argparse.ArgumentParser:
     """The parser of every command; `handlers` maps a command's name to the function that runs it."""
     parser = argparse.ArgumentParser(
-        prog="ablate", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="ablate", description=DESCRIPTION + _examples(), epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"ablate {ablate.__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
@@ -109,9 +118,14 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]]) ->
         "plan", parents=[tracking], help="list the trials a study expands into, and which the store already holds",
         description="Dry run: validate the study and list its trials (hash, stage, seed, the settings that "
         "differ between trials, parameter count) and, when the tracking store exists, each trial's status there "
-        "(done, failed, killed, running, or to do).",
+        "(done, failed, killed, running, or to do); then the dataset: the training, validation and test examples "
+        "the trials use (after the validation split, train_limit and test_limit) and whether its files are in the "
+        "data folder (present, downloaded by `ablate run`, or missing: which files to put where).",
     )
     plan.add_argument("study", metavar="STUDY.toml", help="the study file")
+    plan.add_argument("--data-dir", default=None, metavar="DIR",
+                      help="folder where the datasets are looked for (default: $ABLATE_DATA_DIR, else ./data); plan "
+                      "says whether their files are there, without reading them")
     plan.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
     plan.add_argument("--storage", default=None, metavar="URL|FILE",
                       help="search studies: the Optuna storage to read (default: optuna-journal.log beside the store)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
+from ablate._shell import command, installed
 from ablate.errors import EXIT_FAILED_TRIALS, EXIT_INTERRUPTED, EXIT_TERMINATED, AblateError
 
 
@@ -71,7 +72,7 @@ def _print_end(console, args: argparse.Namespace, prepared, summary) -> int:
         console.print(
             f"[yellow]{'Preempted (SIGTERM)' if summary.stop_reason == 'preempted' else 'Interrupted'}[/]: "
             f"{len(summary.finished)} trials finished and recorded; the running ones are marked KILLED. "
-            f"Resume with: {args.command_line}"
+            f"Resume with: {resume_hint(args.command_line)}"
         )
         return EXIT_TERMINATED if summary.stop_reason == "preempted" else EXIT_INTERRUPTED
     if not summary.finished and not summary.failed:
@@ -89,7 +90,7 @@ def _print_end(console, args: argparse.Namespace, prepared, summary) -> int:
     print_report_table(terminal(), report)
     print()
     print_failures(console, summary.failed)
-    _print_next_steps(console, prepared.uri, prepared.study.name, summary.experiment_id)
+    _print_next_steps(console, prepared.uri, prepared.study.name, summary.experiment_id, prepared.storage)
     return EXIT_FAILED_TRIALS if summary.failed else 0
 
 
@@ -105,15 +106,26 @@ def _print_elsewhere(console, summary) -> None:
                       "again.")
 
 
-def _print_next_steps(console, uri: str, study: str, experiment_id: str) -> None:
-    """How to see the runs and the table — for this store, whichever it is."""
+def _print_next_steps(console, uri: str, study: str, experiment_id: str, storage: str | None = None) -> None:
+    """How to see the runs, the table and a search's Optuna study — for this store, whichever it is, with the
+    commands as they run here (ablate._shell: a virtual environment not activated is named by its path)."""
     from ablate.tracking import default_uri, runs_url
 
     default = uri == default_uri()
     store = "" if default else f" --tracking-uri {shlex.quote(uri)}"
-    ui = "mlflow ui" if default else f"mlflow ui --backend-store-uri {shlex.quote(uri)}"
-    console.print(f"See the runs: {ui}    then open {runs_url(experiment_id)}")
-    console.print(f"The table:    ablate report --study {shlex.quote(study)}{store}")
+    ui = f"{command('mlflow')} ui" + ("" if default else f" --backend-store-uri {shlex.quote(uri)}")
+    lines = [f"See the runs: {ui}    then open {runs_url(experiment_id)}",
+             f"The table:    {command('ablate')} report --study {shlex.quote(study)}{store}"]
+    if storage is not None:
+        missing = "" if installed("optuna-dashboard") else " (pip install optuna-dashboard)"
+        lines.append(f"The search:   {command('optuna-dashboard')} {shlex.quote(storage)}{missing}")
+    for line in lines:  # never wrapped: a command cut in two does not paste
+        console.print(line, markup=False, soft_wrap=True)
+
+
+def resume_hint(command_line: str) -> str:
+    """The command that resumes a run (`command_line` starts with "ablate", as recorded), as it runs here."""
+    return command("ablate") + command_line.removeprefix("ablate")
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -1,5 +1,6 @@
-"""What a person sees in the terminal: `ablate plan`'s trial table (_plan), `ablate run`'s progress (_progress),
-and the tables both fit to the console's width (_tables).
+"""What a person sees in the terminal: `ablate plan`'s trial table (_plan) and data lines (_data: the examples the
+trials use, the files' state), `ablate run`'s progress (_progress), and the tables both fit to the console's width
+(_tables).
 
 `ablate plan`'s tables fit the console's width without cutting a value: columns wrap at spaces
 and never below their longest word, headers name settings by their shortest unambiguous suffix
@@ -10,11 +11,10 @@ durations) and one line per worker (its device, trial, epoch and latest validati
 Imports neither torch nor MLflow: `ablate plan` draws its table at once.
 """
 
+from ablate.console._data import dataset_info, dataset_line, files_text, used_sizes
 from ablate.console._plan import (
     HASH_SHOWN,
     STATUS_ORDER,
-    dataset_info,
-    dataset_line,
     plan_json,
     plan_summary,
     print_plan,
@@ -51,6 +51,7 @@ __all__ = [
     "dataset_info",
     "dataset_line",
     "EtaColumn",
+    "files_text",
     "fitted_table",
     "HASH_SHOWN",
     "pack",
@@ -72,4 +73,5 @@ __all__ = [
     "TABLE_STYLES",
     "terminal",
     "TrialTimes",
+    "used_sizes",
 ]

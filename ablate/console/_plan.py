@@ -1,18 +1,20 @@
 """`ablate plan`'s view: the trial table (hash, arm, seed, the settings that differ, size, status in the store),
-its JSON form, a search's space and budget, the dataset line and the study's warnings."""
+its JSON form, a search's space and budget, the dataset lines (_data's) and the study's warnings."""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.text import Text
 
-from ablate import datasets, models
+from ablate import models
+from ablate.console._data import dataset_info, dataset_line
 from ablate.console._tables import Column, print_fitted, terminal
-from ablate.design import Design, Pack, flatten, format_value, pack_trials, resident_needs, varying_settings
+from ablate.design import Design, Pack, flatten, format_value, pack_trials, varying_settings
 from ablate.spec import Study, format_label, study_warnings, survey_space
 from ablate.tracking import store_label
 
@@ -30,26 +32,12 @@ def status_of(statuses: dict[str, str] | None, trial_hash: str) -> str:
     return "to do" if statuses is None else statuses.get(trial_hash, "to do")
 
 
-def dataset_info(study: Study, trials: list) -> dict:
-    """The study's dataset as a plan states it: shape, classes, sizes and what one worker holds resident."""
-    data = datasets.get(study.info.dataset)
-    return {"name": data.name, "title": data.title, "shape": list(data.shape), "classes": data.classes,
-            "train_size": data.train_size, "test_size": data.test_size,
-            "resident_bytes_per_worker": sum(resident_needs(study, trials).values())}
-
-
-def dataset_line(info: dict) -> str:
-    """'data: CIFAR-10, 3×32×32, 10 classes, 50,000 train / 10,000 test; 184 MB resident per worker'."""
-    shape = "×".join(map(str, info["shape"]))
-    return (f"data: {info['title']}, {shape}, {info['classes']} classes, {info['train_size']:,} train / "
-            f"{info['test_size']:,} test; {info['resident_bytes_per_worker'] / 1e6:,.0f} MB resident per worker")
-
-
-def plan_json(study: Study, design: Design, statuses: dict[str, str] | None) -> dict:
+def plan_json(study: Study, design: Design, statuses: dict[str, str] | None, data_dir: str | Path | None = None,
+              ) -> dict:
     return {
         "study": study.name,
         "design": study.info.design,
-        "dataset": dataset_info(study, design.trials),
+        "dataset": dataset_info(study, design.trials, data_dir),
         "count": len(design.trials),
         "arms": design.arms,
         "excluded": study.excluded,
@@ -63,9 +51,10 @@ def plan_json(study: Study, design: Design, statuses: dict[str, str] | None) -> 
 
 
 def print_plan(study: Study, design: Design, statuses: dict[str, str] | None, uri: str,
-               console: Console | None = None) -> None:
+               console: Console | None = None, *, data_dir: str | Path | None = None) -> None:
     """Each trial's hash, arm, seed, the settings that differ between trials, its size and its status in the store,
-    on `console` (default: the terminal's)."""
+    on `console` (default: the terminal's); then the data the trials use and its files in `data_dir` (default: the
+    data folder's default)."""
     trials = design.trials
     varying = varying_settings(trials)
     # Conv blocks and custom-model arguments are unreadable as raw settings: one architecture column instead.
@@ -90,7 +79,7 @@ def print_plan(study: Study, design: Design, statuses: dict[str, str] | None, ur
     if labels != varying:  # a column named by a suffix: say which setting it is
         console.print("settings: " + ", ".join(varying), markup=False)
     console.print(plan_summary(study, design), markup=False)
-    console.print(dataset_line(dataset_info(study, trials)), markup=False)
+    console.print(dataset_line(dataset_info(study, trials, data_dir)), markup=False)
     where = store_label(uri)
     if statuses is not None:
         counts = Counter(status_of(statuses, t.hash) for t in trials)
@@ -153,13 +142,13 @@ def search_plan(study: Study) -> tuple[list[dict[str, str]], str]:
     return rows, summary
 
 
-def print_search_plan(study: Study, console: Console | None = None) -> None:
+def print_search_plan(study: Study, console: Console | None = None, *, data_dir: str | Path | None = None) -> None:
     rows, summary = search_plan(study)
     columns = [Column("setting", head="{}"), Column("kind", nowrap=True), Column("values"), Column("when")]
     console = console or terminal()
     print_fitted(console, f"{study.name}: search space", columns, [list(row.values()) for row in rows])
     console.print(summary, markup=False)
-    console.print(dataset_line(dataset_info(study, [])), markup=False)
+    console.print(dataset_line(dataset_info(study, [], data_dir)), markup=False)
     print_warnings(console, study)
 
 

@@ -1,13 +1,14 @@
 """Datasets: a registry of what ablate trains on — the only place that knows a dataset.
 
-Owns each dataset's files and their layout under the data folder (torchvision's), how they
-are read, its shape (C, H, W), classes and class names and split sizes (`get`, `names`,
-`read_arrays`, `ensure_files`); the per-channel mean and std of its training images, computed
-and cached (`train_stats`); a researcher's own data from a factory function (`from_factory`);
-its `[data]` table (`DataSettings`: split, scaling, limits; ablate.spec re-exports it) and its resident copy on a
-training device (`load` → `DeviceData`). Everything downstream — models, parameter and MAC
-counts, augmentation, figures — takes the shape and classes from here. Adding a dataset is
-one module in this folder that calls `register`.
+Owns each dataset's files and their layout under the data folder (torchvision's; which folder:
+`data_folder`), how they are read, its shape (C, H, W), classes and class names, split sizes and
+the sizes a trial uses (`get`, `names`, `read_arrays`, `ensure_files`, `Dataset.split_sizes`),
+whether its files are there (`data_files`, without reading them); the per-channel mean and std
+of its training images, computed and cached (`train_stats`); a researcher's own data from a
+factory function (`from_factory`); its `[data]` table (`DataSettings`: split, scaling, limits;
+ablate.spec re-exports it) and its resident copy on a training device (`load` → `DeviceData`).
+Everything downstream — models, parameter and MAC counts, augmentation, figures — takes the
+shape and classes from here. Adding a dataset is one module in this folder that calls `register`.
 
 May import: ablate.errors, ablate.fields, ablate._own_code; numpy, torch and torchvision only on the loading
 side, which this package imports on first use (`load`, `DeviceData`, `Split`), so that validation and
@@ -31,7 +32,16 @@ from ablate.datasets._dataset import (
     register,
     unregister,
 )
-from ablate.datasets._registry import check_data, default_data_dir, ensure_files, get, read_arrays, train_stats
+from ablate.datasets._registry import (
+    DataFiles,
+    check_data,
+    data_files,
+    data_folder,
+    ensure_files,
+    get,
+    read_arrays,
+    train_stats,
+)
 from ablate.datasets._settings import DataSettings
 
 if TYPE_CHECKING:
@@ -41,13 +51,15 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT",
     "ROLES",
+    "DataFiles",
     "DataSettings",
     "Dataset",
     "DeviceData",
     "ForeignFactory",
     "Split",
     "check_data",
-    "default_data_dir",
+    "data_files",
+    "data_folder",
     "ensure_files",
     "from_factory",
     "get",

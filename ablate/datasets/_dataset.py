@@ -28,8 +28,9 @@ class Dataset:
 
     `read` gets the folder that holds the files and returns uint8 images, (N, C, H, W) or (N, H, W)
     for one channel, and integer labels under the names in ROLES; `download` fetches the files
-    into the data folder (through torchvision, in its layout) or raises. Validation, parameter
-    counts and `ablate plan` need only the numbers, so nothing here imports numpy or torch.
+    into the data folder (through torchvision, in its layout) or raises (None: a dataset nobody
+    can download). Validation, parameter counts and `ablate plan` need only the numbers, so
+    nothing here imports numpy or torch.
     """
 
     name: str
@@ -41,7 +42,7 @@ class Dataset:
     train_size: int
     test_size: int
     read: Callable[[Path], dict[str, np.ndarray]]
-    download: Callable[[Path], None]
+    download: Callable[[Path], None] | None = None  # None: ablate cannot fetch its files; the user puts them there
     pixel_bytes: int = 1  # per stored pixel value: uint8 images; a factory's float images are kept as float32 (4)
     gzipped: bool = False  # its files are downloaded gzipped (the IDX family): an error names them so
 
@@ -49,13 +50,23 @@ class Dataset:
     def classes(self) -> int:
         return len(self.class_names)
 
-    def resident_bytes(self, data: DataSettings) -> int:
-        """What one worker holds on its device for these data settings: the split's images, as stored, and labels."""
+    def split_sizes(self, data: DataSettings) -> tuple[int, int, int]:
+        """The training, validation and test examples a trial uses under these data settings, from the known sizes
+        alone: validation split off the training set first, then train_limit and test_limit (as _resident's `build`
+        splits them)."""
         train = self.train_size - data.val_size
         if data.train_limit is not None:
             train = min(train, data.train_limit)
         test = self.test_size if data.test_limit is None else min(self.test_size, data.test_limit)
-        return (train + data.val_size + test) * (self.inputs * self.pixel_bytes + 8)  # int64 labels
+        return train, data.val_size, test
+
+    def resident_bytes(self, data: DataSettings) -> int:
+        """What one worker holds on its device for these data settings: the split's images, as stored, and labels."""
+        return sum(self.split_sizes(data)) * (self.inputs * self.pixel_bytes + 8)  # int64 labels
+
+    def listed_files(self, names: tuple[str, ...] | None = None) -> str:
+        """Its files (or `names` of them) as a message names them: as downloaded (gzipped, for the IDX family)."""
+        return ", ".join(f"{file}.gz" if self.gzipped else file for file in (self.files if names is None else names))
 
     @property
     def inputs(self) -> int:

@@ -86,13 +86,10 @@ def _register(key: str, factory: str, kwargs: Mapping, arrays: dict[str, np.ndar
     def read(folder: Path) -> dict[str, np.ndarray]:
         return dict(arrays)  # read_arrays rebinds entries of what it gets: a fresh dict keeps these intact
 
-    def download(root: Path) -> None:
-        raise AblateError(f"dataset factory {factory} has no files to download")
-
     return register(Dataset(
         name=key, title=f"{factory}({arguments})", folder="", files=(), shape=tuple(int(s) for s in shape),
         class_names=class_names, train_size=len(arrays["train_labels"]), test_size=len(arrays["test_labels"]),
-        read=read, download=download, pixel_bytes=images.dtype.itemsize,
+        read=read, pixel_bytes=images.dtype.itemsize,
     ))
 
 

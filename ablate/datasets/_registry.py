@@ -1,9 +1,11 @@
 """Lookups over the registry (ablate.datasets' _dataset): a dataset by name — a factory's rebuilt from its key —,
-its files found, downloaded and checked, its arrays read and its training statistics."""
+the data folder, its files found (`data_files`, without reading them), downloaded and checked, its arrays read and
+its training statistics."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,29 +30,55 @@ def get(name: str, *, from_store: bool = False) -> Dataset:
     raise AblateError(f"no dataset named {name!r}; known: {', '.join(names())}")
 
 
-def default_data_dir() -> Path:
-    return Path(os.environ.get("ABLATE_DATA_DIR", "data"))
+def data_folder(flag: str | Path | None = None) -> Path:
+    """The data folder, decided here for every command: --data-dir (`flag`), else $ABLATE_DATA_DIR, else ./data."""
+    return Path(flag) if flag else Path(os.environ.get("ABLATE_DATA_DIR", "data"))
+
+
+@dataclass(frozen=True)
+class DataFiles:
+    """Where a dataset's files stand, found without reading them: `present`, `download` (some are missing and a run
+    fetches them), `missing` (some are missing and ablate cannot fetch them: the user puts them in `folder`), or
+    `factory` (no files: a factory function makes the data)."""
+
+    state: str
+    folder: Path
+    missing: tuple[str, ...] = ()  # as named on disk (a file may also lie there gzipped)
+
+
+def data_files(name: str, root: Path) -> DataFiles:
+    dataset = get(name)
+    folder = Path(root).resolve() / dataset.folder
+    if is_factory_key(name):
+        return DataFiles("factory", folder)
+    missing = tuple(file for file in dataset.files if find(folder, file) is None)
+    if not missing:
+        return DataFiles("present", folder)
+    return DataFiles("download" if dataset.download is not None else "missing", folder, missing)
 
 
 def ensure_files(name: str, root: Path, download: bool = True) -> None:
     """Download the dataset's files if they are missing (`download`), or stop with a clear error — before any run is
     recorded, and leaving no empty folders behind."""
     dataset = get(name)
-    folder = Path(root).resolve() / dataset.folder
-    if all(find(folder, file) is not None for file in dataset.files):
+    files = data_files(name, root)
+    folder = files.folder
+    if not files.missing:
         return
     if not download:
         raise AblateError(f"{dataset.title} is not in {folder}")
+    elsewhere = f"or point --data-dir / ABLATE_DATA_DIR at a folder that holds {dataset.folder}/."
+    if dataset.download is None:
+        raise AblateError(f"{dataset.title} is not in {folder}, and ablate cannot download it. Put its files "
+                          f"{dataset.listed_files(files.missing)} there, {elsewhere}")
     missing_folders = [f for f in (folder, *folder.parents) if not f.exists()]
     try:
         dataset.download(Path(root))
     except Exception as exc:  # no network, a proxy, a mirror down: all mean the same to the user
         _remove_empty(missing_folders)
-        listed = ", ".join(f"{file}.gz" if dataset.gzipped else file for file in dataset.files)
         raise AblateError(
             f"{dataset.title} is not in {folder} and could not be downloaded ({type(exc).__name__}: {_one_line(exc)}). "
-            f"Put its files {listed} there, or point --data-dir / ABLATE_DATA_DIR at a folder that holds "
-            f"{dataset.folder}/."
+            f"Put its files {dataset.listed_files()} there, {elsewhere}"
         ) from exc
 
 

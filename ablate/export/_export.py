@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ablate._shell import command
 from ablate.engine import Classifier
 from ablate.errors import AblateError
 from ablate.export._read import load_saved
@@ -28,6 +29,7 @@ class Exported:
     folder: Path | None = None
     files: list[str] = field(default_factory=list)
     registered: str | None = None  # "name version N"
+    model_uri: str | None = None  # the registered version, as MLflow names it: models:/name/N
 
 
 def export_models(uri: str, study: str, arm: str | None, out: Path | None, register: bool, force: bool = False,
@@ -37,7 +39,8 @@ def export_models(uri: str, study: str, arm: str | None, out: Path | None, regis
     tracker = Tracker(uri)
     found = tracker.client.get_experiment_by_name(study)
     if found is None:
-        raise AblateError(f"no study '{study}' in {store_label(uri)}; `ablate report` lists the studies there")
+        raise AblateError(f"no study '{study}' in {store_label(uri)}; `{command('ablate')} report` lists the studies "
+                          "there")
     runs = model_runs(tracker, found.experiment_id)
     if not runs:
         raise AblateError(f"study '{study}' has no saved models in {store_label(uri)}: its trials ran with [tracking] "
@@ -61,7 +64,7 @@ def export_models(uri: str, study: str, arm: str | None, out: Path | None, regis
             item.folder = folders[name]
             item.files = _write(*loaded[name], item.folder)
         if register:
-            item.registered = _register(uri, study, name, run.info.run_id)
+            item.registered, item.model_uri = _register(uri, study, name, run.info.run_id)
         done.append(item)
     return done
 
@@ -164,12 +167,12 @@ def _check_registrable(tracker: Tracker, arm: str, run_id: str) -> None:
                           "not torch.export, so ablate kept its state dict and settings only; export it with --out")
 
 
-def _register(uri: str, study: str, arm: str, run_id: str) -> str:
+def _register(uri: str, study: str, arm: str, run_id: str) -> tuple[str, str]:
     """A new version of the registered model '<study>-<arm>', from the run's MLflow model (the registry only records
-    where it lies: nothing is loaded)."""
+    where it lies: nothing is loaded): 'name version N' and its URI."""
     import mlflow
 
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{study}-{arm}").strip("-")
     mlflow.set_tracking_uri(uri)
     version = mlflow.register_model(f"runs:/{run_id}/{MODEL_ARTIFACT}", name)
-    return f"{name} version {version.version}"
+    return f"{name} version {version.version}", f"models:/{name}/{version.version}"

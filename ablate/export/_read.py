@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from ablate import datasets, models
+from ablate._shell import command
 from ablate.engine import Classifier
 from ablate.errors import AblateError, StoreError
 from ablate.models._custom import foreign_code
@@ -37,9 +38,15 @@ from ablate.tracking._models import MODEL_PROBE, MODEL_STATE, probe_images
 # What earlier versions of ablate kept instead of state_dict.pt: MLflow's pytorch flavour, as a torch.export program
 # or (a network that does not export) a pickle.
 LEGACY_PROGRAM, LEGACY_PICKLE = "data/model.pt2", "data/model.pth"
-TRUST_ADVICE = ("if you trust everyone who can write to this store, `ablate export --trust-pickles` loads it; "
-                "otherwise train the arm again into a new store (--tracking-uri)")
+
+
 _DATASET_FACTORY = re.compile(r"factory:([A-Za-z_][\w.]*:[A-Za-z_]\w*)")
+
+
+
+def trust_advice() -> str:
+    return (f"if you trust everyone who can write to this store, `{command('ablate')} export --trust-pickles` loads "
+            "it; otherwise train the arm again into a new store (--tracking-uri)")
 
 
 def rebuild(about: dict[str, Any], state: dict[str, torch.Tensor]) -> Classifier:
@@ -105,10 +112,10 @@ def _refusal(files: set[str], where: str) -> str:
     if LEGACY_PICKLE in files:
         return (f"{where}: its model exists only as a pickle ({MODEL_ARTIFACT}/{LEGACY_PICKLE}; ablate saved networks "
                 "that do not torch.export so before it kept state dicts), which runs any code it names when loaded, "
-                f"so ablate does not load it; {TRUST_ADVICE}")
+                f"so ablate does not load it; {trust_advice()}")
     if LEGACY_PROGRAM in files:
         return (f"{where}: its torch.export program ({MODEL_ARTIFACT}/{LEGACY_PROGRAM}) holds its weights in a layout "
-                f"ablate cannot read without unpickling it; {TRUST_ADVICE}")
+                f"ablate cannot read without unpickling it; {trust_advice()}")
     return (f"{where}: its '{MODEL_ARTIFACT}' artifacts hold no weights ablate can read ({MODEL_STATE} is missing); "
             "train the arm again into a new store (--tracking-uri)")
 
@@ -183,7 +190,7 @@ def _check_factories(settings: dict[str, Any], where: str, trust_pickles: bool) 
             raise StoreError(f"{where}: its settings name the {what} {reference} ({reason}); ablate calls a "
                              "factory named by the store only when it is your own code (a module outside Python's and "
                              "installed packages' folders, e.g. beside the study); if you trust everyone who can "
-                             "write to this store, `ablate export --trust-pickles` calls it")
+                             f"write to this store, `{command('ablate')} export --trust-pickles` calls it")
 
 
 def _program_weights(path: Path, where: str) -> dict[str, torch.Tensor] | None:
@@ -231,7 +238,7 @@ def _tensors_from_bytes(data: bytes, where: str) -> torch.Tensor:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 — a pickle naming code: not loaded
         raise StoreError(f"{where}: a weight in {MODEL_ARTIFACT}/{LEGACY_PROGRAM} is not a plain tensor, so ablate "
-                         f"does not load it; {TRUST_ADVICE}") from exc
+                         f"does not load it; {trust_advice()}") from exc
 
 
 def _trusted(local: Path, about: dict[str, Any], where: str) -> tuple[Classifier, dict[str, Any], torch.Tensor]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ablate._shell import command
 from ablate.errors import AblateError
 from ablate.report._figures import write_figures
 from ablate.report._load import check_store, load_study, study_names
@@ -19,7 +20,7 @@ def build(
     tracker = Tracker(uri)
     names = [study] if study else study_names(tracker)
     if not names:
-        raise AblateError(f"no ablate studies in {uri}; run `ablate run STUDY.toml` first")
+        raise AblateError(f"no ablate studies in {uri}; run `{command('ablate')} run STUDY.toml` first")
     if baseline is not None and len(names) != 1:
         raise AblateError("--baseline names an arm of one study: add --study NAME")
     reports = [load_study(tracker, name, figures, baseline, metric) for name in names]

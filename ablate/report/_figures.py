@@ -63,7 +63,7 @@ def _images(tracker: Tracker, report: StudyReport) -> tuple[datasets.Dataset, di
         return None
     try:
         return (datasets.get(name, from_store=True),
-                datasets.read_arrays(name, datasets.default_data_dir(), download=False))
+                datasets.read_arrays(name, datasets.data_folder(), download=False))
     except datasets.ForeignFactory as exc:
         print(f"ablate report: no figures of {report.name} that need its data: {exc}", file=sys.stderr)
         return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass
 
+from ablate._shell import command
 from ablate.errors import AblateError
 from ablate.spec import Change, Stage, Study, ablation_text, winner_changes
 from ablate.tracking import Tracker
@@ -37,7 +38,7 @@ def _winner(study: Study, tracker: Tracker, storage: str) -> tuple[tuple[Stage, 
         optuna_study = optuna.load_study(study_name=name, storage=open_storage(storage))
     except KeyError:
         raise AblateError(f"{storage} holds no Optuna study {name} (the search of {study.path} as it is now); run "
-                          f"`ablate run {study.path}` first, or pass --storage") from None
+                          f"`{command('ablate')} run {study.path}` first, or pass --storage") from None
     arms, _ = confirm_trials(study, optuna_study)
     objective = study.search.settings.objective
     runs = load_study(tracker, study.name, None, None, "test_accuracy").runs
@@ -57,7 +58,7 @@ def _winner(study: Study, tracker: Tracker, storage: str) -> tuple[tuple[Stage, 
             scores[arm.name] = score
     if not scores:
         raise AblateError(f"no configuration of {study.path} is confirmed on all {seeds} confirm seeds yet; run "
-                          f"`ablate run {study.path}` to finish its confirm phase")
+                          f"`{command('ablate')} run {study.path}` to finish its confirm phase")
     pick = max if study.search.settings.maximize else min
     best = pick(scores.values(), key=lambda item: item[1])
     return best, base if base is not None and pick(base, best, key=lambda item: item[1]) is base else None

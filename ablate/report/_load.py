@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from ablate import datasets
+from ablate._shell import command
 from ablate.errors import AblateError, did_you_mean
 from ablate.report._report import METRICS, StudyReport
 from ablate.report._search import search_summary
@@ -37,7 +38,7 @@ def check_store(uri: str) -> None:
     if path is not None:
         if not path.exists():
             raise AblateError(
-                f"no MLflow store at {path} (tracking URI {uri}); run `ablate run STUDY.toml` first, "
+                f"no MLflow store at {path} (tracking URI {uri}); run `{command('ablate')} run STUDY.toml` first, "
                 "or pass --tracking-uri"
             )
 

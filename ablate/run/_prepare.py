@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ablate import datasets
+from ablate.datasets import data_folder  # decided there, for `ablate plan` too (which never imports ablate.run)
 from ablate.design import Trial, expand, resident_needs
 from ablate.run._local import LocalBackend, start_worker_server
 from ablate.run._slots import Slot, check_memory, plan_slots_for
@@ -51,11 +52,6 @@ def load(study_path: str | Path) -> Loaded:
     import_paths = importable(study_path)
     study = load_study(study_path)
     return Loaded(study, expand(study), import_paths)
-
-
-def data_folder(flag: str | Path | None = None) -> Path:
-    """The data folder: --data-dir, else $ABLATE_DATA_DIR, else ./data."""
-    return Path(flag) if flag else datasets.default_data_dir()
 
 
 def check_data(study: Study, trials: list[Trial], data_dir: Path) -> None:

@@ -237,7 +237,8 @@ def run_search(prepared: Prepared, reporter: Reporter, command: str = "") -> Run
     name = search.optuna_name(study)
     summary_note = _changed_search_note(storage, study.name, name)
     optuna_study = search.open_study(spec, storage, name, search.trial_epochs(study),  # created before any worker
-                                     on_create=partial(search.enqueue_startup, study))
+                                     on_create=partial(search.set_up_new, study))
+    search.describe(optuna_study, study)  # what a study an earlier ablate created lacks; else nothing to write
     recovered += _recover_search(tracker, experiment_id, optuna_study)
     done = search.finished_count(optuna_study)
     budget = spec.settings.trials

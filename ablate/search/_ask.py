@@ -11,7 +11,7 @@ import optuna
 from ablate.design import Trial, trial_for
 from ablate.errors import SpecError
 from ablate.models import ModelError
-from ablate.search._study import best_points, may_count, open_study, suggest
+from ablate.search._study import best_points, describe, may_count, open_study, suggest
 from ablate.search._task import (
     CONFIRM_ATTR,
     DECLINED_ATTR,
@@ -151,6 +151,13 @@ def _trains(study: Study, point: tuple) -> bool:
         return point_problem(study, resolve_point(study, point)) is None
     except SpecError:
         return False
+
+
+def set_up_new(study: Study, optuna_study: optuna.Study) -> None:
+    """What a new Optuna study gets, once, from the process whose creation of it won (open_study's on_create): its
+    description for optuna-dashboard (describe) and its random start (enqueue_startup)."""
+    describe(optuna_study, study)
+    enqueue_startup(study, optuna_study)
 
 
 def enqueue_startup(study: Study, optuna_study: optuna.Study) -> None:

@@ -5,12 +5,14 @@ trial's number, which the storage hands out once across every process that asks:
 workers and concurrent invocations never draw the same "random" point, and a continuation is
 reproducible. A trial records, as user attributes, the point it trained, who asked for
 it (host, pid, start) and its MLflow run, so a later invocation can tell whether it is
-still running and retry it if not.
+still running and retry it if not. The study itself names its objective and says where it
+comes from (`describe`), for optuna-dashboard.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ import optuna
 
 from ablate.search._storage import open_storage
 from ablate.search._task import DECLINED_ATTR, INTERRUPTED_ATTR, POINT_ATTR, REJECTED_ATTR
-from ablate.spec import SearchSettings, SearchSpec, SpaceEntry
+from ablate.spec import SearchSettings, SearchSpec, SpaceEntry, Study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -99,6 +101,31 @@ def open_study(spec: SearchSpec, storage: str, name: str, epochs: int,
         return optuna.create_study(**settings, load_if_exists=True)
     on_create(created)
     return created
+
+
+# The user attributes a search's Optuna study carries, for optuna-dashboard and whoever opens the storage.
+STUDY_FILE_ATTR, VERSION_ATTR, OBJECTIVE_ATTR, DIRECTION_ATTR = "study_file", "ablate_version", "objective", "direction"
+
+
+def describe(optuna_study: optuna.Study, study: Study) -> None:
+    """Name what optuna-dashboard shows of a search (else "Objective 0" and nothing more): its objective's metric name
+    (set_metric_names) and, as user attributes, the study file, the ablate version that made it, the objective and its
+    direction. Only what the study lacks is written: the process that creates the study writes them all, once
+    (set_up_new); any other finds them, writes nothing; a study an earlier ablate created gets them on its resume."""
+    from ablate import __version__
+
+    settings = study.search.settings
+    if optuna_study.metric_names is None:
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.2, and unchanged since
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna_study.set_metric_names([settings.objective])
+    path = Path(study.path)
+    wanted = {STUDY_FILE_ATTR: str(path.resolve()) if path.is_file() else study.path, VERSION_ATTR: __version__,
+              OBJECTIVE_ATTR: settings.objective, DIRECTION_ATTR: "maximize" if settings.maximize else "minimize"}
+    held = optuna_study.user_attrs
+    for key, value in wanted.items():
+        if key not in held:
+            optuna_study.set_user_attr(key, value)
 
 
 def suggest(trial: optuna.Trial, space: tuple[SpaceEntry, ...]) -> tuple[tuple[str, Any], ...]:

@@ -137,6 +137,18 @@ def test_the_data_fingerprint_and_arguments_are_part_of_every_trial_hash(module)
     assert key.startswith(f"factory:{module}:stripes#") and len(key.rsplit("#", 1)[1]) == 12
 
 
+def test_a_factory_plan_shows_the_examples_used_and_no_files_to_look_for(module, tmp_path):
+    from ablate import console
+
+    study = _study(module, ", n = 300")
+    info = console.dataset_info(study, expand(study), tmp_path / "nothing")
+    assert info["used"] == [{"train": 250, "validation": 50, "test": 100, "arms": ["linear", "mlp", "cnn"]}]
+    assert info["files"]["state"] == "factory" and info["files"]["missing"] == []
+    assert "files: none: the factory function makes the data" in console.dataset_line(info)
+    datasets.ensure_files(study.info.dataset, tmp_path / "nothing")  # nothing to find, nothing to download
+    assert not (tmp_path / "nothing").exists()
+
+
 def test_a_worker_process_rebuilds_the_dataset_from_its_key_and_refuses_other_data(module):
     key = _study(module, ", n = 90").info.dataset
     datasets.unregister(key)  # as in a fresh worker process

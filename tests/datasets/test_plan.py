@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from ablate import run
+from ablate import datasets, run
 from ablate.cli import main
 from ablate.errors import AblateError
+from tests._helpers import SEARCH_STUDY
+from tests.conftest import DATA_DIR, TINY_STUDY
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,7 +55,101 @@ def test_a_linear_model_on_cifar10_has_30730_parameters(tmp_path):
                           text=True, cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr
     assert "30,730" in done.stdout  # 3,072 inputs × 10 classes + 10 biases
-    assert "data: CIFAR-10, 3×32×32, 10 classes, 50,000 train / 10,000 test; 185 MB resident per worker" in done.stdout
+    assert "data: CIFAR-10, 3×32×32, 10 classes; 185 MB resident per worker" in done.stdout
+    assert ("trials use 45,000 train / 5,000 validation / 10,000 test examples (of its 50,000 train / 10,000 test)"
+            in done.stdout)
+
+
+@pytest.fixture
+def tiny(write_study):
+    return write_study(TINY_STUDY)
+
+
+LIMITED = """
+[study]
+name = "limited"
+seeds = [0]
+
+[data]
+train_limit = 10000
+test_limit = 2000
+
+[[stage]]
+name = "small"
+model = "linear"
+
+[[stage]]
+name = "whole"
+model = "linear"
+data = { train_limit = 30000, test_limit = 10000 }
+"""
+
+
+def test_split_sizes_are_the_validation_split_then_the_limits():
+    mnist = datasets.get("mnist")
+    assert mnist.split_sizes(datasets.DataSettings()) == (55_000, 5_000, 10_000)
+    assert mnist.split_sizes(datasets.DataSettings(val_size=500, train_limit=1000, test_limit=300)) == (1000, 500, 300)
+    assert mnist.split_sizes(datasets.DataSettings(train_limit=10**6, test_limit=10**6)) == (55_000, 5_000, 10_000)
+    assert mnist.resident_bytes(datasets.DataSettings(val_size=500, train_limit=1000, test_limit=300)) == 1800 * 792
+
+
+def test_plan_shows_the_examples_trials_use_and_that_the_files_are_present(tiny, capsys):
+    """The conftest's ABLATE_DATA_DIR (the committed MNIST) is where plan looks by default, as run does."""
+    assert main(["plan", str(tiny), "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)["dataset"]
+    assert data["used"] == [{"train": 1000, "validation": 500, "test": 500, "arms": ["linear", "mlp"]}]
+    assert (data["train_size"], data["test_size"]) == (60_000, 10_000)  # the dataset's own sizes, as before
+    assert data["files"] == {"state": "present", "folder": str((DATA_DIR / "MNIST" / "raw").resolve()),
+                             "missing": []}
+    assert main(["plan", str(tiny)]) == 0
+    out = capsys.readouterr().out
+    assert "trials use 1,000 train / 500 validation / 500 test examples (of its 60,000 train / 10,000 test)" in out
+    assert f"files: present in {(DATA_DIR / 'MNIST' / 'raw').resolve()}" in out
+
+
+def test_plan_says_a_run_downloads_files_missing_from_data_dir_and_creates_nothing(tiny, tmp_path, capsys):
+    empty = tmp_path / "nothing"
+    assert main(["plan", str(tiny), "--data-dir", str(empty)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert (f"files: not in {empty.resolve() / 'MNIST' / 'raw'}: `ablate run` downloads them (it needs the network), "
+            "or put train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
+            "t10k-labels-idx1-ubyte.gz there") in text
+    assert not empty.exists()
+
+
+def test_plan_names_the_files_to_put_where_for_a_dataset_ablate_cannot_download(tiny, tmp_path, capsys,
+                                                                                swap_dataset):
+    swap_dataset(replace(datasets.get("mnist"), download=None))
+    folder = tmp_path / "MNIST" / "raw"
+    folder.mkdir(parents=True)
+    (folder / "train-images-idx3-ubyte").write_bytes(b"")  # there, extracted: only the other three are named
+    assert main(["plan", str(tiny), "--format", "json", "--data-dir", str(tmp_path)]) == 0
+    files = json.loads(capsys.readouterr().out)["dataset"]["files"]
+    assert files["state"] == "missing"
+    assert files["missing"] == ["train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    assert main(["plan", str(tiny), "--data-dir", str(tmp_path)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert (f"files: missing: put train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz "
+            f"in {folder.resolve()} (ablate cannot download them)") in text
+    with pytest.raises(AblateError, match="ablate cannot download it. Put its files train-labels-idx1-ubyte.gz, "):
+        datasets.ensure_files("mnist", tmp_path)
+
+
+def test_plan_shows_each_arms_sizes_where_an_arm_sets_its_own_data(write_study, capsys):
+    assert main(["plan", str(write_study(LIMITED))]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert ("trials use 10,000 train / 5,000 validation / 2,000 test (small); 30,000 train / 5,000 validation / "
+            "10,000 test (whole) examples") in text
+
+
+def test_a_search_plan_shows_its_base_settings_data(tmp_path, capsys):
+    assert "[data]" not in SEARCH_STUDY
+    (tmp_path / "s.toml").write_text(SEARCH_STUDY + "\n[data]\ntrain_limit = 20000\n")
+    assert main(["plan", str(tmp_path / "s.toml"), "--format", "json",
+                 "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}"]) == 0
+    data = json.loads(capsys.readouterr().out)["dataset"]
+    assert data["used"] == [{"train": 20_000, "validation": 5_000, "test": 10_000, "arms": []}]
+    assert data["files"]["state"] == "present"
 
 
 def test_data_that_would_not_fit_is_refused_before_anything_is_recorded(tmp_path, monkeypatch, capsys):

@@ -134,6 +134,9 @@ def test_best_keeps_one_model_per_arm_and_export_writes_it_for_torch_alone(write
     assert main(["export", "--study", "tiny", "--out", str(out), "--register", "--tracking-uri", store]) == 0
     printed = capsys.readouterr().out
     assert "linear: run" in printed and "registered as tiny-mlp version 1" in printed
+    serve = next(line for line in printed.splitlines() if line.startswith("serve one: "))  # tests/test_shell runs one
+    assert serve.startswith(f"serve one: MLFLOW_TRACKING_URI={store} ")
+    assert serve.endswith("mlflow models serve -m models:/tiny-linear/1 --env-manager local --port 5001")
     from ablate.export import rebuild
 
     for arm in ("linear", "mlp"):

@@ -178,7 +178,7 @@ def _create(study, storage: str) -> optuna.Study:
         storage,
         search.optuna_name(study),
         search.trial_epochs(study),
-        on_create=partial(search.enqueue_startup, study),
+        on_create=partial(search.set_up_new, study),
     )
 
 

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from functools import partial
+from pathlib import Path
 
 import mlflow
 import optuna
 import pandas as pd
 import pytest
 
+import ablate
 from ablate import search
 from ablate.cli import main
 from ablate.spec import parse_study, resolve_point
@@ -178,6 +186,8 @@ def test_search_runs_prunes_confirms_and_resumes(write_study, tmp_path, new_stor
         study_name=_optuna_name(5), storage=storage
     )  # the storage ablate wrote, opened by Optuna itself
     assert len(loaded.trials) == 5
+    assert loaded.metric_names == ["val_accuracy"]  # the study queued above, before ablate's run: described by it
+    assert loaded.user_attrs["study_file"] == str(study.resolve()) and loaded.user_attrs["direction"] == "maximize"
 
     assert main(["run", str(study), "--tracking-uri", store]) == 0  # nothing left to do
     assert len(_runs(store)) == len(runs)
@@ -193,6 +203,90 @@ def test_search_runs_prunes_confirms_and_resumes(write_study, tmp_path, new_stor
     assert "### Search (val_accuracy)" in text and "Best trials:" in text and "search val_accuracy" in text
     figure = out.parent / "srch-history.png"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 5000
+
+
+def _journal(path) -> optuna.storages.BaseStorage:
+    """The journal as Optuna itself (and optuna-dashboard) opens it, not through ablate."""
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
+def test_a_new_search_study_names_its_objective_and_origin_for_optuna_dashboard(write_study, tmp_path):
+    study_file = write_study(SEARCH.format(trials=4))
+    study = parse_study(study_file.read_text(), str(study_file))
+    storage = str(tmp_path / "optuna-journal.log")
+    search.open_study(study.search, storage, search.optuna_name(study), search.trial_epochs(study),
+                      on_create=partial(search.set_up_new, study))  # as `ablate run` creates it
+    loaded = optuna.load_study(study_name=search.optuna_name(study), storage=_journal(storage))
+    assert loaded.metric_names == ["val_accuracy"]  # optuna-dashboard's "Objective 0" otherwise
+    assert loaded.user_attrs == {"study_file": str(study_file.resolve()), "ablate_version": ablate.__version__,
+                                 "objective": "val_accuracy", "direction": "maximize"}
+
+
+def test_describing_writes_only_what_a_study_lacks(write_study, tmp_path):
+    """A study an earlier ablate created (no names, perhaps a user attribute of its own) is described on its resume,
+    keeping what it holds; described once, describing again writes nothing (every invocation of a run calls it)."""
+    study = parse_study(write_study(SEARCH.format(trials=4)).read_text(), str(tmp_path / "study.toml"))
+    journal = tmp_path / "optuna-journal.log"
+    earlier = optuna.create_study(study_name=search.optuna_name(study), storage=_journal(journal),
+                                  direction="maximize")
+    earlier.set_user_attr("study_file", "studies/old-name.toml")
+    search.describe(earlier, study)
+    loaded = optuna.load_study(study_name=search.optuna_name(study), storage=_journal(journal))
+    assert loaded.metric_names == ["val_accuracy"] and loaded.direction == optuna.study.StudyDirection.MAXIMIZE
+    assert loaded.user_attrs["study_file"] == "studies/old-name.toml"  # kept
+    attrs = loaded.user_attrs
+    assert attrs["objective"] == "val_accuracy" and attrs["ablate_version"] == ablate.__version__
+    size = journal.stat().st_size
+    search.describe(loaded, study)
+    assert journal.stat().st_size == size  # nothing appended to the journal
+
+
+DASHBOARD = Path(sys.executable).parent / "optuna-dashboard"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DASHBOARD.exists(), reason="optuna-dashboard is not installed beside Python (optional)")
+def test_optuna_dashboard_shows_the_objective_by_name(write_study, tmp_path):
+    """optuna-dashboard itself, on the journal of a search study as `ablate run` creates it (one trial told): its API
+    — what its web page draws — names the objective val_accuracy (not "Objective 0") and lists the attributes."""
+    study_file = write_study(SEARCH.format(trials=4))
+    study = parse_study(study_file.read_text(), str(study_file))
+    journal = str(tmp_path / "optuna-journal.log")
+    created = search.open_study(study.search, journal, search.optuna_name(study), search.trial_epochs(study),
+                                on_create=partial(search.set_up_new, study))
+    created.tell(created.ask(), 0.9)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([str(DASHBOARD), journal, "--host", "127.0.0.1", "--port", str(port), "--quiet"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        studies = _get_json(f"http://127.0.0.1:{port}/api/studies", server)["study_summaries"]
+        [summary] = [s for s in studies if s["study_name"] == search.optuna_name(study)]
+        assert {"key": "objective", "value": "val_accuracy"} in summary["user_attrs"]
+        detail = _get_json(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}", server)
+        assert detail["objective_names"] == ["val_accuracy"] and detail["directions"] == ["maximize"]
+        shown = {attr["key"]: attr["value"] for attr in detail["user_attrs"]}
+        assert shown["study_file"] == str(study_file.resolve()) and shown["ablate_version"] == ablate.__version__
+        assert len(detail["trials"]) == 1
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _get_json(url: str, server: subprocess.Popen, wait: float = 60.0) -> dict:
+    """GET a JSON answer, waiting for the server to come up (a few seconds)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as answer:
+                return json.load(answer)
+        except OSError:
+            if server.poll() is not None:
+                pytest.fail(f"optuna-dashboard ended: {server.stderr.read().decode()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def test_rdb_storage_url_is_used_as_is(tmp_path):
