@@ -1,5 +1,8 @@
 """A verdict for every comparison of an arm with the baseline: better, worse, equivalent within ±δ, or undecided.
 
+Use: `compare_family({arm: per-seed differences}, δ, α)` → {arm: Comparison} for a study's table; `compare(d, δ, α, m)`
+for one comparison of m; `family_codes` is the same computation vectorised over simulated studies (tests, benchmarks).
+
 The contract (fixed number of seeds; for seeds added adaptively read `_sequential`, whose verdicts stay valid
 across looks — these do not: testing again after every new seed inflates their error rates):
 
@@ -81,9 +84,9 @@ class Comparison:
     interval: tuple[float, float]  # (1 − α) Student-t interval of the mean difference, unadjusted
     equivalence_interval: tuple[float, float]  # (1 − 2α) interval: inside (−δ, δ) ⇔ the unadjusted TOST passes
     p_difference: float  # two-sided paired t-test of mean 0
-    p_difference_holm: float
+    p_difference_adjusted: float  # Holm's in compare_family, Bonferroni's (m·p) in compare
     p_equivalence: float  # TOST of |mean| ≥ δ
-    p_equivalence_holm: float
+    p_equivalence_adjusted: float  # likewise, over the m TOST p-values
     effect: float  # d_z = mean / sd of the differences
     effect_g: float  # Hedges' g_z = J(n − 1)·d_z, nan below 3 seeds
     effect_interval: tuple[float, float]  # exact (1 − α) interval of the population d_z
@@ -95,8 +98,8 @@ class Comparison:
 
     @property
     def differs(self) -> bool:
-        """The difference test rejects after Holm (also when the verdict is `equivalent`: 'better, but within ±δ')."""
-        return bool(self.p_difference_holm <= self.alpha)
+        """The adjusted difference test rejects (also under the verdict `equivalent`: 'better, but within ±δ')."""
+        return bool(self.p_difference_adjusted <= self.alpha)
 
 
 def holm_adjust(p_values: np.ndarray) -> np.ndarray:
@@ -116,7 +119,7 @@ def holm_adjust(p_values: np.ndarray) -> np.ndarray:
     return np.where(valid, out, np.nan)
 
 
-def summarise(differences: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+def mean_sd(differences: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """Mean and sample sd (ddof 1) along the last axis, and n; the sd is exactly 0 when every value is the same."""
     d = np.asarray(differences, dtype=float)
     n = d.shape[-1]
@@ -159,7 +162,7 @@ def family_codes(differences: np.ndarray, delta: float, alpha: float = ALPHA) ->
 
     The same computation `compare_family` makes for one study (higher is better).
     """
-    mean, sd, n = summarise(differences)
+    mean, sd, n = mean_sd(differences)
     p_difference, p_equivalence = p_values(mean, sd, n, delta)
     return codes(mean, holm_adjust(p_difference), holm_adjust(p_equivalence), alpha)
 
@@ -168,7 +171,7 @@ def compare(differences: Sequence[float], delta: float, alpha: float = ALPHA, m:
             higher_is_better: bool = True) -> Comparison:
     """The verdict of one comparison among m, at Bonferroni's α/m (use `compare_family` to get Holm's)."""
     d = np.asarray(differences, dtype=float)
-    mean, sd, n = summarise(d)
+    mean, sd, n = mean_sd(d)
     p_difference, p_equivalence = p_values(mean, sd, n, delta)
     return _comparison(d, delta, alpha, m, float(p_difference), min(1.0, m * float(p_difference)),
                        float(p_equivalence), min(1.0, m * float(p_equivalence)), higher_is_better)
@@ -179,7 +182,7 @@ def compare_family(differences: Mapping[str, Sequence[float]], delta: float, alp
     """The verdict of every comparison of a study (arm name → its per-seed differences from the baseline), Holm over
     the m = len(differences) comparisons for the difference tests and, separately, for the TOST."""
     arrays = {name: np.asarray(values, dtype=float) for name, values in differences.items()}
-    raw = [p_values(*summarise(d), delta) for d in arrays.values()]
+    raw = [p_values(*mean_sd(d), delta) for d in arrays.values()]
     p_difference = [float(p) for p, _ in raw]
     p_equivalence = [float(p) for _, p in raw]
     holm_difference, holm_equivalence = holm_adjust(np.array(p_difference)), holm_adjust(np.array(p_equivalence))
@@ -188,20 +191,20 @@ def compare_family(differences: Mapping[str, Sequence[float]], delta: float, alp
             for i, (name, d) in enumerate(arrays.items())}
 
 
-def _comparison(d: np.ndarray, delta: float, alpha: float, m: int, p_difference: float, p_difference_holm: float,
-                p_equivalence: float, p_equivalence_holm: float, higher_is_better: bool) -> Comparison:
+def _comparison(d: np.ndarray, delta: float, alpha: float, m: int, p_difference: float, p_difference_adjusted: float,
+                p_equivalence: float, p_equivalence_adjusted: float, higher_is_better: bool) -> Comparison:
     check_levels(delta, alpha)
-    mean, sd, n = summarise(d)
+    mean, sd, n = mean_sd(d)
     mean, sd = float(mean), float(sd)
     sign = 1.0 if higher_is_better else -1.0
     # Better is the improving direction: a negative difference when lower is better.
-    code = int(codes(np.array(sign * mean), np.array(p_difference_holm), np.array(p_equivalence_holm), alpha))
+    code = int(codes(np.array(sign * mean), np.array(p_difference_adjusted), np.array(p_equivalence_adjusted), alpha))
     effect = _effect(mean, sd, n)
     return Comparison(
         verdict=VERDICTS[code], n=n, mean=mean, interval=t_interval(mean, sd, n, 1 - alpha),
         equivalence_interval=t_interval(mean, sd, n, 1 - 2 * alpha),
-        p_difference=p_difference, p_difference_holm=p_difference_holm, p_equivalence=p_equivalence,
-        p_equivalence_holm=p_equivalence_holm, effect=effect, effect_g=effect * hedges_j(n - 1),
+        p_difference=p_difference, p_difference_adjusted=p_difference_adjusted, p_equivalence=p_equivalence,
+        p_equivalence_adjusted=p_equivalence_adjusted, effect=effect, effect_g=effect * hedges_j(n - 1),
         effect_interval=effect_interval(effect, n, 1 - alpha),
         seeds_to_differ=seeds_to_differ(effect, alpha / m), seeds_to_equal=seeds_to_equal(mean, sd, delta, alpha / m),
         delta=delta, alpha=alpha, m=m)

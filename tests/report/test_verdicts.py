@@ -24,12 +24,12 @@ from ablate.report._verdicts import (
     family_codes,
     hedges_j,
     holm_adjust,
+    mean_sd,
     p_values,
     power_difference,
     power_equivalence,
     seeds_to_differ,
     seeds_to_equal,
-    summarise,
 )
 
 ALPHA = 0.05
@@ -78,7 +78,7 @@ def test_the_difference_test_alone_is_exact_under_the_null():
 
 def family_p(d: np.ndarray) -> np.ndarray:
     """The difference tests' raw p-values along the last axis."""
-    return p_values(*summarise(d), DELTA)[0]
+    return p_values(*mean_sd(d), DELTA)[0]
 
 
 def test_heavier_tails_keep_the_type_one_error_near_alpha():
