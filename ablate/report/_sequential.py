@@ -56,7 +56,7 @@ from functools import lru_cache
 import numpy as np
 from scipy import special, stats
 
-from ablate.report._verdicts import ALPHA, BETTER, EQUIVALENT, UNDECIDED, VERDICTS, WORSE, Verdict, check_levels
+from ablate.report._verdicts import ALPHA, BETTER, EQUIVALENT, UNDECIDED, VERDICTS, WORSE, Verdict, check_levels, finite
 
 CALIBRATION_PATHS = 200_000
 CALIBRATION_SEED = 30  # issue 30
@@ -99,7 +99,7 @@ def sequential_verdict(differences: Sequence[float], delta: float, alpha: float 
                        min_n: int = 3, max_n: int = 10, higher_is_better: bool = True) -> SequentialComparison:
     """The verdict so far of one comparison of m in an adaptive study, and whether it needs another seed."""
     check_levels(delta, alpha)
-    d = np.asarray(differences, dtype=float)
+    d = finite(differences)
     n = len(d)
     if n > max_n:
         raise ValueError(f"{n} seeds is past the design's max_n = {max_n}")

@@ -7,9 +7,9 @@ The contract (fixed number of seeds; for seeds added adaptively read `_sequentia
 across looks — these do not: testing again after every new seed inflates their error rates):
 
 Input: the paired per-seed differences d_1..d_n of one comparison (arm − baseline on the same seed, in the metric's
-own units), the margin δ > 0 in the same units (accuracy in points → δ in points), the level α, and for a family
-the differences of all m arms at once. `higher_is_better=False` is for metrics such as a loss, where a negative
-difference is the improvement.
+own units; only the seeds both finished), the margin δ > 0 in the same units (accuracy in points → δ in points), the
+level α, and for a family the differences of all m arms at once. `higher_is_better=False` is for metrics such as a
+loss, where a negative difference is the improvement.
 
 The tests (Student's paired t on the differences):
 - difference: the two-sided paired t-test of mean 0;
@@ -170,7 +170,7 @@ def family_codes(differences: np.ndarray, delta: float, alpha: float = ALPHA) ->
 def compare(differences: Sequence[float], delta: float, alpha: float = ALPHA, m: int = 1,
             higher_is_better: bool = True) -> Comparison:
     """The verdict of one comparison among m, at Bonferroni's α/m (use `compare_family` to get Holm's)."""
-    d = np.asarray(differences, dtype=float)
+    d = finite(differences)
     mean, sd, n = mean_sd(d)
     p_difference, p_equivalence = p_values(mean, sd, n, delta)
     return _comparison(d, delta, alpha, m, float(p_difference), min(1.0, m * float(p_difference)),
@@ -181,7 +181,7 @@ def compare_family(differences: Mapping[str, Sequence[float]], delta: float, alp
                    higher_is_better: bool = True) -> dict[str, Comparison]:
     """The verdict of every comparison of a study (arm name → its per-seed differences from the baseline), Holm over
     the m = len(differences) comparisons for the difference tests and, separately, for the TOST."""
-    arrays = {name: np.asarray(values, dtype=float) for name, values in differences.items()}
+    arrays = {name: finite(values) for name, values in differences.items()}
     raw = [p_values(*mean_sd(d), delta) for d in arrays.values()]
     p_difference = [float(p) for p, _ in raw]
     p_equivalence = [float(p) for _, p in raw]
@@ -208,6 +208,13 @@ def _comparison(d: np.ndarray, delta: float, alpha: float, m: int, p_difference:
         effect_interval=effect_interval(effect, n, 1 - alpha),
         seeds_to_differ=seeds_to_differ(effect, alpha / m), seeds_to_equal=seeds_to_equal(mean, sd, delta, alpha / m),
         delta=delta, alpha=alpha, m=m)
+
+
+def finite(differences: Sequence[float]) -> np.ndarray:
+    d = np.asarray(differences, dtype=float)
+    if not np.isfinite(d).all():
+        raise ValueError("the differences hold nan or inf: pass only the seeds both the arm and the baseline finished")
+    return d
 
 
 def check_levels(delta: float, alpha: float) -> None:

@@ -173,6 +173,8 @@ def test_compare_reads_the_verdict_and_its_numbers():
     assert compare([0.9, 1.1, 1.0], DELTA / 4, m=1000).verdict == Verdict.UNDECIDED  # Bonferroni at α/m
     with pytest.raises(ValueError, match="margin"):
         compare([1.0, 2.0], 0.0)
+    with pytest.raises(ValueError, match="seeds both"):
+        compare([1.0, math.nan, 2.0], DELTA)
 
 
 def test_the_family_is_the_vectorised_computation_and_holm_is_the_reports_holm():
