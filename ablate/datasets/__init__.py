@@ -31,7 +31,15 @@ from ablate.datasets._dataset import (
     register,
     unregister,
 )
-from ablate.datasets._registry import check_data, default_data_dir, ensure_files, get, read_arrays, train_stats
+from ablate.datasets._registry import (
+    DATA_DIR_ENV,
+    check_data,
+    default_data_dir,
+    ensure_files,
+    get,
+    read_arrays,
+    train_stats,
+)
 from ablate.datasets._settings import DataSettings
 
 if TYPE_CHECKING:
@@ -39,6 +47,7 @@ if TYPE_CHECKING:
     from ablate.datasets._resident import DeviceData, Split, load
 
 __all__ = [
+    "DATA_DIR_ENV",
     "DEFAULT",
     "ROLES",
     "DataSettings",

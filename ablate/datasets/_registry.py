@@ -28,8 +28,11 @@ def get(name: str, *, from_store: bool = False) -> Dataset:
     raise AblateError(f"no dataset named {name!r}; known: {', '.join(names())}")
 
 
+DATA_DIR_ENV = "ABLATE_DATA_DIR"  # the data folder when no --data-dir is given
+
+
 def default_data_dir() -> Path:
-    return Path(os.environ.get("ABLATE_DATA_DIR", "data"))
+    return Path(os.environ.get(DATA_DIR_ENV, "data"))
 
 
 def ensure_files(name: str, root: Path, download: bool = True) -> None:
