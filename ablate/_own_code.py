@@ -1,5 +1,6 @@
 """Whether a factory that a store names is the researcher's own code: the one check every reader of a store makes
-before calling a `package.module:function` it read there (a saved model's custom network, a dataset factory key).
+before calling a `package.module:function` it read there (a saved model's custom network, a dataset factory key);
+and whether a folder a store names is the researcher's own, before the report imports from it.
 
 May import: the standard library only (ablate.datasets and ablate.models both use it).
 """
@@ -8,7 +9,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import site
+import stat
 import sys
 import sysconfig
 from pathlib import Path
@@ -42,6 +45,28 @@ def foreign_code(reference: str) -> str | None:
     defined_in = getattr(getattr(module, function, None), "__module__", None)
     if defined_in is None or defined_in.split(".")[0] != top:
         return f"not a function defined in {module_name} but imported there from {defined_in or 'elsewhere'}"
+    return None
+
+
+def foreign_folder(folder: str) -> str | None:
+    """Why a folder that a store names (where `ablate run` imported a study's factories from) is not the researcher's
+    own, or None when it is: an absolute folder here, not a filesystem's root, nor inside Python's, an installed
+    package's or ablate's own folders, owned by whoever runs this and not writable by every user. Only then does the
+    report import from it, and only after everything else on the path (see ablate.report's sources): a store anyone
+    may write to must not put a folder of its choosing, such as /tmp, where ablate imports code from."""
+    path = Path(folder)
+    if not path.is_absolute() or not path.is_dir():
+        return "not a folder here"
+    path = path.resolve()
+    if path.parent == path:
+        return "a filesystem's root"
+    if any(path.is_relative_to(place) for place in {*_installed(), Path(__file__).resolve().parent}):
+        return "a folder of Python's, an installed package's or ablate's"
+    status = path.stat()
+    if hasattr(os, "getuid") and status.st_uid != os.getuid():
+        return "owned by another user"
+    if status.st_mode & stat.S_IWOTH:
+        return "writable by anyone"
     return None
 
 

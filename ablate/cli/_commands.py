@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -95,15 +94,14 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise AblateError(f"--out {args.out}: cannot tell the format from '.{suffix}'; pass --format md, csv, json or "
                           "latex")
     uri = _existing_store(args)
-    if os.getcwd() not in sys.path:  # a dataset factory the figures call again, as `ablate run` found it
-        sys.path.insert(0, os.getcwd())
 
     from ablate.report import build, column_keys, render
 
     column_keys(args.columns)  # before anything is read
-    figures = Path(args.out).resolve().parent if args.out and fmt == "md" and not args.no_figures else None
+    figures = Path(args.out) if args.out and fmt == "md" and not args.no_figures else None
     by = [b.strip() for b in args.by.split(",")] if args.by else None
-    reports = build(uri, args.study, figures, args.baseline, args.metric)
+    data_dir = Path(args.data_dir) if args.data_dir else None
+    reports = build(uri, args.study, figures, args.baseline, args.metric, data_dir)
     text = render(reports, fmt, by, args.columns)
     if args.out:
         out = Path(args.out)
@@ -117,12 +115,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _print_figures(reports) -> None:
+    """What was drawn (stdout) and each figure that was not, with why (stderr: the report is written all the same)."""
     for report in reports:
         for path in report.figures:
             print(f"wrote {path}")
         if report.figures and report.parent_run_id:
             print(f"logged {len(report.figures)} figure(s) of {report.name} to its latest run {report.parent_run_id} "
-                  "(artifacts, folder figures/)")
+                  f"(artifacts, as figures/{report.name}-*.png)")
+        for figure, why in report.not_drawn:
+            print(f"ablate report: {report.name}: {figure} not drawn: {why}", file=sys.stderr)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -133,10 +133,17 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]]) ->
 
     report = commands.add_parser(
         "report", parents=[tracking], help="write the comparison table from the runs in MLflow",
-        description="Read the finished runs back from MLflow and write one comparison table per study.",
+        description="Read the finished runs back from MLflow and write one comparison table per study. The figures "
+        "read the data and import the study's factories where `ablate run` did: it records its data folder and the "
+        "study file's folder; a recorded folder is imported from only when it is your own (not Python's or an "
+        "installed package's, owned by you and not writable by every user).",
     )
     report.add_argument("--study", default=None, metavar="NAME", help="one study (default: every study in the store)")
-    report.add_argument("--out", default=None, metavar="FILE", help="write here instead of standard output")
+    report.add_argument("--out", default=None, metavar="FILE",
+                        help="write here instead of standard output; a markdown FILE gets its PNG figures beside it, "
+                        "named after it (results/t.md: results/t-curves.png, t-confusion.png, …; t-<study>-curves.png, "
+                        "… when the report holds several studies), each also logged to its study's latest parent run "
+                        "as figures/<study>-curves.png, …")
     report.add_argument("--format", choices=("md", "csv", "json", "latex"), default=None,
                         help="default: from --out's suffix (.md, .csv, .json, .tex), else md")
     report.add_argument("--metric", choices=("test_accuracy", "val_accuracy", "test_loss", "val_loss"),
@@ -144,8 +151,13 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]]) ->
     report.add_argument("--baseline", default=None, metavar="ARM",
                         help="the arm deltas are taken against (default: a ladder's first stage, an ablation's "
                         "baseline, a grid's first point, a search's best); needs --study")
-    report.add_argument("--no-figures", action="store_true",
-                        help="skip the PNG figures (written next to --out and logged to the study's parent run)")
+    report.add_argument("--no-figures", action="store_true", help="skip the PNG figures of a markdown --out")
+    report.add_argument(
+        "--data-dir", default=None, metavar="DIR",
+        help="folder holding the datasets, for the figures that show images (default: $ABLATE_DATA_DIR, else the "
+        "data folder the study's latest `ablate run` recorded, else ./data); a figure that cannot be drawn is named, "
+        "with why, on stderr and in the markdown",
+    )
     report.add_argument("--columns", default="default", metavar="default|all|A,B",
                         help="table columns of md and latex: default (arm, changes, n, metric ± std, 95%% CI, Δ vs "
                         "baseline, p (Holm), params, reference), all, or a comma list of arm, changes, model, params, "

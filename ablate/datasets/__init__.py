@@ -33,6 +33,7 @@ from ablate.datasets._dataset import (
     unregister,
 )
 from ablate.datasets._registry import (
+    DATA_DIR_ENV,
     DataFiles,
     check_data,
     data_files,
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from ablate.datasets._resident import DeviceData, Split, load
 
 __all__ = [
+    "DATA_DIR_ENV",
     "DEFAULT",
     "ROLES",
     "DataFiles",

@@ -30,9 +30,12 @@ def get(name: str, *, from_store: bool = False) -> Dataset:
     raise AblateError(f"no dataset named {name!r}; known: {', '.join(names())}")
 
 
+DATA_DIR_ENV = "ABLATE_DATA_DIR"  # the data folder when no --data-dir is given
+
+
 def data_folder(flag: str | Path | None = None) -> Path:
     """The data folder, decided here for every command: --data-dir (`flag`), else $ABLATE_DATA_DIR, else ./data."""
-    return Path(flag) if flag else Path(os.environ.get("ABLATE_DATA_DIR", "data"))
+    return Path(flag) if flag else Path(os.environ.get(DATA_DIR_ENV, "data"))
 
 
 @dataclass(frozen=True)

@@ -4,19 +4,22 @@ Owns loading a study's runs back from MLflow (its latest design, the latest fini
 per trial, the invocations behind them), the per-arm table (mean ± std, 95% Student-t
 interval, paired difference from the baseline arm with Holm-corrected p-values), its
 renderings (markdown, CSV, JSON, LaTeX), a grid's main effects and interactions, a search's
-Optuna summary, and the figures.
+Optuna summary, and the figures — drawn from the data and factories where `ablate run` found them (the data
+folder and import folders each invocation records), every figure it cannot draw named with why.
 
 May import: ablate.tracking (the store), ablate.datasets (images, shape and class names for
 the figures), ablate.models, ablate.design and ablate.spec (sizes of older plans), ablate.search
-(a search's storage), pandas, scipy, matplotlib; never torch.
+(a search's storage), ablate._own_code (whether a folder a store names is yours), pandas, scipy, matplotlib;
+never torch.
 """
 
 from ablate.report._build import build
 from ablate.report._effects import axes_of, interaction_table, marginal_table
-from ablate.report._figures import per_class_accuracy, write_figures
+from ablate.report._figures import write_figures
 from ablate.report._followup import FollowUp, followup
 from ablate.report._load import check_store, load_study, study_names
 from ablate.report._model_figures import block_outputs
+from ablate.report._output_figures import per_class_accuracy
 from ablate.report._render import (
     COLUMN_KEYS,
     DEFAULT_COLUMNS,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 from pathlib import Path
@@ -11,12 +12,15 @@ import pandas as pd
 from ablate import datasets
 from ablate._shell import command
 from ablate.errors import AblateError, did_you_mean
+from ablate.report._draw import FigureFiles
 from ablate.report._report import METRICS, StudyReport
 from ablate.report._search import search_summary
 from ablate.report._table import summarise
 from ablate.tracking import (
+    DATA_DIR,
     DEVICE,
     EXPERIMENT_TAG,
+    IMPORT_PATHS,
     PACK_SIZE,
     ROLE,
     SEED,
@@ -85,9 +89,10 @@ def _train_size(params: dict[str, str]) -> float:
 
 
 def load_study(
-    tracker: Tracker, study: str, figures: Path | None = None, baseline: str | None = None,
+    tracker: Tracker, study: str, figures: FigureFiles | None = None, baseline: str | None = None,
     metric: str = "test_accuracy",
 ) -> StudyReport:
+    """The study's report as data; a search's history figure drawn where `figures` says (None: no figures)."""
     experiment = tracker.client.get_experiment_by_name(study)
     if experiment is None or EXPERIMENT_TAG not in experiment.tags:
         known = study_names(tracker)
@@ -130,7 +135,22 @@ def load_study(
         invocations=[_invocation(r) for r in parents if r.info.run_id in set(latest["parent_run_id"])],
         search=search_summary(plan["search"], figures) if plan and plan.get("search") else None,
         models=_models(trial_runs, latest),
+        **_sources(parents),
     )
+
+
+def _sources(parents: list) -> dict:
+    """Where the latest invocation that recorded it read the data and imported the study's factories from (runs of
+    earlier versions recorded neither)."""
+    recorded = next((p.data.tags for p in parents if DATA_DIR in p.data.tags), None)
+    if recorded is None:
+        return {}
+    try:
+        folders = json.loads(recorded.get(IMPORT_PATHS, "[]"))
+    except ValueError:  # a tag edited by hand: no folders, the data folder still
+        folders = []
+    paths = tuple(f for f in folders if isinstance(f, str)) if isinstance(folders, list) else ()
+    return {"data_dir": recorded[DATA_DIR], "import_paths": paths}
 
 
 def _models(trial_runs: list, latest: pd.DataFrame) -> dict[str, str]:

@@ -1,50 +1,56 @@
 """Figures that look inside a trained network: the best CNN's first-layer filters and what its conv blocks make of a
 few test images. They read the run's saved model (ablate.tracking's models), rebuilt as ablate's network
 (ablate.export's load_saved, which runs nothing the store holds), so a study trained with
-`[tracking] models = "none"` has none, and a model load_saved refuses (a pickle, say) gives none, said in one line."""
+`[tracking] models = "none"` has none, and a model load_saved refuses (a pickle, say) gives none, named with why in
+the report's not_drawn."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ablate import datasets
-from ablate.report._draw import saved, show
+from ablate.errors import AblateError
+from ablate.report._draw import FigureFiles, log_figures, not_drawn, saved, show
 from ablate.report._report import StudyReport
 from ablate.tracking import Tracker
 
 ACTIVATION_IMAGES = 4  # test images the activation figure follows, each of another class
 
 
-def model_figures(tracker: Tracker, report: StudyReport, data: datasets.Dataset, arrays: dict, folder: Path,
-                  plt) -> list[Path]:
-    """From the best arm with a convolutional saved model: its first conv layer's filters and its activation maps;
-    both logged to that model's run too. None when no arm has one."""
+def model_figures(tracker: Tracker, report: StudyReport, data: datasets.Dataset | None, arrays: dict | None, why: str,
+                  files: FigureFiles, plt) -> list[Path]:
+    """From the best arm with a convolutional saved model: its first conv layer's filters (they need the dataset, not
+    its files) and its activation maps (they need its test images); both logged to that model's run too. None when no
+    arm has one; `data` and `arrays` are None where the dataset or its files cannot be had, and `why` says why."""
     from torch import nn
 
-    from ablate.errors import StoreError
     from ablate.export import load_saved
 
     found = _best_cnn(report)
     if found is None:
         return []
+    if data is None:
+        not_drawn(report, ("filters", "activations"), why)
+        return []
     arm, run_id = found
     try:
         model, about, _ = load_saved(tracker, run_id)
-    except StoreError as exc:  # the rest of the report stands without them
-        print(f"ablate report: no filter or activation figures of {report.name}: {exc}", file=sys.stderr)
+    except AblateError as exc:  # a model it will not or cannot load (StoreError): the rest of the report stands
+        not_drawn(report, ("filters", "activations"), str(exc))
         return []
     convs = [m for m in model.net.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         return []
     where = f"{arm} (seed {about['seed']}, test acc {100 * about['test_accuracy']:.2f}%)"
-    paths = [_filters_figure(report, data, convs[0].weight.detach().numpy(), where, folder, plt),
-             _activations_figure(report, data, model, arrays, where, folder, plt)]
-    for path in paths:
-        tracker.log_artifact(run_id, str(path), "figures")
+    paths = [_filters_figure(report, data, convs[0].weight.detach().numpy(), where, files, plt)]
+    if arrays is None:
+        not_drawn(report, ("activations",), why)
+    else:
+        paths.append(_activations_figure(report, data, model, arrays, where, files, plt))
+    log_figures(tracker, run_id, paths, files, report.name)
     return paths
 
 
@@ -63,7 +69,7 @@ def _best_cnn(report: StudyReport) -> tuple[str, str] | None:
     return arm, report.models[arm]
 
 
-def _filters_figure(report: StudyReport, data: datasets.Dataset, weights: np.ndarray, where: str, folder: Path,
+def _filters_figure(report: StudyReport, data: datasets.Dataset, weights: np.ndarray, where: str, files: FigureFiles,
                     plt) -> Path:
     """Each filter (out × in × k × k) as a k×k picture: one input channel in red (+) and blue (−) on one scale for
     all, three as colour around mid grey (each filter scaled to its own largest weight)."""
@@ -84,7 +90,7 @@ def _filters_figure(report: StudyReport, data: datasets.Dataset, weights: np.nda
     colours = "red +, blue −" if channels != 3 else "colour around grey 0"
     figure.suptitle(f"{report.name}: first conv layer's {count} filters ({k}×{k}, {colours})\nof {where}",
                     fontsize=9)
-    return saved(figure, folder / f"{report.name}-filters.png", plt)
+    return saved(figure, files.path("filters"), plt)
 
 
 def block_outputs(net, images) -> list:
@@ -104,8 +110,8 @@ def block_outputs(net, images) -> list:
     return outputs
 
 
-def _activations_figure(report: StudyReport, data: datasets.Dataset, model, arrays: dict, where: str, folder: Path,
-                        plt) -> Path:
+def _activations_figure(report: StudyReport, data: datasets.Dataset, model, arrays: dict, where: str,
+                        files: FigureFiles, plt) -> Path:
     """A row per test image (the first of each of a few classes): the image, then each conv block's output as the
     mean over its channels (after activation: where the block responds), at the block's own resolution; a block
     down to one pixel as a strip of its channels' values (the last of a GAP head: the class scores)."""
@@ -139,4 +145,4 @@ def _activations_figure(report: StudyReport, data: datasets.Dataset, model, arra
     grid[0][0].set_title("test image", fontsize=7)
     figure.suptitle(f"{report.name}: conv block outputs, mean over channels (bright: strong response; 1×1 blocks: "
                     f"each channel)\nof {where}; row label: true → predicted", fontsize=9)
-    return saved(figure, folder / f"{report.name}-activations.png", plt)
+    return saved(figure, files.path("activations"), plt)

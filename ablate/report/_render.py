@@ -273,6 +273,8 @@ def markdown_section(report: StudyReport, by: list[str] | None = None, columns: 
     ]
     if report.figures:
         lines += ["", " ".join(f"![{p.stem}]({p.name})" for p in report.figures)]
+    if report.not_drawn:
+        lines += ["", "Figures not drawn:", "", *_not_drawn_lines(report)]
     lines += _per_class_lines(report) + _model_lines(report)
     effects = effect_lines(report, by)
     if effects:
@@ -300,6 +302,14 @@ def markdown_section(report: StudyReport, by: list[str] | None = None, columns: 
             bits.append(inv["status"])
             lines.append("- " + ", ".join(bits))
     return "\n".join(lines) + "\n"
+
+
+def _not_drawn_lines(report: StudyReport) -> list[str]:
+    """One item per reason, naming the figures it kept from being drawn."""
+    by_reason: dict[str, list[str]] = {}
+    for figure, why in report.not_drawn:
+        by_reason.setdefault(why, []).append(figure)
+    return [f"- {', '.join(figures)} — {why}" for why, figures in by_reason.items()]
 
 
 def _per_class_lines(report: StudyReport) -> list[str]:

@@ -46,6 +46,9 @@ class StudyReport:
     parent_run_id: str | None = None  # the latest invocation's parent run: where figures are logged
     baseline_named: bool = False  # the baseline was named (spec or --baseline), not taken as the first arm
     figures: list[Path] = field(default_factory=list)  # PNGs written for the markdown to link
+    not_drawn: list[tuple[str, str]] = field(default_factory=list)  # (figure, why) for each figure it could not draw
+    data_dir: str | None = None  # the data folder the latest invocation that recorded one read (ablate run's)
+    import_paths: tuple[str, ...] = ()  # the folders that invocation imported the study's factories from
     models: dict[str, str] = field(default_factory=dict)  # arm → the run whose saved model stands for it
     class_names: tuple[str, ...] = ()  # the dataset's, when the figures read it
     per_class: pd.DataFrame | None = None  # arms × classes test accuracy (a fraction), when the figures computed it

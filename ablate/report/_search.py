@@ -6,9 +6,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from ablate.report._draw import FigureFiles
 
-def search_summary(info: dict, figures: Path | None) -> dict:
-    """The Optuna side of a search study: trial counts, the best trials, importances, the history figure."""
+
+def search_summary(info: dict, figures: FigureFiles | None) -> dict:
+    """The Optuna side of a search study: trial counts, the best trials, importances, the history figure (drawn
+    where `figures` says)."""
     import warnings
 
     import optuna
@@ -35,7 +38,7 @@ def search_summary(info: dict, figures: Path | None) -> dict:
         importances = {}
     figure = None
     if figures is not None and complete:
-        figure = figures / f"{info['study'].split('@')[0]}-history.png"  # the ablate study's name, not its Optuna one
+        figure = figures.path("history")
         _history_figure(study, figure)
     return {"counts": counts, "best": pd.DataFrame(rows).fillna("—"), "importances": importances, "figure": figure,
             "objective": info["objective"], "storage": info["storage"], "base": bool(info.get("confirm_base"))}

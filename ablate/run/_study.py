@@ -12,6 +12,7 @@ not one failed run per trial.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -31,7 +32,18 @@ from ablate.run._slots import Slot, hardware
 from ablate.run._worker import WorkerConfig
 from ablate.search import RUN_ATTR, SearchTask
 from ablate.spec import Study
-from ablate.tracking import INTERRUPTED, PID, PID_START, PLAN_ARTIFACT, ROLE, Heartbeat, Identity, alive
+from ablate.tracking import (
+    DATA_DIR,
+    IMPORT_PATHS,
+    INTERRUPTED,
+    PID,
+    PID_START,
+    PLAN_ARTIFACT,
+    ROLE,
+    Heartbeat,
+    Identity,
+    alive,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -122,15 +134,17 @@ class _Invocation:
         study, tracker = prepared.study, prepared.tracker
         env_tags = environment_tags(Path(study.path).resolve().parent)
         machine = hardware(slots)
+        data_dir = str(Path(prepared.data_dir).resolve())
+        sources = {DATA_DIR: data_dir, IMPORT_PATHS: json.dumps(list(prepared.import_paths))}  # for the report
         parent_id = tracker.start_parent(
             experiment_id, study.name, Path(study.path), trials,
-            {**env_tags, "command": command, "hardware": machine, **tags},
+            {**env_tags, "command": command, "hardware": machine, **sources, **tags},
         )
         config = WorkerConfig(
             tracking_uri=tracker.uri, experiment_id=experiment_id, parent_run_id=parent_id,
             parent=Identity.of_this_process(),
             env_tags={k: v for k, v in env_tags.items() if k not in (PID, PID_START)} | {"hardware": machine},
-            data_dir=str(Path(prepared.data_dir).resolve()), import_paths=prepared.import_paths,
+            data_dir=data_dir, import_paths=prepared.import_paths,
             faults=faults_from_env(),
             models=study.tracking.models, claims=tracker.claims.url,
         )

@@ -22,6 +22,11 @@ EXPERIMENT_TAG = "ablate.study"  # on the experiments ablate made: `ablate repor
 # experiment opens (a setting of the visitor's browser does, GenAI by default; see runs_url); earlier 3.x UIs do.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
+# On each invocation's parent run: the data folder it read (resolved) and the folders it imported the study's
+# factories from (a JSON list: the study file's folder, then the current one), so that the report reads the same data
+# and finds the same factories from wherever it is run.
+DATA_DIR, IMPORT_PATHS = "data_dir", "import_paths"
+
 PLAN_ARTIFACT = "plan.json"  # the full trial list of the spec, on every parent run
 OUTPUTS_ARTIFACT = "test_outputs.npz"  # a trial's test predictions, confidences and, for a linear model, its weights
 

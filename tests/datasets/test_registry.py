@@ -326,13 +326,13 @@ def test_the_samples_figure_is_written_and_logged_before_any_trial_finished(colo
 def test_class_ticks_slant_long_names_and_shrink_with_many(names, slanted):
     import matplotlib.pyplot as plt
 
-    from ablate.report import _figures
+    from ablate.report import _output_figures
 
     figure, axes = plt.subplots()
-    _figures._class_ticks(axes, names)
+    _output_figures._class_ticks(axes, names)
     ticks = axes.get_xticklabels()
     assert [t.get_text() for t in ticks] == list(names) and (ticks[0].get_rotation() == 45) == slanted
     few = ticks[0].get_fontsize()
-    _figures._class_ticks(axes, tuple(f"class {k}" for k in range(100)))
+    _output_figures._class_ticks(axes, tuple(f"class {k}" for k in range(100)))
     assert axes.get_xticklabels()[0].get_fontsize() < few  # smaller type with many classes
     plt.close(figure)

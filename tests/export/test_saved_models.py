@@ -207,7 +207,7 @@ def test_report_looks_inside_the_best_cnn_and_tables_accuracy_per_class(
     assert main(["report", "--tracking-uri", store, "--out", str(tmp_path / "out" / "t.md")]) == 0
     out = tmp_path / "out"
     for name in ("filters", "activations", "predictions", "per-class"):
-        assert _ink(out / f"tinycnn-{name}.png") > 0.05, name
+        assert _ink(out / f"t-{name}.png") > 0.05, name  # named after the report's file
     text = (out / "t.md").read_text()
     assert "| arm | 0 | 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9 |" in text and "| **plain** |" in text
     assert "ablate export --study tinycnn" in text
@@ -228,7 +228,8 @@ def test_report_looks_inside_the_best_cnn_and_tables_accuracy_per_class(
 
 def _a_pickle_in_the_store_gives_no_figures_and_runs_nothing(store: str, best: list, tmp_path: Path, capsys) -> None:
     """The best runs' models replaced by pickles whose payload would create a marker file (as anyone who can write to
-    the store could): the report runs nothing, says in one line why it draws no filters, and reports the rest."""
+    the store could): the report runs nothing, names the filters and activations it does not draw with why (one line
+    each), and reports the rest."""
     from tests.export.test_store_safety import Payload
 
     marker = tmp_path / "payload-ran"
@@ -240,9 +241,13 @@ def _a_pickle_in_the_store_gives_no_figures_and_runs_nothing(store: str, best: l
         (folder / "data" / "pickle_module_info.txt").write_text("mlflow.pytorch.pickle_module")
     capsys.readouterr()
     assert main(["report", "--tracking-uri", store, "--out", str(tmp_path / "again" / "t.md")]) == 0
-    assert not marker.exists() and not (tmp_path / "again" / "tinycnn-filters.png").exists()
-    assert (tmp_path / "again" / "tinycnn-per-class.png").exists()
-    assert "no filter or activation figures of tinycnn" in capsys.readouterr().err
+    assert not marker.exists() and not (tmp_path / "again" / "t-filters.png").exists()
+    assert (tmp_path / "again" / "t-per-class.png").exists()
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(" not drawn: ")[0] for line in err] == ["ablate report: tinycnn: first-layer filters",
+                                                                "ablate report: tinycnn: conv block outputs"], err
+    assert all("pickle" in line for line in err), err
+    assert "- first-layer filters, conv block outputs — run " in (tmp_path / "again" / "t.md").read_text()
 
 
 @pytest.mark.slow
@@ -251,5 +256,5 @@ def test_a_study_without_saved_models_still_reports(write_study, store, tmp_path
     assert main(["run", str(study), "--tracking-uri", store]) == 0
     monkeypatch.chdir(tmp_path)
     assert main(["report", "--tracking-uri", store, "--out", str(tmp_path / "t.md")]) == 0
-    assert not (tmp_path / "tinycnn-filters.png").exists() and (tmp_path / "tinycnn-per-class.png").exists()
+    assert not (tmp_path / "t-filters.png").exists() and (tmp_path / "t-per-class.png").exists()
     assert "Saved models" not in (tmp_path / "t.md").read_text()
