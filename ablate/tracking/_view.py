@@ -7,8 +7,9 @@ and Models, with every metric behind "Columns". What a store can set is a shared
 `viewStateShareKey=<key>` (its "Share" button writes one; mlflow/server/js/src: useSharedExperimentViewState and
 ExperimentPageUIState, checked against the bundled build). Ablate writes one, `ablate`, on each `ablate run`:
 
-* columns: the study's key metrics (test accuracy, validation accuracy, parameter count, training time) right after
-  the run's name, then Models and Dataset (MLflow's column ids, `metrics.\\`test_accuracy\\`` …);
+* columns: the study's key metrics (test accuracy, validation accuracy, parameter count) right after the run's name,
+  then Dataset and Models (MLflow's column ids, `metrics.\\`test_accuracy\\`` …), every other metric, param and tag
+  a click away under "Columns";
 * trial runs only (the filter `tags.\\`role\\` != 'parent'`), grouped by arm (the `stage` tag) with each arm's mean
   and every arm expanded to its seeds, arms sorted by mean test accuracy, best first.
 
@@ -27,7 +28,7 @@ from ablate.tracking._tags import ROLE, STAGE
 VIEW_KEY = "ablate"  # the shared view's id, in the URL
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"  # the experiment tag the UI reads it from
 ORDER_METRIC = "test_accuracy"  # what arms and runs are sorted by: the report's primary metric
-KEY_METRICS = ("test_accuracy", "val_accuracy", "params_count", "train_seconds")
+KEY_METRICS = ("test_accuracy", "val_accuracy", "params_count")
 
 
 def _column(kind: str, key: str) -> str:
@@ -38,10 +39,11 @@ def runs_view(arms: list[str]) -> str:
     """The shared view's state (see the module docstring), as the tag's value; `arms`: the stages whose groups start
     expanded."""
     metrics = [_column("metrics", key) for key in KEY_METRICS]
-    attributes = [_column("attributes", "Models"), _column("attributes", "Dataset")]
+    attributes = [_column("attributes", "Dataset"), _column("attributes", "Models")]
     state = {
         "selectedColumns": metrics + attributes,
         "columnOrder": [_column("attributes", "Run Name"), *metrics, *attributes, "runDateAndNestInfo", "duration"],
+        "columnWidths": {_column("attributes", "Dataset"): 220},
         "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": STAGE}]},
         "groupsExpanded": {f"tag.{STAGE}.{arm}": True for arm in dict.fromkeys(arms)},
         "orderByKey": _column("metrics", ORDER_METRIC),

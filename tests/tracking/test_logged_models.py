@@ -76,6 +76,23 @@ def test_each_arms_best_model_stays_listed_and_a_pruned_ones_logged_model_goes_w
     assert {m.model_id: m.tags[MODEL] for m in logged_models(tracker, experiment)} == left
 
 
+@pytest.mark.slow
+def test_a_trial_committed_by_a_worker_that_died_before_recording_it_gets_its_metrics_on_its_model(tracked):
+    """The commit carries the logged model's id (and the dataset's name and digest): whoever completes the run from
+    it (settle, after the worker died between the commit and its record) links the metrics to the model too."""
+    tracker, experiment, study, trials = tracked
+    claim = tracker.claim_trial(experiment, _parent(tracker, experiment, study), trials[0], {})
+    model = Classifier(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), 33.3, 78.5).eval()
+    model_id = save_model(tracker, claim.run_id, model, Served(model, 0, 255, whole=True).eval(),
+                          np.zeros((2, 1, 28, 28), dtype=np.uint8), {"weights": "epoch 2 of 2, tested"}, step=2)
+    result = {"metrics": {"test_accuracy": 0.8, "params_count": 7850.0}, "step": 2, "timestamp": 1_700_000_000_000,
+              "model_id": model_id, "dataset": ["mnist", "0123456789ab"]}
+    assert tracker.claims.commit(claim.lease, claim.run_id, result)  # then it died
+    assert tracker.settle(claim.run_id, "FAILED", error="gone", force=True).state.status == "FINISHED"
+    linked = {m.key: (m.value, m.dataset_name, m.step) for m in tracker.client.get_logged_model(model_id).metrics}
+    assert linked == {"test_accuracy": (0.8, "mnist", 2), "params_count": (7850.0, None, 2)}
+
+
 def test_a_trials_dataset_input_names_its_data_and_split():
     """The dataset's name, a digest of its fingerprint and split (arms split differently are different datasets to
     MLflow, which keeps one profile per digest), the split's sizes, the images' and labels' tensor spec."""
