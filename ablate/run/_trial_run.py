@@ -91,8 +91,11 @@ class TrialRun:
 
         self._forget()
         if self.logged:
-            delete_logged_models(self.tracker, logged_models(self.tracker, self.worker.config.experiment_id,
-                                                             self.run_id))
+            try:
+                delete_logged_models(self.tracker, logged_models(self.tracker, self.worker.config.experiment_id,
+                                                                 self.run_id))
+            except Exception:  # noqa: BLE001 — a store that cannot delete keeps them: listed, their run FAILED
+                pass
         if self.tracker.run_state(self.run_id).status == "RUNNING":
             self.tracker.finish(self.run_id, "FAILED", reason=INTERRUPTED,
                                 error="its claim was taken over (this worker was taken for gone); the trial trains "
