@@ -16,7 +16,6 @@ own code (ablate._own_code), never, say, a planted subprocess:run with the key's
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import re
@@ -28,9 +27,10 @@ import numpy as np
 
 from ablate.datasets._dataset import FACTORY_PREFIX as PREFIX
 from ablate.datasets._dataset import ROLES, Dataset, ForeignFactory, register
+from ablate.datasets._fingerprint import FINGERPRINT_LENGTH
+from ablate.datasets._fingerprint import fingerprint as _fingerprint
 from ablate.errors import AblateError
 
-FINGERPRINT_LENGTH = 12
 _KEY = re.compile(rf"factory:([A-Za-z_][\w.]*:[A-Za-z_]\w*)(\{{.*\}})?#([0-9a-f]{{{FINGERPRINT_LENGTH}}})")
 
 
@@ -168,13 +168,3 @@ def _class_names(problem, names: Any, arrays: dict[str, np.ndarray]) -> tuple[st
     if highest >= len(names):
         raise problem(f"labels up to {highest} but {len(names)} class names; labels must be 0…{len(names) - 1}")
     return names
-
-
-def _fingerprint(arrays: dict[str, np.ndarray], class_names: tuple[str, ...]) -> str:
-    digest = hashlib.sha256()
-    for role in ROLES:
-        array = arrays[role]
-        digest.update(f"{role}:{array.dtype.str}:{array.shape};".encode())
-        digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))
-    digest.update("\x00".join(class_names).encode())
-    return digest.hexdigest()[:FINGERPRINT_LENGTH]

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ablate.datasets._registry import read_arrays, train_stats
+from ablate.datasets._fingerprint import data_fingerprint
+from ablate.datasets._registry import get, read_arrays, train_stats
 
 if TYPE_CHECKING:
     from ablate.datasets._settings import DataSettings
@@ -39,6 +40,7 @@ class DeviceData:
     # the reciprocal, one ulp away from a division by a tensor in some pixels).
     mean: torch.Tensor | float
     std: torch.Tensor | float
+    fingerprint: str = ""  # the whole dataset's (ablate.datasets' _fingerprint), whatever the split
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 batch → float32 with the dataset's per-channel mean and std, computed on the device."""
@@ -90,4 +92,5 @@ def build(dataset: str, settings: DataSettings, data_dir: Path, device: torch.de
         test=split(test_images, test_labels),
         mean=per_channel(mean, 0.0),
         std=per_channel(tuple(s or 1.0 for s in std), 1.0),  # a constant channel: centred, never divided by 0
+        fingerprint=data_fingerprint(dataset, arrays, get(dataset).class_names),
     )

@@ -18,7 +18,7 @@ from ablate.engine._optim import Schedule, make_loss, make_optimizer, make_sched
 from ablate.engine._pack import train_pack
 from ablate.engine._pack_model import PackedNet
 from ablate.engine._probe import packed_speedup
-from ablate.engine._saved import Classifier, deployable
+from ablate.engine._saved import Classifier, Served, deployable, servable
 from ablate.engine._train import Diverged, EarlyStopper, EpochCallback, TrialResult, evaluate, train_trial
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "EpochCallback",
     "PackedNet",
     "Schedule",
+    "Served",
     "TrialResult",
     "affine_draws",
     "affine_theta",
@@ -43,6 +44,7 @@ __all__ = [
     "make_schedule",
     "packed_speedup",
     "resample",
+    "servable",
     "steady_allocations",
     "train_pack",
     "train_trial",

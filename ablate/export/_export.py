@@ -15,7 +15,15 @@ from ablate._shell import command
 from ablate.engine import Classifier
 from ablate.errors import AblateError
 from ablate.export._read import load_saved
-from ablate.tracking import MODEL_ARTIFACT, MODEL_SETTINGS, STAGE_INDEX, Tracker, model_runs, store_label
+from ablate.tracking import (
+    MODEL_ARTIFACT,
+    MODEL_SETTINGS,
+    STAGE_INDEX,
+    Tracker,
+    logged_models,
+    model_runs,
+    store_label,
+)
 
 PROGRAM, SCRIPT, STATE, README = "model.pt2", "model.ts", "state_dict.pt", "README.md"
 OWN_FILES = (STATE, MODEL_SETTINGS, PROGRAM, SCRIPT, README)  # what export writes in an arm's folder: all it replaces
@@ -52,9 +60,7 @@ def export_models(uri: str, study: str, arm: str | None, out: Path | None, regis
     chosen = sorted(({arm: runs[arm]} if arm is not None else runs).items(),
                     key=lambda item: int(item[1].data.tags.get(STAGE_INDEX, 0)))  # study order
     folders = _arm_folders(out, [name for name, _ in chosen], force) if out is not None else {}
-    if register:
-        for name, run in chosen:
-            _check_registrable(tracker, name, run.info.run_id)
+    sources = {name: _check_registrable(tracker, name, run) for name, run in chosen} if register else {}
     # Every model read (and checked) before any is written: one ablate refuses leaves no arm half exported.
     loaded = {name: load_saved(tracker, run.info.run_id, trust_pickles) for name, run in chosen} if out else {}
     done = []
@@ -64,7 +70,7 @@ def export_models(uri: str, study: str, arm: str | None, out: Path | None, regis
             item.folder = folders[name]
             item.files = _write(*loaded[name], item.folder)
         if register:
-            item.registered, item.model_uri = _register(uri, study, name, run.info.run_id)
+            item.registered, item.model_uri = _register(uri, study, name, sources[name])
         done.append(item)
     return done
 
@@ -159,20 +165,27 @@ def _readme(about: dict[str, Any], program: str | None) -> str:
     return "\n".join(lines)
 
 
-def _check_registrable(tracker: Tracker, arm: str, run_id: str) -> None:
-    """Refuses, before anything is registered, an arm whose saved model is not an MLflow model."""
-    held = {entry.path.rsplit("/", 1)[-1] for entry in tracker.client.list_artifacts(run_id, MODEL_ARTIFACT)}
-    if "MLmodel" not in held:
-        raise AblateError(f"--register: arm {arm} (run {run_id}) has no MLflow model to register: its network does "
-                          "not torch.export, so ablate kept its state dict and settings only; export it with --out")
+def _check_registrable(tracker: Tracker, arm: str, run) -> str:
+    """The URI of the arm's MLflow model (`run`: its run): the run's logged model, or (a model saved before ablate
+    logged models) the MLflow model in its run's artifacts; refused, before anything is registered, where there is
+    neither."""
+    run_id = run.info.run_id
+    for model in logged_models(tracker, run.info.experiment_id, run_id):
+        if model.name == MODEL_ARTIFACT:
+            return f"models:/{model.model_id}"
+    held = {entry.path.rsplit("/", 1)[-1] for entry in tracker.run_files(run_id).list_artifacts(MODEL_ARTIFACT)}
+    if "MLmodel" in held:
+        return f"runs:/{run_id}/{MODEL_ARTIFACT}"
+    raise AblateError(f"--register: arm {arm} (run {run_id}) has no MLflow model to register: its network does not "
+                      "torch.export, so ablate kept its state dict and settings only; export it with --out")
 
 
-def _register(uri: str, study: str, arm: str, run_id: str) -> tuple[str, str]:
-    """A new version of the registered model '<study>-<arm>', from the run's MLflow model (the registry only records
-    where it lies: nothing is loaded): 'name version N' and its URI."""
+def _register(uri: str, study: str, arm: str, model_uri: str) -> tuple[str, str]:
+    """A new version of the registered model '<study>-<arm>', from the arm's MLflow model (`model_uri`: the registry
+    only records where it lies, and which logged model it is: nothing is loaded): 'name version N' and its URI."""
     import mlflow
 
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{study}-{arm}").strip("-")
     mlflow.set_tracking_uri(uri)
-    version = mlflow.register_model(f"runs:/{run_id}/{MODEL_ARTIFACT}", name)
+    version = mlflow.register_model(model_uri, name)
     return f"{name} version {version.version}", f"models:/{name}/{version.version}"

@@ -70,10 +70,11 @@ def load_saved(tracker: Tracker, run_id: str, trust_pickles: bool = False
     """A run's saved model rebuilt as ablate's network (its layers, to look inside or fine-tune), its ablate.json,
     and the probe images it was checked on. Raises StoreError (one line naming the run and arm, and what to do) for
     a model it will not or cannot load."""
-    files = _model_files(tracker, run_id)
+    held = tracker.run_files(run_id)
+    files = _model_files(held, run_id)
     with tempfile.TemporaryDirectory() as scratch:
         def fetch(name: str) -> Path:
-            return Path(tracker.client.download_artifacts(run_id, f"{MODEL_ARTIFACT}/{name}", scratch))
+            return Path(held.download_artifacts(f"{MODEL_ARTIFACT}/{name}", scratch))
 
         if MODEL_SETTINGS not in files:
             raise StoreError(f"run {run_id}: its saved model has no {MODEL_SETTINGS}, so ablate cannot rebuild it; "
@@ -90,19 +91,19 @@ def load_saved(tracker: Tracker, run_id: str, trust_pickles: bool = False
                 return _rebuilt(about, state, None, where, trust_pickles)
         if not trust_pickles:
             raise StoreError(_refusal(files, where))
-        return _trusted(Path(tracker.client.download_artifacts(run_id, MODEL_ARTIFACT, scratch)), about, where)
+        return _trusted(Path(held.download_artifacts(MODEL_ARTIFACT, scratch)), about, where)
 
 
-def _model_files(tracker: Tracker, run_id: str) -> set[str]:
-    """The paths under the run's model folder, relative to it (two levels: MLflow's data/ included)."""
+def _model_files(held: Any, run_id: str) -> set[str]:
+    """The paths under the run's model folder (`held`: the run's own artifacts, Tracker.run_files), relative to it
+    (two levels: MLflow's data/ included, where a model saved before ablate logged models keeps its MLflow model)."""
     found: set[str] = set()
     try:
-        for entry in tracker.client.list_artifacts(run_id, MODEL_ARTIFACT):
+        for entry in held.list_artifacts(MODEL_ARTIFACT):
             name = entry.path.removeprefix(f"{MODEL_ARTIFACT}/")
             found.add(name)
             if entry.is_dir:
-                found |= {inner.path.removeprefix(f"{MODEL_ARTIFACT}/")
-                          for inner in tracker.client.list_artifacts(run_id, entry.path)}
+                found |= {inner.path.removeprefix(f"{MODEL_ARTIFACT}/") for inner in held.list_artifacts(entry.path)}
     except Exception as exc:  # noqa: BLE001 — the artifact store unreadable: said as the store's, with the run
         raise StoreError(f"run {run_id}: cannot list its saved model ({type(exc).__name__}: {exc})") from exc
     return found
@@ -151,7 +152,7 @@ def _rebuilt(about: dict[str, Any], state: Any, probe: Any, where: str, trust_pi
     if not isinstance(state, dict):
         raise StoreError(f"{where}: {MODEL_ARTIFACT}/{MODEL_STATE} is not a state dict")
     try:
-        model = rebuild(about, {key.removeprefix("net."): value for key, value in state.items()})
+        model = rebuild(about, {_network_key(key): value for key, value in state.items()})
     except Exception as exc:  # noqa: BLE001 — settings or weights that do not fit, or a factory that fails: one line
         raise StoreError(f"{where}: cannot rebuild its network from its settings and weights "
                          f"({type(exc).__name__}: {exc})") from exc
@@ -166,6 +167,12 @@ def _rebuilt(about: dict[str, Any], state: Any, probe: Any, where: str, trust_pi
         raise StoreError(f"{where}: the network rebuilt from its settings and weights does not give the scores the "
                          "saved model gave (probe.pt); the store's files do not belong together")
     return model, about, images
+
+
+def _network_key(key: str) -> str:
+    """A weight's name in the network, from its name in a saved program: the Classifier's `net.…`, or the MLflow
+    model's (ablate.engine's Served) `classifier.net.…`."""
+    return key.removeprefix("classifier.").removeprefix("net.")
 
 
 def _close(scores: torch.Tensor, saved: Any) -> bool:
@@ -249,9 +256,11 @@ def _trusted(local: Path, about: dict[str, Any], where: str) -> tuple[Classifier
         saved = mlflow.pytorch.load_model(str(local))
     except Exception as exc:  # noqa: BLE001 — whatever the pickle held, said in one line
         raise StoreError(f"{where}: MLflow could not load its model ({type(exc).__name__}: {exc})") from exc
-    state = {key: value for key, value in saved.state_dict().items() if key.startswith("net.")}
+    state = {key: value for key, value in saved.state_dict().items()
+             if key.removeprefix("classifier.").startswith("net.")}
+    served = any(key.startswith("classifier.") for key in state)  # the MLflow model takes float32 pixel values
     model, about, probe = _rebuilt(about, state, None, where, trust_pickles=True)
     with torch.inference_mode():
-        if not torch.equal(model(probe), saved(probe)):
+        if not torch.equal(model(probe), saved(probe.float() if served else probe)):
             raise StoreError(f"{where}: the network rebuilt from its settings does not give the saved model's scores")
     return model, about, probe

@@ -334,9 +334,10 @@ def _model_lines(report: StudyReport) -> list[str]:
         return []
     listed = ", ".join(f"{arm} `{report.models[arm]}`" for arm in report.table["stage"] if arm in report.models)
     return ["", f"Saved models (each arm's best run): write them as files with `ablate export --study {report.name} "
-            "--out DIR` (weights loaded with weights_only=True); a network that torch.exports also loads with "
-            "`mlflow.pytorch.load_model(\"runs:/<run>/model\")`, which unpickles, so only from a store you trust. "
-            f"Runs: {listed}."]
+            "--out DIR` (weights loaded with weights_only=True); a network that torch.exports is also an MLflow logged "
+            "model of its run, listed in the experiment's Models tab, which loads with "
+            "`mlflow.pytorch.load_model(\"runs:/<run>/model\")` — it unpickles, so only from a store you trust — and "
+            f"takes float32 pixel values (0-255 for uint8 images). Runs: {listed}."]
 
 
 def render(reports: list[StudyReport], fmt: str, by: list[str] | None = None, columns: str = "default") -> str:

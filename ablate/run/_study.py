@@ -85,6 +85,7 @@ def run_study(prepared: Prepared, reporter: Reporter, command: str = "") -> RunS
     study, trials, tracker, execution = prepared.study, prepared.trials, prepared.tracker, prepared.execution
     slots, backend = prepared.slots, prepared.make_backend
     experiment_id = tracker.experiment(study.name)
+    tracker.show_runs(experiment_id, [trial.stage for trial in trials])
     recovered, elsewhere = tracker.recover_stale(experiment_id)
     done = tracker.finished_hashes(experiment_id)
     todo = [t for t in trials if t.hash not in done and t.hash not in elsewhere]
@@ -247,6 +248,7 @@ def run_search(prepared: Prepared, reporter: Reporter, command: str = "") -> Run
     study, tracker, execution, storage = prepared.study, prepared.tracker, prepared.execution, prepared.storage
     spec = study.search
     experiment_id = tracker.experiment(study.name)
+    tracker.show_runs(experiment_id, [])  # its arms' groups expanded once the confirm set is known
     recovered, _ = tracker.recover_stale(experiment_id)
     name = search.optuna_name(study)
     summary_note = _changed_search_note(storage, study.name, name)
@@ -264,6 +266,7 @@ def run_search(prepared: Prepared, reporter: Reporter, command: str = "") -> Run
         _, confirm = search.confirm_trials(study, optuna_study)
         if not _unfinished(tracker, experiment_id, confirm):
             summary.total, summary.skipped = summary.total + len(confirm), summary.skipped + len(confirm)
+            tracker.show_runs(experiment_id, [trial.stage for trial in confirm])
             _settle_models(tracker, summary, confirm, study)
             return summary
     invocation = _Invocation.start(prepared, experiment_id, summary.total, slots, command,
@@ -287,6 +290,8 @@ def run_search(prepared: Prepared, reporter: Reporter, command: str = "") -> Run
                                   spec.settings.objective, "trials": spec.settings.trials,
                                   "confirm_seeds": list(spec.confirm_seeds), "confirm_base": spec.settings.confirm_base}
             tracker.log_dict(summary.parent_run_id, document, PLAN_ARTIFACT)
+    if confirm:
+        tracker.show_runs(experiment_id, [trial.stage for trial in confirm])
     _settle_models(tracker, summary, confirm, study)
     return summary
 

@@ -47,6 +47,8 @@ class TrialRun:
         slot, config = worker.slot, worker.config
         run_tags = {**config.env_tags, **worker.tags, **tags}
         self.lease: Lease | None = None  # a search trial's claim is its Optuna trial
+        self.logged = False  # whether this run logged MLflow models (_keep_models)
+        self.dataset: tuple[str, str] | None = None  # its dataset input's name and digest (_log_dataset)
         if self.searched:  # Optuna gave this point to this worker alone
             self.run_id = self.tracker.start_trial(config.experiment_id, config.parent_run_id, trial, run_tags,
                                                    role=role)
@@ -58,6 +60,7 @@ class TrialRun:
             self.run_id, self.lease = claim.run_id, claim.lease
             worker.leases[self.run_id] = claim.lease
         worker.open_runs.add(self.run_id)
+        self._log_dataset()
         worker.emit(Started(slot.index, key, trial, self.run_id))
 
     def epoch(self, epoch: int, metrics: dict[str, float]) -> None:
@@ -73,16 +76,26 @@ class TrialRun:
         then the trial is the new holder's, and this run ends FAILED without them."""
         metrics = {**result.final_metrics(), "peak_memory_mb": self.worker.peak_memory_mb()}
         self._log_outputs(result)
-        self._keep_models(result)
+        model_id = self._keep_models(result)
         self._forget()
-        if not self.tracker.commit_trial(self.lease, self.run_id, metrics, step=len(result.history)):
+        if not self.tracker.commit_trial(self.lease, self.run_id, metrics, step=len(result.history),
+                                         model_id=model_id, dataset=self.dataset):
             self.lost()
             return
         self._emit(Outcome(test_accuracy=result.test_accuracy, train_seconds=result.train_seconds))
 
     def lost(self) -> None:
-        """The claim was taken over: say so on this run (if no one ended it yet) and give the trial up."""
+        """The claim was taken over: say so on this run (if no one ended it yet) and give the trial up. Its logged
+        models go (the new holder logs its own): the Models tab lists the models that stand for trials."""
+        from ablate.tracking import delete_logged_models, logged_models
+
         self._forget()
+        if self.logged:
+            try:
+                delete_logged_models(self.tracker, logged_models(self.tracker, self.worker.config.experiment_id,
+                                                                 self.run_id))
+            except Exception:  # noqa: BLE001 — a store that cannot delete keeps them: listed, their run FAILED
+                pass
         if self.tracker.run_state(self.run_id).status == "RUNNING":
             self.tracker.finish(self.run_id, "FAILED", reason=INTERRUPTED,
                                 error="its claim was taken over (this worker was taken for gone); the trial trains "
@@ -131,11 +144,12 @@ class TrialRun:
     def _emit(self, outcome: Outcome) -> None:
         self.worker.emit(Finished(self.worker.slot.index, self.key, self.trial.hash, outcome))
 
-    def _keep_models(self, result: TrialResult) -> None:
-        """The trained network as the run's MLflow model (and the last epoch's, where early stopping restored an
+    def _keep_models(self, result: TrialResult) -> str | None:
+        """The trained network as the run's saved model (and the last epoch's, where early stopping restored an
         earlier one), before the run is FINISHED: a run that is FINISHED and its arm's best always holds its model.
+        Returns the id of its logged model (ablate.tracking's models), which the run's final metrics are linked to.
         A model that cannot be saved is said in the run's `model_error` tag; the trial itself stays done."""
-        from ablate.engine import deployable
+        from ablate.engine import deployable, servable
         from ablate.tracking import (
             LAST_MODEL_ARTIFACT,
             MODEL,
@@ -148,10 +162,10 @@ class TrialRun:
 
         config = self.worker.config
         if config.models == "none" or self.searched or result.model is None:
-            return
+            return None
         if config.models == "best" and beaten(self.tracker, config.experiment_id, self.trial.stage,
                                               result.test_accuracy):
-            return
+            return None
         data = self.worker._data(self.settings)
         example = data.test.images[:2].cpu().numpy()
         about = self._about(result, data)
@@ -159,16 +173,31 @@ class TrialRun:
         if result.last_model is not None:
             kept.append((result.last_model, {**about, "weights": f"last epoch ({len(result.history)}), not tested"},
                          LAST_MODEL_ARTIFACT))
+        ids = {}
         try:
             for network, described, artifact in kept:
-                save_model(self.tracker, self.run_id, deployable(network, data, result.channels_last), example,
-                           described, artifact)
+                model = deployable(network, data, result.channels_last)
+                self.logged = True  # from here on, a logged model may exist
+                ids[artifact] = save_model(self.tracker, self.run_id, model, servable(model, data), example, described,
+                                           artifact, step=len(result.history))
         except StoreError:
             raise
         except Exception as exc:  # noqa: BLE001 — e.g. a custom network whose state dict or probe cannot be saved
             self.tracker.set_tag(self.run_id, MODEL_ERROR, f"{type(exc).__name__}: {exc}"[:500])
-            return
+            return None
         self.tracker.set_tag(self.run_id, MODEL, MODEL_SAVED)
+        return ids.get(MODEL_ARTIFACT)
+
+    def _log_dataset(self) -> None:
+        """The data the trial runs on, as its run's dataset input (ablate.tracking's dataset_input); loaded here as
+        training will load it (once per process)."""
+        from ablate.tracking import dataset_input
+
+        config, settings = self.worker.config, self.settings
+        data = datasets.load(settings.dataset, settings.data, Path(config.data_dir), self.worker.device)
+        record = dataset_input(settings.dataset, settings.data, data, config.data_dir)
+        self.tracker.log_inputs(self.run_id, [record])
+        self.dataset = (record.dataset.name, record.dataset.digest)
 
     def _about(self, result: TrialResult, data: datasets.DeviceData) -> dict:
         """What a saved model is, for whoever loads it (its ablate.json); with ablate, `ablate.export.rebuild`."""

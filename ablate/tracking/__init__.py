@@ -1,17 +1,19 @@
 """Tracking: everything ablate keeps in MLflow, and who is still alive.
 
 Owns the MLflow side of a study (experiment, parent run per invocation, child run per trial,
-their tags and artifacts — `Tracker`), the names of what is recorded (shared by writers and
-readers, so a store written by an earlier version is still read), the read-only view of a
-store that `ablate plan` uses without importing MLflow (`trial_statuses`), liveness:
-whether the process behind a RUNNING run is still there, by its pid on this host and by its
-heartbeat from any other (`alive`, `Heartbeat`), and claims: who may train a trial, decided by
-a conditional write in a database only one claimant can win (`Claims`; the protocol is
-written down in _claims.py, which database a study's invocations share in _claims_url.py).
+their tags and artifacts — `Tracker` —; the trained models, also as MLflow logged models; the
+data each trial ran on, as its dataset input; the runs view the printed link opens), the names of
+what is recorded (shared by writers and readers, so a store written by an earlier version is
+still read), the read-only view of a store that `ablate plan` uses without importing MLflow
+(`trial_statuses`), liveness: whether the process behind a RUNNING run is still there, by its pid
+on this host and by its heartbeat from any other (`alive`, `Heartbeat`), and claims: who may
+train a trial, decided by a conditional write in a database only one claimant can win (`Claims`;
+the protocol is written down in _claims.py, which database a study's invocations share in
+_claims_url.py).
 
-May import: ablate.design (trials), ablate.errors; MLflow only on its MLflow side, which
-this package imports on first use (`Tracker`, `environment_tags`, `read_plan`),
-so that `ablate plan` stays MLflow-free.
+May import: ablate.design (trials), ablate.datasets (a trial's data, described), ablate.errors;
+MLflow only on its MLflow side, which this package imports on first use (`Tracker`,
+`environment_tags`, `read_plan`), so that `ablate plan` stays MLflow-free.
 """
 
 from typing import TYPE_CHECKING
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING
 from ablate.tracking._claims import LEASE_SECONDS, Claimed, Claims, Fence, Lease
 from ablate.tracking._claims_url import CLAIMS_ENV, claims_label, claims_url
 from ablate.tracking._handlers import restore_signal_handlers
+from ablate.tracking._inputs import dataset_input
 from ablate.tracking._liveness import (
     BEAT_SECONDS,
     STALE_AFTER,
@@ -29,6 +32,7 @@ from ablate.tracking._liveness import (
     heartbeat_tags,
     process_start,
 )
+from ablate.tracking._logged import MODEL_TYPE, delete_logged_models, logged_models
 from ablate.tracking._models import ARM_METRIC, beaten, model_runs, save_model, settle_models, stand_ins
 from ablate.tracking._store import (
     TRACKING_URI_ENV,
@@ -80,10 +84,10 @@ from ablate.tracking._tags import (
     TRIAL_HASH,
     WORKER,
     WORKER_LOST,
-    runs_url,
     sqlite_path,
 )
 from ablate.tracking._uri import check_tracking_uri
+from ablate.tracking._view import VIEW_TAG, models_url, runs_url, runs_view
 
 if TYPE_CHECKING:
     from ablate.tracking._open import GuardedClient, open_client
@@ -114,7 +118,11 @@ __all__ = [
     "MODEL_PRUNED",
     "MODEL_SAVED",
     "MODEL_SETTINGS",
+    "MODEL_TYPE",
+    "dataset_input",
     "beaten",
+    "delete_logged_models",
+    "logged_models",
     "model_runs",
     "save_model",
     "settle_models",
@@ -170,6 +178,9 @@ __all__ = [
     "read_plan",
     "restore_signal_handlers",
     "runs_url",
+    "models_url",
+    "runs_view",
+    "VIEW_TAG",
     "sqlite_path",
     "trial_statuses",
 ]

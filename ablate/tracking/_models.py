@@ -14,24 +14,26 @@ runs code when read: `ablate.json` (the trial's resolved settings, its dataset's
 names, what it scored — enough to rebuild the network with ablate, or to know what it is without),
 `state_dict.pt` (the network's weights: tensors only, read with torch.load(weights_only=True)) and
 `probe.pt` (a few fixed images and the scores the model gave them, which a rebuilt network must
-give again). Where torch.export traces the network the folder is also an MLflow model
-(`mlflow.pytorch`, torch.export's format) with its signature and an input example — raw images in,
-class scores out (ablate.engine's Classifier) — for whoever loads it with MLflow; ablate never
-does, since loading a torch.export program unpickles parts of it. A network that does not export
-(a custom model's Python control flow) gets no MLflow model: never a pickle, which would run
-whatever code it names when loaded.
+give again). Where torch.export traces the network it is also an MLflow 3 logged model of the
+same name, linked to its run, with its signature and an input example — float32 pixel values in,
+class scores out, an error for an input it would misread (ablate.engine's Served) — and the run's
+final metrics: what the experiment's Models tab lists and the registry registers
+(ablate.tracking's _logged). Ablate never loads it, since loading a torch.export program
+unpickles parts of it. A network that does not export (a custom model's Python control flow)
+gets no MLflow model: never a pickle, which would run whatever code it names when loaded. A model
+pruned under `best` loses its logged model too.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
 import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ablate.tracking._logged import delete_logged_models, log_mlflow_model, logged_models, tag_logged_models
 from ablate.tracking._tags import (
     LAST_MODEL_ARTIFACT,
     MODEL,
@@ -67,40 +69,25 @@ def beaten(tracker: Tracker, experiment_id: str, stage: str, value: float) -> bo
     return any(run.data.tags.get(STAGE) == stage for run in better)
 
 
-def save_model(tracker: Tracker, run_id: str, model: nn.Module, example: np.ndarray, about: dict[str, Any],
-               artifact: str = MODEL_ARTIFACT) -> None:
+def save_model(tracker: Tracker, run_id: str, model: nn.Module, served: nn.Module, example: np.ndarray,
+               about: dict[str, Any], artifact: str = MODEL_ARTIFACT, step: int = 0) -> str | None:
     """`model` (ablate.engine's Classifier, on the CPU, in eval mode) as the run's saved model in `artifact`: its
-    network's state dict, its scores on the probe images, `about` as ablate.json and, where it exports, an MLflow
-    model (see the module docstring)."""
+    network's state dict, its scores on the probe images, `about` as ablate.json and, where it exports, `served`
+    (ablate.engine's Served around it) as a logged model of the run, logged at `step` (see the module docstring).
+    Returns the logged model's id, None where there is none."""
     import torch
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / artifact
-        _save_mlflow_model(model, example, path)
-        path.mkdir(exist_ok=True)
+        path.mkdir()
         torch.save(model.net.state_dict(), path / MODEL_STATE)
         probe = probe_images(example.shape[1:], floats=example.dtype.kind == "f")
         with torch.inference_mode():
             torch.save({"images": probe, "scores": model(probe)}, path / MODEL_PROBE)
         (path / MODEL_SETTINGS).write_text(json.dumps(about, indent=1, default=list))
         tracker.log_artifacts(run_id, str(path), artifact)
-
-
-def _save_mlflow_model(model: nn.Module, example: np.ndarray, path: Path) -> None:
-    """`model` as an MLflow model in torch.export's format, with its signature and input example; nothing where
-    torch.export cannot trace it (never MLflow's pickle format instead)."""
-    import mlflow.pytorch
-    import torch
-    from mlflow.models import infer_signature
-
-    with torch.inference_mode():
-        scores = model(torch.from_numpy(example)).numpy()
-    options = dict(signature=infer_signature(example, scores), input_example=example,
-                   pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])  # not inferred: a subprocess each
-    try:
-        mlflow.pytorch.save_model(model, path, serialization_format="pt2", **options)
-    except Exception:  # noqa: BLE001 — a network torch.export cannot trace (a custom model's Python control flow):
-        shutil.rmtree(path, ignore_errors=True)  # its state dict and settings still rebuild it, with its factory
+    tags = {MODEL: MODEL_SAVED, "weights": str(about.get("weights"))}  # `model`: its run's, which settle_models moves
+    return log_mlflow_model(tracker, run_id, served, example, artifact, step, tags)
 
 
 def probe_images(shape: tuple[int, ...], floats: bool):
@@ -121,7 +108,8 @@ def settle_models(tracker: Tracker, experiment_id: str, trials: list[Trial], pol
     arms: dict[str, list[Trial]] = defaultdict(list)
     for trial in trials:
         arms[trial.stage].append(trial)
-    best_runs = {}
+    best_runs: dict[str, str] = {}
+    held = _LoggedModels(tracker, experiment_id)
     for stage, arm in arms.items():
         runs = [by_hash.get(trial.hash) for trial in arm]
         if None in runs:
@@ -131,25 +119,45 @@ def settle_models(tracker: Tracker, experiment_id: str, trials: list[Trial], pol
             continue  # trained without models (`none` then, or an earlier version of ablate)
         if best.data.tags.get(MODEL) != MODEL_BEST:
             tracker.set_tag(best.info.run_id, MODEL, MODEL_BEST)
+            tag_logged_models(tracker, held.of(best.info.run_id), {MODEL: MODEL_BEST})
         best_runs[stage] = best.info.run_id
         for run in runs:
-            if run is not best and run.data.tags.get(MODEL) in (MODEL_SAVED, MODEL_BEST):
-                _demote(tracker, run, prune=policy == "best")
+            state = run.data.tags.get(MODEL)
+            if run is not best and (state == MODEL_BEST or (state == MODEL_SAVED and policy == "best")):
+                _demote(tracker, run, held.of(run.info.run_id), prune=policy == "best")
     return best_runs
 
 
-def _demote(tracker: Tracker, run, prune: bool) -> None:
-    """A run that is not its arm's best: its models deleted (`best`), or kept as any run's (`all`)."""
+class _LoggedModels:
+    """The experiment's logged models by run, searched once, on first use (an arm with no run to demote needs none)."""
+
+    def __init__(self, tracker: Tracker, experiment_id: str):
+        self.tracker, self.experiment_id, self._by_run = tracker, experiment_id, None
+
+    def of(self, run_id: str) -> list:
+        if self._by_run is None:
+            self._by_run = defaultdict(list)
+            for model in logged_models(self.tracker, self.experiment_id):
+                self._by_run[model.source_run_id].append(model)
+        return self._by_run.get(run_id, [])
+
+
+def _demote(tracker: Tracker, run, models: list, prune: bool) -> None:
+    """A run that is not its arm's best: its models deleted (`best`) — its logged models first, so that a store that
+    cannot delete leaves what ablate loads (its artifacts) whole —, or kept as any run's (`all`)."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     if prune:
         try:
+            delete_logged_models(tracker, models)
             repository = get_artifact_repository(run.info.artifact_uri, tracking_uri=tracker.uri)
             for folder in (MODEL_ARTIFACT, LAST_MODEL_ARTIFACT):
                 repository.delete_artifacts(folder)
         except Exception:  # noqa: BLE001 — a store that cannot delete keeps the model: space, not data, is lost
             tracker.set_tag(run.info.run_id, MODEL, MODEL_SAVED)
             return
+    else:
+        tag_logged_models(tracker, models, {MODEL: MODEL_SAVED})
     tracker.set_tag(run.info.run_id, MODEL, MODEL_PRUNED if prune else MODEL_SAVED)
 
 

@@ -7,7 +7,7 @@ written by an earlier version must still be read.
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import quote, unquote, urlparse
+from urllib.parse import unquote, urlparse
 
 # Tags of every run.
 STUDY, ROLE, STAGE, STAGE_INDEX, SEED, TRIAL_HASH = "study", "role", "stage", "stage_index", "seed", "trial_hash"
@@ -19,7 +19,8 @@ HOST, PID, PID_START, HEARTBEAT, HEARTBEAT_EVERY = "host", "pid", "pid_start", "
 CLAIM_TOKEN = "claim_token"
 EXPERIMENT_TAG = "ablate.study"  # on the experiments ablate made: `ablate report` lists only those
 # What MLflow's UI calls an experiment of trained models. MLflow 3.17's UI does not read it to choose where an
-# experiment opens (a setting of the visitor's browser does, GenAI by default; see runs_url); earlier 3.x UIs do.
+# experiment opens (a setting of the visitor's browser does, GenAI by default; see ablate.tracking's _view); earlier
+# 3.x UIs do.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 # On each invocation's parent run: the data folder it read (resolved) and the folders it imported the study's
@@ -41,16 +42,6 @@ def sqlite_path(uri: str) -> Path | None:
     if parsed.scheme == "sqlite" and parsed.path not in ("", "/:memory:"):
         return Path(unquote(parsed.path[1:]))
     return None
-
-
-def runs_url(experiment_id: str, base: str = "http://127.0.0.1:5000", metric: str = "test_accuracy") -> str:
-    """The experiment's runs table in MLflow's UI, as a reader wants it first: in the "Model training" workflow
-    (MLflow 3.x opens an experiment on its GenAI overview unless the URL or the browser says otherwise), sorted by
-    `metric`, best first, which also lists the trial runs flat instead of collapsed under their parent run
-    (tests/mlflow_ui_check.py checks this in a real browser)."""
-    order = quote(f"metrics.`{metric}`", safe="")
-    return (f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-            f"&orderByKey={order}&orderByAsc=false")
 
 
 # A trial's trained models (ablate.tracking's models): MLflow models in these artifact folders, and the run's `model`

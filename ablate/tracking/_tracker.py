@@ -54,6 +54,7 @@ from ablate.tracking._tags import (
     sqlite_path,
 )
 from ablate.tracking._tracker_claims import ClaimedRuns
+from ablate.tracking._view import VIEW_TAG, runs_view
 
 # MLflow draws a tqdm bar for every artifact it downloads; a report reads one per study.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -132,6 +133,12 @@ class Tracker(ClaimedRuns):
             self.client.restore_experiment(found.experiment_id)
         return found.experiment_id
 
+    def show_runs(self, experiment_id: str, arms: list[str]) -> None:
+        """The experiment's runs view, with `arms` expanded (ablate.tracking's _view), written where it changed."""
+        view = runs_view(arms)
+        if self.client.get_experiment(experiment_id).tags.get(VIEW_TAG) != view:
+            self.client.set_experiment_tag(experiment_id, VIEW_TAG, view)
+
     def finished_hashes(self, experiment_id: str) -> set[str]:
         """Hashes of trials with a FINISHED run: the work resume must not repeat."""
         runs = self.search(experiment_id, f"tags.{ROLE} = 'trial' and attributes.status = 'FINISHED'")
@@ -207,6 +214,29 @@ class Tracker(ClaimedRuns):
 
     def log_artifacts(self, run_id: str, folder: str, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(run_id, folder, artifact_path)
+
+    def run_files(self, run_id: str) -> GuardedClient:
+        """The run's own artifacts (an MLflow ArtifactRepository, its failures StoreErrors): list_artifacts(path),
+        download_artifacts(path, dst_path). Not the client's calls, which read `runs:/<run>/model` as the run's folder
+        merged with its logged model's files, and look that logged model up in the process's global tracking store
+        (mlflow.get_tracking_uri()), not in this one: listing fails, or finds another store's model."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        uri = self.client.get_run(run_id).info.artifact_uri
+        return GuardedClient(get_artifact_repository(uri, tracking_uri=self.uri), self.uri)  # type: ignore[arg-type]
+
+    def log_inputs(self, run_id: str, inputs: list, attempts: int = 3) -> None:
+        """The run's dataset inputs (mlflow.entities.DatasetInput: ablate.tracking's dataset_input). MLflow looks for
+        the experiment's dataset, then adds it where missing: two workers starting their first trials at once both
+        add it, and the second write fails on the database's unique key; written again, it finds the first's."""
+        for attempt in range(attempts):
+            try:
+                self.client.log_inputs(run_id, datasets=inputs)
+                return
+            except MlflowException:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
 
     def run_state(self, run_id: str) -> RunState:
         run = self.client.get_run(run_id)

@@ -14,7 +14,6 @@ import contextlib
 import time
 from dataclasses import dataclass
 
-from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from ablate.design import Trial
@@ -22,6 +21,7 @@ from ablate.errors import StoreError
 from ablate.tracking._claims import Claims, Lease
 from ablate.tracking._claims_url import claims_url, scope_of
 from ablate.tracking._liveness import Identity
+from ablate.tracking._logged import final_metrics
 from ablate.tracking._open import signals_held
 from ablate.tracking._store import RunState
 from ablate.tracking._tags import CLAIM_TOKEN, ERROR, HOST, INTERRUPTED, PID, REASON, ROLE, TRIAL_HASH
@@ -101,10 +101,15 @@ class ClaimedRuns:
             raise
         return Claim(run_id, lease=lease)
 
-    def commit_trial(self, lease: Lease, run_id: str, metrics: dict[str, float], step: int) -> bool:
+    def commit_trial(self, lease: Lease, run_id: str, metrics: dict[str, float], step: int,
+                     model_id: str | None = None, dataset: tuple[str, str] | None = None) -> bool:
         """End a trained trial's run FINISHED with its final metrics — if its claim is still this worker's: the
-        commit (one conditional write that stores the metrics too) decides; False when the claim was taken over."""
+        commit (one conditional write that stores the metrics too) decides; False when the claim was taken over.
+        `model_id`: the run's logged model, which the metrics are linked to as well; `dataset`: the name and digest of
+        the run's dataset input, which those measured on it are linked to (ablate.tracking's _logged)."""
         result = {"metrics": metrics, "step": step, "timestamp": int(time.time() * 1000)}
+        if model_id is not None:
+            result["model_id"], result["dataset"] = model_id, dataset
         if not self.claims.commit(lease, run_id, result):
             return False
         self._complete(run_id, result)
@@ -113,8 +118,10 @@ class ClaimedRuns:
 
     def _complete(self, run_id: str, result: dict) -> None:
         """A committed trial's run, recorded: its final metrics (the commit's timestamps, so writing them twice adds
-        nothing) and FINISHED."""
-        metrics = [Metric(k, float(v), result["timestamp"], result["step"]) for k, v in result["metrics"].items()]
+        nothing), also as its logged model's where the commit names one, and FINISHED."""
+        dataset = result.get("dataset")
+        metrics = final_metrics(result["metrics"], result["timestamp"], result["step"], result.get("model_id"),
+                                tuple(dataset) if dataset else None)
         self.client.log_batch(run_id, metrics=metrics)
         self.client.set_terminated(run_id, status="FINISHED")
 

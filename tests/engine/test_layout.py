@@ -162,7 +162,7 @@ def test_a_cnns_results_do_not_depend_on_how_many_workers_or_auto_packing(write_
         model = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
         logged = np.load(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="test_outputs.npz"))
         with torch.inference_mode():
-            assert (model(test.images).argmax(1).numpy() == logged["predictions"]).all()
+            assert (model(test.images.float()).argmax(1).numpy() == logged["predictions"]).all()
 
 
 def test_auto_packing_follows_the_probe_on_the_cpu_and_packs_on_a_gpu(monkeypatch):

@@ -4,6 +4,7 @@ exported as files that load with torch alone, registered on request."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from mlflow import MlflowClient
+from mlflow.entities import LoggedModelStatus
 
 from ablate import datasets
 from ablate.cli import main
@@ -78,39 +80,70 @@ def _logged_predictions(run_id: str) -> np.ndarray:
     return np.load(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="test_outputs.npz"))["predictions"]
 
 
+def _logged_models_ever(store: str) -> list[tuple[str, str, str]]:
+    """(id, lifecycle stage, artifact location) of every logged model the store holds, deleted ones included (MLflow's
+    own search leaves those out)."""
+    import sqlite3
+
+    connection = sqlite3.connect(store.removeprefix("sqlite:///"))
+    try:
+        return connection.execute("SELECT model_id, lifecycle_stage, artifact_location FROM logged_models").fetchall()
+    finally:
+        connection.close()
+
+
 def _has(client: MlflowClient, run_id: str, folder: str) -> bool:
     return folder in {a.path for a in client.list_artifacts(run_id)}
 
 
 @pytest.mark.slow
 def test_every_saved_model_loads_back_and_predicts_its_logged_test_predictions(write_study, store, data, tmp_path):
-    """models = "all": each trial run holds an MLflow model with signature and input example, which
-    mlflow.pytorch.load_model turns back into its run's very test predictions; a packed run's model gives the
-    unpacked run's scores within float tolerance."""
+    """models = "all": each trial run holds ablate's files and an MLflow 3 logged model (signature, input example, the
+    run's final metrics), which mlflow.pytorch.load_model("runs:/<run>/model") — the logged model's files merged with
+    the run's — turns back into its run's very test predictions, from float32 pixel values; a packed run's model gives
+    the unpacked run's scores within float tolerance."""
     study = _study(write_study, "all")
     assert main(["run", str(study), "--tracking-uri", store]) == 0
     packed_store = f"sqlite:///{tmp_path / 'packed.db'}"
     assert main(["run", str(study), "--tracking-uri", packed_store, "--pack", "2", "--max-workers", "1"]) == 0
     mlflow.set_tracking_uri(store)
+    client = MlflowClient(store)
     runs = _trial_runs(store)
     assert len(runs) == 4 and {r.data.tags["model"] for r in runs} <= {"saved", "best"}
+    logged = _logged_models(store)
+    assert sorted(m.source_run_id for m in logged) == sorted(r.info.run_id for r in runs)
     scores = {}
     for run in runs:
-        kept = {a.path for a in MlflowClient(store).list_artifacts(run.info.run_id, "model")}
-        assert {"model/ablate.json", "model/state_dict.pt", "model/probe.pt", "model/MLmodel"} <= kept  # what ablate
-        uri = f"runs:/{run.info.run_id}/model"  # loads, and for MLflow the torch.export program: never a pickle
+        own = os.listdir(Path(run.info.artifact_uri.removeprefix("file://")) / "model")
+        assert sorted(own) == ["ablate.json", "probe.pt", "state_dict.pt"]  # what ablate loads, in the run's folder
+        model = next(m for m in logged if m.source_run_id == run.info.run_id)
+        assert model.name == "model" and model.status == LoggedModelStatus.READY and model.tags["model"] in (
+            "saved", "best")
+        assert [o.model_id for o in run.outputs.model_outputs] == [model.model_id]
+        linked = {m.key: m.value for m in model.metrics}
+        assert linked["test_accuracy"] == run.data.metrics["test_accuracy"] and "params_count" in linked
+        assert {m.dataset_name for m in model.metrics if m.key == "test_accuracy"} == {"mnist"}
+        uri = f"runs:/{run.info.run_id}/model"  # the torch.export program, never a pickle
         info = mlflow.models.get_model_info(uri)
-        assert info.signature.inputs.to_dict()[0]["tensor-spec"] == {"dtype": "uint8", "shape": (-1, 1, 28, 28)}
-        assert info.saved_input_example_info is not None
-        model = mlflow.pytorch.load_model(uri)
-        scores[run.data.tags["trial_hash"]] = _scores(model, data.test.images)
+        assert info.signature.inputs.to_dict()[0]["tensor-spec"] == {"dtype": "float32", "shape": (-1, 1, 28, 28)}
+        assert info.saved_input_example_info is not None and info.model_id == model.model_id
+        loaded = mlflow.pytorch.load_model(uri)
+        scores[run.data.tags["trial_hash"]] = _scores(loaded, data.test.images.float())
         assert (scores[run.data.tags["trial_hash"]].argmax(1).numpy() == _logged_predictions(run.info.run_id)).all()
     assert sum(r.data.tags["model"] == "best" for r in runs) == 2  # one per arm; `all` deletes none
+    assert sorted(m.tags["model"] for m in logged) == ["best", "best", "saved", "saved"]
+    assert len(client.search_logged_models([runs[0].info.experiment_id], filter_string="metrics.test_accuracy > 0.3",
+                                           order_by=[{"field_name": "metrics.test_accuracy"}])) == 4
     mlflow.set_tracking_uri(packed_store)
     for run in _trial_runs(packed_store):
         assert run.data.tags["pack_size"] == "2"
-        packed = _scores(mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model"), data.test.images)
+        packed = _scores(mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model"), data.test.images.float())
         assert torch.allclose(packed, scores[run.data.tags["trial_hash"]], atol=1e-4)
+
+
+def _logged_models(store: str, study: str = "tiny") -> list:
+    client = MlflowClient(store)
+    return client.search_logged_models([client.get_experiment_by_name(study).experiment_id])
 
 
 @pytest.mark.slow
@@ -122,12 +155,19 @@ def test_best_keeps_one_model_per_arm_and_export_writes_it_for_torch_alone(write
     assert main(["run", str(study), "--tracking-uri", store]) == 0
     client = MlflowClient(store)
     runs = _trial_runs(store)
+    listed = _logged_models(store)
     for arm in ("linear", "mlp"):
         mine = sorted((r for r in runs if r.data.tags["stage"] == arm), key=lambda r: -r.data.metrics["test_accuracy"])
         assert [r.data.tags["model"] for r in mine] == ["best", "pruned"]
         assert _has(client, mine[0].info.run_id, "model") and not _has(client, mine[1].info.run_id, "model")
+        kept = [m for m in listed if m.tags["stage"] == arm]  # the pruned run's logged model went with its files
+        assert [(m.source_run_id, m.tags["model"]) for m in kept] == [(mine[0].info.run_id, "best")]
+    gone = [(stage, location) for model_id, stage, location in _logged_models_ever(store)
+            if model_id not in {m.model_id for m in listed}]  # saved while its run was its arm's best so far
+    assert all(stage == "deleted" and not Path(location.removeprefix("file://")).exists() for stage, location in gone)
     assert main(["run", str(study), "--tracking-uri", store]) == 0  # nothing to train, nothing changes
     assert sorted(r.data.tags["model"] for r in _trial_runs(store)) == ["best", "best", "pruned", "pruned"]
+    assert sorted(m.model_id for m in _logged_models(store)) == sorted(m.model_id for m in listed)
 
     out = tmp_path / "exported"
     capsys.readouterr()
@@ -150,6 +190,8 @@ def test_best_keeps_one_model_per_arm_and_export_writes_it_for_torch_alone(write
         rebuilt = rebuild(about, torch.load(folder / "state_dict.pt", weights_only=True))
         assert (_scores(rebuilt, data.test.images).argmax(1).numpy() == logged).all()
     assert {m.name for m in client.search_registered_models()} == {"tiny-linear", "tiny-mlp"}
+    versions = {v.source for arm in ("linear", "mlp") for v in client.search_model_versions(f"name='tiny-{arm}'")}
+    assert versions == {f"models:/{m.model_id}" for m in listed}  # the registry's versions are the logged models
 
 
 @pytest.mark.slow
@@ -235,8 +277,9 @@ def _a_pickle_in_the_store_gives_no_figures_and_runs_nothing(store: str, best: l
     marker = tmp_path / "payload-ran"
     for run in best:
         folder = Path(run.info.artifact_uri.removeprefix("file://")) / "model"
-        for name in ("state_dict.pt", "probe.pt", "data/model.pt2"):
+        for name in ("state_dict.pt", "probe.pt"):
             (folder / name).unlink()
+        (folder / "data").mkdir(exist_ok=True)
         torch.save(Payload(marker), folder / "data" / "model.pth")
         (folder / "data" / "pickle_module_info.txt").write_text("mlflow.pytorch.pickle_module")
     capsys.readouterr()

@@ -75,6 +75,19 @@ def planted(trained, tmp_path):
 
 
 @pytest.fixture
+def planted_before(trained, tmp_path):
+    """A copy of the trained store as ablate kept models before it logged them as MLflow logged models (the MLflow
+    model's files in the run's `model` folder, beside ablate's), whose model folders a test may plant files in."""
+    uri = _copied_store(trained[0], tmp_path / "before")
+    client = MlflowClient(uri)
+    for model in client.search_logged_models([client.get_experiment_by_name("tiny").experiment_id]):
+        folder = Path(client.get_run(model.source_run_id).info.artifact_uri.removeprefix("file://")) / model.name
+        shutil.copytree(model.artifact_location.removeprefix("file://"), folder, dirs_exist_ok=True)
+        client.delete_logged_model(model.model_id)
+    return uri, _model_folders(uri, "tiny")
+
+
+@pytest.fixture
 def no_unpickling(monkeypatch):
     return _forbid_unpickling(monkeypatch)
 
@@ -136,10 +149,10 @@ def test_a_pickle_planted_beside_the_weights_is_never_loaded(planted, no_unpickl
 
 
 @pytest.mark.slow
-def test_a_model_kept_only_as_a_pickle_is_refused_unless_trusted(planted, tmp_path, capsys):
+def test_a_model_kept_only_as_a_pickle_is_refused_unless_trusted(planted_before, tmp_path, capsys):
     """Refused in one line naming the run's arm and the flag, with nothing written (not even the arm that loads);
     --trust-pickles is what lets the pickle run: here its payload, and MLflow then finds no model in it."""
-    uri, folders = planted
+    uri, folders = planted_before
     marker, out = tmp_path / "payload-ran", tmp_path / "out"
     _plant_pickle(folders["mlp"], marker, only=True)
     code, err = _export(uri, out, capsys)
@@ -186,7 +199,8 @@ def _copied_store(uri: str, folder: Path) -> str:
     source = Path(uri.removeprefix("sqlite:///")).parent
     shutil.copytree(source, folder)
     with sqlite3.connect(folder / "mlflow.db") as connection:
-        for table, column in (("runs", "artifact_uri"), ("experiments", "artifact_location")):
+        for table, column in (("runs", "artifact_uri"), ("experiments", "artifact_location"),
+                              ("logged_models", "artifact_location")):
             connection.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?)",
                                (source.as_uri(), folder.as_uri()))
     connection.close()
@@ -285,11 +299,11 @@ def test_foreign_code_tells_the_researchers_own_factories_from_the_rest():
 
 
 @pytest.mark.slow
-def test_a_model_saved_before_state_dicts_is_read_from_its_program_without_unpickling(planted, no_unpickling,
+def test_a_model_saved_before_state_dicts_is_read_from_its_program_without_unpickling(planted_before, no_unpickling,
                                                                                        tmp_path, capsys):
     """Earlier ablate kept only MLflow's torch.export program: its weights are read from the archive's raw bytes
     (torch.export.load would unpickle parts of it), and export writes the very weights."""
-    uri, folders = planted
+    uri, folders = planted_before
     saved = no_unpickling(folders["mlp"] / "state_dict.pt", weights_only=True)
     for name in ("state_dict.pt", "probe.pt"):
         (folders["mlp"] / name).unlink()
@@ -299,10 +313,10 @@ def test_a_model_saved_before_state_dicts_is_read_from_its_program_without_unpic
 
 
 @pytest.mark.slow
-def test_a_program_whose_weights_are_planted_pickles_is_refused(planted, no_unpickling, tmp_path, capsys):
+def test_a_program_whose_weights_are_planted_pickles_is_refused(planted_before, no_unpickling, tmp_path, capsys):
     """A .pt2 archive may hold a weight as a pickle (torch.export.load unpickles it without weights_only, so the
     payload would run): ablate reads it with weights_only=True, which refuses it."""
-    uri, folders = planted
+    uri, folders = planted_before
     marker, program = tmp_path / "payload-ran", folders["mlp"] / "data" / "model.pt2"
     for name in ("state_dict.pt", "probe.pt"):
         (folders["mlp"] / name).unlink()
