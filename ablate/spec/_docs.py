@@ -14,6 +14,8 @@ from ablate.spec._schema import (
     EarlyStopping,
     ExecutionSettings,
     StudyInfo,
+    AdaptiveSeeds,
+    StatsSettings,
     TrackingSettings,
     TrainSettings,
 )
@@ -52,7 +54,8 @@ def _toml_literal(value: Any) -> str:
 
 def schema_tables() -> dict[str, type]:
     """Every documented table, in the order a study file reads."""
-    tables: dict[str, type] = {"[study]": StudyInfo, "[data]": DataSettings, "[train]": TrainSettings}
+    tables: dict[str, type] = {"[study]": StudyInfo, "study.seeds (adaptive)": AdaptiveSeeds, "[data]": DataSettings,
+                               "[train]": TrainSettings}
     for kind, cls in SCHEDULE_KINDS.items():
         tables[f'train.schedule kind = "{kind}"'] = cls
     tables["train.early_stopping"] = EarlyStopping
@@ -62,6 +65,7 @@ def schema_tables() -> dict[str, type]:
     tables['[model] kind = "cnn": each entry of `blocks`'] = ConvBlock
     tables["[execution]"] = ExecutionSettings
     tables["[tracking]"] = TrackingSettings
+    tables["[stats]"] = StatsSettings
     tables["[search]"] = SearchSettings
     return tables
 
