@@ -313,9 +313,9 @@ class StatsSettings:
 
     margin: float = option(
         0.1,
-        "δ, the smallest difference that matters, in the units the report shows the metric in: accuracy in percentage "
-        "points (0.1 = a tenth of a point), a loss in its own units. An arm whose difference from the baseline is shown "
-        "to lie within ±δ is `equivalent`.",
+        "δ, the smallest difference that matters, in the units the report shows the metric in: accuracy in "
+        "percentage points (0.1 = a tenth of a point), a loss in its own units. An arm whose difference from the "
+        "baseline is shown to lie within ±δ is `equivalent`.",
         above(0.0),
     )
     alpha: float = option(
