@@ -9,13 +9,13 @@ from typing import Any
 from ablate.models import MODEL_KINDS, ConvBlock
 from ablate.spec._schema import (
     SCHEDULE_KINDS,
+    AdaptiveSeeds,
     Augment,
     DataSettings,
     EarlyStopping,
     ExecutionSettings,
-    StudyInfo,
-    AdaptiveSeeds,
     StatsSettings,
+    StudyInfo,
     TrackingSettings,
     TrainSettings,
 )
