@@ -128,11 +128,10 @@ def search_plan(study: Study) -> tuple[list[dict[str, str]], str]:
     s = spec.settings
     budget = ((f"{s.trials} trials" if s.trials else "no trial limit")
               + (f", at most {s.timeout:g} s" if s.timeout else ""))
-    direction = "maximize" if s.maximize else "minimize"
     confirmed = s.confirm_top + s.confirm_base
-    summary = (f"search: {budget} ({s.sampler} sampler seeded {s.seed}, {s.pruner} pruner), {direction} {s.objective}, "
-               f"seed {spec.seeds[0]}; then the top "
-               f"{s.confirm_top}{' and the base settings' if s.confirm_base else ''} "
+    top = f"up to {s.confirm_top} points of the front" if s.several else f"the top {s.confirm_top}"
+    summary = (f"search: {budget} ({s.sampler} sampler seeded {s.seed}, {s.pruner} pruner), {s.goal}, "
+               f"seed {spec.seeds[0]}; then {top}{' and the base settings' if s.confirm_base else ''} "
                f"re-trained on seeds {', '.join(map(str, spec.confirm_seeds))} ({confirmed * len(spec.confirm_seeds)} "
                "trials)")
     budgets = [f"{key} {getattr(s, key):,}" for key in ("max_params", "max_macs") if getattr(s, key) is not None]

@@ -135,7 +135,7 @@ def load_study(
         excluded={str(k): int(v) for k, v in excluded.items()},
         # The invocations that trained the runs in the table, not every run of an older design.
         invocations=[_invocation(r) for r in parents if r.info.run_id in set(latest["parent_run_id"])],
-        search=search_summary(plan["search"], figures) if plan and plan.get("search") else None,
+        search=search_summary(plan["search"], figures, latest) if plan and plan.get("search") else None,
         models=_models(trial_runs, latest),
         **_sources(parents),
     )

@@ -10,6 +10,7 @@ import pandas as pd
 from ablate.errors import AblateError
 from ablate.report._effects import effect_lines
 from ablate.report._judge import verdict_cells, verdict_note
+from ablate.report._pareto import pareto_lines
 from ablate.report._report import CHANGES_HEADING, PRIMARY_METRICS, StudyReport, fmt
 
 
@@ -241,6 +242,8 @@ def _search_lines(report: StudyReport) -> list[str]:
     search = report.search
     counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(search["counts"].items()))
     lines = [f"### Search ({search['objective']})", "", f"Optuna trials: {counts} (storage `{search['storage']}`).", ""]
+    if search.get("front") is not None:  # several objectives
+        lines += pareto_lines(search)
     if len(search["best"]):
         lines += ["Best trials:", "", search["best"].to_markdown(index=False, disable_numparse=True), ""]
     if search["importances"]:

@@ -353,7 +353,8 @@ def _recover_search(tracker: Tracker, experiment_id: str, optuna_study: optuna.S
             continue
         tracker.set_tag(run.info.run_id, "optuna_state", trial.state.name)
         if trial.state == optuna.trial.TrialState.COMPLETE:
-            tracker.log_metrics(run.info.run_id, {"objective": trial.value}, step=max(trial.intermediate_values or [0]))
+            tracker.log_metrics(run.info.run_id, {"objective": trial.values[0]},  # the validation objective
+                                step=max(trial.intermediate_values or [0]))
         tracker.finish(run.info.run_id, "FINISHED")
     return recovered
 
