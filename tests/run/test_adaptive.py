@@ -149,7 +149,7 @@ def test_a_fixed_seeds_plan_is_unchanged_and_an_adaptive_one_states_its_budget(c
     fixed.write_text(TINY_STUDY)
     assert main(["plan", str(fixed)]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "4 trials: 2 stages × 2 seeds (seeds 0, 1)" in out and "adaptive" not in out and "more trial" not in out
+    assert "4 trials: 2 stages × 2 seeds (seeds 0, 1)" in out and "(adaptive:" not in out and "more trial" not in out
     adaptive = tmp_path / "adaptive.toml"
     adaptive.write_text(STUDY.format(extra=""))
     assert main(["plan", str(adaptive)]) == 0
