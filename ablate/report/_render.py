@@ -269,12 +269,20 @@ def _search_lines(report: StudyReport) -> list[str]:
     return lines
 
 
+def _finished_line(report: StudyReport) -> str:
+    if report.judging.adaptive is None:
+        return f"{len(report.runs)} of {report.planned} planned trials finished."
+    low, high = report.judging.adaptive
+    return (f"{len(report.runs)} trials finished, with adaptive seeds: {low} to {high} per arm, each arm until its "
+            f"verdict was known ({report.planned} at most).")
+
+
 def markdown_section(report: StudyReport, by: list[str] | None = None, columns: str = "default") -> str:
     lines = [f"## {report.name}", ""]
     if report.description:
         lines += [report.description, ""]
     lines += [
-        f"{len(report.runs)} of {report.planned} planned trials finished.",
+        _finished_line(report),
         "",
         markdown_table(report, columns),
         "",

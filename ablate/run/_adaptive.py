@@ -24,7 +24,7 @@ from ablate.design import Trial, settings_hash
 from ablate.spec import Study
 
 if TYPE_CHECKING:
-    from ablate.report._sequential import SequentialComparison
+    from ablate.report import SequentialComparison
 
 RUNNING_ELSEWHERE = "running in another invocation"
 FAILED_HERE = "failed here"
@@ -69,7 +69,7 @@ def next_round(study: Study, trials: list[Trial], results: Mapping[str, float],
     """What to train next: `trials` every trial an arm may get (ablate.design's expand), `results` trial hash → its
     metric (study.stats.metric, ×100 for an accuracy) for every finished trial, `held` trial hash → why this
     invocation may not train it (RUNNING_ELSEWHERE, FAILED_HERE)."""
-    from ablate.report._sequential import sequential_family  # scipy: only where a study is run
+    from ablate.report import sequential_family  # scipy and MLflow: only where a study is run
 
     held = held or {}
     adaptive, stats = study.adaptive, study.stats
