@@ -169,13 +169,15 @@ def cmd_followup(args: argparse.Namespace) -> int:
     from ablate.report import followup
     from ablate.search import default_storage
 
-    made = followup(uri, study, args.storage or default_storage(uri), args.name, seeds, args.command_line)
+    made = followup(uri, study, args.storage or default_storage(uri), args.name, seeds, args.command_line,
+                    args.point)
     if out is None:
         sys.stdout.write(made.text)
         return 0
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(made.text)
-    print(f"winner: {made.winner.name} ({study.search.settings.objective} {made.objective:.4f} on the confirm seeds)")
+    chosen = "winner" if args.point is None else "chosen"
+    print(f"{chosen}: {made.winner.name} ({study.search.settings.objective} {made.objective:.4f} on the confirm seeds)")
     if made.base_better:
         print("note: the base settings did better on validation; the study says so in its header")
     for change in made.changes:

@@ -203,6 +203,10 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]]) ->
     followup.add_argument("--name", default=None, metavar="NAME", help="the new study's name (default: <study>-winner)")
     followup.add_argument("--seeds", default=None, metavar="A,B,C",
                           help="the new study's seeds (default: the search's confirm seeds)")
+    followup.add_argument("--point", default=None, metavar="topN|TRIAL",
+                          help="ablate this confirmed configuration instead of the winner: topN as the report names "
+                          "it, or its Optuna trial number (required for a search of several objectives: a point of "
+                          "its Pareto front)")
     followup.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     followup.add_argument("--storage", default=None, metavar="URL|FILE",
                           help="the Optuna storage (default: optuna-journal.log beside the store)")

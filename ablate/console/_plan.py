@@ -1,4 +1,5 @@
-"""`ablate plan`'s view: the trial table (hash, arm, seed, the settings that differ, size, status in the store),
+"""`ablate plan`'s view: the trial table (hash, arm, seed, the settings that differ, size, status in the store;
+with adaptive seeds, the first round's trials and a line counting the rest, and the budget from best to worst case),
 its JSON form, a search's space and budget, the dataset lines (_data's) and the study's warnings."""
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def plan_json(study: Study, design: Design, statuses: dict[str, str] | None, dat
         "arms": design.arms,
         "excluded": study.excluded,
         "merged": [{"arm": arm, "same_as": kept} for arm, kept in design.merged],
+        "adaptive": adaptive_json(study, design),
         "trials": [
             {"hash": t.hash, "stage": t.stage, "seed": t.seed, "params_count": t.params_count,
              "status": status_of(statuses, t.hash), "settings": t.settings.to_dict()}
@@ -55,8 +57,8 @@ def print_plan(study: Study, design: Design, statuses: dict[str, str] | None, ur
     """Each trial's hash, arm, seed, the settings that differ between trials, its size and its status in the store,
     on `console` (default: the terminal's); then the data the trials use and its files in `data_dir` (default: the
     data folder's default)."""
-    trials = design.trials
-    varying = varying_settings(trials)
+    trials = shown_trials(study, design.trials, statuses)
+    varying = varying_settings(design.trials)
     # Conv blocks and custom-model arguments are unreadable as raw settings: one architecture column instead.
     structural = [k for k in varying if k.startswith(models.TABLE_SETTINGS)]
     varying = [k for k in varying if k not in structural]
@@ -76,6 +78,8 @@ def print_plan(study: Study, design: Design, statuses: dict[str, str] | None, ur
         rows.append([str(i), shown, t.stage, str(t.seed), *shape, *cells, f"{t.params_count:,}", *status])
     console = console or terminal()
     print_fitted(console, f"{study.name}: {study.info.design}", columns, rows)
+    if len(trials) < len(design.trials):  # adaptive seeds: the first round, and what the store already holds
+        console.print(later_rounds_line(study, len(design.trials) - len(trials)), markup=False)
     if labels != varying:  # a column named by a suffix: say which setting it is
         console.print("settings: " + ", ".join(varying), markup=False)
     console.print(plan_summary(study, design), markup=False)
@@ -84,11 +88,42 @@ def print_plan(study: Study, design: Design, statuses: dict[str, str] | None, ur
     if statuses is not None:
         counts = Counter(status_of(statuses, t.hash) for t in trials)
         parts = [f"{counts[k]} {k}" for k in STATUS_ORDER if k in counts]
-        console.print(f"Against {where}: {', '.join(parts)}; `ablate run` trains every trial not done.", markup=False)
+        then = ("every trial not done" if study.adaptive is None else
+                "the first round's trials not done, then one more seed for each arm still undecided, round by round")
+        console.print(f"Against {where}: {', '.join(parts)}; `ablate run` trains {then}.", markup=False)
     else:  # say which store was looked at: run from another folder, this is the first thing to know
         console.print(f"No store at {where} yet: every trial is to do; the first `ablate run` here creates it "
                       "(--tracking-uri for another).", markup=False)
     print_warnings(console, study)
+
+
+def shown_trials(study: Study, trials: list[Trial], statuses: dict[str, str] | None) -> list[Trial]:
+    """The trials a plan's table lists: all of them; with adaptive seeds, the first round's (each arm's first `min`
+    seeds) and any other the store already holds — the rest only train if arms stay undecided."""
+    if study.adaptive is None:
+        return trials
+    first = set(study.info.seeds[: study.adaptive.min])
+    return [t for t in trials if t.seed in first or status_of(statuses, t.hash) != "to do"]
+
+
+def later_rounds_line(study: Study, rest: int) -> str:
+    """'… and up to 35 more trials (seeds 3–9) for arms still undecided after a round.'"""
+    seeds = study.info.seeds[study.adaptive.min:]
+    return (f"… and up to {rest} more trial(s) (seeds {_seed_range(seeds)}) for arms still undecided after a round, "
+            "one seed per round.")
+
+
+def adaptive_json(study: Study, design: Design) -> dict | None:
+    """An adaptive study's seeds and its budget: `worst_case_trials` if every arm stays undecided to `max`."""
+    if study.adaptive is None:
+        return None
+    a = study.adaptive
+    return {"min": a.min, "max": a.max, "first": a.first, "first_round_trials": design.arms * a.min,
+            "worst_case_trials": len(design.trials)}
+
+
+def _seed_range(seeds: Sequence[int]) -> str:
+    return f"{seeds[0]}–{seeds[-1]}" if len(seeds) > 2 else ", ".join(map(str, seeds))
 
 
 def shown_hashes(trials: Sequence[Trial]) -> list[str]:
@@ -128,11 +163,10 @@ def search_plan(study: Study) -> tuple[list[dict[str, str]], str]:
     s = spec.settings
     budget = ((f"{s.trials} trials" if s.trials else "no trial limit")
               + (f", at most {s.timeout:g} s" if s.timeout else ""))
-    direction = "maximize" if s.maximize else "minimize"
     confirmed = s.confirm_top + s.confirm_base
-    summary = (f"search: {budget} ({s.sampler} sampler seeded {s.seed}, {s.pruner} pruner), {direction} {s.objective}, "
-               f"seed {spec.seeds[0]}; then the top "
-               f"{s.confirm_top}{' and the base settings' if s.confirm_base else ''} "
+    top = f"up to {s.confirm_top} points of the front" if s.several else f"the top {s.confirm_top}"
+    summary = (f"search: {budget} ({s.sampler} sampler seeded {s.seed}, {s.pruner} pruner), {s.goal}, "
+               f"seed {spec.seeds[0]}; then {top}{' and the base settings' if s.confirm_base else ''} "
                f"re-trained on seeds {', '.join(map(str, spec.confirm_seeds))} ({confirmed * len(spec.confirm_seeds)} "
                "trials)")
     budgets = [f"{key} {getattr(s, key):,}" for key in ("max_params", "max_macs") if getattr(s, key) is not None]
@@ -162,8 +196,14 @@ def plan_summary(study: Study, design: Design) -> str:
     """'48 trials: 24 arms × 2 seeds (seeds 0, 1); grid of 48 points, 12 excluded, 12 merged (...)'."""
     word = {"ladder": "stages", "ablation": "arms (baseline + arms)", "grid": "arms"}[study.info.design]
     seeds = study.info.seeds
-    line = (f"{len(design.trials)} trials: {design.arms} {word} × {len(seeds)} seeds "
-            f"(seeds {', '.join(map(str, seeds))})")
+    a = study.adaptive
+    if a is None:
+        line = (f"{len(design.trials)} trials: {design.arms} {word} × {len(seeds)} seeds "
+                f"(seeds {', '.join(map(str, seeds))})")
+    else:  # the budget: the first round, and the worst case where every arm stays undecided to max
+        line = (f"{design.arms * a.min}–{len(design.trials)} trials: {design.arms} {word} × {a.min}–{a.max} seeds "
+                f"(adaptive: min {a.min}, max {a.max}, seeds {_seed_range(seeds)}; arms still undecided after a round "
+                f"get one more seed, the baseline with them)")
     if study.info.design == "grid":
         points = len(study.stages) + study.excluded
         line += f"; grid of {points} points, {study.excluded} excluded by [[exclude]], {len(design.merged)} merged"
@@ -171,9 +211,9 @@ def plan_summary(study: Study, design: Design) -> str:
             line += " (they resolve to the same settings as another point, e.g. " + \
                 f"'{design.merged[0][0]}' = '{design.merged[0][1]}')"
     if isinstance(study.execution.pack, int) and study.execution.pack > 1:
-        tasks = pack_trials(design.trials, study.execution.pack)
+        tasks = pack_trials(shown_trials(study, design.trials, None), study.execution.pack)
         packs = [t for t in tasks if isinstance(t, Pack)]
         line += (f"; [execution] pack = {study.execution.pack}: {len(packs)} packs of "
                  f"{'/'.join(sorted({str(len(p.trials)) for p in packs}, key=int)) or '—'} trials, "
-                 f"{len(tasks) - len(packs)} trial(s) alone")
+                 f"{len(tasks) - len(packs)} trial(s) alone{' in the first round' if study.adaptive else ''}")
     return line

@@ -34,6 +34,10 @@ def plan_document(study: Study, trials: list[Trial], arms: tuple[Stage, ...] | N
         "description": study.info.description,
         "stages": list(stages.values()),
         "trials": [{"hash": t.hash, "stage": t.stage, "seed": t.seed} for t in trials],
+        # how the report turns comparisons into verdicts; adaptive seeds: the trials above are the most each arm may get
+        "stats": {"margin": study.stats.margin, "alpha": study.stats.alpha, "metric": study.stats.metric},
+        "adaptive": None if study.adaptive is None else {"min": study.adaptive.min, "max": study.adaptive.max,
+                                                         "first": study.adaptive.first},
     }
 
 

@@ -31,11 +31,25 @@ from ablate.report._render import (
     summary_frame,
 )
 from ablate.report._report import PRIMARY_METRICS, StudyReport
+from ablate.report._robust import Improvement, bootstrap_interval, probability_of_improvement
+from ablate.report._sequential import SequentialComparison, boundaries, sequential_family, sequential_verdict
 from ablate.report._stats import holm, mean_interval, paired_difference
 from ablate.report._table import summarise
+from ablate.report._verdicts import Comparison, Verdict, compare, compare_family
 
 __all__ = [
     "COLUMN_KEYS",
+    "Comparison",
+    "Improvement",
+    "SequentialComparison",
+    "Verdict",
+    "bootstrap_interval",
+    "boundaries",
+    "compare",
+    "compare_family",
+    "probability_of_improvement",
+    "sequential_family",
+    "sequential_verdict",
     "FollowUp",
     "followup",
     "DEFAULT_COLUMNS",

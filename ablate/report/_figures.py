@@ -22,6 +22,7 @@ from ablate.report._model_figures import model_figures
 from ablate.report._output_figures import output_figures
 from ablate.report._report import PRIMARY_METRICS, StudyReport
 from ablate.report._sources import DataSource, data_source
+from ablate.report._verdict_figure import verdict_figure
 from ablate.tracking import ROLE, Tracker
 
 
@@ -51,6 +52,8 @@ def write_figures(tracker: Tracker, report: StudyReport, folder: Path, prefix: s
         paths = [files.path("curves"), files.path(report.metric)]
         _curves_figure(tracker, report, paths[0], plt)
         _arms_figure(report, paths[1], plt)
+        if verdict_figure(report, files.path("verdicts"), plt):
+            paths.append(files.path("verdicts"))
     if arrays is not None:
         paths.append(_samples_figure(report, data, arrays, files, plt))
     if finished:

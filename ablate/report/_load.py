@@ -13,6 +13,7 @@ from ablate import datasets
 from ablate._shell import command
 from ablate.errors import AblateError, did_you_mean
 from ablate.report._draw import FigureFiles
+from ablate.report._judge import Judging
 from ablate.report._report import METRICS, StudyReport
 from ablate.report._search import search_summary
 from ablate.report._table import summarise
@@ -123,7 +124,8 @@ def load_study(
         description=(plan or {}).get("description", ""),
         design=(plan or {}).get("design", "ladder"),
         dataset=str(trained_on[0]) if len(trained_on) else None,
-        table=summarise(latest, stages, base_index, metric),
+        table=summarise(latest, stages, base_index, metric, judging := Judging.of_plan(plan, metric)),
+        judging=judging,
         metric=metric,
         baseline=base_index,
         parent_run_id=parents[0].info.run_id if parents else None,
@@ -133,7 +135,7 @@ def load_study(
         excluded={str(k): int(v) for k, v in excluded.items()},
         # The invocations that trained the runs in the table, not every run of an older design.
         invocations=[_invocation(r) for r in parents if r.info.run_id in set(latest["parent_run_id"])],
-        search=search_summary(plan["search"], figures) if plan and plan.get("search") else None,
+        search=search_summary(plan["search"], figures, latest) if plan and plan.get("search") else None,
         models=_models(trial_runs, latest),
         **_sources(parents),
     )

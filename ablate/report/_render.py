@@ -9,6 +9,8 @@ import pandas as pd
 
 from ablate.errors import AblateError
 from ablate.report._effects import effect_lines
+from ablate.report._judge import verdict_cells, verdict_note
+from ablate.report._pareto import pareto_lines
 from ablate.report._report import CHANGES_HEADING, PRIMARY_METRICS, StudyReport, fmt
 
 
@@ -54,9 +56,9 @@ def _count(value: float) -> str:
 
 # The names `--columns` takes, in table order; DEFAULT_COLUMNS is what a reader takes in at a glance (and pastes),
 # `all` every column. Keys absent from a report (no references, no early stopping) are skipped.
-COLUMN_KEYS = ("arm", "changes", "model", "params", "macs", "n", "metric", "ci", "delta", "p", "val_acc", "epochs",
-               "test_loss", "train_time", "samples_s", "peak_mem", "reference", "vs_reference")
-DEFAULT_COLUMNS = ("arm", "changes", "n", "metric", "ci", "delta", "p", "params", "reference")
+COLUMN_KEYS = ("arm", "changes", "model", "params", "macs", "n", "metric", "ci", "delta", "p", "verdict", "val_acc",
+               "epochs", "test_loss", "train_time", "samples_s", "peak_mem", "reference", "vs_reference")
+DEFAULT_COLUMNS = ("arm", "changes", "n", "metric", "ci", "delta", "p", "verdict", "params", "reference")
 
 
 def column_keys(spec: str) -> tuple[str, ...]:
@@ -84,8 +86,8 @@ def _key_of(header: str, report: StudyReport) -> str:
         return fixed[header]
     if header in CHANGES_HEADING.values():
         return "changes"
-    for prefix, key in (("Δ vs", "delta"), ("Epochs run", "epochs"), ("Worker peak", "peak_mem"),
-                        ("Peak GPU", "peak_mem")):
+    for prefix, key in (("Δ vs", "delta"), ("Verdict", "verdict"), ("Epochs run", "epochs"),
+                        ("Worker peak", "peak_mem"), ("Peak GPU", "peak_mem")):
         if header.startswith(prefix):
             return key
     raise KeyError(header)
@@ -135,6 +137,8 @@ def _full_frame(report: StudyReport) -> pd.DataFrame:
         for i, (d, sig) in enumerate(zip(table["delta_vs_baseline"], table["significant"]))
     ]
     columns["p (Holm)"] = ["—" if pd.isna(p) else (f"{p:.3f}" if p >= 0.001 else "<0.001") for p in table["p_holm"]]
+    if "verdict" in table:
+        columns[f"Verdict (±{report.judging.margin:g}{unit[:-1].replace('(', '')})"] = verdict_cells(table)
     if metric != "val_accuracy":
         columns["Val acc (%)"] = _bold_best([fmt(v, 2) for v in table["val_accuracy_mean"]],
                                             table["val_accuracy_mean"], True)
@@ -204,6 +208,9 @@ def _footnote(report: StudyReport) -> str:
         "time: seconds of training and per-epoch validation per trial, MLflow logging excluded; samples/s: "
         "training examples per second of it. MACs: multiply-accumulates of one forward pass of one image."
     )
+    if "verdict" in report.table:
+        text += " " + verdict_note(report.judging, arm, base, len(report.table) - 1,
+                                   " pts" if report.metric.endswith("accuracy") else "")
     if _stopped_early(report):
         text += (" Epochs run / tested: means over the seeds of the epochs trained and of the epoch whose weights"
                  " were tested.")
@@ -235,6 +242,8 @@ def _search_lines(report: StudyReport) -> list[str]:
     search = report.search
     counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(search["counts"].items()))
     lines = [f"### Search ({search['objective']})", "", f"Optuna trials: {counts} (storage `{search['storage']}`).", ""]
+    if search.get("front") is not None:  # several objectives
+        lines += pareto_lines(search)
     if len(search["best"]):
         lines += ["Best trials:", "", search["best"].to_markdown(index=False, disable_numparse=True), ""]
     if search["importances"]:
@@ -260,12 +269,20 @@ def _search_lines(report: StudyReport) -> list[str]:
     return lines
 
 
+def _finished_line(report: StudyReport) -> str:
+    if report.judging.adaptive is None:
+        return f"{len(report.runs)} of {report.planned} planned trials finished."
+    low, high = report.judging.adaptive
+    return (f"{len(report.runs)} trials finished, with adaptive seeds: {low} to {high} per arm, each arm until its "
+            f"verdict was known ({report.planned} at most).")
+
+
 def markdown_section(report: StudyReport, by: list[str] | None = None, columns: str = "default") -> str:
     lines = [f"## {report.name}", ""]
     if report.description:
         lines += [report.description, ""]
     lines += [
-        f"{len(report.runs)} of {report.planned} planned trials finished.",
+        _finished_line(report),
         "",
         markdown_table(report, columns),
         "",

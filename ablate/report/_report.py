@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ablate.report._judge import Judging
+
 # The metrics read from every trial run.
 METRICS = ("test_accuracy", "test_loss", "val_accuracy", "val_loss", "tested_val_accuracy", "train_seconds",
            "params_count", "epochs_run", "tested_epoch", "peak_memory_mb")
@@ -52,3 +54,4 @@ class StudyReport:
     models: dict[str, str] = field(default_factory=dict)  # arm → the run whose saved model stands for it
     class_names: tuple[str, ...] = ()  # the dataset's, when the figures read it
     per_class: pd.DataFrame | None = None  # arms × classes test accuracy (a fraction), when the figures computed it
+    judging: Judging = field(default_factory=Judging)  # how the table's verdicts were reached ([stats], adaptive)

@@ -7,11 +7,13 @@ from pathlib import Path
 import pandas as pd
 
 from ablate.report._draw import FigureFiles
+from ablate.report._pareto import pareto_summary
 
 
-def search_summary(info: dict, figures: FigureFiles | None) -> dict:
+def search_summary(info: dict, figures: FigureFiles | None, runs: pd.DataFrame | None = None) -> dict:
     """The Optuna side of a search study: trial counts, the best trials, importances, the history figure (drawn
-    where `figures` says)."""
+    where `figures` says); with several objectives, the Pareto front instead of the best trials and the history, its
+    points' confirmed test accuracy read from `runs` (the confirm runs)."""
     import warnings
 
     import optuna
@@ -25,6 +27,8 @@ def search_summary(info: dict, figures: FigureFiles | None) -> dict:
     states = ["REJECTED" if t.user_attrs.get(REJECTED_ATTR) else "INTERRUPTED" if t.user_attrs.get(INTERRUPTED_ATTR)
               else t.state.name for t in trials]
     counts = pd.Series(states, dtype=object).value_counts().to_dict()
+    if len(study.directions) > 1:
+        return pareto_summary(study, info, counts, figures, runs)
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
     best = sorted(complete, key=lambda t: t.value, reverse=reverse)[:10]

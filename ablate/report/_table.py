@@ -7,12 +7,15 @@ import math
 import pandas as pd
 
 from ablate.report import _stats as stats
+from ablate.report._judge import Judging, judge
 from ablate.report._report import scaled
 
 
-def summarise(runs: pd.DataFrame, stages: list[dict], baseline: int = 0, metric: str = "test_accuracy") -> pd.DataFrame:
+def summarise(runs: pd.DataFrame, stages: list[dict], baseline: int = 0, metric: str = "test_accuracy",
+              judging: Judging | None = None) -> pd.DataFrame:
     """Per arm: the primary metric's mean, std, n and 95% t-interval; its paired difference from the baseline arm
-    (seed by seed), the paired t-test's p-value and Holm's correction over the arms; means of the rest."""
+    (seed by seed), the paired t-test's p-value and Holm's correction over the arms, and its verdict (_judge); means
+    of the rest."""
     runs = runs.copy()
     # The validation accuracy of the weights that were tested (the best epoch's when early stopping restored them);
     # runs logged before that metric existed tested their last epoch.
@@ -62,6 +65,8 @@ def summarise(runs: pd.DataFrame, stages: list[dict], baseline: int = 0, metric:
     if len(table):
         table["p_holm"] = stats.holm(list(table["p_value"]))
         table["significant"] = table["p_holm"] < stats.ALPHA
+        scores = {stage["name"]: scaled(by_arm[stage["name"]].set_index("seed")[metric], metric) for stage in stages}
+        judge(table, scores, baseline, metric, judging or Judging())
     return table
 
 

@@ -8,15 +8,18 @@ typed events a worker reports, the backend protocol and its backends — `LocalB
 debugging) and `RayBackend` (actors on a Ray cluster; its module imported on first use) — the
 dispatcher (hands out tasks, notices lost workers, handles Ctrl-C), getting a study ready once
 (`prepare`: the store, the slots, the data) and the study and search runs that tie them to the
-store (`run_study`, `run_search`).
+store (`run_study`, `run_search`) — a study with adaptive seeds round by round, each round's trials decided
+from the results so far (its _adaptive and _rounds modules).
 
 May import: every package below it — ablate.spec, ablate.design, ablate.datasets,
-ablate.engine, ablate.search, ablate.tracking — and multiprocessing. The dispatcher assumes
+ablate.engine, ablate.search, ablate.tracking, ablate.report (the statistics adaptive seeds
+decide by, where a study is run) — and multiprocessing. The dispatcher assumes
 nothing of where a worker runs beyond the Backend protocol.
 """
 
 from typing import TYPE_CHECKING
 
+from ablate.run._adaptive import Round, next_round
 from ablate.run._backend import Backend, MakeBackend
 from ablate.run._dispatch import MAX_LOST_IN_A_ROW, Dispatcher, Ledger, Reporter, RunSummary
 from ablate.run._events import (
@@ -34,11 +37,12 @@ from ablate.run._events import (
 )
 from ablate.run._faults import FAULTS_ENV, Orphaned, classify, faults_from_env
 from ablate.run._inline import InlineBackend, WorkerDied
+from ablate.run._invocation import pack_size
 from ablate.run._local import EventChannel, LocalBackend, start_worker_server
 from ablate.run._prepare import Loaded, Prepared, check_data, data_folder, load, placement, prepare
 from ablate.run._signals import PREEMPTED, Interrupted, as_interrupted, hurried, interruptible
 from ablate.run._slots import Slot, check_memory, cpu_model, free_memory, hardware, plan_slots, plan_slots_for
-from ablate.run._study import pack_size, run_search, run_study
+from ablate.run._study import run_search, run_study
 from ablate.run._tasks import Task, task_key, task_trials
 from ablate.run._worker import Worker, WorkerConfig
 
@@ -71,6 +75,7 @@ __all__ = [
     "PREEMPTED",
     "Ready",
     "Reporter",
+    "Round",
     "RunSummary",
     "as_interrupted",
     "Skipped",
@@ -89,6 +94,7 @@ __all__ = [
     "hardware",
     "hurried",
     "interruptible",
+    "next_round",
     "pack_size",
     "placement",
     "plan_slots",

@@ -7,43 +7,26 @@ dispatcher) and closes the parent run with the counts — whatever stops it: Ctr
 SIGTERM end it KILLED, an error FAILED, and a store that failed is said so (StoreError)
 once the workers have stopped. The data is read and checked by the caller before any of
 this (ablate.run's prepare, which decides the store, the slots and the data once), so a bad file is one error,
-not one failed run per trial.
+not one failed run per trial. What every invocation shares — the parent run, the workers, the pack sizes — is
+ablate.run's invocation; a study with adaptive seeds is trained round by round (ablate.run's rounds).
 """
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ablate.design import Trial, pack_trials, plan_document
-from ablate.errors import StoreError
 from ablate.run import _signals
-from ablate.run._backend import Backend
-from ablate.run._dispatch import Dispatcher, Reporter, RunSummary, killed_error
-from ablate.run._faults import faults_from_env
+from ablate.run._dispatch import Dispatcher, Reporter, RunSummary
+from ablate.run._invocation import Invocation, closing_parent, dispatching, pack_size, settle_arms, stopped
 from ablate.run._prepare import Prepared
-from ablate.run._slots import Slot, hardware
-from ablate.run._worker import WorkerConfig
+from ablate.run._rounds import run_rounds
 from ablate.search import RUN_ATTR, SearchTask
 from ablate.spec import Study
-from ablate.tracking import (
-    DATA_DIR,
-    IMPORT_PATHS,
-    INTERRUPTED,
-    PID,
-    PID_START,
-    PLAN_ARTIFACT,
-    ROLE,
-    Heartbeat,
-    Identity,
-    alive,
-)
+from ablate.tracking import INTERRUPTED, PLAN_ARTIFACT, ROLE, Identity, alive
 
 if TYPE_CHECKING:
     import optuna
@@ -51,36 +34,11 @@ if TYPE_CHECKING:
     from ablate.tracking import Tracker
 
 
-AUTO_PACK_GPU, AUTO_PACK_CPU, AUTO_PACK_GAIN = 8, 4, 1.15
-
-
-def pack_size(pack: int | str, slots: list[Slot], notes: list[str]) -> int | Callable[[list[Trial]], int]:
-    """[execution] pack as pack_trials takes it. `auto`: on GPUs packs of up to AUTO_PACK_GPU (packing pays there,
-    results/gpu.md); on the CPU, per architecture, packs of up to AUTO_PACK_CPU where a probe (ablate.engine's
-    packed_speedup, with a worker's threads, on this machine) finds a trial AUTO_PACK_GAIN× faster packed. What it
-    chose goes into `notes`."""
-    if pack != "auto":
-        return int(pack)
-    if slots and slots[0].device.startswith("cuda"):
-        return lambda group: min(len(group), AUTO_PACK_GPU)
-
-    def probed(group: list[Trial]) -> int:
-        import torch
-
-        from ablate.engine import packed_speedup
-
-        k = min(len(group), AUTO_PACK_CPU)
-        gain = packed_speedup([t.settings for t in group[:k]], torch.device("cpu"), slots[0].threads if slots else 1)
-        chosen = k if gain >= AUTO_PACK_GAIN else 1
-        notes.append(f"pack = auto: {group[0].architecture}: a trial trains {gain:.2f}× as fast packed by {k} "
-                     f"(probe), so {f'packs of {k}' if chosen > 1 else 'alone'}")
-        return chosen
-
-    return probed
-
-
 def run_study(prepared: Prepared, reporter: Reporter, command: str = "") -> RunSummary:
-    """Train every trial of the prepared study not already done (see the module's docstring)."""
+    """Train every trial of the prepared study not already done (see the module's docstring); a study with adaptive
+    seeds trains them round by round (ablate.run's rounds)."""
+    if prepared.study.adaptive is not None:
+        return run_rounds(prepared, reporter, command)
     started = time.perf_counter()
     study, trials, tracker, execution = prepared.study, prepared.trials, prepared.tracker, prepared.execution
     slots, backend = prepared.slots, prepared.make_backend
@@ -97,130 +55,17 @@ def run_study(prepared: Prepared, reporter: Reporter, command: str = "") -> RunS
                          notes=notes)
     reporter.start(len(trials), summary.skipped, slots)
     if not todo:
-        _settle_models(tracker, summary, trials, study)
+        settle_arms(tracker, summary, trials, study)
         return summary
-    invocation = _Invocation.start(prepared, experiment_id, len(trials), slots, command, {})
+    invocation = Invocation.start(prepared, experiment_id, len(trials), slots, command, {})
     summary.parent_run_id = invocation.parent_id
-    with _closing_parent(tracker, summary, started):
+    with closing_parent(tracker, summary, started):
         tracker.log_dict(invocation.parent_id, plan_document(study, trials), PLAN_ARTIFACT)
-        with _dispatching(invocation, lambda: backend(slots, invocation.config), tracker, reporter,
+        with dispatching(invocation, lambda: backend(slots, invocation.config), tracker, reporter,
                          summary) as dispatcher:
             dispatcher.run(tasks)
-    _settle_models(tracker, summary, trials, study)
+    settle_arms(tracker, summary, trials, study)
     return summary
-
-
-def _settle_models(tracker: Tracker, summary: RunSummary, trials: list[Trial], study: Study) -> None:
-    """Once an arm's seeds are all done, its best run's model stands for it (ablate.tracking's models)."""
-    from ablate.tracking import settle_models
-
-    if not _stopped(summary):
-        settle_models(tracker, summary.experiment_id, trials, study.tracking.models)
-
-
-@dataclass
-class _Invocation:
-    """This `ablate run`: its parent run (created before any worker starts), the heartbeat that proves it alive
-    while its workers work, and what they need."""
-
-    parent_id: str
-    config: WorkerConfig
-    heartbeat: Heartbeat
-
-    @classmethod
-    def start(cls, prepared: Prepared, experiment_id: str, trials: int, slots: list[Slot], command: str,
-              tags: dict[str, str]) -> _Invocation:
-        from ablate.tracking import environment_tags
-
-        study, tracker = prepared.study, prepared.tracker
-        env_tags = environment_tags(Path(study.path).resolve().parent)
-        machine = hardware(slots)
-        data_dir = str(Path(prepared.data_dir).resolve())
-        sources = {DATA_DIR: data_dir, IMPORT_PATHS: json.dumps(list(prepared.import_paths))}  # for the report
-        parent_id = tracker.start_parent(
-            experiment_id, study.name, Path(study.path), trials,
-            {**env_tags, "command": command, "hardware": machine, **sources, **tags},
-        )
-        config = WorkerConfig(
-            tracking_uri=tracker.uri, experiment_id=experiment_id, parent_run_id=parent_id,
-            parent=Identity.of_this_process(),
-            env_tags={k: v for k, v in env_tags.items() if k not in (PID, PID_START)} | {"hardware": machine},
-            data_dir=data_dir, import_paths=prepared.import_paths,
-            faults=faults_from_env(),
-            models=study.tracking.models, claims=tracker.claims.url,
-        )
-        return cls(parent_id, config, Heartbeat(lambda: tracker.beat([parent_id])))
-
-
-@contextmanager
-def _dispatching(invocation: _Invocation, make_backend: Callable[[], Backend], tracker: Tracker, reporter: Reporter,
-                 summary: RunSummary) -> Iterator[Dispatcher]:
-    """A dispatcher on the backend's workers while the invocation's heartbeat beats; the workers shut down after."""
-    with invocation.heartbeat:
-        dispatcher = Dispatcher(make_backend(), tracker, reporter, summary)
-        try:
-            yield dispatcher
-        finally:
-            dispatcher.close()
-
-
-@contextmanager
-def _closing_parent(tracker: Tracker, summary: RunSummary, started: float) -> Iterator[None]:
-    """The parent run ends however the invocation does: with its counts, KILLED when interrupted before the
-    dispatcher could say so, FAILED on an error. A failed store (a worker's StoreFailed) is raised as StoreError.
-    The block holds the workers (_dispatching): when it ends they are gone, so an interrupted invocation's trial
-    runs still RUNNING are ended KILLED here (_end_left_running) before the parent run."""
-    try:
-        yield
-    except BaseException as exc:
-        summary.interrupted = summary.interrupted or isinstance(exc, KeyboardInterrupt)
-        summary.wall_seconds = time.perf_counter() - started
-        if not isinstance(exc, StoreError):
-            _end_left_running(tracker, summary)
-            _close_parent(tracker, summary, None if summary.interrupted else f"{type(exc).__name__}: {exc}")
-        raise
-    summary.wall_seconds = time.perf_counter() - started
-    if summary.store_error is not None:
-        raise StoreError(summary.store_error)
-    _end_left_running(tracker, summary)
-    _close_parent(tracker, summary)
-
-
-def _end_left_running(tracker: Tracker, summary: RunSummary) -> None:
-    """An interrupted invocation's trial runs that no one ended: a worker stopped where it could not record its
-    run (Ctrl-C just after it created the run, before the dispatcher heard of it) leaves it RUNNING. They end
-    KILLED, as the running trials do; only RUNNING runs are touched. A store that fails here leaves them to the
-    next invocation, which recovers them."""
-    if not summary.interrupted:
-        return
-    reason = summary.stop_reason
-    try:
-        tracker.end_left_running(summary.experiment_id, summary.parent_run_id, "KILLED", killed_error(reason), reason)
-    except StoreError:
-        pass
-
-
-def _close_parent(tracker: Tracker, summary: RunSummary, error: str | None = None) -> None:
-    try:
-        _write_parent_end(tracker, summary, error)
-    except StoreError:
-        if error is None and summary.store_error is None:
-            raise  # the store failed here, not before: that is the news
-
-
-def _write_parent_end(tracker: Tracker, summary: RunSummary, error: str | None) -> None:
-    counts = {
-        "trials_finished": str(len(summary.finished)),
-        "trials_failed": str(len(summary.failed)),
-        "trials_skipped": str(summary.skipped),
-        "wall_seconds": f"{summary.wall_seconds:.1f}",
-        "workers": str(len(summary.slots)),
-    }
-    for key, value in counts.items():
-        tracker.set_tag(summary.parent_run_id, key, value)
-    status = "KILLED" if summary.interrupted else ("FAILED" if summary.failed or error else "FINISHED")
-    reason = summary.stop_reason if summary.interrupted else None
-    tracker.finish(summary.parent_run_id, status, error=error, reason=reason)
 
 
 def _search_trial_alive(tracker: Tracker) -> Callable[[Mapping[str, Any]], bool]:
@@ -267,24 +112,24 @@ def run_search(prepared: Prepared, reporter: Reporter, command: str = "") -> Run
         if not _unfinished(tracker, experiment_id, confirm):
             summary.total, summary.skipped = summary.total + len(confirm), summary.skipped + len(confirm)
             tracker.show_runs(experiment_id, [trial.stage for trial in confirm])
-            _settle_models(tracker, summary, confirm, study)
+            settle_arms(tracker, summary, confirm, study)
             return summary
-    invocation = _Invocation.start(prepared, experiment_id, summary.total, slots, command,
+    invocation = Invocation.start(prepared, experiment_id, summary.total, slots, command,
                                    {"optuna_storage": storage, "optuna_study": name})
     summary.parent_run_id = invocation.parent_id
-    with _closing_parent(tracker, summary, started):
+    with closing_parent(tracker, summary, started):
         arms, confirm = (), []
-        with _dispatching(invocation, lambda: backend(slots, invocation.config), tracker, reporter,
+        with dispatching(invocation, lambda: backend(slots, invocation.config), tracker, reporter,
                          summary) as dispatcher:
             _search(dispatcher, tracker, experiment_id, optuna_study, study, storage, summary)
-            if not _stopped(summary):  # the confirm phase, on the same workers
+            if not stopped(summary):  # the confirm phase, on the same workers
                 arms, confirm = _confirm_set(tracker, experiment_id, study, optuna_study)
                 todo = _unfinished(tracker, experiment_id, confirm)
                 summary.total = search.finished_count(optuna_study) + len(confirm)
                 summary.skipped += len(confirm) - len(todo)
                 reporter.start(len(confirm), len(confirm) - len(todo), slots)
                 dispatcher.run(pack_trials(todo, pack_size(execution.pack, slots, summary.notes)))
-        if not _stopped(summary):  # an interrupted search has no confirm arms yet: reports keep the previous plan
+        if not stopped(summary):  # an interrupted search has no confirm arms yet: reports keep the previous plan
             document = plan_document(study, confirm, arms)
             document["search"] = {"storage": storage, "study": optuna_study.study_name, "objective":
                                   spec.settings.objective, "trials": spec.settings.trials,
@@ -292,7 +137,7 @@ def run_search(prepared: Prepared, reporter: Reporter, command: str = "") -> Run
             tracker.log_dict(summary.parent_run_id, document, PLAN_ARTIFACT)
     if confirm:
         tracker.show_runs(experiment_id, [trial.stage for trial in confirm])
-    _settle_models(tracker, summary, confirm, study)
+    settle_arms(tracker, summary, confirm, study)
     return summary
 
 
@@ -309,7 +154,7 @@ def _search(dispatcher: Dispatcher, tracker: Tracker, experiment_id: str, optuna
     settings = study.search.settings
     deadline = None if settings.timeout is None else time.monotonic() + settings.timeout
     first = len(optuna_study.trials)
-    while not _stopped(summary):
+    while not stopped(summary):
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
             return
@@ -358,7 +203,8 @@ def _recover_search(tracker: Tracker, experiment_id: str, optuna_study: optuna.S
             continue
         tracker.set_tag(run.info.run_id, "optuna_state", trial.state.name)
         if trial.state == optuna.trial.TrialState.COMPLETE:
-            tracker.log_metrics(run.info.run_id, {"objective": trial.value}, step=max(trial.intermediate_values or [0]))
+            tracker.log_metrics(run.info.run_id, {"objective": trial.values[0]},  # the validation objective
+                                step=max(trial.intermediate_values or [0]))
         tracker.finish(run.info.run_id, "FINISHED")
     return recovered
 
@@ -388,9 +234,6 @@ def _changed_search_note(storage: str, study_name: str, name: str) -> list[str]:
     return [f"The search's fixed settings or space changed since its last run, so its earlier scores do not rank "
             f"these configurations: a new Optuna study '{name}' starts; the earlier {listed} is kept, not continued."]
 
-
-def _stopped(summary: RunSummary) -> bool:
-    return summary.interrupted or summary.store_error is not None
 
 
 def _unfinished(tracker: Tracker, experiment_id: str, trials: list[Trial]) -> list[Trial]:

@@ -263,8 +263,9 @@ class Worker:
     def _tell_complete(self, asked: AskedTrial, run: TrialRun, result: TrialResult) -> None:
         """Told first, then recorded: the tell is the commit (a run whose tell failed records no objective), and a
         worker that dies between the two leaves a COMPLETE trial whose run the next invocation completes."""
-        value = result.history[result.tested_epoch - 1][asked.objective]
-        if not asked.complete(value):
+        values = asked.values(result.history, result.tested_epoch, result.train_seconds)  # several: then its costs
+        value = values[0]
+        if not asked.complete(values):
             run.lost()
             return
         final = {k: v for k, v in result.final_metrics().items() if not k.startswith("test_")}

@@ -4,7 +4,8 @@ Owns the Optuna study of a search (its storage: a journal file beside the MLflow
 RDB URL; its seeded sampler and its pruner), suggesting a point of the searched space, the
 search as tasks (`SearchTask`: a worker asks for a point, trains it and tells how it went,
 with pruning after every epoch), the trials a dead process left RUNNING, and the confirm
-phase's arms (the best distinct points, re-trained on fresh seeds).
+phase's arms (the best distinct points, re-trained on fresh seeds; with several objectives, points of the
+Pareto front spread along it).
 
 May import: ablate.spec, ablate.design, ablate.tracking (liveness and names; never its
 MLflow side), ablate.errors; optuna only on its Optuna side, which this package imports on
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
         set_up_new,
         store_confirm,
     )
+    from ablate.search._pareto import front, front_points, objective_text, scores_text
     from ablate.search._study import (
         best_points,
         describe,
@@ -82,6 +84,10 @@ __all__ = [
     "describe",
     "default_storage",
     "finished_count",
+    "front",
+    "front_points",
+    "objective_text",
+    "scores_text",
     "make_pruner",
     "make_sampler",
     "open_storage",
@@ -105,6 +111,10 @@ _OPTUNA_SIDE = {
     "enqueue_startup": "_ask",
     "set_up_new": "_ask",
     "describe": "_study",
+    "front": "_pareto",
+    "front_points": "_pareto",
+    "objective_text": "_pareto",
+    "scores_text": "_pareto",
     "store_confirm": "_ask",
     "running_count": "_study",
     "best_points": "_study",

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import random
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import optuna
 
+from ablate import datasets, models
 from ablate.design import Trial, trial_for
 from ablate.errors import SpecError
 from ablate.models import ModelError
+from ablate.search._pareto import front_points, scores_text
 from ablate.search._study import best_points, describe, may_count, open_study, suggest
 from ablate.search._task import (
     CONFIRM_ATTR,
@@ -56,6 +58,9 @@ class AskedTrial:
     asked: optuna.Trial
     trial: Trial
     objective: str  # the validation metric told and reported
+    # With several objectives: the costs told after it, and those known before training (params, macs) by name.
+    costs: tuple[str, ...] = ()
+    known: dict[str, float] = field(default_factory=dict)
 
     @property
     def number(self) -> int:
@@ -65,14 +70,22 @@ class AskedTrial:
         self.asked.set_user_attr(RUN_ATTR, run_id)
 
     def should_prune(self, epoch: int, metrics: dict[str, float]) -> bool:
-        """Report the epoch's objective; True when the pruner stops the trial here."""
+        """Report the epoch's objective; True when the pruner stops the trial here. Never with several objectives:
+        Optuna refuses to report for a multi-objective study (and the spec allows no pruner then)."""
+        if self.costs:
+            return False
         self.asked.report(metrics[self.objective], epoch)
         return self.asked.should_prune()
 
     # The tells return False when the trial had been ended already — by another invocation that took its asker for
     # gone (search's recover_stale) and enqueued its point again: the trial is not this worker's any more.
 
-    def complete(self, value: float) -> bool:
+    def values(self, history: list[dict[str, float]], tested_epoch: int, train_seconds: float) -> list[float]:
+        """What a trained trial tells: the validation objective at the tested epoch, then each cost."""
+        measured = {"train_seconds": train_seconds, **self.known}
+        return [history[tested_epoch - 1][self.objective]] + [float(measured[name]) for name in self.costs]
+
+    def complete(self, value: float | list[float]) -> bool:
         return self._tell(values=value)
 
     def pruned(self) -> bool:
@@ -241,7 +254,23 @@ def ask(task: SearchTask) -> AskedTrial | None:
         asked.set_user_attr(key, value)
     _constrain(asked, budget_excess(study, stage))  # within every budget: feasible, as TPE must know
     trial = trial_for(study, stage, spec.seeds[0], changes=f"Optuna trial {asked.number}")
-    return AskedTrial(optuna_study, asked, trial, spec.settings.objective)
+    costs = spec.settings.objective_names[1:]
+    known = _known_costs(study, stage, trial, costs)
+    return AskedTrial(optuna_study, asked, trial, spec.settings.objective, costs, known)
+
+
+def _known_costs(study: Study, stage: Stage, trial: Trial, costs: tuple[str, ...]) -> dict[str, float]:
+    """The costs a point has before it trains: its trainable parameters and its MACs per image."""
+    known = {}
+    if "params" in costs:
+        known["params"] = float(trial.params_count)
+    if "macs" in costs:
+        macs = models.macs(stage.model, datasets.get(study.info.dataset))
+        if macs is None:
+            raise SpecError(study.path, "search.objectives", f"model kind '{stage.model.kind}' cannot count its "
+                            "multiply-accumulates; use params, or a built-in kind")
+        known["macs"] = float(macs)
+    return known
 
 
 BASE_ARM = "base"
@@ -256,10 +285,12 @@ def confirm_key(study: Study, optuna_study: optuna.Study) -> str:
 
 
 def confirm_choice(study: Study, optuna_study: optuna.Study) -> list[int]:
-    """The numbers of the trials whose points the confirm phase re-trains: the best distinct ones that still train."""
-    spec = study.search
-    return [frozen.number for frozen, _ in best_points(optuna_study, spec.settings.confirm_top,
-                                                        lambda point: _trains(study, point))]
+    """The numbers of the trials whose points the confirm phase re-trains: the best distinct ones that still train;
+    with several objectives, points of the Pareto front spread along it (search's front_points)."""
+    settings = study.search.settings
+    choose = front_points if settings.several else best_points
+    return [frozen.number for frozen, _ in choose(optuna_study, settings.confirm_top,
+                                                   lambda point: _trains(study, point))]
 
 
 def store_confirm(optuna_study: optuna.Study, key: str, chosen: list[int]) -> None:
@@ -294,7 +325,7 @@ def confirm_trials(study: Study, optuna_study: optuna.Study,
     base_change = "the unsearched settings"
     for rank, (frozen, point) in enumerate(best, 1):
         name = f"top{rank} (trial {frozen.number})"
-        change = f"search {spec.settings.objective} {frozen.value:.4f}"
+        change = f"search {scores_text(spec.settings, frozen.values)}"
         arm = resolve_point(study, point, name=name, index=len(arms) + (base is not None))
         if base is not None and trial_for(study, arm, spec.confirm_seeds[0]).hash == base_hash:
             base = replace(base, name=f"{BASE_ARM} = {name}")

@@ -37,6 +37,8 @@ def make_sampler(settings: SearchSettings, index: int = 0) -> optuna.samplers.Ba
         return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup)
     if settings.sampler == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
+    if settings.sampler == "nsgaii":  # its first generation is its random start
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(2, startup))
     if settings.sampler == "qmc":
         return optuna.samplers.QMCSampler(seed=settings.seed)  # a low-discrepancy sequence: one seed for all
     raise ValueError(settings.sampler)
@@ -92,7 +94,7 @@ def open_study(spec: SearchSpec, storage: str, name: str, epochs: int,
     storage refuses a second study of the name): what a study gets once, such as its enqueued random start."""
     settings = dict(study_name=name, storage=open_storage(storage), sampler=PerTrialSeed(spec.settings),
                     pruner=make_pruner(spec.settings, epochs),
-                    direction="maximize" if spec.settings.maximize else "minimize")
+                    directions=list(spec.settings.optuna_directions))
     if on_create is None:
         return optuna.create_study(**settings, load_if_exists=True)
     try:
@@ -108,20 +110,22 @@ STUDY_FILE_ATTR, VERSION_ATTR, OBJECTIVE_ATTR, DIRECTION_ATTR = "study_file", "a
 
 
 def describe(optuna_study: optuna.Study, study: Study) -> None:
-    """Name what optuna-dashboard shows of a search (else "Objective 0" and nothing more): its objective's metric name
-    (set_metric_names) and, as user attributes, the study file, the ablate version that made it, the objective and its
-    direction. Only what the study lacks is written: the process that creates the study writes them all, once
-    (set_up_new); any other finds them, writes nothing; a study an earlier ablate created gets them on its resume."""
+    """Name what optuna-dashboard shows of a search (else "Objective 0" and nothing more): its objectives' metric names
+    (set_metric_names) and, as user attributes, the study file, the ablate version that made it, the objectives and
+    their directions (several: separated by ", "). Only what the study lacks is written: the process that creates the
+    study writes them all, once (set_up_new); any other finds them, writes nothing; a study an earlier ablate created
+    gets them on its resume."""
     from ablate import __version__
 
     settings = study.search.settings
     if optuna_study.metric_names is None:
         with warnings.catch_warnings():  # "experimental" since Optuna 3.2, and unchanged since
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna_study.set_metric_names([settings.objective])
+            optuna_study.set_metric_names(list(settings.objective_names))
     path = Path(study.path)
     wanted = {STUDY_FILE_ATTR: str(path.resolve()) if path.is_file() else study.path, VERSION_ATTR: __version__,
-              OBJECTIVE_ATTR: settings.objective, DIRECTION_ATTR: "maximize" if settings.maximize else "minimize"}
+              OBJECTIVE_ATTR: ", ".join(settings.objective_names),
+              DIRECTION_ATTR: ", ".join(settings.optuna_directions)}
     held = optuna_study.user_attrs
     for key, value in wanted.items():
         if key not in held:

@@ -45,7 +45,7 @@ def trial_epochs(study: Study) -> int:
 
 def search_identity(study: Study) -> str:
     """What a search's trials mean, hashed: the fixed settings of every stage it may pick, its space, the seed its
-    trials train on and its objective. Two runs of a study with the same identity continue one Optuna study; a
+    trials train on and its objectives. Two runs of a study with the same identity continue one Optuna study; a
     change to any of these (more epochs, another range) makes a new one, since old scores would rank configurations
     on other terms. The budget (trials, timeout), the sampler, the pruner and the confirm phase are not part of it:
     changing them continues the search."""
@@ -60,6 +60,9 @@ def search_identity(study: Study) -> str:
         "objective": spec.settings.objective,
         "maximize": spec.settings.maximize,
     }
+    if spec.settings.several:  # only then: a single objective's identity, and so its Optuna study, stay as they were
+        document["objectives"] = list(spec.settings.objective_names)
+        document["directions"] = list(spec.settings.optuna_directions)
     canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:10]
 

@@ -19,6 +19,8 @@ from ablate.spec._followup import Change, ablation_text, winner_changes
 from ablate.spec._grid import format_label
 from ablate.spec._schema import (
     SCHEDULE_KINDS,
+    STATS_METRICS,
+    AdaptiveSeeds,
     Augment,
     ConstantSchedule,
     CosineSchedule,
@@ -31,6 +33,7 @@ from ablate.spec._schema import (
     OneCycleSchedule,
     ScheduleSpec,
     Stage,
+    StatsSettings,
     StepSchedule,
     Study,
     StudyInfo,
@@ -46,6 +49,7 @@ from ablate.spec._toml import MAX_DEPTH, read_toml, toml_value
 from ablate.spec._validate import model_from_dict
 
 __all__ = [
+    "AdaptiveSeeds",
     "Augment",
     "BUDGETS",
     "CNNModel",
@@ -73,7 +77,9 @@ __all__ = [
     "SearchSpec",
     "SpaceEntry",
     "SpaceSurvey",
+    "STATS_METRICS",
     "Stage",
+    "StatsSettings",
     "StepSchedule",
     "Study",
     "StudyInfo",

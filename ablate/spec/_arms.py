@@ -13,7 +13,8 @@ from ablate.spec._schema import StudyInfo
 from ablate.spec._validate import SETTING_TABLES, Context, coerce, join_path
 
 ARM_KEYS = ("name", "description", "reference", "model", "data", "train")
-TOP_KEYS = ("study", "data", "train", "model", "stage", "arm", "grid", "exclude", "execution", "tracking", "search")
+TOP_KEYS = ("study", "data", "train", "model", "stage", "arm", "grid", "exclude", "execution", "tracking", "stats",
+            "search")
 
 
 @dataclass(frozen=True)

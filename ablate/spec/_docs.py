@@ -9,10 +9,12 @@ from typing import Any
 from ablate.models import MODEL_KINDS, ConvBlock
 from ablate.spec._schema import (
     SCHEDULE_KINDS,
+    AdaptiveSeeds,
     Augment,
     DataSettings,
     EarlyStopping,
     ExecutionSettings,
+    StatsSettings,
     StudyInfo,
     TrackingSettings,
     TrainSettings,
@@ -52,7 +54,8 @@ def _toml_literal(value: Any) -> str:
 
 def schema_tables() -> dict[str, type]:
     """Every documented table, in the order a study file reads."""
-    tables: dict[str, type] = {"[study]": StudyInfo, "[data]": DataSettings, "[train]": TrainSettings}
+    tables: dict[str, type] = {"[study]": StudyInfo, "study.seeds (adaptive)": AdaptiveSeeds, "[data]": DataSettings,
+                               "[train]": TrainSettings}
     for kind, cls in SCHEDULE_KINDS.items():
         tables[f'train.schedule kind = "{kind}"'] = cls
     tables["train.early_stopping"] = EarlyStopping
@@ -62,6 +65,7 @@ def schema_tables() -> dict[str, type]:
     tables['[model] kind = "cnn": each entry of `blocks`'] = ConvBlock
     tables["[execution]"] = ExecutionSettings
     tables["[tracking]"] = TrackingSettings
+    tables["[stats]"] = StatsSettings
     tables["[search]"] = SearchSettings
     return tables
 

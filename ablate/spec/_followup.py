@@ -153,16 +153,16 @@ def _source(study: Study, point: Point):
 
 
 def ablation_text(study: Study, point: Point, changes: list[Change], name: str, seeds: tuple[int, ...],
-                  header: str) -> str:
+                  header: str, what: str = "The winner") -> str:
     """The TOML of the follow-up ablation study of `point`, whose changes `winner_changes` found (see the module's
-    docstring), checked."""
+    docstring), checked; `what` the point is, for its description (a front point chosen with --point)."""
     if not changes:
         raise SpecError(study.path, "search.space", "the winner is the base settings: there is no change to ablate")
     tree = merge_layers([study.top[0], _source(study, point).layer, axis_layer(point)], study.path)
     raw = tomllib.loads(study.text)
     winner_label = " ".join(f"{_short(p)}={_shown(v)}" for p, v in point)
     info = {"name": name, "design": "ablation", "baseline": "winner", "seeds": list(seeds),
-            "description": f"The winner of search '{study.name}' and one arm per change it made, undone."}
+            "description": f"{what} of search '{study.name}' and one arm per change it made, undone."}
     if "dataset" in raw.get("study", {}):
         info["dataset"] = raw["study"]["dataset"]
     winner = resolve_point(study, point)

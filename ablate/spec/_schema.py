@@ -36,6 +36,23 @@ class DatasetFactory:
     EXTRA_KEYS = "kwargs"  # where validation puts keys the schema does not name
 
 
+def _seed_budget(v) -> str | None:
+    return "must be at least 2: a paired comparison needs two seeds to judge its spread" if v < 2 else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdaptiveSeeds:
+    """Seeds that stop when the answer is known: every arm runs `min` seeds; then, round by round, each arm whose
+    comparison with the baseline is still undecided gets one more seed (and the baseline with it), up to `max`."""
+
+    min: int = option(3, "Seeds every arm runs before any verdict is read.", _seed_budget)
+    max: int = option(doc="The most seeds an arm may get.", check=_seed_budget)
+    first: int = option(0, "The first seed; an arm's seeds are first, first + 1, … in this order.", at_least(0))
+
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(range(self.first, self.first + self.max))
+
+
 @dataclass(frozen=True)
 class StudyInfo:
     name: str = option(doc="Study name (at most 120 characters); also the MLflow experiment name.", check=identifier)
@@ -52,8 +69,12 @@ class StudyInfo:
         "settings as the baseline plus each `[[arm]]`, an arm changing one or more of them; `search`: an Optuna "
         "search over `[search.space]`, its best configurations re-trained on fresh seeds.",
     )
-    seeds: tuple[int, ...] = option(
-        (0,), "Seeds every arm runs with (the same in every arm, so comparisons pair).", unique_ints
+    seeds: tuple[int, ...] | AdaptiveSeeds = option(
+        (0,),
+        "Seeds every arm runs with (the same in every arm, so comparisons pair); or adaptive seeds, e.g. `{ min = 3, "
+        "max = 10 }`: every arm runs `min` seeds, then each arm whose verdict against the baseline is still undecided "
+        "gets one more seed per round, up to `max` (`ladder`, `ablation` and `grid`; see `[stats]`).",
+        lambda v: unique_ints(v) if isinstance(v, tuple) else None,
     )
     baseline: str | None = option(
         None,
@@ -279,6 +300,35 @@ class ExecutionSettings:
     )
 
 
+STATS_METRICS = ("test_accuracy", "val_accuracy", "test_loss", "val_loss")
+
+
+def _level(v: float) -> str | None:
+    return None if 0 < v < 0.5 else "must be between 0 and 0.5"
+
+
+@dataclass(frozen=True)
+class StatsSettings:
+    """How comparisons become verdicts (better / worse / equivalent / undecided); never part of a trial's identity."""
+
+    margin: float = option(
+        0.1,
+        "δ, the smallest difference that matters, in the units the report shows the metric in: accuracy in "
+        "percentage points (0.1 = a tenth of a point), a loss in its own units. An arm whose difference from the "
+        "baseline is shown to lie within ±δ is `equivalent`.",
+        above(0.0),
+    )
+    alpha: float = option(
+        0.05,
+        "Error rate of the verdicts, over all the arms of the study: Holm's correction across arms; with adaptive "
+        "seeds, Bonferroni across arms and repeated confidence intervals across rounds.",
+        _level,
+    )
+    metric: Literal[STATS_METRICS] = option(
+        "test_accuracy", "The metric the verdicts compare (and adaptive seeds decide on); the report's default metric."
+    )
+
+
 @dataclass(frozen=True)
 class TrackingSettings:
     """What a study's runs keep in MLflow besides metrics; never part of a trial's identity."""
@@ -323,6 +373,8 @@ class Study:
     excluded: int = 0  # grid: points `[[exclude]]` removed
     execution: ExecutionSettings = field(default_factory=ExecutionSettings)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
+    stats: StatsSettings = field(default_factory=StatsSettings)
+    adaptive: AdaptiveSeeds | None = None  # adaptive seeds; info.seeds then lists all `max` of them
     search: SearchSpec | None = None
     top: Layer | None = field(default=None, repr=False)  # search: the top-level settings layer, to resolve points
     sources: tuple[ArmSource, ...] = field(default=(), repr=False)  # search: the stages as written

@@ -12,6 +12,7 @@ from ablate.errors import SpecError, did_you_mean
 from ablate.fields import above, at_least, option, unique_ints
 from ablate.spec._arms import ArmSource
 from ablate.spec._grid import axis_layer, axis_origin, format_label, owning_axis
+from ablate.spec._objectives import check_objectives
 from ablate.spec._schema import Stage, Study, StudyInfo
 from ablate.spec._validate import (
     SETTING_TABLES,
@@ -43,9 +44,19 @@ class SearchSettings:
     direction: Literal["maximize", "minimize"] | None = option(
         None, "unset: maximize val_accuracy, minimize val_loss."
     )
-    sampler: Literal["tpe", "random", "cmaes", "gp", "qmc"] = option("tpe", "Optuna sampler, seeded by `seed`.")
+    objectives: tuple[Literal["val_accuracy", "val_loss", "params", "macs", "train_seconds"], ...] = option(
+        (), "Several objectives, instead of `objective`: the validation metric first, then any of params (trainable "
+        "parameters), macs (multiply-accumulates per image) and train_seconds; the search finds their Pareto front "
+        "and confirms points of it. Optuna's pruners take one objective: the pruner is 'none'."
+    )
+    directions: tuple[Literal["maximize", "minimize"], ...] = option(
+        (), "One per entry of `objectives`; unset: maximize val_accuracy, minimize the others."
+    )
+    sampler: Literal["tpe", "nsgaii", "random", "cmaes", "gp", "qmc"] = option(
+        "tpe", "Optuna sampler, seeded by `seed` (nsgaii: generations of `startup_trials` points, the first at random)."
+    )
     pruner: Literal["median", "percentile", "successive-halving", "hyperband", "wilcoxon", "none"] = option(
-        "median", "Optuna pruner, fed the objective after every epoch."
+        "median", "Optuna pruner, fed the objective after every epoch (with several objectives: 'none', the default)."
     )
     seed: int = option(0, "Seed of the sampler, so a search (and its continuation) is reproducible.")
     startup_trials: int = option(5, "Trials before the pruner prunes (and TPE stops sampling at random).", at_least(0))
@@ -69,7 +80,31 @@ class SearchSettings:
 
     @property
     def maximize(self) -> bool:
-        return (self.direction or ("maximize" if self.objective == "val_accuracy" else "minimize")) == "maximize"
+        """Whether the validation objective (the first) is maximised."""
+        return self.optuna_directions[0] == "maximize"
+
+    @property
+    def objective_names(self) -> tuple[str, ...]:
+        """What Optuna is told, in order: the validation metric, then any costs (`objectives`)."""
+        return self.objectives or (self.objective,)
+
+    @property
+    def several(self) -> bool:
+        """A multi-objective search: a Pareto front, not a best trial."""
+        return len(self.objective_names) > 1
+
+    @property
+    def optuna_directions(self) -> tuple[str, ...]:
+        if self.directions:
+            return self.directions
+        first = self.direction or ("maximize" if self.objective == "val_accuracy" else "minimize")
+        return (first,) + ("minimize",) * (len(self.objective_names) - 1)
+
+    @property
+    def goal(self) -> str:
+        """'maximize val_accuracy', or each objective's direction and the Pareto front it makes."""
+        said = ", ".join(f"{d} {o}" for d, o in zip(self.optuna_directions, self.objective_names))
+        return f"{said} (a Pareto front)" if self.several else said
 
 
 @dataclass(frozen=True)
@@ -104,7 +139,7 @@ class SearchSpec:
 
 SEARCH_KEYS = tuple(f.name for f in fields(SearchSettings)) + ("space",)
 RANGE_KEYS = ("low", "high", "log", "step", "when")
-STARTUP_SAMPLERS = ("tpe", "cmaes", "gp")  # sample at random for their first `startup_trials` trials
+STARTUP_SAMPLERS = ("tpe", "nsgaii", "cmaes", "gp")  # sample at random for their first `startup_trials` trials
 STARTUP_PRUNERS = ("median", "percentile")  # prune nothing in their first `startup_trials` trials
 
 
@@ -246,6 +281,7 @@ def parse_search(raw: dict, info: StudyInfo, sources: list[ArmSource], file: str
     )
     if settings.trials is None and settings.timeout is None:
         raise SpecError(file, "search.trials", "is required (or search.timeout): how long the search runs")
+    settings = check_objectives(settings, table, file)
     space_raw = table.get("space")
     if not isinstance(space_raw, dict) or not space_raw:
         raise SpecError(file, "search.space", 'is required: the settings to search, e.g. "train.lr" = { low = 1e-4, '

@@ -11,7 +11,16 @@ from ablate import datasets
 from ablate.errors import AblateError, SpecError, did_you_mean
 from ablate.spec._arms import TOP_KEYS, arm_sources, naming
 from ablate.spec._grid import expand_grid, parse_grid
-from ablate.spec._schema import DatasetFactory, ExecutionSettings, Stage, Study, StudyInfo, TrackingSettings
+from ablate.spec._schema import (
+    AdaptiveSeeds,
+    DatasetFactory,
+    ExecutionSettings,
+    Stage,
+    StatsSettings,
+    Study,
+    StudyInfo,
+    TrackingSettings,
+)
 from ablate.spec._space import parse_search, search_warnings
 from ablate.spec._survey import check_space_resolves, check_space_trains
 from ablate.spec._toml import read_toml
@@ -54,14 +63,17 @@ def parse_study(text: str, file: str = "<study>") -> Study:
     if "max_points" in raw["study"] and info.design != "grid":
         raise SpecError(file, "study.max_points", f"applies only to design 'grid' (study.design is '{info.design}')")
     info = _resolve_dataset(info, file)
+    info, adaptive = _adaptive_seeds(info, file)
     execution = coerce(raw.get("execution", {}), ExecutionSettings, Context(file), "execution")
     tracking = coerce(raw.get("tracking", {}), TrackingSettings, Context(file), "tracking")
+    stats = coerce(raw.get("stats", {}), StatsSettings, Context(file), "stats")
+    common = dict(path=file, text=text, execution=execution, tracking=tracking, stats=stats, adaptive=adaptive)
     top: Layer = ({key: raw[key] for key in SETTING_TABLES if key in raw}, written(""))
     sources = arm_sources(raw, info, file)
     dataset = datasets.get(info.dataset)
     if info.design == "search":
-        study = Study(info=info, stages=(), path=file, text=text, execution=execution, tracking=tracking,
-                      search=parse_search(raw, info, sources, file), top=top, sources=tuple(sources))
+        study = Study(info=info, stages=(), **common, search=parse_search(raw, info, sources, file), top=top,
+                      sources=tuple(sources))
         check_space_resolves(study)
         check_space_trains(study)
         return study
@@ -69,9 +81,8 @@ def parse_study(text: str, file: str = "<study>") -> Study:
         grid = parse_grid(raw, file, info.max_points, len(sources))
         stages, excluded = expand_grid(grid, sources, top, info, file)
         _check_baseline(info, stages, file)
-        return Study(info=info, stages=tuple(stages), path=file, text=text,
-                     axes=tuple(p for p, _ in grid.axes), excluded=excluded, execution=execution,
-                     tracking=tracking)
+        return Study(info=info, stages=tuple(stages), **common, axes=tuple(p for p, _ in grid.axes),
+                     excluded=excluded)
     stages: list[Stage] = []
     for index, source in enumerate(sources):
         with naming(source.where, source.name):
@@ -82,7 +93,7 @@ def parse_study(text: str, file: str = "<study>") -> Study:
                             index=index, data=data, model=model, train=train, compare_to=compare_to,
                             source=source.where))
     _check_baseline(info, stages, file)
-    return Study(info=info, stages=tuple(stages), path=file, text=text, execution=execution, tracking=tracking)
+    return Study(info=info, stages=tuple(stages), **common)
 
 
 def _resolve_dataset(info: StudyInfo, file: str) -> StudyInfo:
@@ -95,6 +106,20 @@ def _resolve_dataset(info: StudyInfo, file: str) -> StudyInfo:
     except AblateError as exc:
         raise SpecError(file, "study.dataset", str(exc)) from exc
     return replace(info, dataset=dataset.name)
+
+
+def _adaptive_seeds(info: StudyInfo, file: str) -> tuple[StudyInfo, AdaptiveSeeds | None]:
+    """Adaptive seeds: the study's seeds are then all `max` of them (the trials an arm may get, in order), the table
+    kept beside; a search's seeds are its own (the search, then `confirm_seeds`), so it takes none."""
+    if not isinstance(info.seeds, AdaptiveSeeds):
+        return info, None
+    adaptive = info.seeds
+    if info.design == "search":
+        raise SpecError(file, "study.seeds", "adaptive seeds apply to designs 'ladder', 'ablation' and 'grid'; a "
+                        "search trains its trials on the first seed and confirms on `search.confirm_seeds`")
+    if adaptive.max < adaptive.min:
+        raise SpecError(file, "study.seeds.max", f"must be at least min ({adaptive.min}), not {adaptive.max}")
+    return replace(info, seeds=adaptive.seeds()), adaptive
 
 
 def _check_baseline(info: StudyInfo, stages: list[Stage], file: str) -> None:

@@ -112,8 +112,9 @@ def coerce(value: Any, tp: Any, ctx: Context, path: str) -> Any:
         return value
     if origin in (types.UnionType, typing.Union):
         members = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(members) == 1:
-            return coerce(value, members[0], ctx, path)
+        tables = [m for m in members if is_dataclass(m)]
+        if len(members) == 1 or (isinstance(value, dict) and len(tables) == 1):  # one reading: its errors, precise
+            return coerce(value, members[0] if len(members) == 1 else tables[0], ctx, path)
         for member in members:  # e.g. "auto" or [0, 2]: the first reading that fits
             try:
                 return coerce(value, member, ctx, path)
