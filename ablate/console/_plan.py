@@ -107,9 +107,9 @@ def shown_trials(study: Study, trials: list[Trial], statuses: dict[str, str] | N
 
 
 def later_rounds_line(study: Study, rest: int) -> str:
-    """'… and up to 35 more trials (seeds 3–9) for arms still undecided after a round.'"""
+    """'+ up to 35 more trials (seeds 3–9) for arms still undecided after a round.'"""
     seeds = study.info.seeds[study.adaptive.min:]
-    return (f"… and up to {rest} more trial(s) (seeds {_seed_range(seeds)}) for arms still undecided after a round, "
+    return (f"+ up to {rest} more trial(s) (seeds {_seed_range(seeds)}) for arms still undecided after a round, "
             "one seed per round.")
 
 

@@ -156,7 +156,7 @@ def test_a_fixed_seeds_plan_is_unchanged_and_an_adaptive_one_states_its_budget(c
     out = " ".join(capsys.readouterr().out.split())
     assert ("9–15 trials: 3 stages × 3–5 seeds (adaptive: min 3, max 5, seeds 0–4; arms still undecided after a "
             "round get one more seed, the baseline with them)") in out
-    assert "… and up to 6 more trial(s) (seeds 3, 4) for arms still undecided after a round" in out
+    assert "+ up to 6 more trial(s) (seeds 3, 4) for arms still undecided after a round" in out
     assert main(["plan", str(adaptive), "--format", "json"]) == 0
     import json
 
