@@ -53,8 +53,11 @@ def test_plan_fits_the_width_and_cuts_no_value(monkeypatch, path, width):
     words = set(text.split())
     missing = {w for w in _cell_words(load_study(path)) if w not in words and w not in text}
     assert not missing, f"values cut at {width} columns: {sorted(missing)[:5]}"
-    for trial in expand_design(load_study(path)).trials:
-        assert trial.hash[:8] in words  # never cut further than its fixed 8 characters
+    study = load_study(path)
+    first = study.info.seeds[: study.adaptive.min] if study.adaptive else study.info.seeds  # adaptive: round 1 listed
+    for trial in expand_design(study).trials:
+        if trial.seed in first:
+            assert trial.hash[:8] in words  # never cut further than its fixed 8 characters
 
 
 def test_plan_hash_is_a_fixed_8_characters(monkeypatch):
