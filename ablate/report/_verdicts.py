@@ -261,7 +261,10 @@ def _noncentrality(t: float, df: int, probability: float) -> float:
         width *= 2
         if width > 1e7:
             return math.nan
-    return optimize.brentq(lambda nc: stats.nct.cdf(t, df, nc) - probability, t - width, t + width, xtol=1e-10)
+    try:  # scipy's noncentral t is NaN far in its tails (1 degree of freedom, |t| in the tens): no interval then
+        return optimize.brentq(lambda nc: stats.nct.cdf(t, df, nc) - probability, t - width, t + width, xtol=1e-10)
+    except ValueError:
+        return math.nan
 
 
 def power_difference(n: int, effect: float, level: float) -> float:

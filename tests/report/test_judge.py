@@ -86,3 +86,11 @@ def test_judging_is_read_from_the_plan():
     assert Judging.of_plan(plan, "val_accuracy").margin == 0.05  # points either way
     assert Judging.of_plan(plan, "test_loss").margin == 0.01  # another kind of metric: its default
     assert Judging.of_plan(None, "test_accuracy") == Judging()  # a study run before [stats] existed
+
+
+def test_two_seeds_of_a_huge_difference_still_get_a_verdict():
+    """Two seeds, an arm 12 points below with little spread: the noncentral t of its effect-size interval is NaN in
+    scipy (1 degree of freedom, t in the tens); the table must still be built, the interval left out."""
+    runs = _runs({"base": [0.718, 0.726], "big": [0.586, 0.614], "same": [0.718, 0.727], "noisy": [0.70, 0.74]})
+    table = summarise(runs, STAGES, 0, "test_accuracy", Judging())
+    assert list(table["verdict"])[0] is None and len(table) == 4
