@@ -28,6 +28,13 @@ def command(name: str) -> str:
     return shlex.quote(_shown(beside)) if beside is not None else name
 
 
+def own(name: str) -> str:
+    """The program of that name beside this Python when there is one (pip: the one that installs where ablate runs,
+    not whichever pip PATH finds first), else `command(name)`."""
+    beside = _beside(name)
+    return shlex.quote(_shown(beside)) if beside is not None else command(name)
+
+
 def installed(name: str) -> bool:
     """Whether `command(name)` names a program that is there (an optional tool, such as optuna-dashboard, may not)."""
     return shutil.which(name) is not None or _beside(name) is not None

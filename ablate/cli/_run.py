@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from ablate._shell import command, installed
+from ablate._shell import command, installed, own
 from ablate.errors import EXIT_FAILED_TRIALS, EXIT_INTERRUPTED, EXIT_TERMINATED, AblateError
 
 
@@ -117,7 +117,7 @@ def _print_next_steps(console, uri: str, study: str, experiment_id: str, storage
     lines = [f"See the runs: {ui}    then open {runs_url(experiment_id)}",
              f"The table:    {command('ablate')} report --study {shlex.quote(study)}{store}"]
     if storage is not None:
-        missing = "" if installed("optuna-dashboard") else " (pip install optuna-dashboard)"
+        missing = "" if installed("optuna-dashboard") else f" ({own('pip')} install optuna-dashboard)"
         lines.append(f"The search:   {command('optuna-dashboard')} {shlex.quote(storage)}{missing}")
     for line in lines:  # never wrapped: a command cut in two does not paste
         console.print(line, markup=False, soft_wrap=True)
