@@ -22,7 +22,8 @@ from tests.conftest import DATA_DIR as MNIST_FOLDER
 from tests.conftest import REPO, TINY_STUDY
 
 # The figures of the tiny study (a linear and an MLP arm on MNIST), by the end of their file names.
-FIGURES = ("curves", "test_accuracy", "samples", "confusion", "mistakes", "predictions", "per-class", "templates")
+FIGURES = ("curves", "test_accuracy", "verdicts",
+           "samples", "confusion", "mistakes", "predictions", "per-class", "templates")
 # Those that show the data, as the not-drawn list names them.
 DATA_FIGURES = ("training images", "confusion matrix", "most confident mistakes", "test predictions",
                 "accuracy per class (figure and table)")
@@ -132,7 +133,7 @@ def test_a_data_folder_gone_names_each_figure_not_drawn_and_the_table_is_written
     assert err == [f"ablate report: tiny: {figure} not drawn: {why}" for figure in DATA_FIGURES]
     assert f"Figures not drawn:\n\n- {', '.join(DATA_FIGURES)} — {why}\n" in text
     assert "| linear" in text and "| mlp" in text  # the table, as ever
-    assert _drawn(away / "gone", "g") == {"curves", "test_accuracy", "templates"}  # templates need no files
+    assert _drawn(away / "gone", "g") == {"curves", "test_accuracy", "verdicts", "templates"}  # templates need no files
 
 
 @pytest.mark.slow
@@ -199,14 +200,15 @@ def test_a_dataset_factory_beside_the_study_file_is_found_by_the_report_from_ano
     assert done.returncode == 0, done.stdout + done.stderr
     report = _ablate(away, "report", "--tracking-uri", uri, "--out", "s.md")
     assert report.returncode == 0 and not report.stderr, report.stderr
-    assert _drawn(away, "s") == {"curves", "test_accuracy", "samples", "confusion", "mistakes", "predictions",
-                                 "per-class", "templates"}
+    assert _drawn(away, "s") == {"curves", "test_accuracy", "verdicts", "samples", "confusion", "mistakes",
+                                 "predictions", "per-class", "templates"}
     project.chmod(project.stat().st_mode | stat.S_IWOTH)
     try:
         refused = _ablate(away, "report", "--tracking-uri", uri, "--out", "refused.md")
     finally:
         project.chmod(project.stat().st_mode & ~stat.S_IWOTH)
-    assert refused.returncode == 0 and _drawn(away, "refused") == {"curves", "test_accuracy"}, refused.stderr
+    drawn = _drawn(away, "refused")
+    assert refused.returncode == 0 and drawn == {"curves", "test_accuracy", "verdicts"}, refused.stderr
     lines = refused.stderr.splitlines()
     assert len(lines) == 6 and all(f"not imported from, though `ablate run` did: {project} (writable by anyone)"
                                    in line for line in lines), lines
