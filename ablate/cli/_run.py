@@ -56,17 +56,18 @@ def _run(args: argparse.Namespace) -> int:
         summary = run(prepared, reporter, command=args.command_line)
     finally:
         reporter.close()
-    return _print_end(console, args, prepared, summary)
+    return _print_end(console, args, prepared, summary, reporter.shown_notes)
 
 
-def _print_end(console, args: argparse.Namespace, prepared, summary) -> int:
+def _print_end(console, args: argparse.Namespace, prepared, summary, shown: list[str]) -> int:
     """What the run did, the table of the study, and where to look next; the exit code."""
     from ablate.console import print_failures, print_report_table, terminal
     from ablate.report import build
 
     _print_elsewhere(console, summary)
     for note in summary.notes:
-        console.print(note)
+        if note not in shown:  # the notes of adaptive rounds were shown as they happened
+            console.print(note)
     if summary.interrupted:
         print_failures(console, summary.failed)
         console.print(

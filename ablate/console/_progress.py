@@ -91,6 +91,7 @@ class ConsoleReporter:
         self.progress: Progress | None = None
         self.live: Live | None = None
         self.task = None
+        self.shown_notes: list[str] = []  # what `note` printed: the run's end need not print it again
 
     def start(self, total: int, skipped: int, slots: list[Slot]) -> None:
         self.close()  # a search starts a second phase (the confirm runs) with its own count
@@ -149,6 +150,13 @@ class ConsoleReporter:
             self.progress.update(self.task, total=self.total)
         where = "finished by" if elsewhere == "done" else "running in"
         self._line(f"[yellow]skip[/]  {trial.stage} seed {trial.seed} [dim]{trial.hash}[/]  {where} another invocation")
+
+    def note(self, text: str) -> None:
+        """News between rounds (adaptive seeds: which arms are decided, which get another seed and why), shown when
+        it happens rather than at the end."""
+        self.shown_notes.append(text)
+        self.console.print(text)
+        self._refresh()
 
     def eta_seconds(self) -> float | None:
         """Seconds until this phase's last trial ends; None until one has finished."""

@@ -67,8 +67,9 @@ def judge(table: pd.DataFrame, scores: dict[str, pd.Series], baseline: int, metr
     table["margin"] = judging.margin
 
 
-_COLUMNS = ("verdict", "verdict_pairs", "diff_low", "diff_high", "effect_dz", "effect_low", "effect_high",
-            "seeds_needed", "boot_low", "boot_high", "p_improvement", "p_improvement_low", "p_improvement_high")
+_COLUMNS = ("verdict", "verdict_pairs", "diff_low", "diff_high", "equiv_low", "equiv_high", "effect_dz", "effect_low",
+            "effect_high", "seeds_needed", "boot_low", "boot_high", "p_improvement", "p_improvement_low",
+            "p_improvement_high")
 
 
 def _paired(arm: pd.Series, baseline: pd.Series) -> list[float]:
@@ -95,10 +96,14 @@ def _row(name: str, is_baseline: bool, fixed, adaptive, scores: pd.Series, refer
         row["verdict"] = None
         return row
     decided = adaptive if adaptive is not None else fixed
-    row.update(verdict=str(decided.verdict), verdict_pairs=decided.n, diff_low=decided.interval[0],
-               diff_high=decided.interval[1], effect_dz=fixed.effect, effect_low=fixed.effect_interval[0],
-               effect_high=fixed.effect_interval[1], seeds_needed=_needed(fixed) if decided.verdict == "undecided"
-               else math.nan)
+    # The intervals the verdict read: better/worse when the first excludes 0, equivalent when the second lies
+    # inside ±δ (a repeated interval's bounds already carry the correction; a fixed design's are at Holm's level).
+    difference, equivalence = ((adaptive.interval, adaptive.equivalence_interval) if adaptive is not None
+                               else (fixed.decision_interval, fixed.decision_equivalence_interval))
+    row.update(verdict=str(decided.verdict), verdict_pairs=decided.n, diff_low=difference[0],
+               diff_high=difference[1], equiv_low=equivalence[0], equiv_high=equivalence[1], effect_dz=fixed.effect,
+               effect_low=fixed.effect_interval[0], effect_high=fixed.effect_interval[1],
+               seeds_needed=_needed(fixed) if decided.verdict == "undecided" else math.nan)
     improvement = probability_of_improvement(scores.dropna().to_numpy(), reference.dropna().to_numpy(),
                                              higher_is_better=higher)
     if improvement is not None:

@@ -274,7 +274,7 @@ def _finished_line(report: StudyReport) -> str:
         return f"{len(report.runs)} of {report.planned} planned trials finished."
     low, high = report.judging.adaptive
     return (f"{len(report.runs)} trials finished, with adaptive seeds: {low} to {high} per arm, each arm until its "
-            f"verdict was known ({report.planned} at most).")
+            f"verdict was known or it had {high} seeds ({report.planned} trials at most).")
 
 
 def markdown_section(report: StudyReport, by: list[str] | None = None, columns: str = "default") -> str:

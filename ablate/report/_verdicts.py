@@ -83,6 +83,10 @@ class Comparison:
     mean: float  # mean difference, arm − baseline
     interval: tuple[float, float]  # (1 − α) Student-t interval of the mean difference, unadjusted
     equivalence_interval: tuple[float, float]  # (1 − 2α) interval: inside (−δ, δ) ⇔ the unadjusted TOST passes
+    # The intervals the verdict reads, at the level the correction tested this comparison at (`holm_levels`):
+    # better/worse ⇔ the first excludes 0; equivalent ⇔ the second lies inside (−δ, δ). What a figure should draw.
+    decision_interval: tuple[float, float]
+    decision_equivalence_interval: tuple[float, float]
     p_difference: float  # two-sided paired t-test of mean 0
     p_difference_adjusted: float  # Holm's in compare_family, Bonferroni's (m·p) in compare
     p_equivalence: float  # TOST of |mean| ≥ δ
@@ -117,6 +121,26 @@ def holm_adjust(p_values: np.ndarray) -> np.ndarray:
     out = np.empty_like(adjusted)
     np.put_along_axis(out, order, adjusted, axis=-1)
     return np.where(valid, out, np.nan)
+
+
+def holm_levels(p_values: Sequence[float], alpha: float) -> list[float]:
+    """The level Holm's step-down tests each p-value at, so that p ≤ its level ⇔ its adjusted p-value ≤ α.
+
+    Sorted ascending, the k-th smallest (k = 0..m − 1) is tested at α/(m − k) while every smaller one was rejected;
+    from the first that is not, the procedure stops, and it and every later one keep that first failing level (their
+    p-values are no smaller, so they are not rejected either). nan p-values do not count in m and get α/m.
+    """
+    p = np.asarray(p_values, dtype=float)
+    valid = np.flatnonzero(~np.isnan(p))
+    m = max(1, len(valid))
+    levels = [alpha / m] * len(p)
+    stopped_at: float | None = None
+    for k, i in enumerate(valid[np.argsort(p[valid], kind="stable")]):
+        level = stopped_at if stopped_at is not None else alpha / (m - k)
+        if stopped_at is None and p[i] > level:
+            stopped_at = level
+        levels[i] = level
+    return levels
 
 
 def mean_sd(differences: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -174,7 +198,8 @@ def compare(differences: Sequence[float], delta: float, alpha: float = ALPHA, m:
     mean, sd, n = mean_sd(d)
     p_difference, p_equivalence = p_values(mean, sd, n, delta)
     return _comparison(d, delta, alpha, m, float(p_difference), min(1.0, m * float(p_difference)),
-                       float(p_equivalence), min(1.0, m * float(p_equivalence)), higher_is_better)
+                       float(p_equivalence), min(1.0, m * float(p_equivalence)), higher_is_better,
+                       (alpha / m, alpha / m))
 
 
 def compare_family(differences: Mapping[str, Sequence[float]], delta: float, alpha: float = ALPHA,
@@ -186,13 +211,16 @@ def compare_family(differences: Mapping[str, Sequence[float]], delta: float, alp
     p_difference = [float(p) for p, _ in raw]
     p_equivalence = [float(p) for _, p in raw]
     holm_difference, holm_equivalence = holm_adjust(np.array(p_difference)), holm_adjust(np.array(p_equivalence))
+    levels = list(zip(holm_levels(p_difference, alpha), holm_levels(p_equivalence, alpha)))
     return {name: _comparison(d, delta, alpha, len(arrays), p_difference[i], float(holm_difference[i]),
-                              p_equivalence[i], float(holm_equivalence[i]), higher_is_better)
+                              p_equivalence[i], float(holm_equivalence[i]), higher_is_better, levels[i])
             for i, (name, d) in enumerate(arrays.items())}
 
 
 def _comparison(d: np.ndarray, delta: float, alpha: float, m: int, p_difference: float, p_difference_adjusted: float,
-                p_equivalence: float, p_equivalence_adjusted: float, higher_is_better: bool) -> Comparison:
+                p_equivalence: float, p_equivalence_adjusted: float, higher_is_better: bool,
+                levels: tuple[float, float]) -> Comparison:
+    """`levels`: the levels the correction tested the difference and the TOST at (the decision intervals')."""
     check_levels(delta, alpha)
     mean, sd, n = mean_sd(d)
     mean, sd = float(mean), float(sd)
@@ -203,6 +231,8 @@ def _comparison(d: np.ndarray, delta: float, alpha: float, m: int, p_difference:
     return Comparison(
         verdict=VERDICTS[code], n=n, mean=mean, interval=t_interval(mean, sd, n, 1 - alpha),
         equivalence_interval=t_interval(mean, sd, n, 1 - 2 * alpha),
+        decision_interval=t_interval(mean, sd, n, 1 - levels[0]),
+        decision_equivalence_interval=t_interval(mean, sd, n, 1 - 2 * levels[1]),
         p_difference=p_difference, p_difference_adjusted=p_difference_adjusted, p_equivalence=p_equivalence,
         p_equivalence_adjusted=p_equivalence_adjusted, effect=effect, effect_g=effect * hedges_j(n - 1),
         effect_interval=effect_interval(effect, n, 1 - alpha),

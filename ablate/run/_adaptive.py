@@ -120,7 +120,7 @@ def round_note(previous: Round | None, current: Round) -> str | None:
             parts.append(f"{_versus(arm, current)} waits for {', '.join(arm.waits)}")
         elif arm.more and arm.comparison.n >= current.least:
             parts.append(f"{_versus(arm, current)} undecided after {arm.comparison.n} seeds "
-                         f"({_effect(arm.comparison, current.percent)}) → seed {arm.trials[arm.paired].seed}")
+                         f"({_effect(arm.comparison, current.percent)}) → gets seed {arm.trials[arm.paired].seed}")
         elif not arm.more and was is not None and was.more:
             parts.append(f"{_versus(arm, current)} {_outcome(arm, current)}")
     return "adaptive seeds: " + "; ".join(parts) if parts else None
@@ -185,8 +185,13 @@ def _outcome(arm: Arm, current: Round) -> str:
 
 
 def _effect(comparison: SequentialComparison, percent: bool) -> str:
-    """'Δ +1.52 pp, interval −3.90…+6.94': the mean difference and its repeated interval, in the report's units."""
-    low, high = comparison.interval
-    if percent:
-        return f"Δ {comparison.mean:+.2f} pp, interval {low:+.2f}…{high:+.2f}"
-    return f"Δ {comparison.mean:+.3g}, interval {low:+.3g}…{high:+.3g}"
+    """'Δ +1.52 pts, difference interval −3.90…+6.94, equivalence interval −2.80…+5.84': the mean difference and the
+    two repeated intervals the verdict reads (better/worse: the first excludes 0; equivalent: the second lies inside
+    ±δ), in the report's units."""
+    unit, digits = (" pts", ".2f") if percent else ("", ".3g")
+
+    def span(bounds: tuple[float, float]) -> str:
+        return f"{bounds[0]:+{digits}}…{bounds[1]:+{digits}}"
+
+    return (f"Δ {comparison.mean:+{digits}}{unit}, difference interval {span(comparison.interval)}, "
+            f"equivalence interval {span(comparison.equivalence_interval)}")

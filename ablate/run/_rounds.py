@@ -47,7 +47,7 @@ def run_rounds(prepared: Prepared, reporter: Reporter, command: str = "") -> Run
     wanted = len(current.wanted)
     summary = RunSummary(experiment_id, None, total=wanted, skipped=wanted - len(current.todo), recovered=recovered,
                          running_elsewhere=len(held), slots=slots, notes=notes)
-    _add(notes, round_note(None, current))
+    _add(notes, round_note(None, current), reporter)
     reporter.start(summary.total, summary.skipped, slots)
     if current.todo:
         invocation = Invocation.start(prepared, experiment_id, len(trials), slots, command, {})
@@ -84,7 +84,7 @@ def _train_rounds(dispatcher: Dispatcher, prepared: Prepared, current: Round, he
         for missing in tried - results.keys():  # failed here, or claimed first by another invocation
             held.setdefault(missing, FAILED_HERE if missing in failed else RUNNING_ELSEWHERE)
         previous, current = current, next_round(study, prepared.trials, results, held)
-        _add(summary.notes, round_note(previous, current))
+        _add(summary.notes, round_note(previous, current), reporter)
     return current
 
 
@@ -116,6 +116,9 @@ def _probed_once(size: int | Callable[[list[Trial]], int]) -> int | Callable[[li
     return probed
 
 
-def _add(notes: list[str], note: str | None) -> None:
+def _add(notes: list[str], note: str | None, reporter: Reporter | None = None) -> None:
+    """Keep the note for the run's end; show it now too, when a reporter is given."""
     if note is not None:
         notes.append(note)
+        if reporter is not None:
+            reporter.note(note)

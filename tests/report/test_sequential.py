@@ -142,3 +142,18 @@ def test_the_verdict_so_far_and_its_limits():
     with pytest.raises(ValueError, match="min"):
         boundaries(1, 10)
     assert budget(5, 3, 10) == (15, 50)
+
+
+def test_the_repeated_intervals_say_what_the_verdict_says():
+    """The run's notes and the verdicts figure show these two intervals: equivalent exactly when the equivalence
+    interval lies inside ±δ, else better or worse exactly when the difference interval excludes 0."""
+    rng = np.random.default_rng(31)
+    for _ in range(300):
+        n = int(rng.integers(LOW, HIGH + 1))
+        d = rng.normal(rng.choice([0.0, 0.5, 1.0, 3.0]), rng.uniform(0.2, 2.0), n)
+        c = sequential_verdict(d, DELTA, ALPHA, int(rng.integers(1, 4)), LOW, HIGH)
+        equivalent = -DELTA < c.equivalence_interval[0] and c.equivalence_interval[1] < DELTA
+        differs = c.interval[0] > 0 or c.interval[1] < 0
+        direction = "better" if c.interval[0] > 0 else "worse"
+        expected = "equivalent" if equivalent else direction if differs else "undecided"
+        assert c.verdict == expected

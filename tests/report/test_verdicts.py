@@ -24,6 +24,7 @@ from ablate.report._verdicts import (
     family_codes,
     hedges_j,
     holm_adjust,
+    holm_levels,
     mean_sd,
     p_values,
     power_difference,
@@ -187,3 +188,28 @@ def test_the_family_is_the_vectorised_computation_and_holm_is_the_reports_holm()
     p[::7, 2] = np.nan
     for row in p:
         assert np.allclose(holm_adjust(row), holm(list(row)), equal_nan=True)
+
+
+def test_holm_levels_are_the_levels_the_step_down_tested_at():
+    # sorted 0.001, 0.02, 0.03: tested at α/3, α/2, α/1; all rejected
+    assert holm_levels([0.03, 0.001, 0.02], 0.05) == pytest.approx([0.05, 0.05 / 3, 0.025])
+    # 0.03 fails at α/2, so the procedure stops there: 0.04 keeps α/2 (not α, at which it alone would pass)
+    assert holm_levels([0.03, 0.04], 0.05) == pytest.approx([0.025, 0.025])
+    assert holm_levels([float("nan"), 0.01], 0.05) == pytest.approx([0.05, 0.05])  # nan does not count in m
+
+
+def test_the_decision_intervals_say_what_the_verdict_says():
+    """What the verdicts figure draws is what decided: the difference interval excludes 0 exactly when the corrected
+    difference test rejects, the equivalence interval lies inside ±δ exactly when the corrected TOST does."""
+    rng = np.random.default_rng(30)
+    delta, checked = 0.1, 0
+    for _ in range(400):
+        m, n = int(rng.integers(1, 6)), int(rng.integers(2, 9))
+        family = {f"arm{i}": rng.normal(rng.choice([0.0, 0.05, 0.2, 1.0]), rng.uniform(0.02, 0.4), n) for i in range(m)}
+        for c in compare_family(family, delta).values():
+            low, high = c.decision_interval
+            equiv_low, equiv_high = c.decision_equivalence_interval
+            assert (c.p_difference_adjusted <= c.alpha) == (low > 0 or high < 0)
+            assert (c.p_equivalence_adjusted <= c.alpha) == (-delta < equiv_low and equiv_high < delta)
+            checked += 1
+    assert checked > 1000

@@ -80,7 +80,7 @@ def test_a_clearly_better_arm_stops_at_min_and_an_undecided_one_gets_seeds_up_to
     assert current.arms["wide"].comparison.verdict == "undecided" and current.arms["wide"].comparison.n == 5
     assert {t.hash for t in current.settled} == {t.hash for t in trained}  # every arm done: every model settles
     note = final_note(current)
-    assert note.startswith("adaptive seeds used: linear (baseline) 5 seeds; mlp better after 3 seeds (Δ +5.10 pp")
+    assert note.startswith("adaptive seeds used: linear (baseline) 5 seeds; mlp better after 3 seeds (Δ +5.10 pts")
     assert "wide undecided at the maximum, 5 seeds" in note
 
 
@@ -89,8 +89,8 @@ def test_after_a_round_the_undecided_arm_and_the_baseline_get_the_next_seed_and_
     after_first = next_round(study, trials, _finished(trials, {"linear": 3, "mlp": 3, "wide": 3}))
     assert _pairs(after_first.todo) == [("linear", 3), ("wide", 3)]  # not mlp: decided
     note = round_note(next_round(study, trials, {}), after_first)
-    assert note.startswith("adaptive seeds: mlp vs linear better after 3 seeds (Δ +5.10 pp, interval ")
-    assert "; wide vs linear undecided after 3 seeds (Δ -0.33 pp" in note and note.endswith("→ seed 3")
+    assert note.startswith("adaptive seeds: mlp vs linear better after 3 seeds (Δ +5.10 pts, difference interval ")
+    assert "; wide vs linear undecided after 3 seeds (Δ -0.33 pts" in note and note.endswith("→ gets seed 3")
     # mlp is done, so its models settle; wide and the baseline are not
     assert {(t.stage, t.seed) for t in after_first.settled} == {("mlp", 0), ("mlp", 1), ("mlp", 2)}
 
