@@ -22,7 +22,7 @@ from ablate.run._adaptive import FAILED_HERE, RUNNING_ELSEWHERE, Round, final_no
 from ablate.run._dispatch import Dispatcher, Reporter, RunSummary
 from ablate.run._invocation import Invocation, closing_parent, dispatching, pack_size, settle_arms, stopped
 from ablate.run._prepare import Prepared
-from ablate.tracking import PLAN_ARTIFACT, ROLE, TRIAL_HASH
+from ablate.tracking import PLAN_ARTIFACT, ROLE, TRIAL_HASH, read_plan
 
 if TYPE_CHECKING:
     from ablate.tracking import Tracker
@@ -40,6 +40,7 @@ def run_rounds(prepared: Prepared, reporter: Reporter, command: str = "") -> Run
     results = finished_results(tracker, experiment_id, study.stats.metric)
     done_before = set(results) | set(held)
     notes: list[str] = []
+    _add(notes, design_change(tracker, experiment_id, study) if results else None, reporter)
     current = next_round(study, trials, results, held)
     packer = _probed_once(pack_size(prepared.execution.pack, slots, notes))
     tasks = pack_trials(current.todo, packer)
@@ -98,6 +99,26 @@ def finished_results(tracker: Tracker, experiment_id: str, metric: str) -> dict[
         if TRIAL_HASH in run.data.tags:
             latest[run.data.tags[TRIAL_HASH]] = run.data.metrics.get(metric, math.nan) * scale
     return latest
+
+
+def design_change(tracker: Tracker, experiment_id: str, study) -> str | None:
+    """A warning when `seeds = { min, max, first }` or `[stats]` differ from what the study's latest run used (its
+    plan document): every round is then re-read with the new boundaries, and a design changed after its results were
+    seen does not keep the error rates it was computed for. None when nothing changed or no earlier plan is known."""
+    parents = sorted(tracker.search(experiment_id, f"tags.{ROLE} = 'parent'"), key=lambda r: r.info.start_time or 0,
+                     reverse=True)
+    before = next((plan for plan in (read_plan(tracker, r.info.run_id) for r in parents[:5]) if plan), None)
+    if before is None:
+        return None
+    now = plan_document(study, [])
+    changes = [f"{group}.{key} {old} → {now[group].get(key)}"
+               for group in ("adaptive", "stats") for key, old in (before.get(group) or {}).items()
+               if now.get(group) and key in now[group] and now[group][key] != old]
+    if not changes:
+        return None
+    return (f"adaptive seeds: the design changed since this study's last run ({', '.join(changes)}): every round is "
+            "re-read with the new boundaries, so arms decided before may get more seeds and undecided ones may stop; "
+            "verdicts of a design changed after its results were seen do not carry its stated error rates")
 
 
 def _probed_once(size: int | Callable[[list[Trial]], int]) -> int | Callable[[list[Trial]], int]:

@@ -262,6 +262,14 @@ def test_a_tiny_adaptive_study_trains_what_its_own_results_call_for_and_a_rerun_
     _, again = run()
     assert again.finished == [] and again.skipped == again.total == len(trained)
     assert again.notes == [final_note(current)]
+    # the design edited after the run: the next run says so before it re-reads the rounds
+    from ablate.run._rounds import design_change
+
+    assert design_change(tracker, summary.experiment_id, study) is None
+    edited = load(write_study(TINY_ADAPTIVE.replace("max = 4", "max = 6").replace("margin = 0.5", "margin = 0.4"),
+                                "edited.toml"))
+    warning = design_change(tracker, summary.experiment_id, edited.study)
+    assert warning is not None and "adaptive.max 4 → 6" in warning and "stats.margin 0.5 → 0.4" in warning
     assert main(["plan", str(path), "--tracking-uri", store]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "4–8 trials: 2 stages × 2–4 seeds (adaptive: min 2, max 4" in out
