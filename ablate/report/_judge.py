@@ -7,7 +7,7 @@ Where the numbers come from (the statistics themselves: _verdicts, _sequential a
   `[stats]` existed gets the defaults). δ is in the units the table shows the metric in (accuracy in points). When the
   report ranks by another kind of metric than `[stats] metric` (a loss for an accuracy), δ is that kind's default.
 - A study with fixed seeds is judged with `compare_family` (Holm over the arms). A study with adaptive seeds is judged
-  with `sequential_family` on each arm's leading seeds in seed order — the repeated confidence intervals the run
+  with `sequential_verdict` at each arm's leading seeds in seed order — the repeated confidence intervals the run
   decided on, which stay valid however many rounds it took; the fixed-n tests would not be.
 - Only the seeds both the arm and the baseline finished count (paired).
 """
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from ablate.report._robust import bootstrap_interval, probability_of_improvement
-from ablate.report._sequential import sequential_family
+from ablate.report._sequential import sequential_verdict
 from ablate.report._verdicts import compare_family
 
 DEFAULT_MARGIN = {"accuracy": 0.1, "loss": 0.01}  # [stats] margin's default (points), and a loss's
@@ -79,11 +79,21 @@ def _paired(arm: pd.Series, baseline: pd.Series) -> list[float]:
 
 
 def _adaptive(differences: dict[str, list[float]], judging: Judging, higher: bool) -> dict:
+    """Each arm's verdict where the run's rule stopped it: at its first decided look, else at its last seed. An arm
+    has no seeds past that look when the run alone trained it; seeds trained beyond it otherwise (another study of
+    the same trials, a design edited afterwards) do not change the verdict the rounds reached."""
     if judging.adaptive is None or not differences:
         return {}
     low, high = judging.adaptive
-    leading = {name: d[:high] for name, d in differences.items()}
-    return sequential_family(leading, judging.margin, judging.alpha, low, high, higher)
+    m = len(differences)
+    stopped = {}
+    for name, d in differences.items():
+        leading = d[:high]
+        for n in range(min(low, len(leading)), len(leading) + 1):
+            stopped[name] = sequential_verdict(leading[:n], judging.margin, judging.alpha, m, low, high, higher)
+            if stopped[name].verdict != "undecided":
+                break
+    return stopped
 
 
 def _row(name: str, is_baseline: bool, fixed, adaptive, scores: pd.Series, reference: pd.Series,

@@ -71,6 +71,17 @@ def test_adaptive_seeds_are_judged_by_repeated_intervals_on_the_leading_seeds():
     assert dict(zip(adaptive["stage"], adaptive["verdict"]))["big"] == "better"
 
 
+def test_an_adaptive_verdict_is_read_where_the_rounds_stopped_the_arm_not_at_extra_seeds():
+    """Seeds past the look that decided an arm (trained by another study of the same trials) do not move its
+    verdict: 'big' is decided at its first look, 3 seeds, as the run decided it, whatever seeds 4–10 say."""
+    scores = _scores(10)
+    scores["big"] = scores["big"][:3] + [b - 0.05 for b in scores["base"][3:]]  # later seeds 5 points worse
+    judging = Judging(margin=0.1, adaptive=(3, 10))
+    table = summarise(_runs(scores), STAGES, 0, "test_accuracy", judging).set_index("stage")
+    assert table.loc["big", "verdict"] == "better" and table.loc["big", "verdict_pairs"] == 3
+    assert table.loc["noisy", "verdict_pairs"] == 10  # undecided to the end: read at its last seed
+
+
 def test_a_loss_is_better_when_lower():
     scores = _scores(5)
     runs = _runs(scores)
