@@ -12,8 +12,9 @@ import torchvision
 from ablate import datasets, models
 from ablate.design import expand, pack_key
 from ablate.models import TorchvisionModel, build_model, count_params, initialise
-from ablate.spec import parse_study
+from ablate.spec import DataSettings, parse_study
 from tests._helpers import spec_error_at
+from tests.conftest import DATA_DIR
 
 MNIST, CIFAR = datasets.get("mnist"), datasets.get("cifar10")
 IMAGENET_SHAPED = replace(CIFAR, shape=(3, 224, 224), class_names=tuple(f"c{i}" for i in range(1000)))
@@ -113,3 +114,53 @@ def test_a_network_that_takes_the_size_once_told_fits():
     """vit_b_16 refuses 32×32 until its image_size says so; googlenet's auxiliary heads are off by default."""
     assert expand(parse_study(_study('name = "vit_b_16"\nimage_size = 32', "cifar10")))[0].params_count > 8e7
     assert build_model(TorchvisionModel(name="googlenet"), MNIST).train()(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+RESNET_STUDY = """
+[study]
+name = "tv"
+seeds = [0]
+
+[data]
+val_size = 100
+train_limit = 300
+test_limit = 100
+
+[train]
+epochs = 1
+batch_size = 64
+
+[[stage]]
+name = "resnet18"
+model = { kind = "torchvision", name = "resnet18" }
+"""
+
+
+@pytest.mark.slow
+def test_a_resnet18_study_runs_and_exports(write_study, store, tmp_path, capsys):
+    """`ablate run` trains torchvision's resnet18 on MNIST (one channel, 28×28) for an epoch; `ablate export` writes
+    it as a torch.export program and an ONNX file that give the run's logged test predictions."""
+    import mlflow
+    import numpy as np
+    import onnxruntime
+    from mlflow import MlflowClient
+
+    from ablate.cli import main
+
+    assert main(["run", str(write_study(RESNET_STUDY)), "--tracking-uri", store]) == 0
+    client = MlflowClient(store)
+    run = client.search_runs([client.get_experiment_by_name("tv").experiment_id], "tags.role = 'trial'")[0]
+    assert run.data.metrics["params_count"] == 11_175_370 and run.data.metrics["test_accuracy"] > 0
+    capsys.readouterr()
+    out = tmp_path / "exported"
+    assert main(["export", "--study", "tv", "--out", str(out), "--format", "pt2,onnx", "--tracking-uri", store]) == 0
+    assert "checked with onnxruntime on 100 mnist test images" in capsys.readouterr().out
+    logged = np.load(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="test_outputs.npz",
+                                                         tracking_uri=store))["predictions"]
+    data = DataSettings(val_size=100, train_limit=300, test_limit=100)  # the study's
+    images = datasets.load("mnist", data, DATA_DIR, torch.device("cpu")).test.images
+    program = torch.export.load(str(out / "resnet18" / "model.pt2")).module()
+    with torch.inference_mode():
+        assert (program(images).argmax(1).numpy() == logged).all()
+    session = onnxruntime.InferenceSession(str(out / "resnet18" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert (session.run(["scores"], {"images": images.numpy()})[0].argmax(1) == logged).all()
