@@ -9,6 +9,9 @@ batch of all of them, through the same file; scores further than ONNX_TOLERANCE 
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,24 +58,27 @@ def to_onnx(model: Classifier, about: dict[str, Any], probe: torch.Tensor, arm: 
     batches = f"batches of 1 and {len(images)}" if len(images) > 1 else "a batch of 1"
     if not difference <= ONNX_TOLERANCE:  # NaN included
         raise AblateError(f"arm {arm}: its ONNX model's scores differ from torch's by up to {difference:.3g} on {what} "
-                          f"({batches}), more than {ONNX_TOLERANCE:g}, so ablate wrote nothing; export it without "
-                          "--format onnx (a torch.export program, model.pt2)")
+                          f"({batches}), more than {ONNX_TOLERANCE:g}, so ablate wrote nothing; export it with "
+                          "--format pt2")
     return OnnxModel(data, f"ONNX opset {ONNX_OPSET}, checked with onnxruntime on {what} ({batches}): scores "
                            f"within {difference:.2g} of torch's")
 
 
 def _exported(model: Classifier, probe: torch.Tensor, arm: str) -> bytes:
     try:
-        with warnings.catch_warnings():  # the exporter's notes on torch internals: nothing a user can act on
+        # The exporter's notes on torch internals (and, where it fails, the graph it got): nothing a user acts on.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(model.eval(), (probe,), dynamo=True, opset_version=ONNX_OPSET,
                                         input_names=["images"], output_names=["scores"], verbose=False,
                                         dynamic_shapes=({0: torch.export.Dim("batch")},))
         return program.model_proto.SerializeToString()
     except Exception as exc:  # noqa: BLE001 — a network torch cannot export (Python control flow, an operator)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise AblateError(f"arm {arm}: torch cannot export its network to ONNX ({type(exc).__name__}: {first}); "
-                          "export it without --format onnx (a torch.export program, model.pt2)") from exc
+        reason = exc.__cause__ or exc  # torch.onnx's own error wraps torch.export's, which says why
+        first = re.sub(r"\x1b\[[0-9;]*m", "", str(reason)).strip().splitlines()
+        raise AblateError(f"arm {arm}: torch cannot export its network to ONNX ({type(reason).__name__}"
+                          f"{': ' + first[0] if first else ''}); export it with --format pt2") from exc
 
 
 def _check_images(about: dict[str, Any], probe: torch.Tensor, root: Path) -> tuple[torch.Tensor, str]:

@@ -16,6 +16,7 @@ from ablate import datasets
 from ablate.cli import main
 from ablate.cli._parser import ONNX_OPSET as SAID_OPSET
 from ablate.engine import Classifier, deployable, train_trial
+from ablate.errors import AblateError
 from ablate.export import ONNX_OPSET, ONNX_TOLERANCE, rebuild
 from ablate.export._onnx import to_onnx
 from ablate.models import TorchvisionModel, build_model
@@ -77,6 +78,18 @@ def test_without_the_datasets_files_the_probe_images_are_checked(tmp_path):
                        probe_images((1, 28, 28), False), "arm", str(tmp_path))
     assert f"the 3 random probe images it was saved with (mnist's test images are not in {tmp_path})" in \
         exported.checked and "batches of 1 and 3" in exported.checked
+
+
+def test_a_network_torch_cannot_export_is_refused_in_one_line(capfd):
+    from tests.untraced_models import branchy
+
+    with pytest.raises(AblateError) as info:
+        to_onnx(Classifier(branchy(), 33.3, 78.6).eval(), {"settings": {"dataset": "mnist"}},
+                probe_images((1, 28, 28), False), "branchy")
+    message = str(info.value)
+    assert message.startswith("arm branchy: torch cannot export its network to ONNX (") and "\n" not in message
+    assert message.endswith("export it with --format pt2") and "\x1b" not in message
+    assert "def forward" not in capfd.readouterr().err  # the exporter's dump of the graph it got stays quiet
 
 
 def test_the_command_line_states_the_opset_the_exporter_writes():
