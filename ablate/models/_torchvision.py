@@ -8,7 +8,8 @@ initialisation, as a researcher writing `model.conv1 = nn.Conv2d(1, 64, ...)` ge
 small images: resnet18 on 28×28 MNIST runs as torchvision builds it (its last stage sees 1×1 feature maps); a
 network the images are too small for is refused, with the smallest size it takes.
 
-Sizes come from one trial of the network on torch's meta device (no memory, no compute), as a custom model's do:
+Sizes come from one trial of the network on torch's meta device (no memory, no compute), as a custom model's do
+(RegNet, whose builder reads back tensors it makes, is built on the CPU first):
 its parameters, its multiply-accumulates (torch's FlopCounterMode: convolutions and matrix products, attention's
 included, as the built-in kinds count them), and whether a batch of the dataset's images gives class scores.
 """
@@ -104,18 +105,25 @@ def _build(spec: TorchvisionModel, data: Dataset) -> nn.Module:
 
 def _refused_arguments(spec: TorchvisionModel, exc: TypeError) -> str:
     """One line for an argument the builder does not take, naming the class whose arguments it takes."""
-    import torchvision
 
     fixed = re.search(r"multiple values for (?:keyword )?argument '(\w+)'", str(exc))
     if fixed:
         return f"torchvision's {spec.name} sets '{fixed[1]}' itself (it defines the network); remove it"
-    network = inspect.signature(torchvision.models.get_model_builder(spec.name)).return_annotation
-    accepted = _settable(network) if inspect.isclass(network) else []
+    network = _network_class(spec.name)
+    accepted = _settable(network) if network is not None else []
     unknown = [key for key in spec.kwargs if key not in accepted]
     if accepted and len(unknown) == 1:
         return (f"torchvision's {spec.name} takes no argument '{unknown[0]}'{did_you_mean(unknown[0], accepted)}; "
                 f"it takes those of torchvision.models.{network.__name__} ({', '.join(accepted)})")
     return f"torchvision's {spec.name} refuses its arguments: {exc}"
+
+
+def _network_class(name: str) -> type | None:
+    """The class torchvision's builder returns (its return annotation), whose arguments the builder passes on."""
+    import torchvision
+
+    network = inspect.signature(torchvision.models.get_model_builder(name)).return_annotation
+    return network if inspect.isclass(network) else None
 
 
 def _settable(network: type) -> list[str]:
@@ -163,8 +171,15 @@ def _meta_size(name: str, kwargs: str, shape: tuple[int, int, int], classes: int
 
     spec = TorchvisionModel(name=name, kwargs=json.loads(kwargs))
     data = _Shape(shape, classes)
+    model = None
+    try:
+        with torch.device("meta"):
+            model = _build(spec, data)  # type: ignore[arg-type]
+    except ModelError:
+        pass  # a builder that reads back tensors it makes (RegNet's widths): built for real below, then moved
+    if model is None:  # not inside the handler, where Python 3.11 reports a call's "multiple values" as a KeyError
+        model = _build(spec, data).to("meta")  # type: ignore[arg-type] — where the arguments are wrong, this says so
     with torch.device("meta"):
-        model = _build(spec, data)  # type: ignore[arg-type]
         try:
             with FlopCounterMode(display=False) as counter:
                 scores = model(torch.empty(2, *shape))
@@ -204,7 +219,10 @@ def _too_small(model: nn.Module, name: str, shape: tuple[int, int, int], exc: Ex
     low, high = max(height, width), _LARGEST_TRIED
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if not fits(high):
-        return f"torchvision's {name} does not take {height}×{width} images: {first}"
+        network = _network_class(name)
+        sizes = [key for key in ("image_size", "input_size") if network is not None and key in _settable(network)]
+        hint = f" (its argument {sizes[0]} sets the size it takes)" if sizes else ""
+        return f"torchvision's {name} does not take {height}×{width} images{hint}: {first}"
     while high - low > 1:  # fits(high), not fits(low)
         middle = (low + high) // 2
         low, high = (low, middle) if fits(middle) else (middle, high)

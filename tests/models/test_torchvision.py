@@ -27,7 +27,8 @@ def _study(model: str, dataset: str = "mnist") -> str:
 
 @pytest.mark.parametrize(("name", "weights"), [("resnet18", "ResNet18_Weights"),
                                                ("mobilenet_v3_small", "MobileNet_V3_Small_Weights"),
-                                               ("squeezenet1_0", "SqueezeNet1_0_Weights")])
+                                               ("squeezenet1_0", "SqueezeNet1_0_Weights"),
+                                               ("regnet_x_400mf", "RegNet_X_400MF_Weights")])  # built on the CPU
 def test_at_imagenet_shape_the_sizes_are_torchvisions_own(name, weights):
     """Parameters and MACs as torchvision's model cards give them (its weights' metadata: nothing downloaded),
     counted from the spec on the meta device, and the built network has that many parameters."""
@@ -96,7 +97,8 @@ def test_torchvision_trials_never_pack():
         ('name = "inception_v3"', "mnist", "stage[1].model.name", ["inception_v3 needs images of at least 75×75",
                                                           "the dataset's are 28×28"]),
         ('name = "alexnet"', "cifar10", "stage[1].model.name", ["alexnet needs images of at least 63×63"]),
-        ('name = "vit_b_16"', "cifar10", "stage[1].model.name", ["does not take 32×32 images", "Expected 224"]),
+        ('name = "vit_b_16"', "cifar10", "stage[1].model.name",
+         ["does not take 32×32 images (its argument image_size sets the size it takes)", "Expected 224"]),
         ('name = "efficientnet_b0"\ndropot = 0.2', "cifar10", "stage[1].model.kwargs",
          ["takes no argument 'dropot' (did you mean 'dropout'?)", "torchvision.models.EfficientNet"]),
         ('name = "resnet18"\nnum_classes = 5', "mnist", "stage[1].model.kwargs", ["'num_classes' is set by ablate"]),
