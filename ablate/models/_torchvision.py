@@ -8,10 +8,10 @@ initialisation, as a researcher writing `model.conv1 = nn.Conv2d(1, 64, ...)` ge
 small images: resnet18 on 28×28 MNIST runs as torchvision builds it (its last stage sees 1×1 feature maps); a
 network the images are too small for is refused, with the smallest size it takes.
 
-Sizes come from one trial of the network on torch's meta device (no memory, no compute), as a custom model's do
-(RegNet, whose builder reads back tensors it makes, is built on the CPU first):
+Sizes come from one trial of the network on torch's meta device (no memory, no compute), as a custom model's do:
 its parameters, its multiply-accumulates (torch's FlopCounterMode: convolutions and matrix products, attention's
-included, as the built-in kinds count them), and whether a batch of the dataset's images gives class scores.
+included; like the built-in kinds, nothing else), and whether a batch of the dataset's images gives class scores.
+A RegNet, whose builder reads back tensors it makes, is built on the CPU first, then moved to the meta device.
 """
 
 from __future__ import annotations
