@@ -88,7 +88,7 @@ def _check_images(about: dict[str, Any], probe: torch.Tensor, root: Path) -> tup
     if not datasets.is_factory_key(name) and datasets.data_files(name, root).state == "present":
         test = datasets.read_arrays(name, root, download=False)["test_images"][:CHECK_IMAGES]
         return torch.from_numpy(test.copy()).to(probe.dtype), f"{len(test)} {name} test images"
-    return probe, f"the {len(probe)} random probe images it was saved with ({name}'s test images are not in {root})"
+    return probe, f"the {len(probe)} random probe images it was saved with, as {name}'s test images are not in {root}"
 
 
 def _difference(model: Classifier, data: bytes, images: torch.Tensor) -> float:

@@ -76,7 +76,7 @@ def test_without_the_datasets_files_the_probe_images_are_checked(tmp_path):
     net = build_model(LinearModel(), datasets.get("mnist"))
     exported = to_onnx(Classifier(net, 33.3, 78.6).eval(), {"settings": {"dataset": "mnist"}},
                        probe_images((1, 28, 28), False), "arm", str(tmp_path))
-    assert f"the 3 random probe images it was saved with (mnist's test images are not in {tmp_path})" in \
+    assert f"the 3 random probe images it was saved with, as mnist's test images are not in {tmp_path}" in \
         exported.checked and "batches of 1 and 3" in exported.checked
 
 
