@@ -127,17 +127,20 @@ def _print_figures(reports) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-
     if args.out is None and not args.register:
         raise AblateError("ablate export: say where the models go: --out DIR, --register, or both")
+    if args.out is None and args.format != ("pt2",):
+        raise AblateError("ablate export: --format says which files --out holds; add --out DIR")
     uri = _existing_store(args, write=args.register)
 
     from ablate.export import export_models
 
     exported = export_models(uri, args.study, args.arm, Path(args.out) if args.out else None, args.register,
-                             force=args.force, trust_pickles=args.trust_pickles)
+                             force=args.force, trust_pickles=args.trust_pickles, formats=args.format,
+                             data_dir=args.data_dir)
     for item in exported:
         where = [f"wrote {item.folder}/ ({', '.join(item.files)})"] if item.folder else []
+        where += item.checks
         where += [f"registered as {item.registered}"] if item.registered else []
         print(f"{item.arm}: run {item.run_id}, test accuracy {100 * item.test_accuracy:.2f}%: {'; '.join(where)}")
     if args.register and exported:

@@ -14,6 +14,7 @@ from torch import nn
 from ablate._shell import command
 from ablate.engine import Classifier
 from ablate.errors import AblateError
+from ablate.export._onnx import OnnxModel, require_onnx, to_onnx
 from ablate.export._read import load_saved
 from ablate.tracking import (
     MODEL_ARTIFACT,
@@ -25,8 +26,10 @@ from ablate.tracking import (
     store_label,
 )
 
-PROGRAM, SCRIPT, STATE, README = "model.pt2", "model.ts", "state_dict.pt", "README.md"
-OWN_FILES = (STATE, MODEL_SETTINGS, PROGRAM, SCRIPT, README)  # what export writes in an arm's folder: all it replaces
+PROGRAM, SCRIPT, ONNX, STATE, README = "model.pt2", "model.ts", "model.onnx", "state_dict.pt", "README.md"
+# What export writes in an arm's folder: all it replaces.
+OWN_FILES = (STATE, MODEL_SETTINGS, PROGRAM, SCRIPT, ONNX, README)
+FORMATS = ("pt2", "onnx")  # --format: a torch.export program (TorchScript where the network does not export), ONNX
 
 
 @dataclass
@@ -38,12 +41,18 @@ class Exported:
     files: list[str] = field(default_factory=list)
     registered: str | None = None  # "name version N"
     model_uri: str | None = None  # the registered version, as MLflow names it: models:/name/N
+    checks: list[str] = field(default_factory=list)  # what a written file was checked on (the ONNX file's check)
 
 
 def export_models(uri: str, study: str, arm: str | None, out: Path | None, register: bool, force: bool = False,
-                  trust_pickles: bool = False) -> list[Exported]:
-    """Each arm's model (or `arm`'s) written under out/<arm>/ and/or registered as '<study>-<arm>'. Every arm's folder
-    is checked before any is written (_arm_folders); `trust_pickles` lets load_saved unpickle what it would refuse."""
+                  trust_pickles: bool = False, formats: tuple[str, ...] = ("pt2",), data_dir: str | None = None
+                  ) -> list[Exported]:
+    """Each arm's model (or `arm`'s) written under out/<arm>/ (its program in `formats`) and/or registered as
+    '<study>-<arm>'. Every arm's folder, and every ONNX file, is checked before any is written (_arm_folders, to_onnx);
+    `trust_pickles` lets load_saved unpickle what it would refuse; `data_dir`: where the ONNX check reads the test
+    images (--data-dir, else as ablate.datasets' data_folder says)."""
+    if out is not None and "onnx" in formats:
+        require_onnx()
     tracker = Tracker(uri)
     found = tracker.client.get_experiment_by_name(study)
     if found is None:
@@ -63,12 +72,14 @@ def export_models(uri: str, study: str, arm: str | None, out: Path | None, regis
     sources = {name: _check_registrable(tracker, name, run) for name, run in chosen} if register else {}
     # Every model read (and checked) before any is written: one ablate refuses leaves no arm half exported.
     loaded = {name: load_saved(tracker, run.info.run_id, trust_pickles) for name, run in chosen} if out else {}
+    onnx = {name: to_onnx(*model, name, data_dir) for name, model in loaded.items()} if "onnx" in formats else {}
     done = []
     for name, run in chosen:
         item = Exported(name, run.info.run_id, run.data.metrics.get("test_accuracy", float("nan")))
         if out is not None:
             item.folder = folders[name]
-            item.files = _write(*loaded[name], item.folder)
+            item.files = _write(*loaded[name], item.folder, "pt2" in formats, onnx.get(name))
+            item.checks = [onnx[name].checked] if name in onnx else []
         if register:
             item.registered, item.model_uri = _register(uri, study, name, sources[name])
         done.append(item)
@@ -121,16 +132,20 @@ def _file_name(arm: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=,-]+", "-", arm).strip("-.") or "arm"
 
 
-def _write(model: Classifier, about: dict[str, Any], probe: torch.Tensor, folder: Path) -> list[str]:
+def _write(model: Classifier, about: dict[str, Any], probe: torch.Tensor, folder: Path, pt2: bool,
+           onnx: OnnxModel | None) -> list[str]:
     """A saved model, rebuilt and checked (load_saved), as plain files in `folder`: export's own files of an earlier
-    export there are replaced (a program it wrote then may not be written now), any other file kept."""
+    export there are replaced (a program it wrote then may not be written now), any other file kept. `pt2`: with its
+    torch.export program; `onnx`: with its checked ONNX file."""
     folder.mkdir(parents=True, exist_ok=True)
     for name in OWN_FILES:
         (folder / name).unlink(missing_ok=True)
     torch.save(model.net.state_dict(), folder / STATE)
     (folder / MODEL_SETTINGS).write_text(json.dumps(about, indent=1))
-    program = _compiled(model, probe, folder)
-    (folder / README).write_text(_readme(about, program))
+    program = _compiled(model, probe, folder) if pt2 else None
+    if onnx is not None:
+        (folder / ONNX).write_bytes(onnx.data)
+    (folder / README).write_text(_readme(about, program, onnx is not None))
     return sorted(name for name in OWN_FILES if (folder / name).exists())
 
 
@@ -149,7 +164,7 @@ def _compiled(model: nn.Module, probe: torch.Tensor, folder: Path) -> str | None
         return None
 
 
-def _readme(about: dict[str, Any], program: str | None) -> str:
+def _readme(about: dict[str, Any], program: str | None, onnx: bool) -> str:
     load = {PROGRAM: 'model = torch.export.load("model.pt2").module()  # it unpickles parts: trusted files only',
             SCRIPT: 'model = torch.jit.load("model.ts")  # a TorchScript program: trusted files only'}.get(program)
     lines = [f"# {about['study']} — arm {about['arm']} (seed {about['seed']}, test accuracy "
@@ -158,6 +173,11 @@ def _readme(about: dict[str, Any], program: str | None) -> str:
     if load:
         lines += ["With torch alone:", "", "```python", "import torch", load,
                   "scores = model(images)  # images: a torch tensor as described above", "```", ""]
+    if onnx:
+        lines += ["With onnxruntime (any batch size):", "", "```python", "import onnxruntime",
+                  'session = onnxruntime.InferenceSession("model.onnx")',
+                  'scores = session.run(["scores"], {"images": images})[0]  # images: a numpy array as described above',
+                  "```", ""]
     lines += ["With ablate (the network class itself, e.g. to fine-tune):", "", "```python", "import json, torch",
               "from ablate.export import rebuild", 'about = json.load(open("ablate.json"))',
               'model = rebuild(about, torch.load("state_dict.pt", weights_only=True))  # tensors only: safe', "```",

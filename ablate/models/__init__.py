@@ -1,14 +1,14 @@
 """Models: a registry of model kinds — each a `[model]` table and how it becomes a network.
 
-Owns the kinds (`linear`, `mlp`, `cnn`, `custom`): their schema tables, parameter and MAC
+Owns the kinds (`linear`, `mlp`, `cnn`, `custom`, `torchvision`): their schema tables, parameter and MAC
 counts and one-line descriptions from the spec alone (torch-free, for `ablate plan`), the
 torch modules they build for a dataset's shape and classes, what packed trials may differ in,
 and weight initialisation. Adding a kind is one module in this folder (a ModelKind subclass
 and its table) plus its line in KINDS below.
 
 May import: ablate.datasets (the registry side), ablate.fields, ablate.errors; torch only
-when a network is built (`build_model`, `initialise`, `count_params` and a custom model's
-size, which builds it on the meta device).
+when a network is built (`build_model`, `initialise`, `count_params` and the sizes of a custom
+or torchvision model, which build it on the meta device).
 """
 
 from __future__ import annotations
@@ -23,15 +23,17 @@ from ablate.models._custom import Custom, CustomModel, foreign_code
 from ablate.models._kind import ModelError, ModelKind
 from ablate.models._linear import Linear, LinearModel
 from ablate.models._mlp import MLP, MLPModel
+from ablate.models._torchvision import Torchvision, TorchvisionModel
 
 if TYPE_CHECKING:
     from torch import nn
 
     from ablate.models._torch import Dropout, count_params, initialise
 
-KINDS: dict[str, ModelKind] = {kind.name: kind for kind in (Linear(), MLP(), CNN(), Custom())}
+KINDS: dict[str, ModelKind] = {kind.name: kind for kind in (Linear(), MLP(), CNN(), Custom(), Torchvision())}
 MODEL_KINDS: dict[str, type] = {name: kind.spec for name, kind in KINDS.items()}  # kind name → schema table
-ModelSpec = LinearModel | MLPModel | CNNModel | CustomModel  # the union validation reads the kinds from
+# The union validation reads the kinds from.
+ModelSpec = LinearModel | MLPModel | CNNModel | CustomModel | TorchvisionModel
 
 # Model settings that define the layers in a way only the one-line description reads well: a change of one of them
 # is described as the new architecture.
@@ -66,6 +68,7 @@ __all__ = [
     "ModelKind",
     "ModelSpec",
     "TABLE_SETTINGS",
+    "TorchvisionModel",
     "build_model",
     "count_params",
     "describe",

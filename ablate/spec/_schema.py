@@ -293,9 +293,9 @@ class ExecutionSettings:
         1,
         "Train up to this many trials of one architecture together, as one batched network in one worker (each "
         "still its own run with its own metrics). They may differ in seed, lr, weight_decay, momentum, init, "
-        "schedule, label_smoothing, grad_clip, early_stopping and dropout rates; custom models never pack. 1: off. "
-        "`auto`: on GPUs up to 8; on the CPU, per architecture, packs of up to 4 where a few timed steps show "
-        "packing trains a trial at least 15% faster (small CNNs), else none.",
+        "schedule, label_smoothing, grad_clip, early_stopping and dropout rates; custom and torchvision models never "
+        "pack (`auto` trains them one by one). 1: off. `auto`: on GPUs up to 8; on the CPU, per architecture, packs "
+        "of up to 4 where a few timed steps show packing trains a trial at least 15% faster (small CNNs), else none.",
         lambda v: None if v == "auto" else at_least(1)(v),
     )
 
