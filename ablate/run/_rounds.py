@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ablate.design import Trial, pack_trials, plan_document
+from ablate.design import Trial, longest_first, pack_trials, plan_document
 from ablate.run._adaptive import FAILED_HERE, RUNNING_ELSEWHERE, Round, final_note, next_round, round_note
 from ablate.run._dispatch import Dispatcher, Reporter, RunSummary
 from ablate.run._invocation import Invocation, closing_parent, dispatching, pack_size, settle_arms, stopped
@@ -43,7 +43,7 @@ def run_rounds(prepared: Prepared, reporter: Reporter, command: str = "") -> Run
     _add(notes, design_change(tracker, experiment_id, study) if results else None, reporter)
     current = next_round(study, trials, results, held)
     packer = _probed_once(pack_size(prepared.execution.pack, slots, notes))
-    tasks = pack_trials(current.todo, packer)
+    tasks = longest_first(pack_trials(current.todo, packer))
     slots = slots[: max(1, len(tasks))]  # no idle workers (the first round is the largest)
     wanted = len(current.wanted)
     summary = RunSummary(experiment_id, None, total=wanted, skipped=wanted - len(current.todo), recovered=recovered,
@@ -77,7 +77,7 @@ def _train_rounds(dispatcher: Dispatcher, prepared: Prepared, current: Round, he
             wanted = len(current.wanted)
             reporter.start(wanted, wanted - len(current.todo), summary.slots)
         tried |= {t.hash for t in current.todo}
-        dispatcher.run(pack_trials(current.todo, packer))
+        dispatcher.run(longest_first(pack_trials(current.todo, packer)))
         if stopped(summary):
             break
         results = finished_results(tracker, summary.experiment_id, study.stats.metric)

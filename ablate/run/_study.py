@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from ablate.design import Trial, pack_trials, plan_document
+from ablate.design import Trial, longest_first, pack_trials, plan_document
 from ablate.run import _signals
 from ablate.run._dispatch import Dispatcher, Reporter, RunSummary
 from ablate.run._invocation import Invocation, closing_parent, dispatching, pack_size, settle_arms, stopped
@@ -48,7 +48,7 @@ def run_study(prepared: Prepared, reporter: Reporter, command: str = "") -> RunS
     done = tracker.finished_hashes(experiment_id)
     todo = [t for t in trials if t.hash not in done and t.hash not in elsewhere]
     notes: list[str] = []
-    tasks = pack_trials(todo, pack_size(execution.pack, slots, notes))
+    tasks = longest_first(pack_trials(todo, pack_size(execution.pack, slots, notes)))
     slots = slots[: max(1, len(tasks))]  # no idle workers
     summary = RunSummary(experiment_id, None, total=len(trials), skipped=len(trials) - len(todo),
                          recovered=recovered, running_elsewhere=len(elsewhere & {t.hash for t in trials}), slots=slots,
@@ -128,7 +128,7 @@ def run_search(prepared: Prepared, reporter: Reporter, command: str = "") -> Run
                 summary.total = search.finished_count(optuna_study) + len(confirm)
                 summary.skipped += len(confirm) - len(todo)
                 reporter.start(len(confirm), len(confirm) - len(todo), slots)
-                dispatcher.run(pack_trials(todo, pack_size(execution.pack, slots, summary.notes)))
+                dispatcher.run(longest_first(pack_trials(todo, pack_size(execution.pack, slots, summary.notes))))
         if not stopped(summary):  # an interrupted search has no confirm arms yet: reports keep the previous plan
             document = plan_document(study, confirm, arms)
             document["search"] = {"storage": storage, "study": optuna_study.study_name, "objective":

@@ -244,40 +244,41 @@ def test_ctrl_c_on_the_inline_backend_kills_the_running_trial_and_hands_out_noth
     write_study, tmp_path, monkeypatch
 ):
     """Ctrl-C lands in the dispatcher's own process while the inline worker trains: the trial's run ends KILLED, no
-    further trial starts, the parent run ends KILLED, and Ctrl-C works as before afterwards."""
+    further trial starts, the parent run ends KILLED, and Ctrl-C works as before afterwards. (The MLP's trials,
+    the costlier, are handed out first: longest first.)"""
     import os
     import signal
     import threading
 
     study, store = write_study(TINY_STUDY), f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("ABLATE_TEST_FAULTS", json.dumps({"mlp:0": "slow"}))
+    monkeypatch.setenv("ABLATE_TEST_FAULTS", json.dumps({"linear:0": "slow"}))
     monkeypatch.setenv("ABLATE_TEST_SLOW_SECONDS", "60")
 
-    def press_ctrl_c_once_mlp_runs() -> None:
+    def press_ctrl_c_once_linear_runs() -> None:
         for _ in range(1200):
             try:  # only once the run created the store whole: two migrations in one process trip over alembic's globals
                 runs = _trial_runs(store) if (tmp_path / "mlflow.db").exists() else None
                 if runs is None:
                     raise FileNotFoundError(store)
-                if ((runs["status"] == "RUNNING") & (runs["tags.stage"] == "mlp")).any():
+                if ((runs["status"] == "RUNNING") & (runs["tags.stage"] == "linear")).any():
                     break
             except Exception:  # the store or the experiment is not there yet
                 pass
             threading.Event().wait(0.1)
         os.kill(os.getpid(), signal.SIGINT)
 
-    presser = threading.Thread(target=press_ctrl_c_once_mlp_runs, daemon=True)
+    presser = threading.Thread(target=press_ctrl_c_once_linear_runs, daemon=True)
     presser.start()
     summary = _run_inline(study, store)
     presser.join(timeout=5)
-    assert summary.interrupted and [(t.stage, t.seed) for t, _ in summary.finished] == [("linear", 0), ("linear", 1)]
+    assert summary.interrupted and [(t.stage, t.seed) for t, _ in summary.finished] == [("mlp", 0), ("mlp", 1)]
     runs = _trial_runs(store).set_index(["tags.stage", "tags.seed"])
     assert list(runs["status"].sort_index().items()) == [
-        (("linear", "0"), "FINISHED"),
-        (("linear", "1"), "FINISHED"),
-        (("mlp", "0"), "KILLED"),
+        (("linear", "0"), "KILLED"),
+        (("mlp", "0"), "FINISHED"),
+        (("mlp", "1"), "FINISHED"),
     ]
-    assert runs.loc[("mlp", "0"), "tags.reason"] == "interrupted"
+    assert runs.loc[("linear", "0"), "tags.reason"] == "interrupted"
     mlflow.set_tracking_uri(store)
     parents = mlflow.search_runs(experiment_names=["tiny"]).query("`tags.role` == 'parent'")
     assert list(parents["status"]) == ["KILLED"]

@@ -170,16 +170,17 @@ def _wait_for(store: str, condition, timeout: float = 120) -> pd.DataFrame:
     raise AssertionError("timed out waiting for the store")
 
 
-def _slow_mlp_running(trials: pd.DataFrame) -> bool:
+def _slow_linear_running(trials: pd.DataFrame) -> bool:
+    """The MLP's two trials done (the costlier, handed out first: longest first), the slow linear one running."""
     done = (trials["status"] == "FINISHED").sum()
-    running = trials[(trials["status"] == "RUNNING") & (trials["tags.stage"] == "mlp")]
+    running = trials[(trials["status"] == "RUNNING") & (trials["tags.stage"] == "linear")]
     return done == 2 and len(running) == 1
 
 
 @pytest.mark.slow
 def test_kill_9_of_the_parent_then_resume_runs_each_trial_once(tiny, store):
-    parent = _start(tiny, store, ABLATE_TEST_FAULTS='{"mlp:0": "slow"}', ABLATE_TEST_SLOW_SECONDS="30")
-    trials = _wait_for(store, _slow_mlp_running)
+    parent = _start(tiny, store, ABLATE_TEST_FAULTS='{"linear:0": "slow"}', ABLATE_TEST_SLOW_SECONDS="30")
+    trials = _wait_for(store, _slow_linear_running)
     worker_pid = int(trials.loc[trials["status"] == "RUNNING", "tags.pid"].iloc[0])
     parent.kill()  # SIGKILL: no cleanup at all
     parent.wait()
@@ -200,8 +201,8 @@ def test_kill_9_of_the_parent_then_resume_runs_each_trial_once(tiny, store):
 
 @pytest.mark.slow
 def test_sigint_kills_running_trials_and_exits_130(tiny, store):
-    parent = _start(tiny, store, ABLATE_TEST_FAULTS='{"mlp:0": "slow"}', ABLATE_TEST_SLOW_SECONDS="60")
-    _wait_for(store, _slow_mlp_running)
+    parent = _start(tiny, store, ABLATE_TEST_FAULTS='{"linear:0": "slow"}', ABLATE_TEST_SLOW_SECONDS="60")
+    _wait_for(store, _slow_linear_running)
     parent.send_signal(signal.SIGINT)  # to the parent alone: it passes it on to its workers
     out, _ = parent.communicate(timeout=60)
     assert parent.returncode == 130, out
