@@ -30,12 +30,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ablate._timeline import mark
     from ablate.run import load, prepare
 
+    mark("ablate.run imported")
     overrides = {"devices": _devices(args.devices) if args.devices else None,
                  "workers_per_device": args.workers_per_device, "max_workers": args.max_workers, "pack": args.pack,
                  "backend": args.backend, "address": args.address}
-    prepared = prepare(load(args.study), tracking_uri=args.tracking_uri, claims=args.claims, storage=args.storage,
+    loaded = load(args.study)
+    mark("study loaded")
+    prepared = prepare(loaded, tracking_uri=args.tracking_uri, claims=args.claims, storage=args.storage,
                        data_dir=args.data_dir, overrides=overrides)
 
     from ablate.console import ConsoleReporter, print_warnings

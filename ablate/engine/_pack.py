@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablate import datasets, models
+from ablate._timeline import mark
 from ablate.datasets import DeviceData, Split
 from ablate.engine._augment import AUGMENT_SEED_OFFSET, apply, concat, draw
 from ablate.engine._layout import conv_layout
@@ -167,6 +168,8 @@ class _Packed:
                 clip(self.optimizer.params, self.max_norm)
             self.optimizer.step(self.lr[self.step_number], self.momentum[self.step_number])
             self.step_number += 1
+            if self.step_number == 1:
+                mark("first step")
             loss_sum += losses.detach() * labels.shape[1]
             correct += (logits.detach().argmax(dim=-1) == labels).sum(dim=1)
         values = torch.stack([loss_sum, correct.to(loss_sum.dtype), not_finite.to(loss_sum.dtype)]).cpu()

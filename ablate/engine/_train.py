@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ablate import datasets, models
+from ablate._timeline import mark
 from ablate.datasets import DeviceData, Split
 from ablate.engine._augment import AUGMENT_SEED_OFFSET, augment_batch
 from ablate.engine._layout import conv_layout, in_layout
@@ -131,6 +132,8 @@ def _train_epoch(step: _Step, data: DeviceData, batch_size: int, generator) -> t
             nn.utils.clip_grad_norm_(step.model.parameters(), step.grad_clip, foreach=True)  # no host sync
         step.optimizer.step()
         step.schedule.after_batch()
+        if number == 1:
+            mark("first step")
         loss_sum += loss.detach() * labels.shape[0]
         correct += (logits.detach().argmax(dim=1) == labels).sum()
     step.schedule.after_epoch()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ablate._timeline import mark
 from ablate.design import Trial
 from ablate.errors import StoreError
 from ablate.run._backend import Backend
@@ -108,6 +109,7 @@ def dispatching(invocation: Invocation, make_backend: Callable[[], Backend], tra
     """A dispatcher on the backend's workers while the invocation's heartbeat beats; the workers shut down after."""
     with invocation.heartbeat:
         dispatcher = Dispatcher(make_backend(), tracker, reporter, summary)
+        mark("workers started")
         try:
             yield dispatcher
         finally:

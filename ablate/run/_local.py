@@ -28,6 +28,7 @@ from multiprocessing.connection import wait as connection_wait
 from multiprocessing.process import BaseProcess
 from multiprocessing.queues import Queue
 
+from ablate._timeline import mark
 from ablate.run._events import Event, Ready
 from ablate.run._faults import Orphaned
 from ablate.run._signals import raise_on_sigterm
@@ -63,6 +64,7 @@ def serve(slot: Slot, config: WorkerConfig, tasks: Queue, connection: Connection
     """A worker process's life: set up its device once, then run tasks until told to stop or orphaned. A stop
     before it holds a task (Ctrl-C or SIGTERM while it starts or waits, its parent gone) ends it quietly: it has
     nothing to record."""
+    mark("worker forked")
     channel = EventChannel(connection)
     try:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # the worker server ignores Ctrl-C; a worker does not
@@ -73,6 +75,7 @@ def serve(slot: Slot, config: WorkerConfig, tasks: Queue, connection: Connection
         _deaf()
         return
     try:
+        mark("worker ready")
         channel.put(Ready(slot.index, os.getpid()))
         _serve_tasks(worker, tasks)
     except (KeyboardInterrupt, Orphaned):

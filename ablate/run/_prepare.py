@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ablate import datasets
+from ablate._timeline import mark
 from ablate.datasets import data_folder  # decided there, for `ablate plan` too (which never imports ablate.run)
 from ablate.design import Trial, expand, resident_needs
 from ablate.run._local import LocalBackend, start_worker_server
@@ -110,11 +111,15 @@ def prepare(
     slots, make_backend = placement(execution, backend, tracking_uri=uri, claims=claims_db)
     if execution.backend == "local":  # a cluster's nodes are not this machine's to check
         check_memory(slots, resident_needs(study, trials))
+    mark("slots planned")
     check_store(uri, write=True)
     new_store = store_is_new(uri)
+    mark("store file checked")
     check_data(study, trials, folder)
+    mark("data checked")
     if backend is None and execution.backend == "local":
         start_worker_server()  # before MLflow loads and starts threads (see there)
+        mark("worker server started")
     return Prepared(study, trials, execution, uri, claims_db, folder, slots, make_backend, loaded.import_paths,
                     _search_storage(study, uri, storage), new_store)
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from ablate._timeline import mark
 from ablate.design import Trial, longest_first, pack_trials, plan_document
 from ablate.run import _signals
 from ablate.run._dispatch import Dispatcher, Reporter, RunSummary
@@ -43,9 +44,11 @@ def run_study(prepared: Prepared, reporter: Reporter, command: str = "") -> RunS
     study, trials, tracker, execution = prepared.study, prepared.trials, prepared.tracker, prepared.execution
     slots, backend = prepared.slots, prepared.make_backend
     experiment_id = tracker.experiment(study.name)
+    mark("store opened")
     tracker.show_runs(experiment_id, [trial.stage for trial in trials])
     recovered, elsewhere = tracker.recover_stale(experiment_id)
     done = tracker.finished_hashes(experiment_id)
+    mark("store read")
     todo = [t for t in trials if t.hash not in done and t.hash not in elsewhere]
     notes: list[str] = []
     tasks = longest_first(pack_trials(todo, pack_size(execution.pack, slots, notes)))
@@ -61,6 +64,7 @@ def run_study(prepared: Prepared, reporter: Reporter, command: str = "") -> RunS
     summary.parent_run_id = invocation.parent_id
     with closing_parent(tracker, summary, started):
         tracker.log_dict(invocation.parent_id, plan_document(study, trials), PLAN_ARTIFACT)
+        mark("parent run started")
         with dispatching(invocation, lambda: backend(slots, invocation.config), tracker, reporter,
                          summary) as dispatcher:
             dispatcher.run(tasks)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ablate import datasets
+from ablate._timeline import mark
 from ablate.design import Pack, Trial
 from ablate.errors import StoreError
 from ablate.run._events import Done, Event, Killed, Outcome, Skipped, StoreFailed
@@ -157,6 +158,7 @@ class Worker:
         except Elsewhere as lost:
             self.emit(Skipped(self.slot.index, trial.hash, trial.hash, lost.elsewhere))
             return
+        mark("trial claimed")
         try:
             result = train_trial(run.settings, self._data(run.settings), self.device, run.epoch)
         except (KeyboardInterrupt, Orphaned) as exc:
@@ -276,6 +278,7 @@ class Worker:
 
     def _data(self, settings: TrialSettings) -> datasets.DeviceData:
         data = datasets.load(settings.dataset, settings.data, Path(self.config.data_dir), self.device)
+        mark("data loaded")
         if self.device.type == "cuda":
             import torch
 
