@@ -94,9 +94,8 @@ def measure(trees: dict[str, Path], repeats: int, store: str = "new") -> dict[st
     """`repeats` starts of each tree, interleaved; each start's seconds to each phase."""
     found: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
     with tempfile.TemporaryDirectory() as folder:
-        for name, tree in trees.items():
-            if store == "existing":  # created once, by a first start not counted
-                one_start(tree, Path(folder), _store(folder, name))
+        for name, tree in trees.items():  # one start not counted: files in the page cache, the empty store kept
+            one_start(tree, Path(folder), _store(folder, name if store == "existing" else f"{name}-warm"))
         for repeat in range(repeats):
             for name, tree in trees.items():
                 uri = _store(folder, name if store == "existing" else f"{name}-{repeat}")

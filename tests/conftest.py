@@ -35,6 +35,19 @@ model = { kind = "mlp", hidden = [32] }
 """
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_cache_folder(tmp_path_factory):
+    """The session's own cache folder (ablate keeps its empty-store template there: ablate.tracking's _template),
+    for the processes the tests start too; never the developer's."""
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    yield Path(os.environ["XDG_CACHE_HOME"])
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
+
+
 @pytest.fixture(autouse=True)
 def _data_dir(monkeypatch):
     """Every test reads the MNIST files committed in data/, never the network."""
@@ -88,7 +101,7 @@ def store(new_store) -> str:
 
 
 @pytest.fixture(scope="session")
-def _empty_store(tmp_path_factory) -> Path:
+def _empty_store(tmp_path_factory, _own_cache_folder) -> Path:
     """A new store, made once a session: MLflow's migrations build its tables in seconds (~4 s here)."""
     from ablate.tracking import Tracker
 

@@ -22,7 +22,7 @@ from ablate.run._adaptive import FAILED_HERE, RUNNING_ELSEWHERE, Round, final_no
 from ablate.run._dispatch import Dispatcher, Reporter, RunSummary
 from ablate.run._invocation import Invocation, closing_parent, dispatching, pack_size, settle_arms, stopped
 from ablate.run._prepare import Prepared
-from ablate.tracking import PLAN_ARTIFACT, ROLE, TRIAL_HASH, read_plan
+from ablate.tracking import PLAN_ARTIFACT, ROLE, TRIAL_HASH
 
 if TYPE_CHECKING:
     from ablate.tracking import Tracker
@@ -105,6 +105,8 @@ def design_change(tracker: Tracker, experiment_id: str, study) -> str | None:
     """A warning when `seeds = { min, max, first }` or `[stats]` differ from what the study's latest run used (its
     plan document): every round is then re-read with the new boundaries, and a design changed after its results were
     seen does not keep the error rates it was computed for. None when nothing changed or no earlier plan is known."""
+    from ablate.tracking import read_plan  # MLflow's side: imported when a store is read, not with ablate.run
+
     parents = sorted(tracker.search(experiment_id, f"tags.{ROLE} = 'parent'"), key=lambda r: r.info.start_time or 0,
                      reverse=True)
     before = next((plan for plan in (read_plan(tracker, r.info.run_id) for r in parents[:5]) if plan), None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from collections import Counter
 from dataclasses import dataclass
@@ -63,14 +64,14 @@ def cpu_model() -> str:
 
 def hardware(slots: list[Slot]) -> str:
     """The processors a run used and how it used them, as a results table should name them."""
-    import torch
-
     devices = sorted({s.device for s in slots})
     if slots and slots[0].cluster:
         kind = "CPU worker(s), 1 thread each" if devices == ["cpu"] else "GPU worker(s)"
         return f"{slots[0].cluster}: {len(slots)} {kind}"
     if devices == ["cpu"]:
         return f"{cpu_model()}, {len(slots)} worker(s) × {slots[0].threads} thread(s)"
+    import torch  # a GPU run's: a CPU run's parent never imports torch
+
     names = sorted({torch.cuda.get_device_name(torch.device(d)) for d in devices})
     per = len(slots) // len(devices)
     return f"{len(devices)} × {', '.join(names)} (CUDA {torch.version.cuda}), {per} worker(s) per GPU"
@@ -78,10 +79,29 @@ def hardware(slots: list[Slot]) -> str:
 
 def plan_slots_for(execution: ExecutionSettings) -> list[Slot]:
     import joblib
-    import torch
 
     return plan_slots(execution.devices, execution.workers_per_device, execution.max_workers,
-                      torch.cuda.device_count(), joblib.cpu_count())
+                      cuda_count(execution.devices), joblib.cpu_count())
+
+
+# Device files a GPU torch could use shows up as: NVIDIA's driver, AMD's ROCm (kfd), WSL's GPU bridge (dxg).
+GPU_DEVICE_FILES = ("nvidia", "kfd", "dxg")
+
+
+def cuda_count(devices: str | tuple[int, ...] = "auto") -> int:
+    """The GPUs torch sees. Asking torch costs its import (a second or more) in a process that otherwise never
+    needs it, so it is asked only when the devices asked for are not `cpu` and the machine has a GPU's device
+    file at all: without one no GPU is visible to anything."""
+    if devices == "cpu":
+        return 0
+    try:
+        if not any(name.startswith(GPU_DEVICE_FILES) for name in os.listdir("/dev")):
+            return 0
+    except OSError:  # no /dev to look in (not Linux): torch says
+        pass
+    import torch
+
+    return torch.cuda.device_count()
 
 
 FITS = 0.9  # of a device's free memory the resident data may take: the rest is for models, activations and slack

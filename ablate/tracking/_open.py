@@ -33,7 +33,6 @@ import errno
 import logging
 import os
 import signal
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -47,6 +46,7 @@ from ablate.errors import StoreError
 from ablate.tracking._handlers import restore_signal_handlers
 from ablate.tracking._store import store_label
 from ablate.tracking._tags import sqlite_path
+from ablate.tracking._template import copy_template, keep_template, schema_revision, template_path
 from ablate.tracking._uri import check_tracking_uri
 
 DEBUG_ENV = "ABLATE_DEBUG"  # set by `ablate --debug`: every log record of MLflow's is shown (see the docstring)
@@ -85,16 +85,19 @@ def _driver_named(uri: str) -> Iterator[None]:
 
 
 def _create_sqlite_store(path: Path) -> None:
-    """Build a new store's tables in a private file, then link it into place: the store appears complete or not
-    at all, and one that appeared meanwhile (another process won) is kept."""
-    import sqlalchemy
-    from mlflow.store.db.utils import _initialize_tables  # what `mlflow db upgrade` and first use run
+    """Build a new store's tables in a private file — a copy of the empty store kept from an earlier build
+    (ablate.tracking's _template), else by MLflow's migrations — then link it into place: the store appears
+    complete or not at all, and one that appeared meanwhile (another process won) is kept."""
+    import mlflow
+    from mlflow.store.db.utils import _get_latest_schema_revision
 
     private = path.resolve().parent / f".{path.name}.{os.getpid()}.creating"
-    engine = sqlalchemy.create_engine(sqlalchemy.engine.URL.create("sqlite", database=str(private)))
+    head = _get_latest_schema_revision()
+    template = template_path(mlflow.__version__, head)
     try:
-        _initialize_tables(engine)
-        engine.dispose()
+        if not copy_template(template, private, head):
+            _migrate(private)
+            keep_template(private, template)
         try:
             os.link(private, path)
         except FileExistsError:
@@ -103,9 +106,21 @@ def _create_sqlite_store(path: Path) -> None:
             if not path.exists():
                 os.replace(private, path)  # a racer in the instant between could only have placed an empty store
     finally:
-        engine.dispose()
         with contextlib.suppress(FileNotFoundError):
             private.unlink()
+
+
+def _migrate(database: Path) -> None:
+    """MLflow's own build of a new store's tables: every schema migration, as `mlflow db upgrade` and first use run
+    them."""
+    import sqlalchemy
+    from mlflow.store.db.utils import _initialize_tables
+
+    engine = sqlalchemy.create_engine(sqlalchemy.engine.URL.create("sqlite", database=str(database)))
+    try:
+        _initialize_tables(engine)
+    finally:
+        engine.dispose()
 
 
 def _wait_for_another_setup(path: Path) -> None:
@@ -115,23 +130,13 @@ def _wait_for_another_setup(path: Path) -> None:
 
     head = _get_latest_schema_revision()
     deadline = time.monotonic() + RACE_SECONDS
-    while _revision(path) != head and time.monotonic() < deadline:
+    while schema_revision(path) != head and time.monotonic() < deadline:
         try:
             if time.time() - path.stat().st_mtime > QUIET_SECONDS:
                 return  # nobody is writing it: an older MLflow's store, or a setup that was cut short
         except FileNotFoundError:
             return
         time.sleep(0.2)
-
-
-def _revision(path: Path) -> str | None:
-    """The store's schema revision, read without MLflow; None when it has none (yet)."""
-    try:
-        with sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True) as connection:
-            rows = connection.execute("SELECT version_num FROM alembic_version").fetchall()
-    except sqlite3.Error:
-        return None
-    return rows[0][0] if rows else None
 
 
 def _open_waiting_out_races(uri: str) -> MlflowClient:

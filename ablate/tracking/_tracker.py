@@ -330,11 +330,9 @@ class Tracker(ClaimedRuns):
 
 def environment_tags(folder: Path) -> dict[str, str]:
     """Where and with what a run happened: versions, who runs it (host, pid, start), git commit of the study's tree."""
-    import torch  # only trial runs need it; the report path stays torch-free
-
     tags = {
         "ablate_version": ablate.__version__,
-        "torch_version": torch.__version__,
+        "torch_version": torch_version(),
         "python_version": platform.python_version(),
         **Identity.of_this_process().tags(),
     }
@@ -343,6 +341,30 @@ def environment_tags(folder: Path) -> dict[str, str]:
         tags["git_commit"] = commit
         tags[MLFLOW_GIT_COMMIT] = commit.removesuffix("+dirty")
     return tags
+
+
+_TORCH_VERSION = re.compile(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", re.MULTILINE)
+
+
+def torch_version() -> str:
+    """torch.__version__ (a CUDA build's with its suffix, e.g. 2.5.1+cu124, which the package's metadata leaves off),
+    read from torch/version.py without importing torch: a CPU run's parent never needs torch itself, and importing
+    it takes a second or more."""
+    import importlib.util
+    import sys
+
+    if "torch" not in sys.modules:
+        spec = importlib.util.find_spec("torch")
+        if spec is not None and spec.submodule_search_locations:
+            try:
+                found = _TORCH_VERSION.search((Path(spec.submodule_search_locations[0]) / "version.py").read_text())
+            except OSError:
+                found = None
+            if found:
+                return found.group(1)
+    import torch
+
+    return torch.__version__
 
 
 def read_plan(tracker: Tracker, run_id: str) -> dict | None:

@@ -49,3 +49,31 @@ def test_prepare_checks_everything_before_creating_anything(write_study, tmp_pat
         prepare(load(write_study(TINY_STUDY)), tracking_uri=f"sqlite:///{store}", data_dir=tmp_path / "nothing",
                 backend=InlineBackend)
     assert not store.exists() and not list(Path(store.parent).iterdir())
+
+
+def test_a_cpu_run_is_prepared_without_importing_torch_or_mlflow(write_study, tmp_path):
+    """The parent of a CPU run needs neither before its store opens (its workers have both, from the worker
+    server): importing them would only delay the first trial by seconds."""
+    import subprocess
+    import sys
+
+    study, store = write_study(TINY_STUDY), f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = (
+        "import sys\n"
+        "from ablate.run import InlineBackend, load, prepare\n"
+        f"prepare(load({str(study)!r}), tracking_uri={store!r}, "
+        f"data_dir={str(DATA_DIR)!r}, overrides={{'devices': 'auto'}}, backend=InlineBackend)\n"
+        "import ablate.run._slots as slots\n"
+        "assert slots.cuda_count('cpu') == 0\n"
+        "print(sorted(m for m in ('torch', 'mlflow') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported = done.stdout.strip()
+    import ablate.run._slots as slots
+
+    if slots.cuda_count() == 0:  # a machine with a GPU asks torch how many it sees: that one import is right
+        assert imported == "[]"
+    else:
+        assert "mlflow" not in imported
