@@ -34,6 +34,10 @@ from torchvision import transforms
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from dropout import dropout_ms, torchs_dropout  # noqa: E402 — benchmarks/dropout.py, beside this script
+from startup import measure as measure_startup  # noqa: E402 — benchmarks/startup.py
+from startup import table as startup_table  # noqa: E402
+
 from ablate import datasets, models  # noqa: E402
 from ablate.design import expand  # noqa: E402
 from ablate.engine import make_optimizer, train_pack, train_trial  # noqa: E402
@@ -148,10 +152,14 @@ def epoch_rows(repeats: int, device: torch.device) -> list[tuple[str, float, flo
     return rows
 
 
-def layout_epoch(settings, device: torch.device, layout: torch.memory_format | None, pack: int = 1) -> float:
+def layout_epoch(settings, device: torch.device, layout: torch.memory_format | None, pack: int = 1,
+                 torch_dropout: bool = False) -> float:
     """Seconds per trial of one engine epoch (training and validation) with the CPU's one thread per worker, in
     `layout` (None: the engine's own choice, channels-last for CNNs; contiguous_format: as before), alone or packed
-    by `pack` (seeds 0..pack-1)."""
+    by `pack` (seeds 0..pack-1); with `torch_dropout`, dropout draws torch's bernoulli_ masks, as before the
+    counter-based stream."""
+    from contextlib import nullcontext
+
     from ablate.engine import _pack, _train
 
     chosen = _train.conv_layout
@@ -162,9 +170,10 @@ def layout_epoch(settings, device: torch.device, layout: torch.memory_format | N
     try:
         one = replace(settings, train=replace(settings.train, epochs=1))
         data = datasets.load(settings.dataset, settings.data, REPO / "data", device)
-        if pack == 1:
-            return train_trial(one, data, device, test=False).history[0]["epoch_seconds"]
-        packed = train_pack([replace(one, seed=seed) for seed in range(pack)], data, device, test=False)
+        with torchs_dropout() if torch_dropout else nullcontext():
+            if pack == 1:
+                return train_trial(one, data, device, test=False).history[0]["epoch_seconds"]
+            packed = train_pack([replace(one, seed=seed) for seed in range(pack)], data, device, test=False)
         return packed[0].history[0]["epoch_seconds"] / pack
     finally:
         _train.conv_layout = _pack.conv_layout = chosen
@@ -172,19 +181,30 @@ def layout_epoch(settings, device: torch.device, layout: torch.memory_format | N
 
 
 def conv_rows(repeats: int, device: torch.device) -> list[tuple]:
-    """System C's three CNNs: seconds per trial-epoch contiguous (the engine before), channels-last (now), and
-    channels-last packed by 3 (`pack = "auto"` packs where the probe finds this faster), with their GFLOP."""
+    """System C's three CNNs: seconds per trial-epoch before (channels-last, torch's bernoulli_ dropout), now (the
+    counter-based dropout stream) and now packed by 3 (`pack = "auto"` packs where the probe finds this faster),
+    with their GFLOP. The three are measured in turns, repeat after repeat, so that a busy machine slows them alike."""
     cnn = {t.stage: t.settings for t in expand(load_study(REPO / "studies" / "cnn8k.toml"))}
     rows = []
     for name, settings in cnn.items():
         data = datasets.load(settings.dataset, settings.data, REPO / "data", device)
-        before = median_of(repeats, lambda settings=settings: layout_epoch(settings, device, torch.contiguous_format))
-        after = median_of(repeats, lambda settings=settings: layout_epoch(settings, device, None))
-        packed = median_of(repeats, lambda settings=settings: layout_epoch(settings, device, None, pack=3))
+        before, after, packed = interleaved(repeats, [
+            lambda settings=settings: layout_epoch(settings, device, None, torch_dropout=True),
+            lambda settings=settings: layout_epoch(settings, device, None),
+            lambda settings=settings: layout_epoch(settings, device, None, pack=3)])
         rows.append((name, before, after, packed, epoch_flop(settings, data)))
-        print(f"{name}: contiguous {before:.2f} s, channels-last {after:.2f} s, packed ×3 {packed:.2f} s per trial",
-              flush=True)
+        print(f"{name}: before {before:.2f} s, now {after:.2f} s, packed ×3 {packed:.2f} s per trial (load "
+              f"{os.getloadavg()[0]:.2f})", flush=True)
     return rows
+
+
+def interleaved(repeats: int, measures: list) -> list[float]:
+    """The median of each measurement over `repeats` rounds, each round taking every measurement once, in turn."""
+    times: list[list[float]] = [[] for _ in measures]
+    for _ in range(repeats):
+        for found, measure in zip(times, measures):
+            found.append(measure())
+    return [statistics.median(found) for found in times]
 
 
 def conv_options(device: torch.device) -> dict[str, float]:
@@ -247,21 +267,27 @@ def _compiled_step(settings, steps: int = 200):
     torch.set_num_threads(os.cpu_count() or 1)
 
 
-def conv_section(rows, options: dict[str, float], roof: dict[str, float]) -> list[str]:
+def conv_section(rows, options: dict[str, float], roof: dict[str, float], dropout: dict[str, float]) -> list[str]:
     def rate(flop: float, seconds: float) -> str:
         return f"{flop / seconds / 1e9:.1f} ({100 * flop / seconds / 1e9 / roof['conv']:.0f}%)"
 
     return [
         "## System C's CNNs on one CPU thread (a worker's), seconds per trial-epoch", "",
-        "| model | GFLOP/epoch | contiguous, before (s) | channels-last, now (s) | packed ×3, channels-last (s) | "
+        "| model | GFLOP/epoch | before: torch's dropout (s) | now: counter-based dropout (s) | packed ×3, now (s) | "
         "GFLOP/s (of the 1-thread conv roofline): before / now / packed |", "|---|---|---|---|---|---|",
         *[f"| {name} | {flop / 1e9:.0f} | {before:.2f} | {after:.2f} (×{before / after:.2f}) | {packed:.2f} "
           f"(×{before / packed:.2f}) | {rate(flop, before)} / {rate(flop, after)} / {rate(flop, packed)} |"
           for name, before, after, packed, flop in rows], "",
         "Training and validation of one epoch on full MNIST (55,000 + 5,000 images), batch 64, one torch thread "
-        "(as each CPU worker runs); packed: three seeds as one grouped network, seconds per trial. The engine now "
-        "runs CNNs channels-last on the CPU (oneDNN's NHWC convolutions and max pooling), and `pack = \"auto\"` "
-        "packs an architecture where a probe of a few steps finds it ≥ 1.15× faster per trial.", "",
+        "(as each CPU worker runs), channels-last (oneDNN's NHWC convolutions and max pooling); packed: three seeds "
+        "as one grouped network, seconds per trial (`pack = \"auto\"` packs an architecture where a probe of a few "
+        "steps finds it ≥ 1.15× faster per trial). Before: dropout masks from torch's CPU `bernoulli_` (one serial "
+        "Mersenne Twister); now: from the counter-based stream (SplitMix64 keyed by seed, layer and step, "
+        "vectorised). Models 1 and 3 have no dropout: their two columns differ by the machine's noise. The three "
+        "columns are measured in turns, repeat after repeat.", "",
+        f"Model 2's six dropout layers alone (masks, forward and backward multiplies, one thread): "
+        f"{dropout['before']:.2f} ms per step with `bernoulli_`, {dropout['now']:.2f} ms counter-based "
+        f"(×{dropout['before'] / dropout['now']:.2f}).", "",
         "Measured for system C's model 3, and not taken:", "",
         "| option | measured |", "|---|---|",
         f"| torch.compile of the training step (inductor, channels-last) | {options['compiled_ms']:.2f} ms/step "
@@ -337,7 +363,7 @@ def bookkeeping_ms(repeats: int) -> float:
     return 1000 * statistics.median(times)
 
 
-SECTIONS = ("roofline", "epochs", "conv", "packing", "study", "overhead")
+SECTIONS = ("roofline", "epochs", "conv", "packing", "study", "overhead", "startup")
 # the roofline's large GEMM (n × n × n) and conv (N, C, H, W; 3×3, C → C)
 GEMM_SIZE, CONV_SHAPE = 2048, (64, 64, 56, 56)
 
@@ -454,6 +480,19 @@ def overhead_section(help_s: float, plan_s: float, bookkeeping: float) -> list[s
     ]
 
 
+def startup_section(found: dict[str, list[dict[str, float]]], repeats: int) -> list[str]:
+    return [
+        "## Time to the first training step", "",
+        f"`ablate run studies/linearity.toml` on a new store, seconds from the command's start to each phase (the "
+        f"first mark of it in any of the run's processes: ABLATE_TIMELINE, benchmarks/startup.py), medians of "
+        f"{repeats}; with several checkouts, started in turns.", "",
+        *startup_table(found), "",
+        "A new SQLite store is a copy of the empty store MLflow's migrations built the first time (kept in "
+        "~/.cache/ablate; one start per checkout before the measured ones builds it): the very first store on a "
+        "machine takes the migrations' seconds once.", "",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
@@ -463,6 +502,9 @@ def main() -> None:
                         help="pack sizes of the packing measurement (default: --pack)")
     parser.add_argument("--sections", default=",".join(SECTIONS), metavar="S,S,...",
                         help=f"what to measure, of {', '.join(SECTIONS)} (default: all)")
+    parser.add_argument("--startup-trees", default=f"now={REPO}", metavar="NAME=DIR,...",
+                        help="checkouts of ablate whose start-up to measure, in turns (default: this one), e.g. "
+                             "before=/tmp/old,now=.")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the raw numbers here")
     parser.add_argument("--out", default=str(REPO / "results" / "benchmarks.md"))
     args = parser.parse_args()
@@ -489,7 +531,8 @@ def main() -> None:
     if "conv" in sections and device.type == "cpu":
         raw["conv"] = conv_rows(args.repeats, device)
         raw["conv_options"] = conv_options(device)
-        body += conv_section(raw["conv"], raw["conv_options"], roofs[1])
+        raw["dropout_ms"] = dropout_ms(max(args.repeats, 5))
+        body += conv_section(raw["conv"], raw["conv_options"], roofs[1], raw["dropout_ms"])
     if "study" in sections:
         raw["study"] = study_rows(args.study_epochs, device, args.pack)
         body += study_section(raw["study"], args.study_epochs, args.pack)
@@ -500,6 +543,11 @@ def main() -> None:
         raw["overhead"] = (startup_seconds(["--help"], 5), startup_seconds(["plan", "studies/linearity.toml"], 5),
                            bookkeeping_ms(20))
         body += overhead_section(*raw["overhead"])
+    if "startup" in sections:
+        trees = {name: Path(path).resolve() for name, path in
+                 (item.split("=", 1) for item in args.startup_trees.split(","))}
+        raw["startup"] = measure_startup(trees, max(args.repeats, 3))
+        body += startup_section(raw["startup"], max(args.repeats, 3))
     raw["seconds"] = time.perf_counter() - started
     lines = [
         "# Benchmarks", "",

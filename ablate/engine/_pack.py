@@ -4,11 +4,12 @@ Every layer holds the K trials' weights stacked on a leading dimension: linear l
 batched matmul, convolutions one grouped convolution (the trials side by side as channel
 groups), batch norm one call over K × C channels. Each trial keeps everything that makes it
 itself: its own initial weights (built exactly as a single run builds them), its own batch
-order, augmentation and dropout streams (per-trial generators, so on the CPU a packed trial
-draws the very masks its single run draws), its own learning rate, momentum and weight decay
-at every step (tables precomputed by torch's own schedulers), label smoothing, gradient
-clipping, early stopping and divergence. Nothing a trial computes depends on its pack-mates,
-so a trial's numbers do not depend on which trials it was packed with.
+order and augmentation streams (per-trial generators), its dropout masks (on the CPU the
+counter-based stream keyed by its own seed: the very masks its single run draws), its own
+learning rate, momentum and weight decay at every step (tables precomputed by torch's own
+schedulers), label smoothing, gradient clipping, early stopping and divergence. Nothing a
+trial computes depends on its pack-mates, so a trial's numbers do not depend on which trials
+it was packed with.
 
 The K losses are summed before one backward pass: the gradient of the sum with respect to
 one trial's weights is the gradient of that trial's own loss.
@@ -96,22 +97,16 @@ class _Packed:
         self.settings, self.data, self.device = settings, data, device
         self.train = settings[0].train
         dataset = datasets.get(settings[0].dataset)
-        built, dropout_generators = [], []
+        built = []
         for s in settings:
-            torch.manual_seed(s.seed)  # exactly a single run's initial weights...
+            torch.manual_seed(s.seed)  # exactly a single run's initial weights
             model = models.build_model(s.model, dataset)
             models.initialise(model, s.train.init)
             built.append(model.to(device))
-            generator = torch.Generator(device=device)
-            if device.type == "cpu":  # ...and its dropout stream, which continues from the global one
-                generator.set_state(torch.get_rng_state())
-            else:
-                generator.manual_seed(s.seed)
-            dropout_generators.append(generator)
         self.params_count = models.count_params(built[0])
         self.linear_model = sum(isinstance(m, nn.Linear) for m in built[0].modules()) == 1
         self.layout = conv_layout(settings[0].model.kind, device)
-        self.net = PackedNet(built, dropout_generators, self.layout)
+        self.net = PackedNet(built, [s.seed for s in settings], self.layout)
         self.steps_per_epoch = math.ceil(len(data.train) / self.train.batch_size)
         trains = [s.train for s in settings]
         self.lr_logged, momenta = schedule_tables(trains, self.steps_per_epoch)  # float64: logged as single runs log it
@@ -127,10 +122,11 @@ class _Packed:
         self.step_number = 0
 
     def single_model(self, i: int, state: list[torch.Tensor] | None = None) -> nn.Module:
-        """Trial i as a single run's network (its current weights, or `state`). Built without touching the global
-        random stream, which a CPU pack's later trials' dropout streams were forked from."""
+        """Trial i as a single run's network (its current weights, or `state`), its dropout keyed by its seed. Built
+        without touching the global random stream (a GPU's dropout masks are drawn from it)."""
         with torch.random.fork_rng(devices=[]):
             model = models.build_model(self.settings[i].model, datasets.get(self.settings[i].dataset))
+        models.seed_dropout(model, self.settings[i].seed)
         return self.net.single(i, model.to(self.device, memory_format=self.layout), state)
 
     def batches(self):

@@ -2,7 +2,8 @@
 
 Owns the stacking (each layer's K trials' parameters and buffers on a leading dimension), the batched forward
 pass (linear layers one batched matmul, convolutions one grouped convolution, batch norm one call over K × C
-channels), each trial's dropout drawn from its own generator, and reading a trial's weights back out: as a copy
+channels), each trial's dropout mask drawn as its single run draws it (on the CPU the counter-based stream keyed
+by the trial's own seed; on a GPU a generator of its own), and reading a trial's weights back out: as a copy
 (a best epoch kept), into a single run's network (what the trial's single run would end with), or as what
 early stopping asks of a model.
 """
@@ -14,6 +15,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ablate import models
 
 # Modules that act on each channel (or element) alone, so they apply to K trials' channels at once unchanged.
 _PER_CHANNEL = (nn.ReLU, nn.GELU, nn.Tanh, nn.MaxPool2d, nn.AdaptiveAvgPool2d)
@@ -29,6 +32,8 @@ class _Layer:
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)
     dropout: list[float] = field(default_factory=list)
     keep: torch.Tensor | None = None  # 1 - rate per trial, on the device, where some trial drops out here
+    site: int = 0  # its index among the layers: what a single run's Dropout after this layer is keyed by
+    steps: int = 0  # training passes so far: the step its masks are keyed by
 
     def tensors(self) -> list[torch.Tensor]:
         return [*self.params.values(), *self.buffers.values()]
@@ -54,18 +59,21 @@ def _own_tensors(module: nn.Module) -> list[torch.Tensor]:
 class PackedNet:
     """K built-in models (linear, mlp or cnn) of one architecture as one network with stacked weights."""
 
-    def __init__(self, networks: list[nn.Module], dropout_generators: list[torch.Generator],
+    def __init__(self, networks: list[nn.Module], seeds: list[int],
                  layout: torch.memory_format = torch.contiguous_format):
         self.k = len(networks)
-        self.generators = dropout_generators
+        self.seeds = seeds  # each trial's: its dropout masks' key
         self.layout = layout  # of the grouped activations and conv weights (ablate.engine's layout)
         per_model = [_layers_of(m) for m in networks]
         if len({tuple(type(m).__name__ for m, _ in layers) for layers in per_model}) != 1:
             raise ValueError("packed trials must share one architecture")
         device = next(networks[0].parameters()).device
+        # A GPU's masks come from torch's generator, one per trial; the CPU's from the counter-based stream.
+        self.generators = ([torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+                           if device.type != "cpu" else [])
         self.layers = []
         for position, (module, _) in enumerate(per_model[0]):
-            layer = _Layer(module, dropout=[layers[position][1] for layers in per_model])
+            layer = _Layer(module, dropout=[layers[position][1] for layers in per_model], site=position)
             if any(layer.dropout):  # made once: a host-to-device copy per step would stall a GPU
                 layer.keep = torch.tensor([1 - rate for rate in layer.dropout], device=device)
             for name, _ in module.named_parameters(recurse=False):
@@ -147,8 +155,11 @@ class PackedNet:
         )
 
     def _dropout(self, x: torch.Tensor, layer: _Layer, grouped: bool) -> torch.Tensor:
-        """Each trial's mask from its own generator, drawn as torch draws a single run's (CPU) dropout mask."""
+        """Each trial's mask as its single run draws it, in its own slice of the activations."""
         shape = (x.shape[0], x.shape[1] // self.k, *x.shape[2:]) if grouped else x.shape[1:]
+        step, layer.steps = layer.steps, layer.steps + 1
+        if x.device.type == "cpu":
+            return x * self._counter_noise(x, layer, shape, step, grouped)
         noise = torch.empty(self.k, *shape, device=x.device)
         for k, (rate, generator) in enumerate(zip(layer.dropout, self.generators)):
             if rate > 0:
@@ -157,6 +168,20 @@ class PackedNet:
                 noise[k].fill_(1.0)
         noise.div_(per_trial(layer.keep, noise))
         return x * (noise.transpose(0, 1).flatten(1, 2) if grouped else noise)
+
+    def _counter_noise(self, x: torch.Tensor, layer: _Layer, shape: tuple[int, ...], step: int,
+                       grouped: bool) -> torch.Tensor:
+        """The CPU's dropout factors, laid out as `x`: trial k's slice (its channel group, or its stack entry) is
+        its single run's mask at this layer and step (ablate.models' dropout_noise, keyed by its seed)."""
+        noise = torch.empty_like(x)
+        for k, (rate, seed) in enumerate(zip(layer.dropout, self.seeds)):
+            part = noise[:, k * shape[1] : (k + 1) * shape[1]] if grouped else noise[k]
+            if rate > 0:
+                key = models.stream_key(seed, layer.site, step)
+                part.copy_(models.dropout_noise(shape, rate, key, x.device, x.dtype))
+            else:
+                part.fill_(1.0)
+        return noise
 
     def train(self, mode: bool = True) -> None:
         self.training = mode

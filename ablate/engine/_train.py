@@ -201,9 +201,10 @@ def train_trial(
     """Train one trial from its seed; validate every epoch; test once at the end (a search never tests)."""
     dataset = datasets.get(settings.dataset)
     train = settings.train
-    torch.manual_seed(settings.seed)  # initial weights and dropout masks follow the trial's seed
+    torch.manual_seed(settings.seed)  # initial weights (and a GPU's dropout masks) follow the trial's seed
     model = models.build_model(settings.model, dataset)
     models.initialise(model, train.init)
+    models.seed_dropout(model, settings.seed)  # the CPU's masks: the counter-based stream keyed by the seed
     layout = conv_layout(settings.model.kind, device)
     model = model.to(device, memory_format=layout)
     optimizer = make_optimizer(model, train)

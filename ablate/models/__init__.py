@@ -3,8 +3,9 @@
 Owns the kinds (`linear`, `mlp`, `cnn`, `custom`, `torchvision`): their schema tables, parameter and MAC
 counts and one-line descriptions from the spec alone (torch-free, for `ablate plan`), the
 torch modules they build for a dataset's shape and classes, what packed trials may differ in,
-and weight initialisation. Adding a kind is one module in this folder (a ModelKind subclass
-and its table) plus its line in KINDS below.
+weight initialisation, and dropout's counter-based mask stream (_dropout: the same masks
+single or packed, on any number of workers). Adding a kind is one module in this folder (a
+ModelKind subclass and its table) plus its line in KINDS below.
 
 May import: ablate.datasets (the registry side), ablate.fields, ablate.errors; torch only
 when a network is built (`build_model`, `initialise`, `count_params` and the sizes of a custom
@@ -28,7 +29,8 @@ from ablate.models._torchvision import Torchvision, TorchvisionModel
 if TYPE_CHECKING:
     from torch import nn
 
-    from ablate.models._torch import Dropout, count_params, initialise
+    from ablate.models._dropout import Dropout, dropout_noise, seed_dropout, stream_key
+    from ablate.models._torch import count_params, initialise
 
 KINDS: dict[str, ModelKind] = {kind.name: kind for kind in (Linear(), MLP(), CNN(), Custom(), Torchvision())}
 MODEL_KINDS: dict[str, type] = {name: kind.spec for name, kind in KINDS.items()}  # kind name → schema table
@@ -72,12 +74,15 @@ __all__ = [
     "build_model",
     "count_params",
     "describe",
+    "dropout_noise",
     "foreign_code",
     "initialise",
     "kind_of",
     "macs",
     "pack_blank",
     "params_count",
+    "seed_dropout",
+    "stream_key",
 ]
 
 
@@ -109,9 +114,13 @@ def build_model(spec: ModelSpec, data: Dataset) -> nn.Module:
     return kind_of(spec).build(spec, data)
 
 
-def __getattr__(name: str):
-    if name in ("initialise", "count_params", "Dropout"):  # the torch side, imported on first use
-        from ablate.models import _torch
+_TORCH_SIDE = {"initialise": "_torch", "count_params": "_torch", "Dropout": "_dropout", "dropout_noise": "_dropout",
+               "seed_dropout": "_dropout", "stream_key": "_dropout"}
 
-        return getattr(_torch, name)
+
+def __getattr__(name: str):
+    if name in _TORCH_SIDE:  # the torch side, imported on first use (looked up on every use: a benchmark may swap it)
+        import importlib
+
+        return getattr(importlib.import_module(f"ablate.models.{_TORCH_SIDE[name]}"), name)
     raise AttributeError(f"module 'ablate.models' has no attribute {name!r}")

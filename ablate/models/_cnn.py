@@ -122,7 +122,8 @@ class CNN(ModelKind[CNNModel]):
     def build(self, spec: CNNModel, data: Dataset):
         from torch import nn
 
-        from ablate.models._torch import Dropout, activation
+        from ablate.models._dropout import Dropout, sited
+        from ablate.models._torch import activation
 
         layers: list[nn.Module] = []
         channels = data.shape[0]
@@ -144,7 +145,7 @@ class CNN(ModelKind[CNNModel]):
             if spec.head == "conv-gap":
                 layers.append(nn.Conv2d(last, data.classes, 1))
             layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-        return nn.Sequential(*layers)
+        return sited(layers)
 
     def pack_blank(self, spec: CNNModel) -> CNNModel:
         resolved = spec.resolved()

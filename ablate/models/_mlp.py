@@ -56,6 +56,7 @@ class MLP(ModelKind[MLPModel]):
         """Linear → [BatchNorm] → activation → [Dropout] per hidden layer, then a linear head."""
         from torch import nn
 
+        from ablate.models._dropout import Dropout, sited
         from ablate.models._torch import activation
 
         layers: list[nn.Module] = [nn.Flatten()]
@@ -67,12 +68,12 @@ class MLP(ModelKind[MLPModel]):
             if spec.activation != "none":
                 layers.append(activation(spec.activation))
             if spec.dropout > 0:
-                layers.append(nn.Dropout(spec.dropout))
+                layers.append(Dropout(spec.dropout))
             width = hidden
         layers.append(nn.Linear(width, data.classes))
         if spec.output_activation == "relu":
             layers.append(nn.ReLU())
-        return nn.Sequential(*layers)
+        return sited(layers)
 
     def pack_blank(self, spec: MLPModel) -> MLPModel:
         return replace(spec, dropout=0.0)

@@ -67,12 +67,11 @@ def _close(new, old) -> None:
 
 def test_a_channels_last_dropout_mask_is_the_contiguous_one():
     x = torch.randn(4, 8, 5, 5)
-    torch.manual_seed(0)
-    contiguous = torch.nn.functional.dropout(x, 0.3, training=True)
-    torch.manual_seed(0)
+    contiguous = Dropout(0.3).train()(x)
     channels_last = Dropout(0.3).train()(x.contiguous(memory_format=torch.channels_last))
     assert channels_last.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(channels_last, contiguous)
+    assert 0 < (contiguous == 0).sum() < x.numel()  # a mask, not all or nothing
 
 
 def test_channels_last_and_packing_give_the_old_paths_metrics(data, old_layout):
