@@ -199,11 +199,14 @@ def conv_rows(repeats: int, device: torch.device) -> list[tuple]:
 
 
 def interleaved(repeats: int, measures: list) -> list[float]:
-    """The median of each measurement over `repeats` rounds, each round taking every measurement once, in turn."""
+    """The median of each measurement over `repeats` rounds, each round taking every measurement once, in turn, and
+    each round starting one further along (A B C, B C A, C A B, …): what runs first (kernels built for new shapes)
+    or just after another (its memory given back) falls on each measurement alike."""
     times: list[list[float]] = [[] for _ in measures]
-    for _ in range(repeats):
-        for found, measure in zip(times, measures):
-            found.append(measure())
+    for repeat in range(repeats):
+        for offset in range(len(measures)):
+            index = (repeat + offset) % len(measures)
+            times[index].append(measures[index]())
     return [statistics.median(found) for found in times]
 
 

@@ -99,6 +99,7 @@ class Invocation:
             data_dir=data_dir, import_paths=prepared.import_paths,
             faults=faults_from_env(),
             models=study.tracking.models, claims=tracker.claims.url,
+            data=tuple(dict.fromkeys((t.settings.dataset, t.settings.data) for t in prepared.trials)),
         )
         return cls(parent_id, config, Heartbeat(lambda: tracker.beat([parent_id])))
 

@@ -194,7 +194,7 @@ class TrialRun:
         from ablate.tracking import dataset_input
 
         config, settings = self.worker.config, self.settings
-        data = datasets.load(settings.dataset, settings.data, Path(config.data_dir), self.worker.device)
+        data = self.worker.data(settings)
         record = dataset_input(settings.dataset, settings.data, data, config.data_dir)
         self.tracker.log_inputs(self.run_id, [record])
         self.dataset = (record.dataset.name, record.dataset.digest)

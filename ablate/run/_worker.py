@@ -41,7 +41,7 @@ from ablate.run._slots import Slot
 from ablate.run._tasks import Task, task_key
 from ablate.run._trial_run import Elsewhere, TrialRun
 from ablate.search import SearchTask
-from ablate.spec import TrialSettings
+from ablate.spec import DataSettings, TrialSettings
 from ablate.tracking import BEAT_SECONDS, DEVICE, PACK, PACK_SIZE, WORKER, Heartbeat, Identity, Lease
 
 if TYPE_CHECKING:
@@ -65,6 +65,8 @@ class WorkerConfig:
     faults: dict[str, str] = field(default_factory=dict)
     models: str = "best"  # [tracking] models: which trial runs keep their trained model (ablate.tracking's models)
     claims: str | None = None  # the claims database (ablate.tracking's claims); None: derived from the store
+    # The datasets and splits the study trains on: loaded as the worker starts, while it claims its first trial.
+    data: tuple[tuple[str, DataSettings], ...] = ()
 
 
 @contextmanager
@@ -108,6 +110,7 @@ class Worker:
         self.leases: dict[str, Lease] = {}  # their claims (trial runs), renewed with each beat
         self.heartbeat = Heartbeat(self._beat).start()
         self._parent_checked, self._parent_alive = -math.inf, True
+        self._loading = self._prefetch(config.data)
 
     def run(self, task: Task) -> None:
         """Train one task, then emit Done; KeyboardInterrupt and Orphaned end it early (and propagate). A store that
@@ -276,8 +279,34 @@ class Worker:
 
     # -- shared pieces ------------------------------------------------------------------
 
+    def _prefetch(self, pairs: tuple[tuple[str, DataSettings], ...]) -> threading.Thread | None:
+        """Load the study's data in a thread, from the start: reading the files and splitting them (numpy and torch,
+        which let go of the GIL) overlaps the first claim's store queries instead of following them. A user's
+        dataset factory is left to the trial (its code runs where the trial does)."""
+        wanted = [(name, data) for name, data in pairs if not datasets.is_factory_key(name)]
+        if not wanted:
+            return None
+
+        def load() -> None:
+            for name, data in wanted:
+                try:
+                    datasets.load(name, data, Path(self.config.data_dir), self.device)
+                except Exception:  # noqa: BLE001 — the trial loads it again and fails with the real message
+                    pass
+
+        thread = threading.Thread(target=load, name="ablate-data", daemon=True)
+        thread.start()
+        return thread
+
+    def data(self, settings: TrialSettings) -> datasets.DeviceData:
+        """A trial's data on this worker's device (loaded once per process: ablate.datasets caches it)."""
+        if self._loading is not None:  # never two loads at once: the prefetch's is the one the cache keeps
+            self._loading.join()
+            self._loading = None
+        return datasets.load(settings.dataset, settings.data, Path(self.config.data_dir), self.device)
+
     def _data(self, settings: TrialSettings) -> datasets.DeviceData:
-        data = datasets.load(settings.dataset, settings.data, Path(self.config.data_dir), self.device)
+        data = self.data(settings)
         mark("data loaded")
         if self.device.type == "cuda":
             import torch
