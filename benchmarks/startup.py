@@ -6,6 +6,9 @@ clock), waits for the first worker's first training step, then stops the run (SI
 reads the marks: seconds from the moment this script started the command to each phase's first mark.
 
     python benchmarks/startup.py [--repeats 5] [--trees before=/tmp/old-checkout,now=.] [--store new|existing]
+                                 [--to-end]
+
+With --to-end the run is left to finish, and its wall time is the last row (the linearity study's 15 trials).
 
 With several trees (checkouts of ablate, e.g. the commit before a change and this one) the repeats alternate
 between them (A B A B ...), so a machine busy with other work slows both alike; the table gives medians.
@@ -26,17 +29,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 STUDY = Path("studies") / "linearity.toml"
 FIRST_STEP = "first step"
+ENDED = "run ended"  # not a mark: when the command exited (--to-end)
 # The phases in the order a run reaches them (those a tree does not mark are left blank): the parent's, then the
 # first worker's.
 PHASES = ("python started", "cli imported", "ablate.run imported", "study loaded", "slots planned",
           "store file checked", "data checked", "worker server started", "store opened", "store read",
           "parent run started", "workers started", "worker forked", "worker ready", "trial claimed", "data loaded",
-          FIRST_STEP)
+          FIRST_STEP, ENDED)
 
 
-def one_start(tree: Path, folder: Path, store: str, timeout: float = 300) -> dict[str, float]:
+def one_start(tree: Path, folder: Path, store: str, timeout: float = 300, to_end: bool = False) -> dict[str, float]:
     """Start `ablate run` of `tree`'s linearity study on `store`; seconds from the start to each phase's first mark,
-    once the first training step was marked (the run is then stopped)."""
+    once the first training step was marked (the run is then stopped; with `to_end`, left to finish)."""
     timeline = folder / f"timeline-{time.monotonic_ns()}.tsv"
     env = {**os.environ, "ABLATE_TIMELINE": str(timeline), "PYTHONPATH": str(tree),
            "ABLATE_DATA_DIR": str(REPO / "data")}
@@ -46,6 +50,9 @@ def one_start(tree: Path, folder: Path, store: str, timeout: float = 300) -> dic
                                start_new_session=True)
     try:
         marks = _wait_for(timeline, process, timeout)
+        if to_end:
+            process.wait(timeout=3600)
+            marks[ENDED] = time.monotonic()
     finally:
         _stop(process)
     return {phase: at - started for phase, at in marks.items()}
@@ -90,7 +97,8 @@ def _stop(process: subprocess.Popen) -> None:
     process.wait()
 
 
-def measure(trees: dict[str, Path], repeats: int, store: str = "new") -> dict[str, list[dict[str, float]]]:
+def measure(trees: dict[str, Path], repeats: int, store: str = "new",
+            to_end: bool = False) -> dict[str, list[dict[str, float]]]:
     """`repeats` starts of each tree, interleaved; each start's seconds to each phase."""
     found: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
     with tempfile.TemporaryDirectory() as folder:
@@ -99,8 +107,9 @@ def measure(trees: dict[str, Path], repeats: int, store: str = "new") -> dict[st
         for repeat in range(repeats):
             for name, tree in trees.items():
                 uri = _store(folder, name if store == "existing" else f"{name}-{repeat}")
-                found[name].append(one_start(tree, Path(folder), uri))
-                print(f"{name} #{repeat + 1}: first step at {found[name][-1][FIRST_STEP]:.2f} s", flush=True)
+                found[name].append(one_start(tree, Path(folder), uri, to_end=to_end))
+                ended = f", ended at {found[name][-1][ENDED]:.1f} s" if to_end else ""
+                print(f"{name} #{repeat + 1}: first step at {found[name][-1][FIRST_STEP]:.2f} s{ended}", flush=True)
     return found
 
 
@@ -141,10 +150,11 @@ def main() -> None:
                         help="checkouts of ablate to compare, started in turn (default: this one)")
     parser.add_argument("--store", choices=("new", "existing"), default="new",
                         help="a fresh store each start (the first run of a study), or one store reused")
+    parser.add_argument("--to-end", action="store_true", help="let each run finish: its wall time too")
     args = parser.parse_args()
     trees = {name: Path(path).resolve() for name, path in (item.split("=", 1) for item in args.trees.split(","))}
     load = os.getloadavg()
-    found = measure(trees, args.repeats, args.store)
+    found = measure(trees, args.repeats, args.store, args.to_end)
     print(f"\nablate run {STUDY}, {args.store} store, medians of {args.repeats}; load average "
           f"{load[0]:.2f} before, {os.getloadavg()[0]:.2f} after\n")
     print("\n".join(table(found)))
