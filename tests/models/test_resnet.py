@@ -249,7 +249,8 @@ def test_a_resnet_study_plans_runs_packed_reports_and_exports(write_study, store
     for arm in ("baseline", "plain"):
         about = json.loads((exported / arm / "ablate.json").read_text())
         program = torch.export.load(str(exported / arm / "model.pt2")).module()
-        assert (_scores(program, data.test.images).argmax(1).numpy() == _logged_predictions(about["run_id"])).all()
+        logged = _logged_predictions(about["run_id"], store)
+        assert (_scores(program, data.test.images).argmax(1).numpy() == logged).all()
     net = build_model(ResNetModel(depth=1, widths=(4, 8)).resolved(), MNIST)
     assert block_labels(net) == ["stem", "stage 1", "stage 2"]
     assert [tuple(o.shape[1:]) for o in block_outputs(net, torch.zeros(2, 1, 28, 28))] == [(4, 28, 28), (4, 28, 28),
