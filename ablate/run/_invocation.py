@@ -174,15 +174,6 @@ def _write_parent_end(tracker: Tracker, summary: RunSummary, error: str | None) 
 
 
 
-def latest_plan(tracker: Tracker, experiment_id: str) -> dict | None:
-    """The plan document of the study's latest invocation that recorded one (the one the report reads)."""
-    from ablate.tracking import ROLE, read_plan
-
-    parents = sorted(tracker.search(experiment_id, f"tags.{ROLE} = 'parent'"), key=lambda r: r.info.start_time or 0,
-                     reverse=True)
-    return next((plan for plan in (read_plan(tracker, r.info.run_id) for r in parents[:5]) if plan), None)
-
-
 def record_changed_plan(prepared: Prepared, summary: RunSummary, trials: list[Trial], command: str,
                         started: float) -> None:
     """An invocation with nothing to train records the study as it now stands, in a parent run of its own with no
@@ -190,11 +181,11 @@ def record_changed_plan(prepared: Prepared, summary: RunSummary, trials: list[Tr
     adaptive design edited, or another study file of the same name run in between: the report reads the latest
     plan, and would otherwise go on showing the study as it was. Nothing is recorded when nothing changed."""
     from ablate.design import plan_document
-    from ablate.tracking import PLAN_ARTIFACT
+    from ablate.tracking import PLAN_ARTIFACT, latest_plan, parent_runs
 
     tracker = prepared.tracker
     document = plan_document(prepared.study, trials)
-    if json.loads(json.dumps(document)) == latest_plan(tracker, summary.experiment_id):
+    if json.loads(json.dumps(document)) == latest_plan(tracker, parent_runs(tracker, summary.experiment_id)):
         return
     invocation = Invocation.start(prepared, summary.experiment_id, len(trials), summary.slots, command, {})
     summary.parent_run_id = invocation.parent_id

@@ -24,7 +24,6 @@ from ablate.run._invocation import (
     Invocation,
     closing_parent,
     dispatching,
-    latest_plan,
     pack_size,
     record_changed_plan,
     settle_arms,
@@ -116,7 +115,9 @@ def design_change(tracker: Tracker, experiment_id: str, study) -> str | None:
     """A warning when `seeds = { min, max, first }` or `[stats]` differ from what the study's latest run used (its
     plan document): every round is then re-read with the new boundaries, and a design changed after its results were
     seen does not keep the error rates it was computed for. None when nothing changed or no earlier plan is known."""
-    before = latest_plan(tracker, experiment_id)
+    from ablate.tracking import latest_plan, parent_runs
+
+    before = latest_plan(tracker, parent_runs(tracker, experiment_id))
     if before is None:
         return None
     now = plan_document(study, [])
