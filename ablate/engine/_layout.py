@@ -7,8 +7,8 @@ A layout changes how values lie in memory, not which values are computed: sums r
 another order, so metrics move by float rounding only (tests/engine/test_layout.py), and
 dropout masks do not move at all (ablate.models' Dropout draws them in the logical order).
 
-Only built-in `cnn` models switch: a custom model's own layers (its dropout above all) are
-not known to keep their numbers under another layout. GPUs keep the default layout, whose
+Only the built-in convolutional kinds (`cnn`, `resnet`) switch: a custom model's own layers (its
+dropout above all) are not known to keep their numbers under another layout. GPUs keep the default layout, whose
 numbers ablate's GPU results were measured with.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-CHANNELS_LAST_KINDS = ("cnn",)
+CHANNELS_LAST_KINDS = ("cnn", "resnet")
 
 
 def conv_layout(model_kind: str, device: torch.device) -> torch.memory_format:

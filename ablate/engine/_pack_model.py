@@ -2,8 +2,9 @@
 
 Owns the stacking (each layer's K trials' parameters and buffers on a leading dimension), the batched forward
 pass (linear layers one batched matmul, convolutions one grouped convolution, batch norm one call over K × C
-channels), each trial's dropout mask drawn as its single run draws it (on the CPU the counter-based stream keyed
-by the trial's own seed; on a GPU a generator of its own), and reading a trial's weights back out: as a copy
+channels, a resnet's blocks their packed branches joined by the block's own `join`), each trial's dropout mask drawn
+as its single run draws it (on the CPU the counter-based stream keyed by the trial's own seed; on a GPU a generator
+of its own), and reading a trial's weights back out: as a copy
 (a best epoch kept), into a single run's network (what the trial's single run would end with), or as what
 early stopping asks of a model.
 """
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablate import models
+from ablate.models import BasicBlock
 
 # Modules that act on each channel (or element) alone, so they apply to K trials' channels at once unchanged.
 _PER_CHANNEL = (nn.ReLU, nn.GELU, nn.Tanh, nn.MaxPool2d, nn.AdaptiveAvgPool2d)
@@ -32,32 +34,71 @@ class _Layer:
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)
     dropout: list[float] = field(default_factory=list)
     keep: torch.Tensor | None = None  # 1 - rate per trial, on the device, where some trial drops out here
+    branches: dict[str, list[_Layer]] = field(default_factory=dict)  # a residual block's, packed in turn
     site: int = 0  # its index among the layers: what a single run's Dropout after this layer is keyed by
     steps: int = 0  # training passes so far: the step its masks are keyed by
 
+    def parameters(self) -> list[torch.Tensor]:
+        return [*self.params.values(), *(p for branch in self.branches.values() for layer in branch
+                                         for p in layer.parameters())]
+
     def tensors(self) -> list[torch.Tensor]:
-        return [*self.params.values(), *self.buffers.values()]
+        return [*self.params.values(), *self.buffers.values(),
+                *(t for branch in self.branches.values() for layer in branch for t in layer.tensors())]
 
 
 def _layers_of(model: nn.Module) -> list[tuple[nn.Module, float]]:
-    """The model's layers, each with the dropout rate that follows it (a single run has no Dropout at rate 0)."""
+    """The model's layers, each with the dropout rate that follows it (a single run has no Dropout at rate 0); a
+    Sequential inside it (a resnet's stage) is read as its layers in place."""
     layers: list[tuple[nn.Module, float]] = []
     for module in model:
         if isinstance(module, nn.Dropout):
             layers[-1] = (layers[-1][0], module.p)
+        elif isinstance(module, nn.Sequential):
+            layers += _layers_of(module)
         else:
             layers.append((module, 0.0))
     return layers
 
 
+def _branches(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """A residual block's branches that it has (each a Sequential), in BasicBlock.BRANCHES order; none elsewhere."""
+    if not isinstance(module, BasicBlock):
+        return []
+    return [(name, getattr(module, name)) for name in BasicBlock.BRANCHES if getattr(module, name) is not None]
+
+
 def _own_tensors(module: nn.Module) -> list[torch.Tensor]:
-    """A layer's parameters, then its floating-point buffers: the order PackedNet stacks them in."""
+    """A layer's parameters, then its floating-point buffers, then its branches' layers': the order PackedNet stacks
+    them in."""
     return [*(p for _, p in module.named_parameters(recurse=False)),
-            *(b for _, b in module.named_buffers(recurse=False) if b is not None and b.dtype.is_floating_point)]
+            *(b for _, b in module.named_buffers(recurse=False) if b is not None and b.dtype.is_floating_point),
+            *(t for _, branch in _branches(module) for layer, _ in _layers_of(branch) for t in _own_tensors(layer))]
+
+
+def _stack(per_model: list[list[tuple[nn.Module, float]]], device: torch.device) -> list[_Layer]:
+    """K models' layers (each model's, in order) as packed layers: parameters and buffers stacked, the dropout rate
+    each trial applies after each layer, a residual block's branches stacked alike."""
+    layers = []
+    for position, (module, _) in enumerate(per_model[0]):
+        same = [layers[position][0] for layers in per_model]  # this layer in each model
+        layer = _Layer(module, dropout=[layers[position][1] for layers in per_model], site=position)
+        if any(layer.dropout):  # made once: a host-to-device copy per step would stall a GPU
+            layer.keep = torch.tensor([1 - rate for rate in layer.dropout], device=device)
+        for name, _ in module.named_parameters(recurse=False):
+            layer.params[name] = torch.stack([dict(m.named_parameters(recurse=False))[name].detach()
+                                              for m in same]).requires_grad_(True)
+        for name, buffer in module.named_buffers(recurse=False):
+            if buffer is not None and buffer.dtype.is_floating_point:
+                layer.buffers[name] = torch.stack([dict(m.named_buffers(recurse=False))[name] for m in same])
+        for name, _ in _branches(module):
+            layer.branches[name] = _stack([_layers_of(getattr(m, name)) for m in same], device)
+        layers.append(layer)
+    return layers
 
 
 class PackedNet:
-    """K built-in models (linear, mlp or cnn) of one architecture as one network with stacked weights."""
+    """K built-in models (linear, mlp, cnn or resnet) of one architecture as one network with stacked weights."""
 
     def __init__(self, networks: list[nn.Module], seeds: list[int],
                  layout: torch.memory_format = torch.contiguous_format):
@@ -71,24 +112,11 @@ class PackedNet:
         # A GPU's masks come from torch's generator, one per trial; the CPU's from the counter-based stream.
         self.generators = ([torch.Generator(device=device).manual_seed(seed) for seed in seeds]
                            if device.type != "cpu" else [])
-        self.layers = []
-        for position, (module, _) in enumerate(per_model[0]):
-            layer = _Layer(module, dropout=[layers[position][1] for layers in per_model], site=position)
-            if any(layer.dropout):  # made once: a host-to-device copy per step would stall a GPU
-                layer.keep = torch.tensor([1 - rate for rate in layer.dropout], device=device)
-            for name, _ in module.named_parameters(recurse=False):
-                stacked = torch.stack([dict(layers[position][0].named_parameters())[name].detach()
-                                       for layers in per_model])
-                layer.params[name] = stacked.requires_grad_(True)
-            for name, buffer in module.named_buffers(recurse=False):
-                if buffer is not None and buffer.dtype.is_floating_point:
-                    layer.buffers[name] = torch.stack([dict(layers[position][0].named_buffers())[name]
-                                                       for layers in per_model])
-            self.layers.append(layer)
+        self.layers = _stack(per_model, device)
         self.training = True
 
     def parameters(self) -> list[torch.Tensor]:
-        return [p for layer in self.layers for p in layer.params.values()]
+        return [p for layer in self.layers for p in layer.parameters()]
 
     def state(self, k: int) -> list[torch.Tensor]:
         """Trial k's weights and batch-norm statistics, copied (to keep a best epoch or a stopped trial's state)."""
@@ -114,14 +142,22 @@ class PackedNet:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """(K, B, C, H, W) images, one batch per trial → (K, B, classes) scores."""
-        x, grouped = images, False  # stacked: (K, B, ...); grouped: (B, K·C, H, W), the trials as channel groups
-        for layer in self.layers:
-            x, grouped = self._apply(layer, x, grouped)
-            if self.training and layer.keep is not None:
-                x = self._dropout(x, layer, grouped)
+        # stacked: (K, B, ...); grouped: (B, K·C, H, W), the trials as channel groups
+        x, grouped = self._run(self.layers, images, grouped=False)
         if grouped:  # a head that ended in global pooling: (B, K·classes, 1, 1)
             x = x.reshape(x.shape[0], self.k, -1).transpose(0, 1)
         return x
+
+    def _run(self, layers: list[_Layer], x: torch.Tensor, grouped: bool) -> tuple[torch.Tensor, bool]:
+        for layer in layers:
+            x, grouped = self._apply(layer, x, grouped)
+            if self.training and layer.keep is not None:
+                x = self._dropout(x, layer, grouped)
+        return x, grouped
+
+    def _grouped(self, x: torch.Tensor) -> torch.Tensor:
+        """(K, B, C, H, W) → (B, K·C, H, W)."""
+        return x.transpose(0, 1).flatten(1, 2).contiguous(memory_format=self.layout)
 
     def _apply(self, layer: _Layer, x: torch.Tensor, grouped: bool) -> tuple[torch.Tensor, bool]:
         m, p = layer.module, layer.params
@@ -129,9 +165,14 @@ class PackedNet:
             return (x.reshape(x.shape[0], self.k, -1).transpose(0, 1) if grouped else x.flatten(2)), False
         if isinstance(m, nn.Linear):
             return torch.baddbmm(p["bias"].unsqueeze(1), x, p["weight"].transpose(1, 2)), False
+        if isinstance(m, BasicBlock):  # the block's own join, over its branches packed; all of them grouped
+            def run(name: str, value: torch.Tensor) -> torch.Tensor:
+                return self._run(layer.branches[name], value, grouped=True)[0]
+
+            return m.join(x if grouped else self._grouped(x), run, groups=self.k), True
         if isinstance(m, nn.Conv2d):
-            if not grouped:  # (K, B, C, H, W) → (B, K·C, H, W)
-                x = x.transpose(0, 1).flatten(1, 2).contiguous(memory_format=self.layout)
+            if not grouped:
+                x = self._grouped(x)
             # (K·O, C, kh, kw): group k sees only trial k's channels
             weight = p["weight"].flatten(0, 1).contiguous(memory_format=self.layout)
             bias = p["bias"].flatten() if "bias" in p else None

@@ -1,6 +1,6 @@
 """Models: a registry of model kinds — each a `[model]` table and how it becomes a network.
 
-Owns the kinds (`linear`, `mlp`, `cnn`, `custom`, `torchvision`): their schema tables, parameter and MAC
+Owns the kinds (`linear`, `mlp`, `cnn`, `resnet`, `custom`, `torchvision`): their schema tables, parameter and MAC
 counts and one-line descriptions from the spec alone (torch-free, for `ablate plan`), the
 torch modules they build for a dataset's shape and classes, what packed trials may differ in,
 weight initialisation, and dropout's counter-based mask stream (_dropout: the same masks
@@ -24,18 +24,20 @@ from ablate.models._custom import Custom, CustomModel, foreign_code
 from ablate.models._kind import ModelError, ModelKind
 from ablate.models._linear import Linear, LinearModel
 from ablate.models._mlp import MLP, MLPModel
+from ablate.models._resnet import ResNet, ResNetModel
 from ablate.models._torchvision import Torchvision, TorchvisionModel
 
 if TYPE_CHECKING:
     from torch import nn
 
     from ablate.models._dropout import Dropout, dropout_noise, seed_dropout, stream_key
+    from ablate.models._resnet_net import BasicBlock, Stage
     from ablate.models._torch import count_params, initialise
 
-KINDS: dict[str, ModelKind] = {kind.name: kind for kind in (Linear(), MLP(), CNN(), Custom(), Torchvision())}
+KINDS: dict[str, ModelKind] = {kind.name: kind for kind in (Linear(), MLP(), CNN(), ResNet(), Custom(), Torchvision())}
 MODEL_KINDS: dict[str, type] = {name: kind.spec for name, kind in KINDS.items()}  # kind name → schema table
 # The union validation reads the kinds from.
-ModelSpec = LinearModel | MLPModel | CNNModel | CustomModel | TorchvisionModel
+ModelSpec = LinearModel | MLPModel | CNNModel | ResNetModel | CustomModel | TorchvisionModel
 
 # Model settings that define the layers in a way only the one-line description reads well: a change of one of them
 # is described as the new architecture.
@@ -57,6 +59,7 @@ def _table_valued(spec: type) -> list[str]:
 TABLE_SETTINGS = tuple(dict.fromkeys(key for kind in KINDS.values() for key in _table_valued(kind.spec)))
 
 __all__ = [
+    "BasicBlock",
     "CNNModel",
     "ConvBlock",
     "CustomModel",
@@ -69,6 +72,8 @@ __all__ = [
     "ModelError",
     "ModelKind",
     "ModelSpec",
+    "ResNetModel",
+    "Stage",
     "TABLE_SETTINGS",
     "TorchvisionModel",
     "build_model",
@@ -115,7 +120,9 @@ def build_model(spec: ModelSpec, data: Dataset) -> nn.Module:
 
 
 _TORCH_SIDE = {"initialise": "_torch", "count_params": "_torch", "Dropout": "_dropout", "dropout_noise": "_dropout",
-               "seed_dropout": "_dropout", "stream_key": "_dropout"}
+               "seed_dropout": "_dropout", "stream_key": "_dropout",
+               # a resnet's modules, which a packed network and the report look into
+               "BasicBlock": "_resnet_net", "Stage": "_resnet_net"}
 
 
 def __getattr__(name: str):

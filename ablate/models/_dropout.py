@@ -133,15 +133,24 @@ class Dropout(nn.Dropout):
         return x * dropout_noise(x.shape, self.p, stream_key(self.seed, self.site, step), x.device, x.dtype)
 
 
+def _leaves(module: nn.Module) -> int:
+    """How many layers a module is to a packed network, which reads a Sequential inside a network (a resnet's
+    stage) as its layers in place; Dropouts are not counted."""
+    if isinstance(module, nn.Sequential):
+        return sum(_leaves(inner) for inner in module)
+    return 0 if isinstance(module, Dropout) else 1
+
+
 def sited(layers: list[nn.Module]) -> nn.Sequential:
     """The layers as a Sequential, each Dropout given its site: the index of the layer it follows, Dropouts not
-    counted (the position ablate.engine's packed network gives that layer)."""
+    counted and a Sequential inside counted as its layers (the position ablate.engine's packed network gives that
+    layer)."""
     position = -1
     for layer in layers:
         if isinstance(layer, Dropout):
             layer.site = position
         else:
-            position += 1
+            position += _leaves(layer)
     return nn.Sequential(*layers)
 
 

@@ -18,7 +18,7 @@ from ablate.report._effects import axes_of, interaction_table, marginal_table
 from ablate.report._figures import write_figures
 from ablate.report._followup import FollowUp, followup
 from ablate.report._load import check_store, load_study, study_names
-from ablate.report._model_figures import block_outputs
+from ablate.report._model_figures import block_labels, block_outputs
 from ablate.report._output_figures import per_class_accuracy
 from ablate.report._render import (
     COLUMN_KEYS,
@@ -57,6 +57,7 @@ __all__ = [
     "PRIMARY_METRICS",
     "StudyReport",
     "axes_of",
+    "block_labels",
     "block_outputs",
     "build",
     "check_store",

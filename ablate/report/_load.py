@@ -29,7 +29,8 @@ from ablate.tracking import (
     STAGE_INDEX,
     TRIAL_HASH,
     Tracker,
-    read_plan,
+    latest_plan,
+    parent_runs,
     sqlite_path,
     stand_ins,
 )
@@ -102,8 +103,8 @@ def load_study(
             f"studies there: {', '.join(known) or 'none'}"
         )
     exp_id = experiment.experiment_id
-    parents = sorted(tracker.search(exp_id, f"tags.{ROLE} = 'parent'"), key=lambda r: r.info.start_time, reverse=True)
-    plan = next((p for p in (read_plan(tracker, r.info.run_id) for r in parents) if p), None)
+    parents = parent_runs(tracker, exp_id)
+    plan = latest_plan(tracker, parents)
     trial_runs = tracker.search(exp_id, f"tags.{ROLE} = 'trial'")
     runs = _run_rows(trial_runs)
     if plan is not None:

@@ -1,8 +1,8 @@
-"""Figures that look inside a trained network: the best CNN's first-layer filters and what its conv blocks make of a
-few test images. They read the run's saved model (ablate.tracking's models), rebuilt as ablate's network
-(ablate.export's load_saved, which runs nothing the store holds), so a study trained with
-`[tracking] models = "none"` has none, and a model load_saved refuses (a pickle, say) gives none, named with why in
-the report's not_drawn."""
+"""Figures that look inside a trained network: the best convolutional network's (cnn or resnet) first-layer filters and
+what its conv blocks (a resnet's stem and stages) make of a few test images. They read the run's saved model
+(ablate.tracking's models), rebuilt as ablate's network (ablate.export's load_saved, which runs nothing the store
+holds), so a study trained with `[tracking] models = "none"` has none, and a model load_saved refuses (a pickle, say)
+gives none, named with why in the report's not_drawn."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from ablate.report._report import StudyReport
 from ablate.tracking import Tracker
 
 ACTIVATION_IMAGES = 4  # test images the activation figure follows, each of another class
+CONVOLUTIONAL = ("cnn", "resnet")  # how the architectures of the kinds with conv layers begin (their descriptions)
 
 
 def model_figures(tracker: Tracker, report: StudyReport, data: datasets.Dataset | None, arrays: dict | None, why: str,
@@ -58,7 +59,8 @@ def _best_cnn(report: StudyReport) -> tuple[str, str] | None:
     """(arm, run id) of the best arm, by the primary metric, whose architecture has conv layers and whose model was
     saved."""
     table, metric = report.table, report.metric
-    convolutional = table[table["architecture"].astype(str).str.startswith("cnn") & table["stage"].isin(report.models)]
+    convolutional = table[table["architecture"].astype(str).str.startswith(CONVOLUTIONAL)
+                          & table["stage"].isin(report.models)]
     if convolutional.empty:
         return None
     means = convolutional[f"{metric}_mean"]
@@ -93,13 +95,34 @@ def _filters_figure(report: StudyReport, data: datasets.Dataset, weights: np.nda
     return saved(figure, files.path("filters"), plt)
 
 
+def _block_starts(net) -> list[int]:
+    """Where each block of a built network begins: a CNN's every conv; a resnet's stem conv and each stage."""
+    from torch import nn
+
+    from ablate.models import Stage
+
+    return [i for i, m in enumerate(net) if isinstance(m, (nn.Conv2d, Stage))]
+
+
+def block_labels(net) -> list[str]:
+    """The activation figure's column titles: 'block 1', 'block 2', ... for a CNN; 'stem', 'stage 1', ... for a
+    resnet."""
+    from ablate.models import Stage
+
+    starts = [net[i] for i in _block_starts(net)]
+    if any(isinstance(m, Stage) for m in starts):
+        return ["stem", *(f"stage {i}" for i in range(1, len(starts)))]
+    return [f"block {i}" for i in range(1, len(starts) + 1)]
+
+
 def block_outputs(net, images) -> list:
     """The output of each conv block of a built CNN (conv, its batch norm, activation, dropout and pooling: up to the
-    next conv, or to the head's global pooling or flattening), for `images` already normalised."""
+    next conv, or to the head's global pooling or flattening) or resnet (its stem; each stage, with a pre-activation
+    network's last norm and ReLU after the last), for `images` already normalised."""
     from torch import nn
 
     modules = list(net)
-    starts = [i for i, m in enumerate(modules) if isinstance(m, nn.Conv2d)]
+    starts = _block_starts(net)
     head = next((i for i, m in enumerate(modules) if isinstance(m, (nn.Flatten, nn.AdaptiveAvgPool2d))), len(modules))
     ends = {min(end, head) - 1 for end in [*starts[1:], len(modules)]}
     outputs, x = [], images
@@ -122,6 +145,7 @@ def _activations_figure(report: StudyReport, data: datasets.Dataset, model, arra
     images = torch.from_numpy(arrays["test_images"][chosen])
     with torch.inference_mode():
         blocks = block_outputs(model.net, (images.float() - model.mean) / model.std)
+        titles = block_labels(model.net)
         predicted = model(images).argmax(1).tolist()
     columns = 1 + len(blocks)
     figure, grid = plt.subplots(len(chosen), columns, figsize=(1.25 * columns + 0.4, 1.35 * len(chosen) + 0.8),
@@ -138,7 +162,7 @@ def _activations_figure(report: StudyReport, data: datasets.Dataset, model, arra
                 axes.imshow(output[row].mean(dim=0).numpy(), cmap="magma")
             if row == 0:
                 shape = f"{channels} channels, 1×1" if height * width == 1 else f"{channels}×{height}×{width}"
-                axes.set_title(f"block {b}\n{shape}", fontsize=7)
+                axes.set_title(f"{titles[b - 1]}\n{shape}", fontsize=7)
         for axes in axes_row:
             axes.set_xticks([])
             axes.set_yticks([])

@@ -30,7 +30,7 @@ def verdict_figure(report: StudyReport, path: Path, plt) -> bool:
         return False
     margin, unit = report.judging.margin, " (pts)" if report.metric.endswith("accuracy") else ""
     base = table["stage"].iloc[report.baseline]
-    figure, axes = plt.subplots(figsize=(8, max(3, 0.35 * len(judged) + 1.6)))
+    figure, axes = plt.subplots(figsize=(8, max(3.2, 0.35 * len(judged) + 1.9)))
     positions = np.arange(len(judged))[::-1]
     axes.axvspan(-margin, margin, color="#4c72b0", alpha=0.12, label=f"±δ = ±{margin:g}{unit} ([stats] margin)")
     axes.axvline(0, color="grey", linewidth=1)
@@ -52,8 +52,9 @@ def verdict_figure(report: StudyReport, path: Path, plt) -> bool:
     how = "repeated intervals, adaptive seeds" if report.judging.adaptive else "intervals at Holm's level"
     axes.set_xlabel(f"{PRIMARY_METRICS[report.metric]}: difference from {base}{unit}, paired over seeds ({how})",
                     fontsize=9)
-    axes.set_title(f"{report.name}: verdicts against {base}")
-    axes.legend(loc="best", fontsize=7, frameon=False)
+    axes.set_title(f"{report.name}: verdicts against {base}", pad=24)
+    # Above the axes, not inside: no row's bar is hidden under it, however the arms fall.
+    axes.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=7, frameon=False)
     axes.grid(axis="x", alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=120)

@@ -177,6 +177,27 @@ def _write_parent_end(tracker: Tracker, summary: RunSummary, error: str | None) 
 
 
 
+def record_changed_plan(prepared: Prepared, summary: RunSummary, trials: list[Trial], command: str,
+                        started: float) -> None:
+    """An invocation with nothing to train records the study as it now stands, in a parent run of its own with no
+    trials, when that differs from the plan the latest parent run carries — an arm removed, seeds, [stats] or the
+    adaptive design edited, or another study file of the same name run in between: the report reads the latest
+    plan, and would otherwise go on showing the study as it was. Nothing is recorded when nothing changed."""
+    from ablate.design import plan_document
+    from ablate.tracking import PLAN_ARTIFACT, latest_plan, parent_runs
+
+    tracker = prepared.tracker
+    document = plan_document(prepared.study, trials)
+    if json.loads(json.dumps(document)) == latest_plan(tracker, parent_runs(tracker, summary.experiment_id)):
+        return
+    invocation = Invocation.start(prepared, summary.experiment_id, len(trials), summary.slots, command, {})
+    summary.parent_run_id = invocation.parent_id
+    with closing_parent(tracker, summary, started):
+        tracker.log_dict(invocation.parent_id, document, PLAN_ARTIFACT)
+    summary.notes.append("nothing to train; the study as it now stands is recorded for the report (its plan "
+                         "differs from the one its latest run recorded)")
+
+
 def stopped(summary: RunSummary) -> bool:
     return summary.interrupted or summary.store_error is not None
 

@@ -20,7 +20,15 @@ from typing import TYPE_CHECKING
 from ablate.design import Trial, longest_first, pack_trials, plan_document
 from ablate.run._adaptive import FAILED_HERE, RUNNING_ELSEWHERE, Round, final_note, next_round, round_note
 from ablate.run._dispatch import Dispatcher, Reporter, RunSummary
-from ablate.run._invocation import Invocation, closing_parent, dispatching, pack_size, settle_arms, stopped
+from ablate.run._invocation import (
+    Invocation,
+    closing_parent,
+    dispatching,
+    pack_size,
+    record_changed_plan,
+    settle_arms,
+    stopped,
+)
 from ablate.run._prepare import Prepared
 from ablate.tracking import PLAN_ARTIFACT, ROLE, TRIAL_HASH
 
@@ -58,6 +66,8 @@ def run_rounds(prepared: Prepared, reporter: Reporter, command: str = "") -> Run
             with dispatching(invocation, lambda: backend(slots, invocation.config), tracker, reporter,
                              summary) as dispatcher:
                 current = _train_rounds(dispatcher, prepared, current, held, packer)
+    elif not any(arm.more for arm in current.arms.values()):  # every arm done: the store holds the study
+        record_changed_plan(prepared, summary, trials, command, started)
     summary.total = len(current.wanted)
     summary.skipped = sum(1 for t in current.wanted if t.hash in done_before)
     if not stopped(summary):
@@ -105,11 +115,9 @@ def design_change(tracker: Tracker, experiment_id: str, study) -> str | None:
     """A warning when `seeds = { min, max, first }` or `[stats]` differ from what the study's latest run used (its
     plan document): every round is then re-read with the new boundaries, and a design changed after its results were
     seen does not keep the error rates it was computed for. None when nothing changed or no earlier plan is known."""
-    from ablate.tracking import read_plan  # MLflow's side: imported when a store is read, not with ablate.run
+    from ablate.tracking import latest_plan, parent_runs
 
-    parents = sorted(tracker.search(experiment_id, f"tags.{ROLE} = 'parent'"), key=lambda r: r.info.start_time or 0,
-                     reverse=True)
-    before = next((plan for plan in (read_plan(tracker, r.info.run_id) for r in parents[:5]) if plan), None)
+    before = latest_plan(tracker, parent_runs(tracker, experiment_id))
     if before is None:
         return None
     now = plan_document(study, [])

@@ -22,7 +22,15 @@ from ablate._timeline import mark
 from ablate.design import Trial, longest_first, pack_trials, plan_document
 from ablate.run import _signals
 from ablate.run._dispatch import Dispatcher, Reporter, RunSummary
-from ablate.run._invocation import Invocation, closing_parent, dispatching, pack_size, settle_arms, stopped
+from ablate.run._invocation import (
+    Invocation,
+    closing_parent,
+    dispatching,
+    pack_size,
+    record_changed_plan,
+    settle_arms,
+    stopped,
+)
 from ablate.run._prepare import Prepared
 from ablate.run._rounds import run_rounds
 from ablate.search import RUN_ATTR, SearchTask
@@ -58,6 +66,8 @@ def run_study(prepared: Prepared, reporter: Reporter, command: str = "") -> RunS
                          notes=notes)
     reporter.start(len(trials), summary.skipped, slots)
     if not todo:
+        if not elsewhere & {t.hash for t in trials}:  # every trial done: the store holds the study as it stands
+            record_changed_plan(prepared, summary, trials, command, started)
         settle_arms(tracker, summary, trials, study)
         return summary
     invocation = Invocation.start(prepared, experiment_id, len(trials), slots, command, {})

@@ -12,7 +12,7 @@ torch-free registry sides only). Never torch, MLflow or Optuna: `ablate plan` an
 `ablate schema` validate studies at once.
 """
 
-from ablate.models import CNNModel, ConvBlock, CustomModel, LinearModel, MLPModel, ModelSpec
+from ablate.models import CNNModel, ConvBlock, CustomModel, LinearModel, MLPModel, ModelSpec, ResNetModel
 from ablate.spec._arms import naming
 from ablate.spec._docs import schema_markdown, schema_rows, schema_tables
 from ablate.spec._followup import Change, ablation_text, winner_changes
@@ -70,6 +70,7 @@ __all__ = [
     "ModelSpec",
     "MultiStepSchedule",
     "OneCycleSchedule",
+    "ResNetModel",
     "SCHEDULE_KINDS",
     "STARTUP_SAMPLERS",
     "ScheduleSpec",

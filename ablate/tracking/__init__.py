@@ -13,7 +13,7 @@ _claims_url.py).
 
 May import: ablate.design (trials), ablate.datasets (a trial's data, described), ablate.errors;
 MLflow only on its MLflow side, which this package imports on first use (`Tracker`,
-`environment_tags`, `read_plan`), so that `ablate plan` stays MLflow-free.
+`environment_tags`, `read_plan`, `latest_plan`, `parent_runs`), so that `ablate plan` stays MLflow-free.
 """
 
 from typing import TYPE_CHECKING
@@ -91,7 +91,7 @@ from ablate.tracking._view import VIEW_TAG, models_url, runs_url, runs_view
 
 if TYPE_CHECKING:
     from ablate.tracking._open import GuardedClient, open_client
-    from ablate.tracking._tracker import Tracker, artifact_folder, environment_tags, read_plan
+    from ablate.tracking._tracker import Tracker, artifact_folder, environment_tags, latest_plan, parent_runs, read_plan
     from ablate.tracking._tracker_claims import Claim, Settled
 
 __all__ = [
@@ -175,6 +175,8 @@ __all__ = [
     "environment_tags",
     "heartbeat_tags",
     "process_start",
+    "latest_plan",
+    "parent_runs",
     "read_plan",
     "restore_signal_handlers",
     "runs_url",
@@ -192,6 +194,8 @@ _MLFLOW_SIDE = {
     "artifact_folder": "_tracker",
     "environment_tags": "_tracker",
     "read_plan": "_tracker",
+    "latest_plan": "_tracker",
+    "parent_runs": "_tracker",
     "GuardedClient": "_open",
     "open_client": "_open",
 }  # name → its module (MLflow loads with it)

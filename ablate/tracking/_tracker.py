@@ -379,6 +379,18 @@ def read_plan(tracker: Tracker, run_id: str) -> dict | None:
         return json.loads(Path(path).read_text())
 
 
+def parent_runs(tracker: Tracker, experiment_id: str) -> list:
+    """The study's invocations (parent runs), newest first."""
+    return sorted(tracker.search(experiment_id, f"tags.{ROLE} = 'parent'"), key=lambda r: r.info.start_time or 0,
+                  reverse=True)
+
+
+def latest_plan(tracker: Tracker, parents: list) -> dict | None:
+    """The plan of the newest of `parents` (newest first) that carries one: the study as the report shows it, and
+    what a run compares its own plan with."""
+    return next((plan for plan in (read_plan(tracker, r.info.run_id) for r in parents) if plan), None)
+
+
 def _metric_name(check: str) -> str:
     """'overfit 128 examples' → 'overfit_128_examples'."""
     return re.sub(r"[^a-z0-9]+", "_", check.lower()).strip("_")

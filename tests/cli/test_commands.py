@@ -70,6 +70,16 @@ def test_second_run_trains_nothing_and_changed_spec_runs_only_new_trials(tiny, s
     children = _runs(store).query("`tags.role` == 'trial'")
     assert len(children) == 6 and children["tags.trial_hash"].is_unique
 
+    # The arm removed again: nothing to train, but the study now stands without it, and the report must say so.
+    assert main(["run", str(write_study(TINY_STUDY)), "--tracking-uri", store]) == 0
+    assert "the study as it now stands is recorded" in capsys.readouterr().out
+    parents = _runs(store).query("`tags.role` == 'parent'")
+    assert len(parents) == 3 and set(parents["status"]) == {"FINISHED"}
+    assert main(["report", "--tracking-uri", store, "--study", "tiny", "--format", "csv", "--no-figures"]) == 0
+    assert list(pd.read_csv(io.StringIO(capsys.readouterr().out))["stage"]) == ["linear", "mlp"]
+    assert main(["run", str(tiny), "--tracking-uri", store]) == 0  # unchanged since: nothing recorded
+    assert len(_runs(store).query("`tags.role` == 'parent'")) == 3
+
 
 @pytest.mark.slow
 def test_report_formats_parse_back(tiny, store, tmp_path, capsys):

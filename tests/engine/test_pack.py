@@ -29,6 +29,7 @@ from ablate.spec import (
     LinearModel,
     MLPModel,
     OneCycleSchedule,
+    ResNetModel,
     StepSchedule,
     TrainSettings,
     TrialSettings,
@@ -195,6 +196,29 @@ def test_packed_cnns_train_as_well_as_their_single_runs(data):
     singles = [train_trial(t, data, CPU).test_accuracy for t in trials]
     assert min(packed + singles) > 0.3  # they learn (chance is 0.1): two dead paths would look alike
     assert seed_noise_p(packed, singles) > FALSE_ALARM, (packed, singles)
+
+
+@pytest.mark.parametrize("model", [
+    ResNetModel(depth=1, widths=(4, 8)),  # post-activation, option A's padded shortcut
+    ResNetModel(depth=(1, 2), widths=(4, 6), preact=True, shortcut="projection", dropout=0.2),
+    ResNetModel(depth=1, widths=(4, 8), skip=False, norm="none", stem="imagenet"),
+])
+def test_packed_resnets_equal_their_single_runs_at_a_real_rate_in_float64(data, float64, model):
+    """Residual blocks packed (their branches stacked, joined by the block's own join): in float64 each trial's seed,
+    learning rate, weight decay and head dropout give its single run's metrics, and its saved network is its single
+    run's."""
+    data = float64(data)
+    trials = [trial(seed, replace(model, dropout=rate).resolved(), optimizer="adamw", lr=lr, weight_decay=wd, epochs=1)
+              for seed, rate, lr, wd in [(0, model.dropout, 3e-3, 0.01), (1, 0.0, 1e-2, 0.0)]]
+    assert pack_key(trials[0]) == pack_key(trials[1]) is not None
+    packed = train_pack(trials, data, CPU)
+    singles = [train_trial(t, data, CPU) for t in trials]
+    _assert_same(singles, packed)
+    images = data.normalise(data.test.images[:50])
+    for single, pack in zip(singles, packed):
+        assert pack.channels_last and single.channels_last  # the CPU's layout for resnets too
+        with torch.no_grad():
+            assert torch.allclose(single.model.eval()(images), pack.model.eval()(images), atol=1e-6)
 
 
 def test_the_seed_noise_comparison_keeps_its_false_alarm_rate():

@@ -14,7 +14,7 @@ from ablate import datasets, models
 from ablate.cli import main
 from ablate.engine import PackedNet, train_pack, train_trial
 from ablate.models import _dropout
-from ablate.spec import CNNModel, ConvBlock, DataSettings, MLPModel, TrainSettings, TrialSettings
+from ablate.spec import CNNModel, ConvBlock, DataSettings, MLPModel, ResNetModel, TrainSettings, TrialSettings
 from tests.conftest import DATA_DIR, TINY_STUDY
 
 CPU = torch.device("cpu")
@@ -71,8 +71,10 @@ def _recording(monkeypatch) -> dict[str, Counter]:
     return drawn
 
 
-@pytest.mark.parametrize("specs", [CNNS, [MLPModel(hidden=(32, 16), dropout=rate) for rate in (0.2, 0.5, 0.0)]],
-                         ids=["cnn", "mlp"])
+@pytest.mark.parametrize("specs", [CNNS, [MLPModel(hidden=(32, 16), dropout=rate) for rate in (0.2, 0.5, 0.0)],
+                                   [ResNetModel(depth=1, widths=(4, 8), dropout=rate).resolved()
+                                    for rate in (0.2, 0.5, 0.0)]],
+                         ids=["cnn", "mlp", "resnet"])
 def test_a_pack_draws_exactly_the_masks_of_its_single_runs(data, monkeypatch, specs):
     trials = [TrialSettings("mnist", seed, DATA, spec, TrainSettings(epochs=2, batch_size=64))
               for seed, spec in zip((0, 5, 9), specs)]

@@ -76,8 +76,11 @@ def _trial_runs(store: str, study: str = "tiny") -> list:
     return client.search_runs([experiment.experiment_id], "tags.role = 'trial'")
 
 
-def _logged_predictions(run_id: str) -> np.ndarray:
-    return np.load(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="test_outputs.npz"))["predictions"]
+def _logged_predictions(run_id: str, tracking_uri: str | None = None) -> np.ndarray:
+    """The run's logged test predictions; `tracking_uri` None: MLflow's current one (the caller set it)."""
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="test_outputs.npz",
+                                               tracking_uri=tracking_uri)
+    return np.load(path)["predictions"]
 
 
 def _logged_models_ever(store: str) -> list[tuple[str, str, str]]:
