@@ -36,8 +36,9 @@ sys.path.insert(0, str(REPO))
 from ablate import datasets, models  # noqa: E402
 from ablate.design import expand  # noqa: E402
 from ablate.engine._augment import AUGMENT_SEED_OFFSET, augment_batch  # noqa: E402
-from ablate.engine._optim import make_loss, make_optimizer, make_schedule  # noqa: E402
-from ablate.engine._train import _Step, _train_epoch, evaluate  # noqa: E402
+from ablate.engine._graph import EagerStep, GraphStep  # noqa: E402
+from ablate.engine._optim import StepRates, make_loss, make_optimizer  # noqa: E402
+from ablate.engine._train import _Epochs, _train_epoch, evaluate  # noqa: E402
 from ablate.spec import load_study  # noqa: E402
 
 
@@ -67,15 +68,21 @@ class Setup:
         steps = math.ceil(len(data.train) / train.batch_size)
         self.loss_fn = make_loss(train.loss, dataset.classes, train.label_smoothing)
         self.eval_loss = make_loss(train.loss, dataset.classes)
-        self.schedule = make_schedule(self.optimizer, train, steps)
+        self.steps = steps
         self.generator = torch.Generator(device=device).manual_seed(settings.seed)
         self.augment_generator = torch.Generator(device=device).manual_seed(settings.seed + AUGMENT_SEED_OFFSET)
         self.settings, self.data, self.device = settings, data, device
 
-    def step(self, model: nn.Module | None = None) -> _Step:
-        train = self.settings.train
-        return _Step(model=model or self.model, optimizer=self.optimizer, loss_fn=self.loss_fn, schedule=self.schedule,
-                     grad_clip=train.grad_clip, augment=train.augment, augment_generator=self.augment_generator)
+    def epochs(self, model: nn.Module | None = None, graph_safe: bool = False, capture: bool = False) -> _Epochs:
+        """What the engine's epochs run: today's eager step, or the graph-safe one (captured with `capture`)."""
+        train, model = self.settings.train, model or self.model
+        step = (GraphStep(model, train, self.loss_fn, self.device, self.steps, capture) if graph_safe
+                else EagerStep(model, self.optimizer, self.loss_fn, train.grad_clip, self.device))
+        return _Epochs(step=step, rates=StepRates(train, self.steps), augment=train.augment,
+                       augment_generator=self.augment_generator)
+
+    def train_epoch(self, epochs: _Epochs, model: nn.Module, data) -> None:
+        _train_epoch(epochs, model, data, self.settings.train.batch_size, self.generator, epochs.rates.epoch())
 
     def accuracies(self, model: nn.Module | None = None) -> tuple[float, float]:
         model = model or self.model
@@ -110,20 +117,20 @@ def timed_epochs(run_epoch, epochs: int, device) -> list[float]:
     return seconds
 
 
-def engine_variant(settings, data, device, epochs: int, channels_last=False, autocast=False, compile_mode=None):
+def engine_variant(settings, data, device, epochs: int, channels_last=False, autocast=False, compile_mode=None,
+                   graph_safe=False, capture=False):
     setup = Setup(settings, data, device, channels_last=channels_last)
     model: nn.Module = setup.model
     if channels_last or autocast:
         model = Wrapped(model, channels_last, autocast)
     if compile_mode is not None:
         model = torch.compile(model, mode=compile_mode)
-    step = setup.step(model)
-    bs = settings.train.batch_size
+    run = setup.epochs(model, graph_safe, capture)
 
     def run_epoch():
         if compile_mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()
-        _train_epoch(step, data, bs, setup.generator)
+        setup.train_epoch(run, model, data)
 
     seconds = timed_epochs(run_epoch, epochs, device)
     return seconds, setup.accuracies(model)
@@ -209,6 +216,9 @@ def row(name: str, option: str, seconds: list[float], accuracies: tuple[float, f
 
 def variants(name: str, conv: bool, cuda: bool):
     yield "eager (today's engine)", {}
+    yield "the engine's graph-safe step, eager", {"graph_safe": True}
+    if cuda:
+        yield "the engine's graph-safe step, captured (graphs = \"auto\")", {"graph_safe": True, "capture": True}
     if cuda:
         yield "bf16 autocast", {"autocast": True}
     if conv:
@@ -285,13 +295,13 @@ def profile(settings, device, graphed: bool, steps: int = 50) -> dict:
                                                data.train.labels[: steps * settings.train.batch_size]))
     setup = Setup(settings, small, device, capturable=graphed)
     graphed_step = GraphedStep(setup) if graphed else None
-    step = setup.step()
+    run = setup.epochs()
 
     def epoch():
         if graphed_step is not None:
             graphed_step.epoch()
         else:
-            _train_epoch(step, small, settings.train.batch_size, setup.generator)
+            setup.train_epoch(run, setup.model, small)
 
     epoch()  # warm (and capture)
     sync(device)

@@ -65,6 +65,41 @@ class Schedule:
             self.scheduler.step()
 
 
+class StepRates:
+    """One trial's learning rate and momentum (SGD's momentum, Adam's beta1) at each of its steps, an epoch at a time:
+    read off torch's own optimizer and scheduler driven on a dummy parameter, so they are exactly the values the
+    scheduler would have set on the trial's optimizer before each step. The training loop sets them itself (as
+    floats when eager; copied into device buffers a captured step reads) instead of stepping a scheduler between
+    steps, which is host work a CUDA graph cannot hold."""
+
+    def __init__(self, train: TrainSettings, steps_per_epoch: int):
+        self.steps_per_epoch = steps_per_epoch
+        self.optimizer = make_optimizer(nn.Linear(1, 1), train)
+        self.schedule = make_schedule(self.optimizer, train, steps_per_epoch)
+        self.group = self.optimizer.param_groups[0]
+
+    def epoch(self) -> tuple[list[float], list[float]]:
+        """The next epoch's rates and momenta, one per step."""
+        lrs, momenta, group = [], [], self.group
+        for _ in range(self.steps_per_epoch):
+            lrs.append(group["lr"])
+            momenta.append(group["betas"][0] if "betas" in group else group["momentum"])
+            self.optimizer.step()  # no gradients: nothing changes, but the scheduler sees a step was taken
+            self.schedule.after_batch()
+        self.schedule.after_epoch()
+        return lrs, momenta
+
+
+def set_rates(optimizer: torch.optim.Optimizer, lr: float, momentum: float) -> None:
+    """What a scheduler's step would have left on a torch optimizer: its learning rate and momentum (beta1)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+        if "betas" in group:
+            group["betas"] = (momentum, group["betas"][1])
+        else:
+            group["momentum"] = momentum
+
+
 def make_schedule(optimizer: torch.optim.Optimizer, train: TrainSettings, steps_per_epoch: int) -> Schedule:
     """Epoch-based schedules (step, multistep, exponential) step per epoch; the smooth ones per batch."""
     s = train.schedule

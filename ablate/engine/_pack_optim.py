@@ -10,9 +10,8 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
-from ablate.engine._optim import make_optimizer, make_schedule
+from ablate.engine._optim import StepRates
 from ablate.engine._pack_model import per_trial
 from ablate.spec import TrainSettings
 
@@ -21,22 +20,16 @@ ADAM_BETA2, ADAM_EPS = 0.999, 1e-8  # torch's defaults, which single runs use to
 
 def schedule_tables(trains: list[TrainSettings], steps_per_epoch: int) -> tuple[list[list[float]], list[list[float]]]:
     """Each trial's learning rate and momentum (SGD's momentum, Adam's beta1) at every step, one list per trial,
-    read off torch's own optimizer and scheduler run on a dummy parameter, so packed trials follow exactly the
-    schedule a single run follows."""
+    read off torch's own optimizer and scheduler (StepRates), so packed trials follow exactly the schedule a single
+    run follows."""
     lrs, momenta = [], []
     for train in trains:
-        dummy = nn.Linear(1, 1)
-        optimizer = make_optimizer(dummy, train)
-        schedule = make_schedule(optimizer, train, steps_per_epoch)
-        group = optimizer.param_groups[0]
+        rates = StepRates(train, steps_per_epoch)
         lr, momentum = [], []
         for _ in range(train.epochs):
-            for _ in range(steps_per_epoch):
-                lr.append(group["lr"])
-                momentum.append(group["betas"][0] if "betas" in group else group["momentum"])
-                optimizer.step()  # no gradients: nothing changes, but the scheduler sees a step was taken
-                schedule.after_batch()
-            schedule.after_epoch()
+            epoch_lr, epoch_momentum = rates.epoch()
+            lr += epoch_lr
+            momentum += epoch_momentum
         lrs.append(lr)
         momenta.append(momentum)
     return lrs, momenta
@@ -46,7 +39,8 @@ class PackedOptimizer:
     """Adam, AdamW or SGD over stacked weights, with each trial's own hyperparameters, the same update torch
     computes for one trial."""
 
-    def __init__(self, params: list[torch.Tensor], trains: list[TrainSettings], device, momentum: bool = True):
+    def __init__(self, params: list[torch.Tensor], trains: list[TrainSettings], device, momentum: bool = True,
+                 graph_safe: bool = False):
         self.params = params
         self.momentum = momentum  # False: plain SGD in every trial, no buffers needed
         self.kind = trains[0].optimizer
@@ -55,9 +49,23 @@ class PackedOptimizer:
         self.decays = any(t.weight_decay for t in trains)  # a host bool: asking the tensor would sync a GPU
         self.state: list[list[torch.Tensor]] = [[] for _ in params]
         self.steps = 0
+        # graph_safe: the step count lives on the device and the state exists before the first step, so that a CUDA
+        # graph captures one step and every replay is the next (a host count would be frozen into the graph). Zero
+        # state is what a first step starts from: SGD's buffer becomes 0·momentum + g = g, as torch's clone of g.
+        self.count = torch.zeros((), device=device) if graph_safe else None
+        if graph_safe:
+            self.state = [[torch.zeros_like(p) for _ in range(self._buffers())]
+                          for p in params]
+
+    def _buffers(self) -> int:
+        if self.kind == "sgd":
+            return 1 if self.momentum else 0
+        return 2
 
     def step(self, lr: torch.Tensor, momentum: torch.Tensor) -> None:
         self.steps += 1
+        if self.count is not None:
+            self.count.add_(1)
         with torch.no_grad():
             for param, state in zip(self.params, self.state):
                 if param.grad is not None:
@@ -88,8 +96,12 @@ class PackedOptimizer:
         beta1 = per_trial(momentum, p)
         exp_avg.lerp_(g, 1 - beta1)
         exp_avg_sq.mul_(ADAM_BETA2).addcmul_(g, g, value=1 - ADAM_BETA2)
-        step_size = lr_ / (1 - beta1**self.steps)
-        denom = (exp_avg_sq.sqrt() / math.sqrt(1 - ADAM_BETA2**self.steps)).add_(ADAM_EPS)
+        if self.count is None:
+            step_size = lr_ / (1 - beta1**self.steps)
+            denom = (exp_avg_sq.sqrt() / math.sqrt(1 - ADAM_BETA2**self.steps)).add_(ADAM_EPS)
+        else:  # the same, the count read on the device
+            step_size = lr_ / (1 - beta1**self.count)
+            denom = (exp_avg_sq.sqrt() / (1 - ADAM_BETA2**self.count).sqrt()).add_(ADAM_EPS)
         p.sub_(step_size * exp_avg / denom)
 
     def zero_grad(self) -> None:

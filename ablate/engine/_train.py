@@ -22,8 +22,9 @@ from ablate import datasets, models
 from ablate._timeline import mark
 from ablate.datasets import DeviceData, Split
 from ablate.engine._augment import AUGMENT_SEED_OFFSET, augment_batch
+from ablate.engine._graph import Diverged, EagerStep, GraphStep
 from ablate.engine._layout import conv_layout, in_layout
-from ablate.engine._optim import Schedule, make_loss, make_optimizer, make_schedule
+from ablate.engine._optim import StepRates, make_loss, make_optimizer
 from ablate.spec import Augment, EarlyStopping, TrialSettings
 
 EVAL_BATCH = 4096
@@ -85,62 +86,38 @@ def evaluate(
 
 
 @dataclass
-class _Step:
-    """What one optimisation step needs besides the batch."""
+class _Epochs:
+    """What a trial's epochs need besides the data: the step (eager or graph-safe), the rates of each step, the
+    augmentation and the layout its batches are given in."""
 
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    loss_fn: Callable
-    schedule: Schedule
-    grad_clip: float | None
+    step: EagerStep | GraphStep
+    rates: StepRates
     augment: Augment
     augment_generator: torch.Generator
     layout: torch.memory_format = torch.contiguous_format
 
 
-class Diverged(RuntimeError):
-    """The training loss became NaN or infinite: the trial stops at once and is recorded FAILED (reason diverged)."""
-
-
-# How often the host looks at the on-device "loss not finite" flag: every step on the CPU (free there),
-# every few steps on a GPU, where each look is a sync that would stall the queue of kernels.
-DIVERGENCE_CHECK_EVERY = {"cpu": 1, "cuda": 25}
-
-
-def _train_epoch(step: _Step, data: DeviceData, batch_size: int, generator) -> tuple[float, float]:
-    step.model.train()
+def _train_epoch(epochs: _Epochs, model: nn.Module, data: DeviceData, batch_size: int, generator,
+                 rates: tuple[list[float], list[float]]) -> tuple[float, float]:
+    """One pass over the training set with the epoch's `rates` (a learning rate and a momentum per step): the
+    batches gathered, augmented and normalised here, each handed to the step; one host sync, at the end."""
+    model.train()
     split = data.train
     device = split.labels.device
     order = torch.randperm(len(split), device=device, generator=generator)
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    not_finite = torch.zeros((), device=device, dtype=torch.bool)
-    check_every = DIVERGENCE_CHECK_EVERY.get(device.type, 25)
+    epochs.step.start_epoch(*rates)
     for number, start in enumerate(range(0, len(split), batch_size), 1):
         index = order[start : start + batch_size]
         images, labels = split.images[index], split.labels[index]
-        if step.augment.active:
-            images = augment_batch(images.float(), step.augment, step.augment_generator)
-        logits = step.model(in_layout(data.normalise(images), step.layout))
-        loss = step.loss_fn(logits, labels)
-        not_finite |= ~torch.isfinite(loss.detach())
-        if number % check_every == 0 and not_finite.item():
-            raise Diverged(f"training loss is not finite at step {number} of the epoch")
-        step.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if step.grad_clip is not None:
-            nn.utils.clip_grad_norm_(step.model.parameters(), step.grad_clip, foreach=True)  # no host sync
-        step.optimizer.step()
-        step.schedule.after_batch()
+        if epochs.augment.active:
+            images = augment_batch(images.float(), epochs.augment, epochs.augment_generator)
+        epochs.step(number, in_layout(data.normalise(images), epochs.layout), labels)
         if number == 1:
             mark("first step")
-        loss_sum += loss.detach() * labels.shape[0]
-        correct += (logits.detach().argmax(dim=1) == labels).sum()
-    step.schedule.after_epoch()
-    loss, hits, bad = torch.stack([loss_sum, correct.to(loss_sum.dtype), not_finite.to(loss_sum.dtype)]).tolist()
+    loss, accuracy, bad = epochs.step.totals.read(len(split))
     if bad:
         raise Diverged("training loss is not finite")
-    return loss / len(split), hits / len(split)
+    return loss, accuracy
 
 
 class Stateful(Protocol):
@@ -196,9 +173,10 @@ def end_training(
 
 def train_trial(
     settings: TrialSettings, data: DeviceData, device: torch.device, on_epoch: EpochCallback | None = None,
-    test: bool = True,
+    test: bool = True, graphs: str = "off",
 ) -> TrialResult:
-    """Train one trial from its seed; validate every epoch; test once at the end (a search never tests)."""
+    """Train one trial from its seed; validate every epoch; test once at the end (a search never tests). With
+    `graphs = "auto"` on CUDA, the step is the graph-safe one, captured as a CUDA graph (ablate.engine's _graph)."""
     dataset = datasets.get(settings.dataset)
     train = settings.train
     torch.manual_seed(settings.seed)  # initial weights (and a GPU's dropout masks) follow the trial's seed
@@ -207,14 +185,15 @@ def train_trial(
     models.seed_dropout(model, settings.seed)  # the CPU's masks: the counter-based stream keyed by the seed
     layout = conv_layout(settings.model.kind, device)
     model = model.to(device, memory_format=layout)
-    optimizer = make_optimizer(model, train)
     steps_per_epoch = math.ceil(len(data.train) / train.batch_size)
-    step = _Step(
-        model=model,
-        optimizer=optimizer,
-        loss_fn=make_loss(train.loss, dataset.classes, train.label_smoothing),
-        schedule=make_schedule(optimizer, train, steps_per_epoch),
-        grad_clip=train.grad_clip,
+    loss_fn = make_loss(train.loss, dataset.classes, train.label_smoothing)
+    if graphs == "auto" and device.type == "cuda":
+        step: EagerStep | GraphStep = GraphStep(model, train, loss_fn, device, steps_per_epoch, capture=True)
+    else:
+        step = EagerStep(model, make_optimizer(model, train), loss_fn, train.grad_clip, device)
+    epochs = _Epochs(
+        step=step,
+        rates=StepRates(train, steps_per_epoch),
         augment=train.augment,
         augment_generator=torch.Generator(device=device).manual_seed(settings.seed + AUGMENT_SEED_OFFSET),
         layout=layout,
@@ -226,8 +205,9 @@ def train_trial(
     started = time.perf_counter()
     for epoch in range(1, train.epochs + 1):
         epoch_start = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]  # the rate the epoch starts with
-        train_loss, train_accuracy = _train_epoch(step, data, train.batch_size, generator)
+        rates = epochs.rates.epoch()
+        lr = rates[0][0]  # the rate the epoch starts with
+        train_loss, train_accuracy = _train_epoch(epochs, model, data, train.batch_size, generator, rates)
         val_loss, val_accuracy = evaluate(model, data.val, data, eval_loss, layout=layout)
         metrics = {
             "train_loss": train_loss,

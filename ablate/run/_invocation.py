@@ -100,6 +100,7 @@ class Invocation:
             faults=faults_from_env(),
             models=study.tracking.models, claims=tracker.claims.url,
             data=tuple(dict.fromkeys((t.settings.dataset, t.settings.data) for t in prepared.trials)),
+            graphs=study.execution.graphs,
         )
         return cls(parent_id, config, Heartbeat(lambda: tracker.beat([parent_id])))
 

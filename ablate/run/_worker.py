@@ -67,6 +67,7 @@ class WorkerConfig:
     claims: str | None = None  # the claims database (ablate.tracking's claims); None: derived from the store
     # The datasets and splits the study trains on: loaded as the worker starts, while it claims its first trial.
     data: tuple[tuple[str, DataSettings], ...] = ()
+    graphs: str = "off"  # [execution] graphs: capture a single trial's step as a CUDA graph ("auto") or not
 
 
 @contextmanager
@@ -163,7 +164,8 @@ class Worker:
             return
         mark("trial claimed")
         try:
-            result = train_trial(run.settings, self._data(run.settings), self.device, run.epoch)
+            result = train_trial(run.settings, self._data(run.settings), self.device, run.epoch,
+                                  graphs=self.config.graphs)
         except (KeyboardInterrupt, Orphaned) as exc:
             self._interrupted(exc, [run], trial.hash)
             raise
@@ -239,7 +241,8 @@ class Worker:
                 raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
         try:
-            result = train_trial(run.settings, self._data(run.settings), self.device, on_epoch, test=False)
+            result = train_trial(run.settings, self._data(run.settings), self.device, on_epoch, test=False,
+                                  graphs=self.config.graphs)
         except optuna.TrialPruned as exc:
             epoch = int(str(exc).rsplit(" ", 1)[-1])
             if not asked.pruned():

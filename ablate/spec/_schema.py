@@ -298,6 +298,14 @@ class ExecutionSettings:
         "of up to 4 where a few timed steps show packing trains a trial at least 15% faster (small CNNs), else none.",
         lambda v: None if v == "auto" else at_least(1)(v),
     )
+    graphs: Literal["auto", "off"] = option(
+        "off",
+        "CUDA graphs. `auto`: on a GPU, each single trial's training step is captured once as a CUDA graph and "
+        "replayed for every full batch (one launch a step instead of dozens); that step keeps its rates and step "
+        "count on the GPU and uses ablate's own Adam, AdamW or SGD, so its numbers differ from the eager step's by "
+        "float rounding. Packs and the CPU train eagerly either way. `off`: eager; the "
+        "default until a GPU has measured `auto` against it.",
+    )
 
 
 STATS_METRICS = ("test_accuracy", "val_accuracy", "test_loss", "val_loss")
