@@ -77,17 +77,25 @@ class StepRates:
         self.optimizer = make_optimizer(nn.Linear(1, 1), train)
         self.schedule = make_schedule(self.optimizer, train, steps_per_epoch)
         self.group = self.optimizer.param_groups[0]
+        self.optimizer.step()  # once (no gradients: nothing changes): a scheduler warns if its optimizer never stepped
 
     def epoch(self) -> tuple[list[float], list[float]]:
-        """The next epoch's rates and momenta, one per step."""
-        lrs, momenta, group = [], [], self.group
-        for _ in range(self.steps_per_epoch):
-            lrs.append(group["lr"])
-            momenta.append(group["betas"][0] if "betas" in group else group["momentum"])
-            self.optimizer.step()  # no gradients: nothing changes, but the scheduler sees a step was taken
-            self.schedule.after_batch()
+        """The next epoch's rates and momenta, one per step. A schedule that changes them only between epochs (or
+        never) is read once for the epoch; a per-batch one is stepped as training would step it."""
+        group, steps = self.group, self.steps_per_epoch
+        if self.schedule.scheduler is None or not self.schedule.per_batch:
+            lrs, momenta = [group["lr"]] * steps, [self._momentum()] * steps
+        else:
+            lrs, momenta = [], []
+            for _ in range(steps):
+                lrs.append(group["lr"])
+                momenta.append(self._momentum())
+                self.schedule.after_batch()
         self.schedule.after_epoch()
         return lrs, momenta
+
+    def _momentum(self) -> float:
+        return self.group["betas"][0] if "betas" in self.group else self.group["momentum"]
 
 
 def set_rates(optimizer: torch.optim.Optimizer, lr: float, momentum: float) -> None:
