@@ -59,6 +59,9 @@ def write_figures(tracker: Tracker, report: StudyReport, folder: Path, prefix: s
     if finished:
         paths += output_figures(tracker, report, data, arrays, why, files, plt)
         paths += model_figures(tracker, report, data, arrays, why, files, plt)
+    history = (report.search or {}).get("figure")
+    if history is not None and history.exists():  # a search's history, drawn as its report was built: listed, logged
+        paths.append(history)
     if report.parent_run_id:
         log_figures(tracker, report.parent_run_id, paths, files, report.name)
     report.figures = paths

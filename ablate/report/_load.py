@@ -123,6 +123,7 @@ def load_study(
     return StudyReport(
         name=study,
         description=(plan or {}).get("description", ""),
+        described={str(s["name"]): s["description"] for s in stages if s.get("description")},
         design=(plan or {}).get("design", "ladder"),
         dataset=str(trained_on[0]) if len(trained_on) else None,
         table=summarise(latest, stages, base_index, metric, judging := Judging.of_plan(plan, metric)),

@@ -281,15 +281,13 @@ def markdown_section(report: StudyReport, by: list[str] | None = None, columns: 
     lines = [f"## {report.name}", ""]
     if report.description:
         lines += [report.description, ""]
-    lines += [
-        _finished_line(report),
-        "",
-        markdown_table(report, columns),
-        "",
-        _footnote(report),
-    ]
-    if report.figures:
-        lines += ["", " ".join(f"![{p.stem}]({p.name})" for p in report.figures)]
+    lines += [_finished_line(report), "", markdown_table(report, columns), ""]
+    if report.described:  # what the study file says each arm is, in the table's order
+        lines += [*(f"- **{name}**: {text}" for name, text in report.described.items()), ""]
+    lines.append(_footnote(report))
+    shown = [p for p in report.figures if p != (report.search or {}).get("figure")]  # that one has its own place
+    if shown:
+        lines += ["", " ".join(f"![{p.stem}]({p.name})" for p in shown)]
     if report.not_drawn:
         lines += ["", "Figures not drawn:", "", *_not_drawn_lines(report)]
     lines += _per_class_lines(report) + _model_lines(report)

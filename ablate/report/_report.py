@@ -55,3 +55,4 @@ class StudyReport:
     class_names: tuple[str, ...] = ()  # the dataset's, when the figures read it
     per_class: pd.DataFrame | None = None  # arms × classes test accuracy (a fraction), when the figures computed it
     judging: Judging = field(default_factory=Judging)  # how the table's verdicts were reached ([stats], adaptive)
+    described: dict[str, str] = field(default_factory=dict)  # arm → the description the study file gives it, if any

@@ -44,7 +44,8 @@ def store(tmp_path_factory):
     """The tiny study run once, then a duplicate finished run, a failed one and one left RUNNING added by hand."""
     folder = tmp_path_factory.mktemp("report")
     study = folder / "tiny.toml"
-    study.write_text(TINY_STUDY.replace("seeds = [0, 1]", "seeds = [0, 1, 2]"))
+    study.write_text(TINY_STUDY.replace("seeds = [0, 1]", "seeds = [0, 1, 2]")
+                     .replace('name = "mlp"', 'name = "mlp"\ndescription = "one hidden layer of 32 units"'))
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     assert main(["run", str(study), "--tracking-uri", uri]) == 0
     client = MlflowClient(uri)
@@ -71,6 +72,7 @@ def test_report_counts_the_latest_finished_run_and_leaves_out_the_rest(store, ca
     text = capsys.readouterr().out
     assert "Left out of the statistics: 1 FAILED, 1 RUNNING run(s)." in text
     assert "95% CI" in text and "p (Holm)" in text and "| Params" in text and "| MACs" not in text  # the default set
+    assert "- **mlp**: one hidden layer of 32 units" in text and "- **linear**" not in text  # the file's descriptions
     table_rows = [line for line in text.splitlines() if line.startswith("| ")]
     assert max(map(len, table_rows)) < 170  # before: 17 columns, ~330 characters a row; the verdict column adds ~25
     assert main(["report", "--tracking-uri", uri, "--study", "tiny", "--columns", "all"]) == 0

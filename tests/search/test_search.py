@@ -203,6 +203,13 @@ def test_search_runs_prunes_confirms_and_resumes(write_study, tmp_path, new_stor
     assert "### Search (val_accuracy)" in text and "Best trials:" in text and "search val_accuracy" in text
     figure = out.parent / "srch-history.png"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 5000
+    assert text.count("(srch-history.png)") == 1  # in the search's section, not again among the others
+    printed = capsys.readouterr().out
+    assert f"wrote {figure}" in printed  # listed with the other figures, and logged with them:
+    client = mlflow.MlflowClient(store)
+    parent = client.search_runs([client.get_experiment_by_name("srch").experiment_id], "tags.role = 'parent'",
+                                order_by=["attributes.start_time DESC"])[0]
+    assert "figures/srch-history.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
 
 
 def _journal(path) -> optuna.storages.BaseStorage:
