@@ -81,8 +81,8 @@ class Setup:
         return _Epochs(step=step, rates=StepRates(train, self.steps), augment=train.augment,
                        augment_generator=self.augment_generator)
 
-    def train_epoch(self, epochs: _Epochs, model: nn.Module, data) -> None:
-        _train_epoch(epochs, model, data, self.settings.train.batch_size, self.generator, epochs.rates.epoch())
+    def train_epoch(self, epochs: _Epochs, data) -> None:
+        _train_epoch(epochs, data, self.settings.train.batch_size, self.generator, epochs.rates.epoch())
 
     def accuracies(self, model: nn.Module | None = None) -> tuple[float, float]:
         model = model or self.model
@@ -130,7 +130,7 @@ def engine_variant(settings, data, device, epochs: int, channels_last=False, aut
     def run_epoch():
         if compile_mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()
-        setup.train_epoch(run, model, data)
+        setup.train_epoch(run, data)
 
     seconds = timed_epochs(run_epoch, epochs, device)
     return seconds, setup.accuracies(model)
@@ -301,7 +301,7 @@ def profile(settings, device, graphed: bool, steps: int = 50) -> dict:
         if graphed_step is not None:
             graphed_step.epoch()
         else:
-            setup.train_epoch(run, setup.model, small)
+            setup.train_epoch(run, small)
 
     epoch()  # warm (and capture)
     sync(device)

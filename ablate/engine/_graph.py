@@ -114,7 +114,7 @@ class GraphStep:
         self.capture = capture
         self.warmup_left = WARMUP_STEPS if capture else 0
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.batch_size: int | None = None
+        self.batch_size = train.batch_size  # a full batch: what the graph is captured for and replayed on
         self.inputs: tuple[torch.Tensor, torch.Tensor] | None = None  # the static batch a captured graph reads
 
     def start_epoch(self, lrs: list[float], momenta: list[float]) -> None:
@@ -139,7 +139,6 @@ class GraphStep:
         self.totals.add(loss, logits, labels)
 
     def __call__(self, number: int, images: torch.Tensor, labels: torch.Tensor) -> None:
-        self.batch_size = self.batch_size or images.shape[0]  # the first batch is a full one
         full = images.shape[0] == self.batch_size
         if self.graph is not None and full:
             self.inputs[0].copy_(images)

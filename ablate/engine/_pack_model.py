@@ -51,11 +51,9 @@ def _layers_of(model: nn.Module) -> list[tuple[nn.Module, float]]:
     """The model's layers, each with the dropout rate that follows it (a single run has no Dropout at rate 0); a
     Sequential inside it (a resnet's stage) is read as its layers in place."""
     layers: list[tuple[nn.Module, float]] = []
-    for module in model:
+    for module in models.leaves(model):  # the order a single run's Dropouts count their sites in
         if isinstance(module, nn.Dropout):
             layers[-1] = (layers[-1][0], module.p)
-        elif isinstance(module, nn.Sequential):
-            layers += _layers_of(module)
         else:
             layers.append((module, 0.0))
     return layers

@@ -47,15 +47,14 @@ class PackedOptimizer:
         self.nesterov = trains[0].nesterov
         self.weight_decay = torch.tensor([t.weight_decay for t in trains], device=device)
         self.decays = any(t.weight_decay for t in trains)  # a host bool: asking the tensor would sync a GPU
-        self.state: list[list[torch.Tensor]] = [[] for _ in params]
         self.steps = 0
         # graph_safe: the step count lives on the device and the state exists before the first step, so that a CUDA
         # graph captures one step and every replay is the next (a host count would be frozen into the graph). Zero
         # state is what a first step starts from: SGD's buffer becomes 0·momentum + g = g, as torch's clone of g.
+        # Otherwise the state is made at the first step, as torch's optimizers make it.
         self.count = torch.zeros((), device=device) if graph_safe else None
-        if graph_safe:
-            self.state = [[torch.zeros_like(p) for _ in range(self._buffers())]
-                          for p in params]
+        self.state: list[list[torch.Tensor]] = [
+            [torch.zeros_like(p) for _ in range(self._buffers())] if graph_safe else [] for p in params]
 
     def _buffers(self) -> int:
         if self.kind == "sgd":

@@ -97,11 +97,11 @@ class _Epochs:
     layout: torch.memory_format = torch.contiguous_format
 
 
-def _train_epoch(epochs: _Epochs, model: nn.Module, data: DeviceData, batch_size: int, generator,
+def _train_epoch(epochs: _Epochs, data: DeviceData, batch_size: int, generator,
                  rates: tuple[list[float], list[float]]) -> tuple[float, float]:
     """One pass over the training set with the epoch's `rates` (a learning rate and a momentum per step): the
     batches gathered, augmented and normalised here, each handed to the step; one host sync, at the end."""
-    model.train()
+    epochs.step.model.train()
     split = data.train
     device = split.labels.device
     order = torch.randperm(len(split), device=device, generator=generator)
@@ -207,7 +207,7 @@ def train_trial(
         epoch_start = time.perf_counter()
         rates = epochs.rates.epoch()
         lr = rates[0][0]  # the rate the epoch starts with
-        train_loss, train_accuracy = _train_epoch(epochs, model, data, train.batch_size, generator, rates)
+        train_loss, train_accuracy = _train_epoch(epochs, data, train.batch_size, generator, rates)
         val_loss, val_accuracy = evaluate(model, data.val, data, eval_loss, layout=layout)
         metrics = {
             "train_loss": train_loss,

@@ -30,7 +30,7 @@ from ablate.models._torchvision import Torchvision, TorchvisionModel
 if TYPE_CHECKING:
     from torch import nn
 
-    from ablate.models._dropout import Dropout, dropout_noise, seed_dropout, stream_key
+    from ablate.models._dropout import Dropout, dropout_noise, leaves, seed_dropout, stream_key
     from ablate.models._resnet_net import BasicBlock, Stage
     from ablate.models._torch import count_params, initialise
 
@@ -83,6 +83,7 @@ __all__ = [
     "foreign_code",
     "initialise",
     "kind_of",
+    "leaves",
     "macs",
     "pack_blank",
     "params_count",
@@ -120,7 +121,7 @@ def build_model(spec: ModelSpec, data: Dataset) -> nn.Module:
 
 
 _TORCH_SIDE = {"initialise": "_torch", "count_params": "_torch", "Dropout": "_dropout", "dropout_noise": "_dropout",
-               "seed_dropout": "_dropout", "stream_key": "_dropout",
+               "seed_dropout": "_dropout", "stream_key": "_dropout", "leaves": "_dropout",
                # a resnet's modules, which a packed network and the report look into
                "BasicBlock": "_resnet_net", "Stage": "_resnet_net"}
 

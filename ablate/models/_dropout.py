@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -133,25 +134,28 @@ class Dropout(nn.Dropout):
         return x * dropout_noise(x.shape, self.p, stream_key(self.seed, self.site, step), x.device, x.dtype)
 
 
-def _leaves(module: nn.Module) -> int:
-    """How many layers a module is to a packed network, which reads a Sequential inside a network (a resnet's
-    stage) as its layers in place; Dropouts are not counted."""
-    if isinstance(module, nn.Sequential):
-        return sum(_leaves(inner) for inner in module)
-    return 0 if isinstance(module, Dropout) else 1
+def leaves(network: nn.Module) -> Iterator[nn.Module]:
+    """A network's layers in order, Dropouts included, a Sequential inside it (a resnet's stage) read as its layers in
+    place: the order ablate.engine's packed network stacks them in, and so what a Dropout's site counts."""
+    for module in network:
+        if isinstance(module, nn.Sequential):
+            yield from leaves(module)
+        else:
+            yield module
 
 
 def sited(layers: list[nn.Module]) -> nn.Sequential:
-    """The layers as a Sequential, each Dropout given its site: the index of the layer it follows, Dropouts not
-    counted and a Sequential inside counted as its layers (the position ablate.engine's packed network gives that
-    layer)."""
+    """The layers as a Sequential, each Dropout given its site: the index (in `leaves` order, Dropouts not counted)
+    of the layer it follows, the position ablate.engine's packed network gives that layer."""
+    network = nn.Sequential(*layers)
     position = -1
-    for layer in layers:
-        if isinstance(layer, Dropout):
-            layer.site = position
+    for layer in leaves(network):
+        if isinstance(layer, nn.Dropout):
+            if isinstance(layer, Dropout):
+                layer.site = position
         else:
-            position += _leaves(layer)
-    return nn.Sequential(*layers)
+            position += 1
+    return network
 
 
 def seed_dropout(model: nn.Module, seed: int) -> None:

@@ -165,7 +165,7 @@ def _trained(settings: TrialSettings, data, graph_safe: bool) -> tuple[nn.Module
     steps = math.ceil(len(data.train) / settings.train.batch_size)
     epochs = _epochs(settings, model, steps, graph_safe)
     generator = torch.Generator().manual_seed(settings.seed)
-    losses = [_train_epoch(epochs, model, data, settings.train.batch_size, generator, epochs.rates.epoch())[0]
+    losses = [_train_epoch(epochs, data, settings.train.batch_size, generator, epochs.rates.epoch())[0]
               for _ in range(settings.train.epochs)]
     return model, losses
 
